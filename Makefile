@@ -1,0 +1,42 @@
+# Set-up commands (see README): `make up` starts the platform, `make test` runs every test.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up down status test test-slow lint bench clean-venv
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# Every dependency is pinned with hashes: pip refuses anything that does not match.
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/reco data fetch
+	$(BIN)/reco up
+
+down: $(STAMP)
+	$(BIN)/reco down
+
+status: $(STAMP)
+	$(BIN)/reco status
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The importable core of the platform."""

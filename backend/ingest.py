@@ -1,0 +1,237 @@
+"""Ingest logic, free of Ray: Kafka micro-batch -> validate -> DLQ | dedupe -> lake -> commit.
+
+Order per poll, which is what makes a crash at any point lose nothing and duplicate nothing:
+1. validate each topic's batch with pandera; refused records are produced to `events.dlq`
+   (with reason, source partition and offset) and acknowledged;
+2. valid rows whose `event_id` the lake already holds (or that repeat within the batch) are
+   dropped; the rest are written to the lake durably (temp file, fsync, rename);
+3. only then are the offsets committed.
+A crash before 3 replays the batch from the last commit; step 2 then finds every row already
+in the lake. The dedupe memory is loaded from the lake at start (last `dedupe_days`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from backend import batch
+from backend.events import EVENT_NAMESPACE, DlqEvent
+from backend.failpoints import failpoint
+from backend.kafka import consumer as make_consumer
+from backend.kafka import encode
+from backend.kafka import producer as make_producer
+from backend.lake import Lake
+from backend.settings import TOPICS, Settings
+
+log = logging.getLogger(__name__)
+
+DLQ = "events.dlq"
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass
+class IngestStats:
+    consumed: Counter = field(default_factory=Counter)
+    valid: Counter = field(default_factory=Counter)
+    invalid: Counter = field(default_factory=Counter)
+    deduplicated: Counter = field(default_factory=Counter)
+    written: Counter = field(default_factory=Counter)
+    batches: int = 0
+    batch_seconds: float = 0.0
+
+    def merge(self, other: IngestStats) -> None:
+        for k, v in other.__dict__.items():
+            if isinstance(v, Counter):
+                getattr(self, k).update(v)
+        self.batches += other.batches
+        self.batch_seconds += other.batch_seconds
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: dict(v) if isinstance(v, Counter) else v for k, v in self.__dict__.items()}
+
+
+def dlq_event(msg: Message, reason: str) -> DlqEvent:
+    raw = (msg.value or b"")[:8192].decode("utf-8", errors="replace")[:8192]
+    digest = hashlib.sha256(msg.value or b"").hexdigest()
+    return DlqEvent(
+        event_id=str(uuid.uuid5(EVENT_NAMESPACE,
+                                f"{msg.topic}/{msg.partition}/{msg.offset}/{digest}")),
+        source_topic=msg.topic, partition=msg.partition, offset=msg.offset,
+        key=(msg.key or b"").decode("utf-8", errors="replace")[:256] or None,
+        raw=raw, error=reason[:4096],
+    )
+
+
+class IngestLogic:
+    """Turns polled messages into lake files and DLQ records; knows nothing of Kafka clients."""
+
+    def __init__(self, lake: Lake, max_bytes: int, dedupe_days: int,
+                 send_dlq: Callable[[list[DlqEvent]], None], tag: str = "") -> None:
+        self.lake = lake
+        self.max_bytes = max_bytes
+        self.send_dlq = send_dlq
+        self.tag = tag
+        self.seen: dict[str, set[str]] = {t: lake.event_ids(t, dedupe_days) for t in TOPICS}
+        self.stats = IngestStats()
+        self.on_batch: Callable[[IngestStats], None] | None = None
+
+    def handle(self, messages: list[Message]) -> None:
+        """Validate, route and durably land one poll's messages (all topics)."""
+        start = time.perf_counter()
+        delta = IngestStats()
+        by_topic: dict[str, list[Message]] = {}
+        for m in messages:
+            by_topic.setdefault(m.topic, []).append(m)
+        landed: list[tuple[str, pd.DataFrame]] = []
+        dlq: list[DlqEvent] = []
+        for topic, msgs in by_topic.items():
+            delta.consumed[topic] += len(msgs)
+            result = batch.process(topic, [m.value for m in msgs], self.max_bytes)
+            for rej in result.rejected:
+                if topic == DLQ:  # cannot dead-letter the dead letters: log them loudly
+                    log.error("invalid DLQ record dropped offset=%s reason=%s",
+                              msgs[rej.index].offset, rej.reason)
+                else:
+                    dlq.append(dlq_event(msgs[rej.index], rej.reason))
+            delta.invalid[topic] += len(result.rejected)
+            delta.valid[topic] += len(result.valid)
+            frame = self._dedupe(topic, result.valid, delta)
+            if len(frame):
+                pos = frame.pop("_pos").to_numpy()
+                frame["kafka_partition"] = [msgs[i].partition for i in pos]
+                frame["kafka_offset"] = [msgs[i].offset for i in pos]
+                landed.append((topic, frame))
+        if dlq:
+            self.send_dlq(dlq)  # acknowledged before the offsets move past the bad records
+        for topic, frame in landed:
+            self.lake.write(topic, frame, tag=self.tag)
+            self.seen[topic].update(frame["event_id"])
+            delta.written[topic] += len(frame)
+        delta.batches += 1
+        delta.batch_seconds += time.perf_counter() - start
+        self.stats.merge(delta)
+        if self.on_batch is not None:
+            self.on_batch(delta)
+
+    def _dedupe(self, topic: str, valid: pd.DataFrame, delta: IngestStats) -> pd.DataFrame:
+        if valid.empty:
+            return valid
+        seen = self.seen[topic]
+        fresh = ~valid["event_id"].isin(seen) & ~valid["event_id"].duplicated()
+        delta.deduplicated[topic] += int((~fresh).sum())
+        return valid[fresh].copy()
+
+
+class PartitionWorker:
+    """One member of the ingest consumer group: poll, hand to IngestLogic, commit."""
+
+    def __init__(self, settings: Settings, worker_id: int = 0) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self._producer: KafkaProducer | None = None
+        self.logic = IngestLogic(Lake(settings.lake_root), settings.kafka.max_message_bytes,
+                                 settings.lake.dedupe_days, self._send_dlq, tag=f"w{worker_id}-")
+        self._consumer: KafkaConsumer | None = None
+        self._cluster_id: str | None = None
+
+    def _send_dlq(self, events: list[DlqEvent]) -> None:
+        if self._producer is None:  # raises while the broker is away: the batch is retried
+            self._producer = make_producer(self.settings.kafka)
+        producer = self._producer
+        futures = [producer.send(DLQ, value=encode(e), key=(e.key or "").encode() or None)
+                   for e in events]
+        producer.flush(timeout=self.settings.kafka.delivery_timeout_ms / 1000)
+        for f in futures:
+            f.get(timeout=0)  # raises if any DLQ record was not acknowledged
+
+    def _open(self) -> KafkaConsumer:
+        c = make_consumer(self.settings.kafka, max_poll_records=self.settings.ingest.max_batch,
+                          fetch_max_bytes=16 * 1024 * 1024,
+                          max_partition_fetch_bytes=4 * 1024 * 1024)
+        c.subscribe(list(TOPICS))
+        return c
+
+    def _reset(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close(autocommit=False)
+            except Exception:  # closing a consumer of a dead broker may fail; it is gone anyway
+                log.debug("consumer close failed", exc_info=True)
+        self._consumer = None
+
+    def poll_once(self) -> int:
+        """One poll-handle-commit cycle; returns the number of messages handled."""
+        if self._consumer is None:
+            self._consumer = self._open()
+        c = self._consumer
+        polled = c.poll(timeout_ms=self.settings.ingest.poll_timeout_ms,
+                        max_records=self.settings.ingest.max_batch)
+        cluster_id = getattr(c._client.cluster, "cluster_id", None)
+        if self._cluster_id is not None and cluster_id and cluster_id != self._cluster_id:
+            # A different broker (the embedded one restarted empty): its offsets restart at 0,
+            # so our positions mean nothing there. Drop them and rejoin from its commits.
+            log.warning("broker changed cluster_id=%s previous=%s; rejoining", cluster_id,
+                        self._cluster_id)
+            self._cluster_id = cluster_id
+            self._reset()
+            return 0
+        self._cluster_id = cluster_id or self._cluster_id
+        if not polled:
+            return 0
+        messages = [Message(tp.topic, tp.partition, r.offset, r.key, r.value)
+                    for tp, records in polled.items() for r in records]
+        try:
+            self.logic.handle(messages)
+        except Exception:
+            log.exception("batch failed; replaying from the last commit worker=%s", self.worker_id)
+            self._reset()
+            raise
+        failpoint("ingest.after_write")
+        offsets = {TopicPartition(tp.topic, tp.partition):
+                   OffsetAndMetadata(records[-1].offset + 1, "", -1)
+                   for tp, records in polled.items()}
+        c.commit(offsets)
+        return len(messages)
+
+    def assigned(self) -> bool:
+        return self._consumer is not None and bool(self._consumer.assignment())
+
+    def run(self, once: bool = False, stop: Callable[[], bool] = lambda: False) -> dict:
+        """Consume until `stop()`; with `once`, until idle for `ingest.idle_seconds` after join."""
+        started = idle_since = time.monotonic()
+        grace = 3 * self.settings.ingest.idle_seconds  # time allowed for the group join
+        while not stop():
+            try:
+                n = self.poll_once()
+            except Exception as exc:  # broker away, commit refused: back off and retry
+                log.warning("ingest cycle failed worker=%s error=%s", self.worker_id, exc)
+                self._reset()
+                time.sleep(1.0)
+                n = 0
+            now = time.monotonic()
+            if n or (not self.assigned() and now - started < grace):
+                idle_since = now
+            elif once and now - idle_since > self.settings.ingest.idle_seconds:
+                break
+        self._reset()
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+        return self.logic.stats.as_dict()

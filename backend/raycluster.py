@@ -1,0 +1,131 @@
+"""The local Ray head `reco up` starts: token auth, loopback dashboard, tracked by process group.
+
+`ray start` daemonises; started in a new session, every process it leaves behind shares its
+process group, so stopping kills exactly that group (never other Ray instances on the host).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from backend.broker import port_open
+from backend.errors import ConfigError
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def ray_env(settings: Settings) -> dict[str, str]:
+    """Environment for Ray processes and clients: token auth, the token in a 0600 file."""
+    token = settings.run_dir / "ray_auth_token"
+    if not token.exists():
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.write(fd, secrets.token_hex(32).encode())
+        os.close(fd)
+    os.chmod(token, 0o600)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+
+def job_env(settings: Settings) -> dict[str, str]:
+    """RECO_* settings forwarded to Ray jobs, with the state folder made absolute."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("RECO_")}
+    env["RECO_VAR_DIR"] = str(settings.var_dir)
+    return env
+
+
+def init_ray(settings: Settings) -> None:
+    """Connect to `ray.address` (or RAY_ADDRESS), else start a private local instance."""
+    import ray
+
+    os.environ.update({k: v for k, v in ray_env(settings).items() if k not in os.environ})
+    ray.init(address=settings.ray.address, log_to_driver=True)
+
+
+class RayHead:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.ray
+        self.pgid_file = settings.run_dir / "ray.pgid"
+        self.temp_dir = Path("/tmp") / f"reco-ray-{self.cfg.head_port}"  # socket paths stay short
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.cfg.head_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.dashboard_port}"
+
+    def pgid(self) -> int | None:
+        try:
+            pgid = int(self.pgid_file.read_text())
+            os.killpg(pgid, 0)
+            return pgid
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        return port_open("127.0.0.1", self.cfg.head_port) and port_open(
+            "127.0.0.1", self.cfg.dashboard_port)
+
+    def start(self, timeout: float = 90.0) -> bool:
+        """Start unless running; returns True if it started one."""
+        if self.running():
+            return False
+        c = self.cfg
+        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head",
+               f"--port={c.head_port}", f"--dashboard-port={c.dashboard_port}",
+               f"--ray-client-server-port={c.client_port}",
+               f"--dashboard-agent-listen-port={c.dashboard_agent_port}",
+               f"--metrics-export-port={c.metrics_export_port}",
+               "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+               "--include-dashboard=true", "--disable-usage-stats",
+               f"--temp-dir={self.temp_dir}"]
+        if c.num_cpus:
+            cmd.append(f"--num-cpus={c.num_cpus}")
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.run_dir / "ray-start.log", "ab") as out:
+            proc = subprocess.Popen(cmd, env=os.environ | ray_env(self.settings) |
+                                    job_env(self.settings), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.pgid_file.write_text(str(proc.pid))
+            if proc.wait(timeout=timeout) != 0:
+                self.stop()
+                raise ConfigError("ray start failed; see var/run/ray-start.log")
+        deadline = time.monotonic() + timeout
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise ConfigError("ray head did not come up")
+            time.sleep(0.5)
+        log.info("ray head started address=%s dashboard=%s", self.address, self.dashboard_url)
+        return True
+
+    def stop(self, timeout: float = 8.0) -> bool:
+        pgid = self.pgid()
+        self.pgid_file.unlink(missing_ok=True)
+        if pgid is None:
+            return False
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+
+    def job_client(self):  # -> JobSubmissionClient; ray's import is slow, keep it lazy
+        os.environ.update(ray_env(self.settings))
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard_url)

@@ -1,0 +1,164 @@
+"""The one settings object. Build it in entry points (`Settings()`), never at import.
+
+Environment variables use the `RECO_` prefix and `__` between sections, for example
+`RECO_SCHEDULE__RETRAIN_INTERVAL=600` or `RECO_KAFKA__PARTITIONS=6`. The documented shortcut
+`RECO_KAFKA_BOOTSTRAP_SERVERS` names a real Kafka cluster; when it is unset the platform uses the
+embedded broker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TOPICS = ("events.rating", "events.watch", "events.reco", "events.dlq")
+
+
+class KafkaSettings(BaseModel):
+    """Kafka connection; security options are passed through to kafka-python for real clusters."""
+
+    bootstrap_servers: str | None = None
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = 9092
+    partitions: int = Field(3, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1)
+    client_id: str = "reco"
+    consumer_group: str = "reco-ingest"
+    session_timeout_ms: int = Field(6000, ge=1000)
+    request_timeout_ms: int = Field(5000, ge=500)
+    bootstrap_timeout_ms: int = Field(3000, ge=500)
+    delivery_timeout_ms: int = Field(10000, ge=1000)
+    max_message_bytes: int = Field(16384, ge=256)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+
+    @property
+    def embedded(self) -> bool:
+        return not self.bootstrap_servers
+
+    @property
+    def servers(self) -> str:
+        return self.bootstrap_servers or f"{self.embedded_host}:{self.embedded_port}"
+
+    def client_config(self) -> dict[str, Any]:
+        """Keyword arguments shared by kafka-python producers, consumers and admin clients."""
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": self.servers.split(","),
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_plain_username
+            if self.sasl_plain_password is not None:
+                cfg["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            cfg["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                value = getattr(self, name)
+                if value is not None:
+                    cfg[name] = str(value)
+        return cfg
+
+
+class LakeSettings(BaseModel):
+    root: Path | None = None
+    dedupe_days: int = Field(7, ge=1, description="days of landed event_ids kept for dedupe")
+
+
+class IngestSettings(BaseModel):
+    max_batch: int = Field(5000, ge=1)
+    poll_timeout_ms: int = Field(500, ge=10)
+    idle_seconds: float = Field(8.0, gt=0, description="--once stops after this long idle")
+    max_future_skew_s: float = Field(300.0, ge=0)
+    actors: int | None = Field(None, description="defaults to kafka.partitions")
+
+
+class RegistrySettings(BaseModel):
+    root: Path | None = None
+
+
+class ServeSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class SimSettings(BaseModel):
+    rps: float = 2.0
+    seed: int = 42
+
+
+class ScheduleSettings(BaseModel):
+    retrain_interval: int = Field(3 * 3600, ge=60, description="seconds between retrains")
+    analyze_interval: int = Field(60, ge=5)
+
+
+class RaySettings(BaseModel):
+    """`address` names an existing cluster for jobs; the ports are for the head `reco up` starts."""
+
+    address: str | None = None
+    head_port: int = 6380
+    dashboard_port: int = 8265
+    client_port: int = 10001
+    dashboard_agent_port: int = 52365
+    metrics_export_port: int = 8090
+    num_cpus: int | None = None
+
+
+class Settings(BaseSettings):
+    """Platform settings; every path defaults to a folder under `var_dir`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECO_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    var_dir: Path = Path("var")
+    kafka_bootstrap_servers: str | None = None
+    kafka: KafkaSettings = KafkaSettings()
+    lake: LakeSettings = LakeSettings()
+    ingest: IngestSettings = IngestSettings()
+    registry: RegistrySettings = RegistrySettings()
+    serve: ServeSettings = ServeSettings()
+    sim: SimSettings = SimSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    ray: RaySettings = RaySettings()
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        if self.kafka_bootstrap_servers:
+            self.kafka.bootstrap_servers = self.kafka_bootstrap_servers
+        self.var_dir = self.var_dir.resolve()
+        if self.lake.root is None:
+            self.lake.root = self.var_dir / "lake"
+        if self.registry.root is None:
+            self.registry.root = self.var_dir / "registry"
+        return self
+
+    @property
+    def lake_root(self) -> Path:
+        assert self.lake.root is not None
+        return self.lake.root
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.var_dir / "spool"
+
+    @property
+    def data_cache(self) -> Path:
+        return self.var_dir / "cache"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files, logs and secrets of the processes `reco up` starts."""
+        return self.var_dir / "run"

@@ -1,0 +1,1 @@
+"""Streamlit operations dashboard (built with the dashboard issue)."""

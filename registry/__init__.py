@@ -1,0 +1,1 @@
+"""Signed, versioned model registry (built with the models issue)."""

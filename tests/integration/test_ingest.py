@@ -1,0 +1,168 @@
+"""Kafka -> Ray ingest job -> lake, on the real embedded broker and a real Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from kafka import KafkaProducer
+
+from backend.kafka import EventProducer, ensure_topics
+
+pytestmark = pytest.mark.integration
+TS = "2024-03-01T12:00:00Z"
+
+
+def valid_events(n: int) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"events.rating": [], "events.watch": [], "events.reco": []}
+    for i in range(n):
+        user = i % 50 + 1
+        base = {"event_id": str(uuid.uuid4()), "ts": TS, "user_id": user}
+        kind = i % 3
+        if kind == 0:
+            out["events.rating"].append(base | {"item_id": i % 97 + 1, "rating": i % 5 + 1})
+        elif kind == 1:
+            out["events.watch"].append(base | {"item_id": i % 97 + 1, "minutes": 30.0,
+                                               "fraction": 0.4})
+        else:
+            out["events.reco"].append(base | {"request_id": str(uuid.uuid4()), "variant": "A",
+                                              "model_version": "v1", "items": [1, 2, 3],
+                                              "latency_ms": 2.5})
+    return out
+
+
+INVALID = [
+    b"{not json",
+    b"\xff\xfe\x00garbage",
+    b"[1, 2, 3]",
+    b"null",
+    json.dumps({"user_id": 1}).encode(),  # missing fields
+    json.dumps({"event_id": str(uuid.uuid4()), "ts": TS, "user_id": 1, "item_id": 2,
+                "rating": 11}).encode(),  # out of range
+    json.dumps({"event_id": str(uuid.uuid4()), "ts": TS, "user_id": -5, "item_id": 2,
+                "rating": 3}).encode(),  # negative id
+    json.dumps({"event_id": str(uuid.uuid4()), "ts": TS, "user_id": 10**12, "item_id": 2,
+                "rating": 3}).encode(),  # absurd id
+    json.dumps({"event_id": str(uuid.uuid4()), "ts": "2999-01-01T00:00:00Z", "user_id": 1,
+                "item_id": 2, "rating": 3}).encode(),  # future
+    json.dumps({"event_id": str(uuid.uuid4()), "ts": TS, "user_id": 1, "item_id": 2,
+                "rating": "5"}).encode(),  # wrong type
+    json.dumps({"event_id": str(uuid.uuid4()), "ts": TS, "user_id": 1, "item_id": 2,
+                "rating": 5, "admin": True}).encode(),  # unknown field
+    json.dumps({"event_id": str(uuid.uuid4()), "ts": TS, "user_id": 1, "item_id": 2,
+                "rating": 5, "pad": "x" * 40000}).encode(),  # oversized
+]
+
+
+def lake_ids(platform, topic: str) -> list[str]:
+    return platform.lake.read(topic, columns=["event_id"])["event_id"].tolist()
+
+
+def test_mixed_stream_lands_distinct_valid_and_dead_letters_the_rest(platform, tmp_path):
+    events = valid_events(300)
+    producer = KafkaProducer(**platform.settings.kafka.client_config(), acks="all")
+    rng = random.Random(7)
+    sent = 0
+    for topic, records in events.items():
+        for rec in records:
+            producer.send(topic, json.dumps(rec).encode(), key=str(rec["user_id"]).encode())
+            sent += 1
+        for rec in rng.sample(records, 20):  # deliberate duplicates (same event_id)
+            producer.send(topic, json.dumps(rec).encode(), key=str(rec["user_id"]).encode())
+    for i, raw in enumerate(INVALID * 3):
+        topic = ("events.rating", "events.watch", "events.reco")[i % 3]
+        producer.send(topic, raw, key=b"1")
+    producer.flush()
+    producer.close()
+    m_invalid = len(INVALID) * 3
+
+    # course-format producers: two good lines and one unparseable line
+    lines = tmp_path / "lines.log"
+    lines.write_text("2024-03-01T12:00:00,7,GET /rate/33=4\n"
+                     "2024-03-01T12:00:05,7,GET /data/m/33/12.mpg\n"
+                     "2024-03-01T12:00:09,7,GET /rate/33=oops\n")
+    out = platform.run(sys.executable, "-m", "backend.cli", "produce", str(lines))
+    assert out.returncode == 0 and "produced=2 unparseable=1" in out.stdout, out.stderr
+
+    platform.ingest_once()
+
+    for topic, records in events.items():
+        got = lake_ids(platform, topic)
+        want = {r["event_id"] for r in records}
+        if topic in ("events.rating", "events.watch"):
+            assert len(got) == len(want) + 1  # plus the course line
+            assert want < set(got)
+        else:
+            assert set(got) == want
+        assert len(got) == len(set(got)), f"duplicates in {topic}"
+    dlq = platform.lake.read("events.dlq")
+    assert len(dlq) == m_invalid + 1
+    assert set(dlq["source_topic"]) == {"events.rating", "events.watch", "events.reco",
+                                        "course-lines"}
+    assert dlq["error"].str.len().gt(0).all()
+    assert dlq["error"].str.contains("oversized").sum() == 3
+    assert dlq["error"].str.contains("malformed JSON").sum() == 6
+
+
+def test_crash_between_lake_write_and_commit_loses_and_duplicates_nothing(platform, tmp_path):
+    events = valid_events(600)
+    producer = EventProducer(platform.settings.kafka, tmp_path / "spool")
+    for topic, records in events.items():
+        for rec in records:
+            producer.send(topic, rec)
+    producer.close()
+    assert producer.spool.depth == 0
+
+    marker_dir = tmp_path / "failpoints"
+    out = platform.ingest_once(RECO_FAILPOINTS="ingest.after_write=1",
+                               RECO_FAILPOINT_DIR=str(marker_dir), RECO_INGEST__MAX_BATCH="50")
+    assert (marker_dir / "ingest.after_write.fired").exists(), "the crash did not happen"
+    stats = json.loads(out.stderr.split("ingest finished stats=")[1].splitlines()[0])
+    assert sum(sum(s["deduplicated"].values()) for s in stats) > 0  # the replay was deduped
+    for topic, records in events.items():
+        got = lake_ids(platform, topic)
+        assert sorted(got) == sorted(r["event_id"] for r in records)
+
+
+def test_broker_outage_spools_and_replays_everything(platform, tmp_path):
+    platform.start_ingest()
+    producer = EventProducer(platform.settings.kafka, tmp_path / "spool", flush_interval=0.5)
+    first = valid_events(150)
+    for topic, records in first.items():
+        for rec in records:
+            producer.send(topic, rec)
+    producer.flush()
+    platform.wait_for(lambda: platform.lake.count("events.rating") == 50, 120, "first batch")
+
+    platform.broker.stop()  # memory broker: everything it held is gone
+    second = valid_events(150)
+    for topic, records in second.items():
+        for rec in records:
+            producer.send(topic, rec)
+    platform.wait_for(lambda: producer.spool.depth == 150, 60, "sends to reach the spool")
+    assert producer.degraded
+
+    platform.broker.start()
+    ensure_topics(platform.settings.kafka)
+    platform.wait_for(lambda: producer.spool.depth == 0, 90, "spool replay")
+    platform.wait_for(lambda: platform.lake.count("events.reco") == 100, 120, "lake catch-up")
+    producer.close()
+    for topic in first:
+        want = {r["event_id"] for r in first[topic] + second[topic]}
+        got = lake_ids(platform, topic)
+        assert sorted(got) == sorted(want)
+
+
+def test_events_carry_utc_times_in_lake(platform):
+    producer = EventProducer(platform.settings.kafka, platform.settings.spool_dir)
+    producer.send("events.rating", {"event_id": str(uuid.uuid4()),
+                                    "ts": datetime.now(UTC).isoformat(), "user_id": 3,
+                                    "item_id": 4, "rating": 2})
+    producer.close()
+    platform.ingest_once()
+    frame = platform.lake.read("events.rating")
+    assert len(frame) == 1 and str(frame["ts"].dt.tz) == "UTC"

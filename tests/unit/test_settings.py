@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from backend.settings import Settings
+
+
+def test_defaults_live_under_var(settings):
+    assert settings.kafka.embedded
+    assert settings.kafka.servers == "127.0.0.1:9092"
+    assert settings.lake_root == settings.var_dir / "lake"
+    assert settings.registry.root == settings.var_dir / "registry"
+    assert settings.kafka.partitions == 3
+
+
+def test_env_prefix_and_nested_sections(settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("RECO_VAR_DIR", str(tmp_path))
+    monkeypatch.setenv("RECO_KAFKA__PARTITIONS", "6")
+    monkeypatch.setenv("RECO_SCHEDULE__RETRAIN_INTERVAL", "600")
+    s = Settings()
+    assert s.kafka.partitions == 6 and s.schedule.retrain_interval == 600
+    assert s.var_dir == tmp_path
+
+
+def test_bootstrap_servers_shortcut_selects_external_cluster(settings, monkeypatch):
+    monkeypatch.setenv("RECO_KAFKA_BOOTSTRAP_SERVERS", "k1:9093,k2:9093")
+    s = Settings()
+    assert not s.kafka.embedded
+    assert s.kafka.client_config()["bootstrap_servers"] == ["k1:9093", "k2:9093"]
+
+
+def test_sasl_ssl_options_pass_through(settings, monkeypatch):
+    monkeypatch.setenv("RECO_KAFKA_BOOTSTRAP_SERVERS", "k1:9093")
+    monkeypatch.setenv("RECO_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RECO_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("RECO_KAFKA__SASL_PLAIN_USERNAME", "reco")
+    monkeypatch.setenv("RECO_KAFKA__SASL_PLAIN_PASSWORD", "s3cret")
+    monkeypatch.setenv("RECO_KAFKA__SSL_CAFILE", "/etc/ca.pem")
+    s = Settings()
+    cfg = s.kafka.client_config()
+    assert cfg["security_protocol"] == "SASL_SSL"
+    assert cfg["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert cfg["sasl_plain_username"] == "reco" and cfg["sasl_plain_password"] == "s3cret"
+    assert cfg["ssl_cafile"] == "/etc/ca.pem"
+    assert "s3cret" not in repr(s)  # secrets never in reprs or logs
