@@ -84,11 +84,13 @@ class IngestLogic:
     """Turns polled messages into lake files and DLQ records; knows nothing of Kafka clients."""
 
     def __init__(self, lake: Lake, max_bytes: int, dedupe_days: int,
-                 send_dlq: Callable[[list[DlqEvent]], None], tag: str = "") -> None:
+                 send_dlq: Callable[[list[DlqEvent]], None], tag: str = "",
+                 per_message: bool = False) -> None:
         self.lake = lake
         self.max_bytes = max_bytes
         self.send_dlq = send_dlq
         self.tag = tag
+        self.per_message = per_message
         self.seen: dict[str, set[str]] = {t: lake.event_ids(t, dedupe_days) for t in TOPICS}
         self.stats = IngestStats()
         self.on_batch: Callable[[IngestStats], None] | None = None
@@ -104,7 +106,7 @@ class IngestLogic:
         dlq: list[DlqEvent] = []
         for topic, msgs in by_topic.items():
             delta.consumed[topic] += len(msgs)
-            result = batch.process(topic, [m.value for m in msgs], self.max_bytes)
+            result = self._validate(topic, msgs)
             for rej in result.rejected:
                 if topic == DLQ:  # cannot dead-letter the dead letters: log them loudly
                     log.error("invalid DLQ record dropped offset=%s reason=%s",
@@ -131,6 +133,18 @@ class IngestLogic:
         if self.on_batch is not None:
             self.on_batch(delta)
 
+    def _validate(self, topic: str, msgs: list[Message]) -> batch.BatchResult:
+        values = [m.value for m in msgs]
+        if not self.per_message:
+            return batch.process(topic, values, self.max_bytes)
+        parts = [batch.process(topic, [v], self.max_bytes) for v in values]
+        valid = [p.valid.assign(_pos=i) for i, p in enumerate(parts) if len(p.valid)]
+        return batch.BatchResult(
+            valid=pd.concat(valid, ignore_index=True) if valid else parts[0].valid,
+            rejected=[batch.Rejected(i, r.reason) for i, p in enumerate(parts)
+                      for r in p.rejected],
+        )
+
     def _dedupe(self, topic: str, valid: pd.DataFrame, delta: IngestStats) -> pd.DataFrame:
         if valid.empty:
             return valid
@@ -148,7 +162,8 @@ class PartitionWorker:
         self.worker_id = worker_id
         self._producer: KafkaProducer | None = None
         self.logic = IngestLogic(Lake(settings.lake_root), settings.kafka.max_message_bytes,
-                                 settings.lake.dedupe_days, self._send_dlq, tag=f"w{worker_id}-")
+                                 settings.lake.dedupe_days, self._send_dlq, tag=f"w{worker_id}-",
+                                 per_message=settings.ingest.per_message_validation)
         self._consumer: KafkaConsumer | None = None
         self._cluster_id: str | None = None
 

@@ -83,6 +83,8 @@ class IngestSettings(BaseModel):
     idle_seconds: float = Field(8.0, gt=0, description="--once stops after this long idle")
     max_future_skew_s: float = Field(300.0, ge=0)
     actors: int | None = Field(None, description="defaults to kafka.partitions")
+    per_message_validation: bool = Field(
+        False, description="validate each message alone: the baseline bench/ingest.py compares")
 
 
 class RegistrySettings(BaseModel):

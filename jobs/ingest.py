@@ -60,15 +60,25 @@ class IngestActor:
     def stop(self) -> None:
         self._stop.set()
 
+    def assigned(self) -> bool:
+        return self.worker.assigned()
 
-def run(settings: Settings, once: bool = False, actors: int | None = None) -> list[dict]:
-    """Start the actors and wait for them (forever unless `once`); returns their stats."""
+
+def start(settings: Settings, once: bool = False, actors: int | None = None,
+          ) -> tuple[list, list]:
+    """Create the actors and start their loops; returns (actor handles, run refs)."""
     n = actors or settings.ingest.actors or settings.kafka.partitions
     actor = IngestActor.options(runtime_env={"env_vars": job_env(settings)})
     workers = [actor.remote(settings, i) for i in range(n)]
     log.info("ingest started actors=%d once=%s lake=%s", n, once, settings.lake_root)
+    return workers, [w.run.remote(once) for w in workers]
+
+
+def run(settings: Settings, once: bool = False, actors: int | None = None) -> list[dict]:
+    """Run the job until done (forever unless `once`); returns each actor's stats."""
+    workers, refs = start(settings, once, actors)
     try:
-        return ray.get([w.run.remote(once) for w in workers])
+        return ray.get(refs)
     finally:
         for w in workers:
             ray.kill(w, no_restart=True)

@@ -106,3 +106,11 @@ def platform(tmp_path, ray_head, monkeypatch):
     yield p
     p.stop_all()
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def movielens_wheel(tmp_path_factory) -> Path:
+    """The recbole wheel, downloaded from PyPI once per session."""
+    from backend.data.movielens import fetch
+
+    return fetch(tmp_path_factory.mktemp("mlcache"))
