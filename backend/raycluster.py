@@ -42,10 +42,14 @@ def job_env(settings: Settings) -> dict[str, str]:
 
 
 def init_ray(settings: Settings) -> None:
-    """Connect to `ray.address` (or RAY_ADDRESS), else start a private local instance."""
+    """Connect to `ray.address` (or RAY_ADDRESS), else start a private local instance.
+
+    Ray reads its auth settings from the environment at import: a client of the head that
+    `reco up` started needs `ray_env()` in its environment before it starts (jobs get it from
+    the cluster), not set from here.
+    """
     import ray
 
-    os.environ.update({k: v for k, v in ray_env(settings).items() if k not in os.environ})
     ray.init(address=settings.ray.address, log_to_driver=True)
 
 

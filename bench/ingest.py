@@ -86,9 +86,10 @@ def leg(name: str, n: int, per_message: bool, workdir: Path) -> dict:
                 raise RuntimeError("consumer group did not form")
             time.sleep(0.2)
         lake = Lake(settings.lake_root)
-        done: mp.Queue = mp.Queue()
+        ctx = mp.get_context("spawn")
+        done = ctx.Queue()
         t0 = time.perf_counter()
-        proc = mp.get_context("spawn").Process(
+        proc = ctx.Process(
             target=produce, args=(settings, n, 1, str(settings.spool_dir), done))
         proc.start()
         while sum(lake.count(t) for t in TOPICS) < n:

@@ -8,6 +8,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 from kafka import KafkaProducer
 
@@ -106,6 +107,24 @@ def test_mixed_stream_lands_distinct_valid_and_dead_letters_the_rest(platform, t
     assert dlq["error"].str.len().gt(0).all()
     assert dlq["error"].str.contains("oversized").sum() == 3
     assert dlq["error"].str.contains("malformed JSON").sum() == 6
+
+    # the lake is readable by Ray Data as well as pandas
+    script = ("import ray, sys; ray.init(); "
+              "print(ray.data.read_parquet(sys.argv[1]).count())")
+    out = platform.run(sys.executable, "-c", script,
+                       str(platform.lake.topic_dir("events.reco")))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.strip().splitlines()[-1]) == len(events["events.reco"])
+
+    # the job's counts reach Prometheus through Ray's metrics agent
+    url = f"http://127.0.0.1:{platform.head.cfg.metrics_export_port}/metrics"
+
+    def invalid_count() -> float:
+        text = httpx.get(url, timeout=5).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("ray_reco_ingest_invalid_total{"))
+
+    platform.wait_for(lambda: invalid_count() >= m_invalid, 60, "ingest metrics")
 
 
 def test_crash_between_lake_write_and_commit_loses_and_duplicates_nothing(platform, tmp_path):
