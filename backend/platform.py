@@ -62,7 +62,7 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
 
         echo("bootstrap: publishing MovieLens-100K history (first start only)")
         missing = wait_landed(lake, publish(settings), timeout=600)
-        echo(f"bootstrap: events not yet in the lake {missing}")
+        echo(f"bootstrap: missing from the lake {missing}")
     for topic, st in lake.stats().items():
         echo(f"lake {topic}: rows={st['rows']} newest={st['newest_ts']}")
     echo(f"ready: kafka={settings.kafka.servers} ray_dashboard={head.dashboard_url} "

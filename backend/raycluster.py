@@ -97,8 +97,11 @@ class RayHead:
             cmd.append(f"--num-cpus={c.num_cpus}")
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.settings.run_dir / "ray-start.log", "ab") as out:
-            proc = subprocess.Popen(cmd, env=os.environ | ray_env(self.settings) |
-                                    job_env(self.settings), stdout=out,
+            # jobs submitted as `ray job submit -- python -m jobs.x` find this environment's
+            # python first on PATH
+            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+            env = os.environ | ray_env(self.settings) | job_env(self.settings) | {"PATH": path}
+            proc = subprocess.Popen(cmd, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             self.pgid_file.write_text(str(proc.pid))
             if proc.wait(timeout=timeout) != 0:
