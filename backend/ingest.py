@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from backend import batch
@@ -91,9 +91,21 @@ class IngestLogic:
         self.send_dlq = send_dlq
         self.tag = tag
         self.per_message = per_message
-        self.seen: dict[str, set[str]] = {t: lake.event_ids(t, dedupe_days) for t in TOPICS}
+        self.dedupe_days = dedupe_days
+        self.seen: dict[str, set[str]] = {t: set() for t in TOPICS}
+        self._read: dict[str, set] = {t: set() for t in TOPICS}
+        self.refresh()
         self.stats = IngestStats()
         self.on_batch: Callable[[IngestStats], None] | None = None
+
+    def refresh(self) -> None:
+        """Load ids from lake files this process has not read: at start and after every
+        partition assignment, so a partition taken over from a crashed member dedupes against
+        what that member wrote before it died."""
+        for t in TOPICS:
+            ids, files = self.lake.event_ids(t, self.dedupe_days, skip=self._read[t])
+            self.seen[t] |= ids
+            self._read[t] |= files
 
     def handle(self, messages: list[Message]) -> None:
         """Validate, route and durably land one poll's messages (all topics)."""
@@ -124,7 +136,7 @@ class IngestLogic:
         if dlq:
             self.send_dlq(dlq)  # acknowledged before the offsets move past the bad records
         for topic, frame in landed:
-            self.lake.write(topic, frame, tag=self.tag)
+            self._read[topic].add(self.lake.write(topic, frame, tag=self.tag))
             self.seen[topic].update(frame["event_id"])
             delta.written[topic] += len(frame)
         delta.batches += 1
@@ -154,6 +166,17 @@ class IngestLogic:
         return valid[fresh].copy()
 
 
+class _Refresh(ConsumerRebalanceListener):
+    def __init__(self, logic: IngestLogic) -> None:
+        self.logic = logic
+
+    def on_partitions_revoked(self, revoked) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.logic.refresh()
+
+
 class PartitionWorker:
     """One member of the ingest consumer group: poll, hand to IngestLogic, commit."""
 
@@ -181,7 +204,7 @@ class PartitionWorker:
         c = make_consumer(self.settings.kafka, max_poll_records=self.settings.ingest.max_batch,
                           fetch_max_bytes=16 * 1024 * 1024,
                           max_partition_fetch_bytes=4 * 1024 * 1024)
-        c.subscribe(list(TOPICS))
+        c.subscribe(list(TOPICS), listener=_Refresh(self.logic))
         return c
 
     def _reset(self) -> None:

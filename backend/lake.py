@@ -82,23 +82,25 @@ class Lake:
         )
         return table.to_pandas()
 
-    def event_ids(self, topic: str, days: int) -> set[str]:
-        """Event ids landed in the last `days` landing days: the ingest job's dedupe memory."""
+    def event_ids(self, topic: str, days: int, skip: set[Path] | None = None,
+                  ) -> tuple[set[str], set[Path]]:
+        """Event ids landed in the last `days` landing days, from files not in `skip`: the
+        ingest job's dedupe memory. Returns (ids, files read)."""
         since = datetime.now(UTC) - timedelta(days=days)
-        files = self.files(topic, since=since)
+        files = [f for f in self.files(topic, since=since) if not skip or f not in skip]
         if not files:
-            return set()
+            return set(), set()
         table = ds.dataset([str(f) for f in files], format="parquet").to_table(
             columns=["event_id"]
         )
-        return set(table.column("event_id").to_pylist())
+        return set(table.column("event_id").to_pylist()), set(files)
 
     def stats(self) -> dict[str, dict[str, object]]:
         """Rows, files and newest event time per topic (row counts from Parquet footers)."""
         out: dict[str, dict[str, object]] = {}
         for topic in EVENT_MODELS:
             files = self.files(topic)
-            rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            rows = _rows(files)
             newest = None
             if files:
                 ts = ds.dataset([str(f) for f in files], format="parquet").to_table(
@@ -109,4 +111,8 @@ class Lake:
         return out
 
     def count(self, topic: str) -> int:
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files(topic))
+        return _rows(self.files(topic))
+
+
+def _rows(files: list[Path]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)

@@ -66,7 +66,7 @@ def wait_landed(lake: Lake, ids: dict[str, set[str]], timeout: float) -> dict[st
     """Wait until the lake holds every id; returns how many are still missing per topic."""
     deadline = time.monotonic() + timeout
     while True:
-        missing = {t: len(want - lake.event_ids(t, days=36500)) for t, want in ids.items()}
+        missing = {t: len(want - lake.event_ids(t, days=36500)[0]) for t, want in ids.items()}
         if not any(missing.values()) or time.monotonic() > deadline:
             return missing
         time.sleep(2)

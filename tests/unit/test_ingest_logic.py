@@ -83,3 +83,13 @@ def test_per_message_baseline_gives_the_same_result(tmp_path, sink):
     a, b = Lake(tmp_path / "a").read("events.rating"), Lake(tmp_path / "b").read("events.rating")
     assert sorted(a["event_id"]) == sorted(b["event_id"]) and len(a) == 2
     assert [(e.offset, e.error) for e in batched] == [(e.offset, e.error) for e in single]
+
+
+def test_refresh_sees_what_another_member_wrote(tmp_path, sink):
+    values = [rating() for _ in range(5)]
+    taker = make(tmp_path, sink)  # started before the other member wrote anything
+    make(tmp_path, sink).handle(msgs(values))  # a member that then crashed before commit
+    taker.refresh()  # what the rebalance listener does on assignment
+    taker.handle(msgs(values))
+    assert Lake(tmp_path).count("events.rating") == 5
+    assert taker.stats.deduplicated["events.rating"] == 5

@@ -31,7 +31,9 @@ def test_write_read_roundtrip_and_stats(tmp_path):
     assert stats["events.rating"]["rows"] == 5 and stats["events.rating"]["files"] == 2
     assert str(stats["events.rating"]["newest_ts"]).startswith("2024-01-01")
     assert stats["events.watch"] == {"rows": 0, "files": 0, "newest_ts": None}
-    assert lake.event_ids("events.rating", days=1) == set(back["event_id"])
+    ids, files = lake.event_ids("events.rating", days=1)
+    assert ids == set(back["event_id"]) and len(files) == 2
+    assert lake.event_ids("events.rating", days=1, skip=files) == (set(), set())
 
 
 def test_partial_files_are_invisible(tmp_path):

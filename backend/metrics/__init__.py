@@ -1,0 +1,1 @@
+"""Pure metric functions; each docstring gives the definition and its source."""
