@@ -170,6 +170,122 @@ def produce(source) -> None:
     click.echo(f"produced={sent} unparseable={bad}")
 
 
+# -- models -------------------------------------------------------------------------------
+
+
+@main.command()
+def train() -> None:
+    """Retrain A and B from the lake, evaluate, register signed candidates, gate, promote."""
+    from backend.raycluster import init_ray
+    from jobs.retrain import retrain
+
+    s = _settings()
+    init_ray(s)
+    for variant, r in retrain(s).items():
+        m = r["metrics"]
+        verdict = "promoted" if r["promoted"] else "refused: " + "; ".join(r["reasons"])
+        click.echo(f"{variant} {r['version']}: ndcg@{m['k']}={m['ndcg']:.4f} "
+                   f"recall={m['recall']:.4f} coverage={m['coverage']:.3f} "
+                   f"gini={m['gini']:.3f} -> {verdict}")
+
+
+@main.command()
+def evaluate() -> None:
+    """Evaluate the production models and a popularity baseline on the lake's temporal split."""
+    from backend.data.movielens import load
+    from backend.evaluation import build_interactions, temporal_split
+    from backend.evaluation import evaluate as run_eval
+    from backend.lake import Lake
+    from backend.recommenders import MODELS, Popularity
+    from jobs.retrain import quarantined
+    from registry import open_registry
+
+    s = _settings()
+    lake = Lake(s.lake_root)
+    inter = build_interactions(lake.read("events.rating"), lake.read("events.watch"),
+                               quarantined(s))
+    train, test = temporal_split(inter, s.train.test_fraction)
+    ml = load(s.data_cache)
+    reg = open_registry(s)
+    candidates = {"popularity": Popularity()}
+    for variant in reg.variants():
+        manifest = reg.verify(variant, "production")
+        candidates[f"{variant} {manifest['version']}"] = MODELS[manifest["kind"]](
+            **manifest["params"])
+    click.echo(f"{'model':<16}" + "".join(f"{c:>10}" for c in
+                                           ("ndcg", "recall", "map", "coverage", "gini",
+                                            "novelty", "aplt")))
+    for name, model in candidates.items():
+        m = run_eval(model.fit(train, ml.items, ml.users), train, test, s.train.k,
+                     s.train.tail_share)
+        click.echo(f"{name:<16}" + "".join(f"{m[c]:>10.4f}" for c in
+                                           ("ndcg", "recall", "map", "coverage", "gini",
+                                            "novelty", "aplt")))
+
+
+@main.group()
+def models() -> None:
+    """The signed model registry."""
+
+
+def _registry(signer: bool = False):
+    from registry import open_registry
+
+    return open_registry(_settings(), signer=signer)
+
+
+@models.command("list")
+def models_list() -> None:
+    reg = _registry()
+    for variant in reg.variants():
+        aliases = reg.aliases(variant)
+        for version in reg.versions(variant):
+            tags = ",".join(a for a, v in aliases.items() if v == version)
+            m = reg.manifest(variant, version)["metrics"]
+            click.echo(f"{variant} {version} {tags or '-':<22} ndcg={m.get('ndcg', 0):.4f} "
+                       f"coverage={m.get('coverage', 0):.3f} gini={m.get('gini', 0):.3f}")
+
+
+@models.command("show")
+@click.argument("variant")
+@click.argument("ref", default="production")
+def models_show(variant: str, ref: str) -> None:
+    click.echo(json.dumps(_registry().manifest(variant, ref), indent=2))
+
+
+@models.command("verify")
+@click.argument("variant", required=False)
+@click.argument("ref", required=False)
+def models_verify(variant: str | None, ref: str | None) -> None:
+    """Verify signatures and digests; exit status 1 if anything fails."""
+    from registry import RegistryError
+
+    reg = _registry()
+    failed = 0
+    for v in [variant] if variant else reg.variants():
+        for version in [ref] if ref else reg.versions(v):
+            try:
+                reg.verify(v, version)
+                click.echo(f"ok     {v}/{version}")
+            except RegistryError as exc:
+                failed += 1
+                click.echo(f"FAILED {exc.detail}")
+    sys.exit(1 if failed else 0)
+
+
+@models.command("promote")
+@click.argument("variant")
+@click.argument("version")
+def models_promote(variant: str, version: str) -> None:
+    click.echo(json.dumps(_registry().promote(variant, version)))
+
+
+@models.command("rollback")
+@click.argument("variant")
+def models_rollback(variant: str) -> None:
+    click.echo(json.dumps(_registry().rollback(variant)))
+
+
 # -- the platform -------------------------------------------------------------------------
 
 

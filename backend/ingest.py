@@ -166,15 +166,20 @@ class IngestLogic:
         return valid[fresh].copy()
 
 
-class _Refresh(ConsumerRebalanceListener):
-    def __init__(self, logic: IngestLogic) -> None:
-        self.logic = logic
+class _OnAssign(ConsumerRebalanceListener):
+    def __init__(self, worker: PartitionWorker) -> None:
+        self.worker = worker
 
     def on_partitions_revoked(self, revoked) -> None:
         pass
 
     def on_partitions_assigned(self, assigned) -> None:
-        self.logic.refresh()
+        self.worker.logic.refresh()
+        if assigned and time.monotonic() < self.worker.rewind_until:
+            # a new (empty, restarted) broker: its offsets restart at 0 and any offset
+            # committed before we noticed may have skipped records; read it all again,
+            # the dedupe makes that safe
+            self.worker._consumer.seek_to_beginning(*assigned)
 
 
 class PartitionWorker:
@@ -189,6 +194,7 @@ class PartitionWorker:
                                  per_message=settings.ingest.per_message_validation)
         self._consumer: KafkaConsumer | None = None
         self._cluster_id: str | None = None
+        self.rewind_until = 0.0  # monotonic deadline for rewinding assigned partitions
 
     def _send_dlq(self, events: list[DlqEvent]) -> None:
         if self._producer is None:  # raises while the broker is away: the batch is retried
@@ -202,9 +208,10 @@ class PartitionWorker:
 
     def _open(self) -> KafkaConsumer:
         c = make_consumer(self.settings.kafka, max_poll_records=self.settings.ingest.max_batch,
+                          metadata_max_age_ms=5000,  # notice a restarted broker within seconds
                           fetch_max_bytes=16 * 1024 * 1024,
                           max_partition_fetch_bytes=4 * 1024 * 1024)
-        c.subscribe(list(TOPICS), listener=_Refresh(self.logic))
+        c.subscribe(list(TOPICS), listener=_OnAssign(self))
         return c
 
     def _reset(self) -> None:
@@ -229,6 +236,7 @@ class PartitionWorker:
             log.warning("broker changed cluster_id=%s previous=%s; rejoining", cluster_id,
                         self._cluster_id)
             self._cluster_id = cluster_id
+            self.rewind_until = time.monotonic() + 120
             self._reset()
             return 0
         self._cluster_id = cluster_id or self._cluster_id

@@ -88,7 +88,29 @@ class IngestSettings(BaseModel):
 
 
 class RegistrySettings(BaseModel):
+    """`public_key` alone is enough to verify (serving); signing needs `keys_dir`'s private key."""
+
     root: Path | None = None
+    keys_dir: Path | None = None
+    public_key: Path | None = None
+
+
+class TrainSettings(BaseModel):
+    """Retrain job: split, model parameters and the promotion gates."""
+
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    k: int = Field(10, ge=1)
+    neighbours: int = Field(50, ge=1)
+    shrinkage: float = Field(10.0, ge=0)
+    watch_weight: float = Field(1.0, ge=0)
+    rating_weight: float = Field(1.0, ge=0)
+    mmr_lambda: float = Field(0.7, ge=0, le=1)
+    exploration: float = Field(0.1, ge=0)
+    tail_slots: int = Field(2, ge=0)
+    tail_share: float = Field(0.8, gt=0, lt=1)
+    ndcg_tolerance: float = Field(0.02, ge=0, description="allowed NDCG@k drop vs production")
+    min_coverage: float = Field(0.05, ge=0, le=1)
+    max_gini: float = Field(0.99, ge=0, le=1)
 
 
 class ServeSettings(BaseModel):
@@ -131,6 +153,7 @@ class Settings(BaseSettings):
     lake: LakeSettings = LakeSettings()
     ingest: IngestSettings = IngestSettings()
     registry: RegistrySettings = RegistrySettings()
+    train: TrainSettings = TrainSettings()
     serve: ServeSettings = ServeSettings()
     sim: SimSettings = SimSettings()
     schedule: ScheduleSettings = ScheduleSettings()
@@ -145,6 +168,10 @@ class Settings(BaseSettings):
             self.lake.root = self.var_dir / "lake"
         if self.registry.root is None:
             self.registry.root = self.var_dir / "registry"
+        if self.registry.keys_dir is None:
+            self.registry.keys_dir = self.var_dir / "keys"
+        if self.registry.public_key is None:
+            self.registry.public_key = self.registry.keys_dir / "registry_ed25519.pub"
         return self
 
     @property

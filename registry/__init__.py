@@ -1,1 +1,18 @@
-"""Signed, versioned model registry (built with the models issue)."""
+"""Signed, versioned model registry."""
+
+from __future__ import annotations
+
+from backend.settings import Settings
+from registry.signing import ensure_keys
+from registry.store import Registry, RegistryError
+
+
+def open_registry(settings: Settings, signer: bool = False) -> Registry:
+    """The registry of `settings`; with `signer`, keys are created if missing."""
+    reg = settings.registry
+    assert reg.root is not None and reg.keys_dir is not None and reg.public_key is not None
+    private = ensure_keys(reg.keys_dir)[0] if signer else None
+    return Registry(reg.root, reg.public_key, private)
+
+
+__all__ = ["Registry", "RegistryError", "open_registry"]

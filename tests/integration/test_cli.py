@@ -60,3 +60,19 @@ def test_bootstrap_lands_all_movielens_ratings(platform, movielens_wheel):
     assert stats["events.rating"]["newest_ts"].startswith("1998-04-22")
     table = reco(platform, "lake", "stats").stdout
     assert "100000" in table
+
+    # the models issue: train on the bootstrapped lake, signed and promoted, verifiable
+    out = reco(platform, "train")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("-> promoted") == 2, out.stdout
+    out = reco(platform, "models", "verify")
+    assert out.returncode == 0 and out.stdout.count("ok ") == 2, out.stdout
+    listing = reco(platform, "models", "list").stdout
+    assert "A v0001 production" in listing and "B v0001 production" in listing
+    manifest = json.loads(reco(platform, "models", "show", "A").stdout)
+    assert manifest["provenance"]["rows"] == 100_000
+    assert manifest["metrics"]["ndcg"] > 0.1
+    model_json = platform.settings.registry.root / "A" / "v0001" / "model.json"
+    model_json.write_text(model_json.read_text().replace("50", "51"))
+    out = reco(platform, "models", "verify")
+    assert out.returncode == 1 and "A/v0001: model.json does not match its digest" in out.stdout

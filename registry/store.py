@@ -1,0 +1,198 @@
+"""Versioned, signed model store: `<root>/<variant>/<version>/` plus aliases per variant.
+
+A version folder holds the model files, `manifest.json` (per-file SHA-256 and size,
+provenance, offline metrics) and `manifest.sig` (Ed25519 over the manifest bytes). `verify`
+checks the signature first, then that the folder holds exactly the listed files with the
+listed digests; `load` verifies before it deserialises anything. Aliases (`production`,
+`candidate`, `previous`) live in `aliases.json`, replaced atomically. Gate decisions are
+appended to `decisions.jsonl` beside them (outside the signed folders).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backend.errors import RecoError
+from backend.recommenders import Recommender
+from registry import signing
+
+MANIFEST, SIGNATURE, ALIASES, DECISIONS = (
+    "manifest.json", "manifest.sig", "aliases.json", "decisions.jsonl")
+ALIAS_NAMES = ("production", "candidate", "previous")
+
+
+class RegistryError(RecoError):
+    """A version that must not be used: unsigned, tampered, missing, or an unknown name."""
+
+    status_code = 409
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Registry:
+    def __init__(self, root: Path, public_key: Path, private_key: Path | None = None) -> None:
+        self.root = Path(root)
+        self.public_key = Path(public_key)
+        self.private_key = private_key
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def register(self, variant: str, model: Recommender, provenance: dict[str, Any],
+                 metrics: dict[str, float]) -> str:
+        """Save, hash, sign and publish a new version; returns its name."""
+        if self.private_key is None:
+            raise RegistryError("no signing key configured: this registry is read-only")
+        base = self.root / variant
+        base.mkdir(parents=True, exist_ok=True)
+        existing = [int(p.name[1:]) for p in base.glob("v*") if p.name[1:].isdigit()]
+        version = f"v{max(existing, default=0) + 1:04d}"
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
+        files = model.save(tmp)
+        manifest = {
+            "variant": variant, "version": version, "kind": model.kind,
+            "created_at": datetime.now(UTC).isoformat(),
+            "files": {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
+                      for p in sorted(files)},
+            "params": model.params, "metrics": metrics, "provenance": provenance,
+        }
+        payload = _canonical(manifest)
+        (tmp / MANIFEST).write_bytes(payload)
+        (tmp / SIGNATURE).write_bytes(
+            signing.sign(signing.load_private(self.private_key), payload))
+        os.replace(tmp, base / version)
+        self.set_alias(variant, "candidate", version)
+        return version
+
+    def aliases(self, variant: str) -> dict[str, str]:
+        path = self.root / variant / ALIASES
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def set_alias(self, variant: str, alias: str, version: str | None) -> None:
+        if alias not in ALIAS_NAMES:
+            raise RegistryError(f"unknown alias {alias!r}")
+        aliases = self.aliases(variant)
+        if version is None:
+            aliases.pop(alias, None)
+        else:
+            aliases[alias] = version
+        _atomic_write(self.root / variant / ALIASES, _canonical(aliases))
+
+    def promote(self, variant: str, version: str) -> dict[str, str]:
+        """Make a verified version production; the old production becomes `previous`."""
+        self.verify(variant, version)
+        aliases = self.aliases(variant)
+        if aliases.get("production") != version:
+            if aliases.get("production"):
+                aliases["previous"] = aliases["production"]
+            aliases["production"] = version
+        if aliases.get("candidate") == version:
+            aliases.pop("candidate")
+        _atomic_write(self.root / variant / ALIASES, _canonical(aliases))
+        return aliases
+
+    def rollback(self, variant: str) -> dict[str, str]:
+        """Swap production and previous (after verifying previous)."""
+        aliases = self.aliases(variant)
+        previous = aliases.get("previous")
+        if not previous:
+            raise RegistryError(f"{variant}: no previous version to roll back to")
+        self.verify(variant, previous)
+        aliases["previous"], aliases["production"] = aliases["production"], previous
+        _atomic_write(self.root / variant / ALIASES, _canonical(aliases))
+        return aliases
+
+    def record_decision(self, variant: str, decision: dict[str, Any]) -> None:
+        line = json.dumps({"at": datetime.now(UTC).isoformat()} | decision, sort_keys=True)
+        with open(self.root / variant / DECISIONS, "a") as fh:
+            fh.write(line + "\n")
+
+    def decisions(self, variant: str) -> list[dict[str, Any]]:
+        path = self.root / variant / DECISIONS
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def variants(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and
+                      not p.name.startswith(".")) if self.root.exists() else []
+
+    def versions(self, variant: str) -> list[str]:
+        base = self.root / variant
+        return sorted(p.name for p in base.glob("v*") if p.is_dir()) if base.exists() else []
+
+    def resolve(self, variant: str, ref: str) -> str:
+        """A version name from a version or an alias."""
+        if ref in ALIAS_NAMES:
+            version = self.aliases(variant).get(ref)
+            if not version:
+                raise RegistryError(f"{variant}: no {ref} version")
+            return version
+        return ref
+
+    def manifest(self, variant: str, ref: str) -> dict[str, Any]:
+        """The manifest as stored (unverified: use `verify` before trusting it)."""
+        path = self.root / variant / self.resolve(variant, ref) / MANIFEST
+        if not path.exists():
+            raise RegistryError(f"{variant}/{ref}: no such version")
+        return json.loads(path.read_bytes())
+
+    def verify(self, variant: str, ref: str) -> dict[str, Any]:
+        """The manifest if signature and every file check out; RegistryError saying why not."""
+        version = self.resolve(variant, ref)
+        folder = self.root / variant / version
+        where = f"{variant}/{version}"
+        if not folder.is_dir():
+            raise RegistryError(f"{where}: no such version")
+        try:
+            payload = (folder / MANIFEST).read_bytes()
+            signature = (folder / SIGNATURE).read_bytes()
+        except FileNotFoundError as exc:
+            raise RegistryError(f"{where}: missing {Path(exc.filename).name}") from None
+        if not signing.valid(signing.load_public(self.public_key), payload, signature):
+            raise RegistryError(f"{where}: manifest signature does not verify with "
+                                f"{self.public_key.name}")
+        manifest = json.loads(payload)
+        if manifest.get("variant") != variant or manifest.get("version") != version:
+            raise RegistryError(f"{where}: manifest names {manifest.get('variant')}/"
+                                f"{manifest.get('version')}")
+        listed = set(manifest["files"])
+        present = {p.name for p in folder.iterdir()} - {MANIFEST, SIGNATURE}
+        if present - listed:
+            raise RegistryError(f"{where}: unexpected files {sorted(present - listed)}")
+        if listed - present:
+            raise RegistryError(f"{where}: missing files {sorted(listed - present)}")
+        for name, meta in manifest["files"].items():
+            if sha256(folder / name) != meta["sha256"]:
+                raise RegistryError(f"{where}: {name} does not match its digest")
+        return manifest
+
+    def load(self, variant: str, ref: str = "production") -> tuple[Recommender, dict[str, Any]]:
+        """Verify, then deserialise. Never loads an unverified file."""
+        manifest = self.verify(variant, ref)
+        folder = self.root / variant / manifest["version"]
+        return Recommender.load(folder), manifest
