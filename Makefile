@@ -36,7 +36,9 @@ test-slow: $(STAMP)
 	$(BIN)/pytest -m slow
 
 bench: $(STAMP)
+	$(BIN)/reco data fetch
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/train.py
 
 clean-venv:
 	rm -rf $(VENV)

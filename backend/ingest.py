@@ -262,8 +262,9 @@ class PartitionWorker:
 
     def run(self, once: bool = False, stop: Callable[[], bool] = lambda: False) -> dict:
         """Consume until `stop()`; with `once`, until idle for `ingest.idle_seconds` after join."""
-        started = idle_since = time.monotonic()
+        started = idle_since = assigned_at = time.monotonic()
         grace = 3 * self.settings.ingest.idle_seconds  # time allowed for the group join
+        rejoin_after = max(30.0, 5 * self.settings.kafka.session_timeout_ms / 1000)
         while not stop():
             try:
                 n = self.poll_once()
@@ -273,6 +274,15 @@ class PartitionWorker:
                 time.sleep(1.0)
                 n = 0
             now = time.monotonic()
+            if self.assigned():
+                assigned_at = now
+            elif now - assigned_at > rejoin_after and not once:
+                # a group join that never completes (seen with the embedded broker after a
+                # restart under load): start over with a fresh consumer
+                log.warning("no partitions for %.0fs, rejoining worker=%s", now - assigned_at,
+                            self.worker_id)
+                self._reset()
+                assigned_at = now
             if n or (not self.assigned() and now - started < grace):
                 idle_since = now
             elif once and now - idle_since > self.settings.ingest.idle_seconds:

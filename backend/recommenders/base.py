@@ -26,26 +26,20 @@ import scipy.sparse as sp
 AGE_BANDS = (0, 18, 25, 35, 45, 56, 200)
 
 
-def age_band(age: float) -> int:
-    return int(np.searchsorted(AGE_BANDS, age, side="right") - 1)
-
-
 def item_features(items: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
     """Row-normalised content vectors: one-hot genres plus a scaled release-year column."""
-    genres = sorted({g for gs in items["genres"] for g in (gs if gs is not None else [])})
-    index = {g: j for j, g in enumerate(genres)}
-    by_item = items.set_index("item_id")
-    feats = np.zeros((len(item_ids), len(genres) + 1), dtype=np.float32)
-    years = pd.to_numeric(by_item["year"], errors="coerce").astype("float64")
-    lo, hi = np.nanmin(years) if len(years) else 0, np.nanmax(years) if len(years) else 1
-    for row, item in enumerate(item_ids):
-        if item not in by_item.index:
-            continue
-        for g in by_item.at[item, "genres"] if by_item.at[item, "genres"] is not None else []:
-            feats[row, index[g]] = 1.0
-        y = years.get(item)
-        if y is not None and not np.isnan(y) and hi > lo:
-            feats[row, -1] = 0.5 * (y - lo) / (hi - lo)
+    frame = items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids)
+    genres = frame["genres"].map(lambda g: list(g) if isinstance(g, (list, np.ndarray)) else [])
+    exploded = genres.explode().dropna()
+    names = sorted(set(exploded))
+    feats = np.zeros((len(item_ids), len(names) + 1), dtype=np.float32)
+    if len(exploded):
+        rows = item_ids.searchsorted(exploded.index.to_numpy())
+        feats[rows, np.searchsorted(names, exploded.to_numpy())] = 1.0
+    years = pd.to_numeric(frame["year"], errors="coerce").to_numpy(dtype=np.float64)
+    if np.isfinite(years).any():
+        lo, hi = np.nanmin(years), np.nanmax(years)
+        feats[:, -1] = np.nan_to_num(0.5 * (years - lo) / max(hi - lo, 1.0))
     norms = np.linalg.norm(feats, axis=1, keepdims=True)
     return feats / np.maximum(norms, 1e-9)
 
@@ -103,15 +97,15 @@ class Recommender(ABC):
         if users is None or users.empty:
             self.group_pop = np.zeros((0, len(self.item_ids)), dtype=np.float32)
             return
-        for u, g, a in zip(users["user_id"], users["gender"], users["age"], strict=True):
-            self.group_of_user[int(u)] = (0 if g == "F" else 1) * len(AGE_BANDS) + age_band(a)
-        n_groups = 2 * len(AGE_BANDS)
-        self.group_pop = np.zeros((n_groups, len(self.item_ids)), dtype=np.float32)
-        for u, row in self._uidx.items():
-            g = self.group_of_user.get(u)
-            if g is not None:
-                lo, hi = self.seen.indptr[row], self.seen.indptr[row + 1]
-                self.group_pop[g, self.seen.indices[lo:hi]] += 1
+        bands = np.searchsorted(AGE_BANDS, users["age"].to_numpy(dtype=float), side="right") - 1
+        groups = np.where(users["gender"].to_numpy() == "F", 0, 1) * len(AGE_BANDS) + bands
+        self.group_of_user = dict(zip(users["user_id"].astype(int).tolist(), groups.tolist(),
+                                      strict=True))
+        row_group = np.array([self.group_of_user.get(int(u), -1) for u in self.user_ids])
+        known = np.flatnonzero(row_group >= 0)
+        membership = sp.csr_matrix((np.ones(len(known), np.float32), (row_group[known], known)),
+                                   shape=(2 * len(AGE_BANDS), len(self.user_ids)))
+        self.group_pop = np.asarray((membership @ self.seen).todense(), dtype=np.float32)
 
     @abstractmethod
     def _fit(self, frame: pd.DataFrame, rows: np.ndarray, cols: np.ndarray) -> None:

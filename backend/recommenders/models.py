@@ -115,8 +115,10 @@ class DiversityKNN(ItemKNN):
     - MMR (Carbonell & Goldstein 1998): pick argmax lambda * rel(i) - (1 - lambda) *
       max_{j picked} sim(i, j), with rel scaled to [0, 1] over the candidates and sim the
       content (genre/year) cosine, or the kNN similarity without item metadata;
-    - exploration: rel += exploration / sqrt(1 + exposure(i)), exposure = training count
-      (or recommendation counts given to `set_exposure`);
+    - exploration: every score is multiplied by (1 + exposure(i)) ** -exploration before
+      the candidates are chosen, so items with little exposure (training interactions, or
+      recommendation counts given to `set_exposure`) can compete (popularity debiasing, cf.
+      Abdollahpouri et al. 2017);
     - `tail_slots` of the k positions are reserved for long-tail items: the bottom
       `tail_share` of the catalog by popularity.
     `mmr_lambda`, `exploration` and `tail_slots` change at run time through `set_params`.
@@ -125,7 +127,7 @@ class DiversityKNN(ItemKNN):
     kind: ClassVar[str] = "diversity_knn"
     RUNTIME = ("mmr_lambda", "exploration", "tail_slots")
 
-    def __init__(self, mmr_lambda: float = 0.7, exploration: float = 0.1, tail_slots: int = 2,
+    def __init__(self, mmr_lambda: float = 0.9, exploration: float = 0.7, tail_slots: int = 2,
                  tail_share: float = 0.8, candidates: int = 100, **params: Any) -> None:
         super().__init__(mmr_lambda=mmr_lambda, exploration=exploration, tail_slots=tail_slots,
                          tail_share=tail_share, candidates=candidates, **params)
@@ -146,6 +148,10 @@ class DiversityKNN(ItemKNN):
     def set_exposure(self, counts: np.ndarray) -> None:
         self.exposure = np.asarray(counts, dtype=np.float32)
 
+    def _score_known(self, rows: np.ndarray) -> np.ndarray:
+        damp = (1.0 + self.exposure) ** -float(self.params["exploration"])
+        return super()._score_known(rows) * damp[None, :]
+
     def _pair_sim(self, cand: np.ndarray) -> np.ndarray:
         if self.features is not None:
             f = self.features[cand]
@@ -160,7 +166,6 @@ class DiversityKNN(ItemKNN):
         rel = scores[cand]
         span = rel.max() - rel.min()
         rel = (rel - rel.min()) / span if span > 0 else np.ones_like(rel)
-        rel = rel + p["exploration"] / np.sqrt(1.0 + self.exposure[cand])
         sim = self._pair_sim(cand)
         tail = self.tail[cand]
         picked: list[int] = []

@@ -170,8 +170,13 @@ def test_broker_outage_spools_and_replays_everything(platform, tmp_path):
     platform.broker.start()
     ensure_topics(platform.settings.kafka)
     platform.wait_for(lambda: producer.spool.depth == 0, 90, "spool replay")
-    platform.wait_for(lambda: all(platform.lake.count(t) >= 100 for t in first), 120,
-                      "lake catch-up")
+    try:
+        platform.wait_for(lambda: all(platform.lake.count(t) >= 100 for t in first), 120,
+                          "lake catch-up")
+    except AssertionError:
+        log = (platform.settings.var_dir / "ingest.log").read_text()[-6000:]
+        counts = {t: platform.lake.count(t) for t in first}
+        raise AssertionError(f"lake {counts}; ingest log tail:\n{log}") from None
     producer.close()
     for topic in first:
         want = {r["event_id"] for r in first[topic] + second[topic]}
