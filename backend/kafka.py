@@ -47,7 +47,12 @@ def ensure_topics(kafka: KafkaSettings, topics: Iterable[str] = TOPICS) -> list[
 
 
 def consumer(kafka: KafkaSettings, **overrides: Any) -> KafkaConsumer:
+    """Group consumer with manual commits. A JoinGroup request legitimately waits up to the
+    rebalance timeout (`max_poll_interval_ms`), so the request timeout must exceed it: with
+    the producers' short timeout a join after a broker restart never completed."""
     cfg = kafka.client_config() | {
+        "max_poll_interval_ms": kafka.max_poll_interval_ms,
+        "request_timeout_ms": kafka.max_poll_interval_ms + 10_000,
         "group_id": kafka.consumer_group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

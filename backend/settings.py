@@ -28,6 +28,7 @@ class KafkaSettings(BaseModel):
     client_id: str = "reco"
     consumer_group: str = "reco-ingest"
     session_timeout_ms: int = Field(6000, ge=1000)
+    max_poll_interval_ms: int = Field(30000, ge=5000, description="also the rebalance timeout")
     request_timeout_ms: int = Field(5000, ge=500)
     bootstrap_timeout_ms: int = Field(3000, ge=500)
     delivery_timeout_ms: int = Field(10000, ge=1000)
