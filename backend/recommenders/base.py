@@ -75,14 +75,13 @@ class Recommender(ABC):
     def fit(self, interactions: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> Self:
         frame = interactions
-        catalog = set(frame["item_id"].tolist())
-        if items is not None:
-            catalog |= set(items["item_id"].tolist())
-        self.item_ids = np.array(sorted(catalog), dtype=np.int64)
-        self.user_ids = np.array(sorted(set(frame["user_id"].tolist())), dtype=np.int64)
-        self._uidx = {int(u): i for i, u in enumerate(self.user_ids)}
-        rows = np.searchsorted(self.user_ids, frame["user_id"].to_numpy())
-        cols = np.searchsorted(self.item_ids, frame["item_id"].to_numpy())
+        item_col = frame["item_id"].to_numpy(dtype=np.int64)
+        self.user_ids, rows = np.unique(frame["user_id"].to_numpy(dtype=np.int64),
+                                        return_inverse=True)
+        self.item_ids = np.unique(item_col if items is None else np.concatenate(
+            [item_col, items["item_id"].to_numpy(dtype=np.int64)]))
+        self._uidx = dict(zip(self.user_ids.tolist(), range(len(self.user_ids)), strict=True))
+        cols = np.searchsorted(self.item_ids, item_col)
         shape = (len(self.user_ids), len(self.item_ids))
         self.seen = sp.csr_matrix((np.ones(len(frame), np.float32), (rows, cols)), shape=shape)
         self.seen.data[:] = 1.0  # duplicates summed by the constructor: back to a 0/1 mask

@@ -60,18 +60,26 @@ def shrunk_cosine_knn(x: sp.csr_matrix, k: int, shrinkage: float) -> sp.csr_matr
 
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
     unit = (x @ sp.diags(1.0 / np.maximum(norms, 1e-12))).tocsr().astype(np.float64)
-    cand = all_pairs_knn(unit, 2 * k + 1, show_progress=False).tocoo()
-    keep = cand.row != cand.col
-    r, c, cos = cand.row[keep], cand.col[keep], cand.data[keep]
-    denom = norms[r] * norms[c]
-    sim = (cos * denom / (denom + shrinkage)).astype(np.float32)
-    order = np.lexsort((-sim, r))
-    r, c, sim = r[order], c[order], sim[order]
-    starts = np.searchsorted(r, r, side="left")
-    rank = np.arange(len(r)) - starts
-    sel = (rank < k) & (sim > 0)
+    cand = all_pairs_knn(unit, 2 * k + 1, show_progress=False).tocsr()
     n = x.shape[1]
-    return sp.csr_matrix((sim[sel], (r[sel], c[sel])), shape=(n, n))
+    counts = np.diff(cand.indptr)
+    rows = np.repeat(np.arange(n), counts)
+    cols = cand.indices
+    denom = norms[rows] * norms[cols]
+    shrunk = (cand.data * denom / (denom + shrinkage)).astype(np.float32)
+    shrunk[rows == cols] = 0.0  # an item is not its own neighbour
+    # candidates of one item side by side: (items x 2k+1), then the k best per row
+    width = int(counts.max(initial=0))
+    pos = np.arange(len(cols)) - cand.indptr[rows]
+    vals = np.zeros((n, max(width, 1)), dtype=np.float32)
+    idx = np.zeros((n, max(width, 1)), dtype=np.int64)
+    vals[rows, pos], idx[rows, pos] = shrunk, cols
+    if width > k:
+        best = np.argpartition(-vals, k - 1, axis=1)[:, :k]
+        vals, idx = np.take_along_axis(vals, best, 1), np.take_along_axis(idx, best, 1)
+    r = np.repeat(np.arange(n), vals.shape[1]).reshape(vals.shape)
+    sel = vals > 0
+    return sp.csr_matrix((vals[sel], (r[sel], idx[sel])), shape=(n, n))
 
 
 class ItemKNN(Recommender):
