@@ -21,6 +21,7 @@ import pandas as pd
 
 from backend.data.movielens import load as load_movielens
 from backend.evaluation import build_interactions, evaluate, temporal_split
+from backend.hashing import sha256_file
 from backend.lake import Lake
 from backend.logs import setup_logging
 from backend.recommenders import DiversityKNN, ItemKNN, Recommender
@@ -29,6 +30,7 @@ from registry import open_registry
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
+LOCKFILE = ROOT / "requirements.lock"
 VARIANTS: dict[str, type[Recommender]] = {"A": ItemKNN, "B": DiversityKNN}
 
 
@@ -70,16 +72,12 @@ def gate(candidate: dict[str, float], production: dict[str, float] | None,
     return reasons
 
 
-def _digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
 def provenance(settings: Settings, lake: Lake, inter: pd.DataFrame,
                quarantine: set[int]) -> dict[str, Any]:
     files, max_offsets = [], {}
     for topic in ("events.rating", "events.watch"):
         for f in lake.files(topic):
-            files.append(f"{f.relative_to(lake.root)}:{_digest(f)}")
+            files.append(f"{f.relative_to(lake.root)}:{sha256_file(f)}")
         frame = lake.read(topic, columns=["kafka_partition", "kafka_offset"])
         max_offsets[topic] = {str(p): int(o) for p, o in
                               frame.groupby("kafka_partition")["kafka_offset"].max().items()}
@@ -98,7 +96,7 @@ def provenance(settings: Settings, lake: Lake, inter: pd.DataFrame,
                  "max_offsets": max_offsets},
         "libraries": {p: pkg_version(p) for p in
                       ("numpy", "scipy", "pandas", "pyarrow", "implicit", "ray")},
-        "lockfile_sha256": _digest(ROOT / "requirements.lock"),
+        "lockfile_sha256": sha256_file(LOCKFILE) if LOCKFILE.exists() else None,
     }
 
 

@@ -10,7 +10,6 @@ appended to `decisions.jsonl` beside them (outside the signed folders).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import RecoError
+from backend.hashing import sha256_file
 from backend.recommenders import Recommender
 from registry import signing
 
@@ -31,14 +31,6 @@ class RegistryError(RecoError):
     """A version that must not be used: unsigned, tampered, missing, or an unknown name."""
 
     status_code = 409
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _canonical(obj: Any) -> bytes:
@@ -76,7 +68,7 @@ class Registry:
         manifest = {
             "variant": variant, "version": version, "kind": model.kind,
             "created_at": datetime.now(UTC).isoformat(),
-            "files": {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
+            "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                       for p in sorted(files)},
             "params": model.params, "metrics": metrics, "provenance": provenance,
         }
@@ -187,7 +179,7 @@ class Registry:
         if listed - present:
             raise RegistryError(f"{where}: missing files {sorted(listed - present)}")
         for name, meta in manifest["files"].items():
-            if sha256(folder / name) != meta["sha256"]:
+            if sha256_file(folder / name) != meta["sha256"]:
                 raise RegistryError(f"{where}: {name} does not match its digest")
         return manifest
 

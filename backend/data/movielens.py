@@ -7,7 +7,6 @@ is never committed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import subprocess
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from backend.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,6 @@ class MovieLens:
     users: pd.DataFrame  # user_id, age, gender, occupation, zip_code
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch(cache_dir: Path) -> Path:
     """Download the wheel into `cache_dir` unless present; verify its digest."""
     cache_dir = Path(cache_dir)
@@ -52,7 +45,7 @@ def fetch(cache_dir: Path) -> Path:
              "--quiet", "recbole==1.2.1", "-d", str(cache_dir)],
             check=True,
         )
-    digest = _sha256(wheel)
+    digest = sha256_file(wheel)
     if digest != WHEEL_SHA256:
         wheel.unlink()
         raise RuntimeError(f"{WHEEL_NAME} digest {digest} does not match the pinned digest")

@@ -120,7 +120,7 @@ class Recommender(ABC):
         pop = self.popularity / max(float(self.popularity.max(initial=0)), 1.0)
         g = self.group_of_user.get(int(user_id))
         if g is None or self.group_pop.shape[0] == 0 or self.group_pop[g].sum() == 0:
-            return pop + 1e-6 * pop
+            return pop
         gp = self.group_pop[g] / self.group_pop[g].max()
         score = gp + 0.1 * pop
         if self.features is not None:
