@@ -263,8 +263,12 @@ class PartitionWorker:
     def run(self, once: bool = False, stop: Callable[[], bool] = lambda: False) -> dict:
         """Consume until `stop()`; with `once`, until idle for `ingest.idle_seconds` after join."""
         started = idle_since = assigned_at = time.monotonic()
-        grace = 3 * self.settings.ingest.idle_seconds  # time allowed for the group join
-        rejoin_after = max(30.0, 5 * self.settings.kafka.session_timeout_ms / 1000)
+        # time allowed for a group join: after a member died the coordinator may wait the
+        # whole rebalance timeout for it
+        kafka = self.settings.kafka
+        grace = max(3 * self.settings.ingest.idle_seconds,
+                    (kafka.max_poll_interval_ms + kafka.session_timeout_ms) / 1000)
+        rejoin_after = grace + kafka.session_timeout_ms / 1000
         while not stop():
             try:
                 n = self.poll_once()

@@ -2,7 +2,8 @@
 
 Parts so far: the embedded broker (unless a Kafka cluster is configured), a Ray head with
 token auth and its dashboard (so `ray job submit` works), the ingest job submitted through the
-Ray Jobs SDK, and the MovieLens bootstrap when the lake is empty. State stays under `var/`.
+Ray Jobs SDK, the MovieLens bootstrap when the lake is empty and the first signed models when
+the registry has none in production. State stays under `var/`.
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
         echo(f"bootstrap: missing from the lake {missing}")
     for topic, st in lake.stats().items():
         echo(f"lake {topic}: rows={st['rows']} newest={st['newest_ts']}")
+    from registry import open_registry
+
+    registry = open_registry(settings)
+    if not all(registry.aliases(v).get("production") for v in ("A", "B")):
+        from jobs.retrain import retrain
+
+        echo("models: training the first signed versions")
+        for variant, r in retrain(settings).items():
+            echo(f"models: {variant} {r['version']} promoted={r['promoted']} {r['reasons']}")
+    for variant in registry.variants():
+        echo(f"models: {variant} production={registry.aliases(variant).get('production')}")
     echo(f"ready: kafka={settings.kafka.servers} ray_dashboard={head.dashboard_url} "
          f"metrics=http://127.0.0.1:{settings.ray.metrics_export_port}/metrics")
 
@@ -90,5 +102,13 @@ def status(settings: Settings) -> dict[str, object]:
         "ray": {"running": head.running(), "dashboard": head.dashboard_url},
         "ingest_job": running_ingest_job(head) if head.running() else None,
         "lake": {t: st["rows"] for t, st in Lake(settings.lake_root).stats().items()},
+        "models": _production_models(settings),
     }
     return out
+
+
+def _production_models(settings: Settings) -> dict[str, str | None]:
+    from registry import open_registry
+
+    registry = open_registry(settings)
+    return {v: registry.aliases(v).get("production") for v in registry.variants()}
