@@ -286,6 +286,53 @@ def models_rollback(variant: str) -> None:
     click.echo(json.dumps(_registry().rollback(variant)))
 
 
+# -- serving ------------------------------------------------------------------------------
+
+
+@main.group("serve")
+def serve_group() -> None:
+    """The Ray Serve application (API on serve.host:serve.port)."""
+
+
+@serve_group.command("start")
+@click.option("--wait", type=float, default=120.0, help="seconds to wait for /health")
+def serve_start(wait: float) -> None:
+    import time
+
+    import httpx
+    from ray import serve
+
+    from backend.raycluster import init_ray
+    from backend.serving.app import AppArgs, build_app
+
+    s = _settings()
+    init_ray(s)
+    serve.start(http_options={"host": s.serve.host, "port": s.serve.port})
+    serve.run(build_app(AppArgs(split=s.serve.split, salt=s.serve.salt), s), name="reco",
+              route_prefix="/", blocking=False)
+    url = f"http://{s.serve.host}:{s.serve.port}/health"
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            health = httpx.get(url, timeout=5).json()
+            click.echo(f"serving {url}: {json.dumps(health)}")
+            return
+        except (httpx.HTTPError, ValueError):
+            time.sleep(1)
+    raise click.ClickException(f"{url} did not answer within {wait}s")
+
+
+@serve_group.command("stop")
+def serve_stop() -> None:
+    from ray import serve
+
+    from backend.raycluster import init_ray
+
+    init_ray(_settings())
+    serve.delete("reco")
+    click.echo("serve application deleted")
+
+
 # -- the platform -------------------------------------------------------------------------
 
 

@@ -232,12 +232,17 @@ class PartitionWorker:
         cluster_id = getattr(c._client.cluster, "cluster_id", None)
         if self._cluster_id is not None and cluster_id and cluster_id != self._cluster_id:
             # A different broker (the embedded one restarted empty): its offsets restart at 0,
-            # so our positions mean nothing there. Drop them and rejoin from its commits.
-            log.warning("broker changed cluster_id=%s previous=%s; rejoining", cluster_id,
+            # so our positions mean nothing there. Drop this poll and read everything again
+            # (the dedupe makes that safe); the client rejoins the group by itself, and the
+            # assignment listener rewinds whatever it is given during the next two minutes.
+            # Closing and recreating the consumer instead leaves stale members that the new
+            # coordinator waits for, and the group never forms.
+            log.warning("broker changed cluster_id=%s previous=%s; rewinding", cluster_id,
                         self._cluster_id)
             self._cluster_id = cluster_id
             self.rewind_until = time.monotonic() + 120
-            self._reset()
+            if c.assignment():
+                c.seek_to_beginning(*c.assignment())
             return 0
         self._cluster_id = cluster_id or self._cluster_id
         if not polled:
@@ -247,8 +252,9 @@ class PartitionWorker:
         try:
             self.logic.handle(messages)
         except Exception:
-            log.exception("batch failed; replaying from the last commit worker=%s", self.worker_id)
-            self._reset()
+            log.exception("batch failed; it will be polled again worker=%s", self.worker_id)
+            for tp, records in polled.items():  # nothing of it was committed: go back
+                c.seek(tp, records[0].offset)
             raise
         failpoint("ingest.after_write")
         offsets = {TopicPartition(tp.topic, tp.partition):
@@ -262,31 +268,21 @@ class PartitionWorker:
 
     def run(self, once: bool = False, stop: Callable[[], bool] = lambda: False) -> dict:
         """Consume until `stop()`; with `once`, until idle for `ingest.idle_seconds` after join."""
-        started = idle_since = assigned_at = time.monotonic()
+        started = idle_since = time.monotonic()
         # time allowed for a group join: after a member died the coordinator may wait the
         # whole rebalance timeout for it
         kafka = self.settings.kafka
         grace = max(3 * self.settings.ingest.idle_seconds,
                     (kafka.max_poll_interval_ms + kafka.session_timeout_ms) / 1000)
-        rejoin_after = grace + kafka.session_timeout_ms / 1000
         while not stop():
             try:
                 n = self.poll_once()
-            except Exception as exc:  # broker away, commit refused: back off and retry
+            except Exception as exc:  # broker away, commit refused: back off and retry; the
+                # client rejoins by itself (a fresh consumer would leave a stale group member)
                 log.warning("ingest cycle failed worker=%s error=%s", self.worker_id, exc)
-                self._reset()
                 time.sleep(1.0)
                 n = 0
             now = time.monotonic()
-            if self.assigned():
-                assigned_at = now
-            elif now - assigned_at > rejoin_after and not once:
-                # a group join that never completes (seen with the embedded broker after a
-                # restart under load): start over with a fresh consumer
-                log.warning("no partitions for %.0fs, rejoining worker=%s", now - assigned_at,
-                            self.worker_id)
-                self._reset()
-                assigned_at = now
             if n or (not self.assigned() and now - started < grace):
                 idle_since = now
             elif once and now - idle_since > self.settings.ingest.idle_seconds:

@@ -114,9 +114,24 @@ class TrainSettings(BaseModel):
     max_gini: float = Field(0.99, ge=0, le=1)
 
 
+class ApiKeySpec(BaseModel):
+    """A key is configured by its SHA-256 digest only; the key itself never sits in settings."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: Literal["client", "admin"] = "client"
+    per_minute: float | None = Field(None, gt=0, description="own rate limit")
+
+
 class ServeSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
+    api_keys: dict[str, ApiKeySpec] = {}
+    per_minute: float = Field(100.0, gt=0, description="rate limit for anyone without a key")
+    split: float = Field(0.5, ge=0, le=1, description="share of users served by variant A")
+    salt: str = "exp-1"
+    reload_seconds: float = Field(10.0, gt=0, description="how often variants look for a new "
+                                                           "production version")
+    max_k: int = 100
 
 
 class SimSettings(BaseModel):

@@ -1,0 +1,63 @@
+"""One model variant as served: the verified production version, hot-swapped when a newer
+one is promoted, never replaced by a version that fails verification."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from backend.recommenders import Recommender
+from registry import Registry, RegistryError
+
+log = logging.getLogger(__name__)
+
+
+class VariantLogic:
+    def __init__(self, registry: Registry, variant: str) -> None:
+        self.registry = registry
+        self.variant = variant
+        self.model: Recommender | None = None
+        self.version: str | None = None
+        self.refused: dict[str, str] = {}  # version -> why it was not loaded
+        self.runtime: dict[str, Any] = {}
+        self.reload()
+
+    def reload(self) -> bool:
+        """Load the production alias if it changed; returns True when a new version serves."""
+        try:
+            wanted = self.registry.aliases(self.variant).get("production")
+        except (OSError, ValueError) as exc:
+            log.error("aliases unreadable variant=%s error=%s", self.variant, exc)
+            return False
+        if wanted is None or wanted == self.version or wanted in self.refused:
+            return False
+        try:
+            model, manifest = self.registry.load(self.variant, wanted)
+        except RegistryError as exc:
+            self.refused[wanted] = exc.detail
+            log.error("refused model variant=%s version=%s reason=%s serving=%s",
+                      self.variant, wanted, exc.detail, self.version)
+            return False
+        if self.runtime and hasattr(model, "set_params"):
+            model.set_params(**self.runtime)
+        self.model, self.version = model, manifest["version"]
+        log.info("serving variant=%s version=%s", self.variant, self.version)
+        return True
+
+    def configure(self, runtime: dict[str, Any]) -> None:
+        """Run-time knobs (Model B's diversity strengths), kept across reloads."""
+        self.runtime = dict(runtime)
+        if self.model is not None and hasattr(self.model, "set_params") and runtime:
+            self.model.set_params(**runtime)
+
+    def recommend(self, user_id: int, k: int) -> dict[str, Any]:
+        if self.model is None:
+            raise RegistryError(f"variant {self.variant} has no verified production model")
+        t0 = time.perf_counter()
+        items = self.model.recommend(user_id, k)
+        return {"items": items, "variant": self.variant, "model_version": self.version,
+                "model_ms": (time.perf_counter() - t0) * 1000}
+
+    def status(self) -> dict[str, Any]:
+        return {"variant": self.variant, "version": self.version, "refused": self.refused}

@@ -1,0 +1,150 @@
+"""The Ray Serve app over HTTP: real Serve on the session's Ray head, real embedded broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from scipy.stats import binomtest
+
+from backend.broker import EmbeddedBroker
+from backend.kafka import ensure_topics
+from backend.recommenders import DiversityKNN, ItemKNN
+from backend.serving.auth import digest
+from backend.settings import Settings
+from registry import open_registry
+from tests.conftest import free_port
+from tests.integration.conftest import ROOT, _clean_env
+from tests.unit.test_recommenders import dataset
+
+pytestmark = pytest.mark.integration
+CLIENT, ADMIN = "client-key-for-tests", "admin-key-for-tests"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, ray_head):
+    var = tmp_path_factory.mktemp("serve") / "var"
+    port = free_port()
+    keys = {"sim": {"sha256": digest(CLIENT), "role": "client", "per_minute": 100000},
+            "ops": {"sha256": digest(ADMIN), "role": "admin", "per_minute": 100000}}
+    env = _clean_env() | {
+        "RAY_ADDRESS": ray_head.address, "PYTHONPATH": str(ROOT),
+        "RECO_VAR_DIR": str(var), "RECO_KAFKA__EMBEDDED_PORT": str(free_port()),
+        "RECO_SERVE__PORT": str(port), "RECO_SERVE__API_KEYS": json.dumps(keys),
+        "RECO_SERVE__PER_MINUTE": "20", "RECO_SERVE__RELOAD_SECONDS": "1",
+    } | {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")}
+    from backend.raycluster import ray_env
+
+    env |= ray_env(ray_head.settings)
+    settings = Settings(var_dir=var, kafka={"embedded_port": int(env["RECO_KAFKA__EMBEDDED_PORT"])})
+    broker = EmbeddedBroker(settings.kafka, settings.run_dir)
+    broker.start()
+    ensure_topics(settings.kafka)
+    registry = open_registry(settings, signer=True)
+    data = dataset()
+    for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
+        registry.promote(variant, registry.register(variant, model.fit(*data), {}, {}))
+    out = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "start"], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings}
+    subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(); "
+                    "serve.shutdown()"], env=env, cwd=ROOT, capture_output=True, timeout=120)
+    broker.stop()
+
+
+def get(served, path, key=None, **params):
+    headers = {"X-API-Key": key} if key else {}
+    return httpx.get(served["url"] + path, params=params, headers=headers, timeout=30)
+
+
+def test_split_is_sticky_and_proportional(served):
+    variants = {}
+    for user in range(1, 301):
+        r = get(served, "/recommend", key=CLIENT, user_id=user, k=5)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["items"]) == 5 and body["model_version"] == "v0001"
+        variants[user] = body["variant"]
+    again = {u: get(served, "/recommend", key=CLIENT, user_id=u).json()["variant"]
+             for u in range(1, 41)}
+    assert all(variants[u] == v for u, v in again.items())
+    n_a = list(variants.values()).count("A")
+    assert binomtest(n_a, len(variants), 0.5).pvalue > 0.001
+    plain = get(served, "/recommend/7", key=CLIENT, k=4)
+    assert plain.status_code == 200 and len(plain.text.split(",")) == 4
+    assert get(served, "/recommend", key=CLIENT, user_id=999999).status_code == 200  # cold
+
+
+def test_bad_input_gets_4xx_with_json_detail(served):
+    for path, params in (("/recommend", {"user_id": 1, "k": 0}),
+                         ("/recommend", {"user_id": "abc"}),
+                         ("/recommend", {"user_id": -4}),
+                         ("/recommend/0", {}),
+                         ("/nowhere", {})):
+        r = get(served, path, key=CLIENT, **params)
+        assert 400 <= r.status_code < 500 and "detail" in r.json(), (path, r.text)
+    bad = httpx.post(served["url"] + "/rate", json={"user_id": 1, "item_id": 2, "rating": 9},
+                     headers={"X-API-Key": CLIENT}, timeout=30)
+    assert bad.status_code == 422 and "detail" in bad.json()
+    big = httpx.post(served["url"] + "/rate", content=b"{" + b" " * 20000 + b"}",
+                     headers={"X-API-Key": CLIENT, "content-type": "application/json"},
+                     timeout=30)
+    assert big.status_code in (413, 422)
+
+
+def test_auth_and_rate_limit(served):
+    rating = {"user_id": 1, "item_id": 2, "rating": 4}
+    assert httpx.post(served["url"] + "/rate", json=rating, timeout=30).status_code == 401
+    wrong = httpx.post(served["url"] + "/rate", json=rating, timeout=30,
+                       headers={"X-API-Key": "nope"})
+    assert wrong.status_code == 401 and "detail" in wrong.json()
+    ok = httpx.post(served["url"] + "/rate", json=rating, headers={"X-API-Key": CLIENT},
+                    timeout=30)
+    assert ok.status_code == 202 and ok.json()["status"] == "accepted"
+    assert get(served, "/models", key=CLIENT).status_code == 403
+    assert get(served, "/models", key=ADMIN).status_code == 200
+    codes = [get(served, "/recommend", user_id=3).status_code for _ in range(25)]
+    assert codes.count(429) >= 4  # anonymous limit 20/min
+    limited = get(served, "/recommend", user_id=3)
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert get(served, "/recommend", key=CLIENT, user_id=3).status_code == 200
+
+
+def test_live_split_change(served):
+    r = httpx.post(served["url"] + "/admin/split", json={"split": 1.0},
+                   headers={"X-API-Key": ADMIN}, timeout=30)
+    assert r.status_code == 200 and r.json()["split"] == 1.0
+    assert {get(served, "/recommend", key=CLIENT, user_id=u).json()["variant"]
+            for u in range(1, 60)} == {"A"}
+    httpx.post(served["url"] + "/admin/split", json={"split": 0.5},
+               headers={"X-API-Key": ADMIN}, timeout=30)
+
+
+def test_promoted_version_served_and_tampered_refused(served):
+    registry = served["registry"]
+    v2 = registry.register("A", ItemKNN(neighbours=10).fit(*dataset()), {}, {})
+    registry.promote("A", v2)
+    deadline = time.monotonic() + 30
+    while get(served, "/health").json()["variants"]["A"]["version"] != v2:
+        assert time.monotonic() < deadline, "new version not picked up within 30 s"
+        time.sleep(0.5)
+    v3 = registry.register("A", ItemKNN(neighbours=5).fit(*dataset()), {}, {})
+    npz = registry.root / "A" / v3 / "model.npz"
+    data = bytearray(npz.read_bytes())
+    data[100] ^= 0xFF
+    npz.write_bytes(bytes(data))
+    registry.set_alias("A", "production", v3)  # as an attacker would, bypassing promote
+    deadline = time.monotonic() + 30
+    while v3 not in get(served, "/health").json()["variants"]["A"]["refused"]:
+        assert time.monotonic() < deadline, "tampered version not refused"
+        time.sleep(0.5)
+    health = get(served, "/health").json()
+    assert health["variants"]["A"]["version"] == v2 and health["status"] == "ok"
+    for user in range(1, 30):
+        assert get(served, "/recommend", key=CLIENT, user_id=user).status_code == 200
