@@ -214,7 +214,7 @@ class PartitionWorker:
         c.subscribe(list(TOPICS), listener=_OnAssign(self))
         return c
 
-    def _reset(self) -> None:
+    def _close(self) -> None:
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
@@ -287,7 +287,7 @@ class PartitionWorker:
                 idle_since = now
             elif once and now - idle_since > self.settings.ingest.idle_seconds:
                 break
-        self._reset()
+        self._close()
         if self._producer is not None:
             self._producer.close(timeout=5)
         return self.logic.stats.as_dict()

@@ -123,10 +123,6 @@ class Registry:
         with open(self.root / variant / DECISIONS, "a") as fh:
             fh.write(line + "\n")
 
-    def decisions(self, variant: str) -> list[dict[str, Any]]:
-        path = self.root / variant / DECISIONS
-        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-
     # -- reading ---------------------------------------------------------------------------
 
     def variants(self) -> list[str]:
