@@ -52,7 +52,8 @@ def served(tmp_path_factory, ray_head):
     out = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "start"], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings}
+    yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings,
+           "broker": broker}
     subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(); "
                     "serve.shutdown()"], env=env, cwd=ROOT, capture_output=True, timeout=120)
     broker.stop()
@@ -148,3 +149,39 @@ def test_promoted_version_served_and_tampered_refused(served):
     assert health["variants"]["A"]["version"] == v2 and health["status"] == "ok"
     for user in range(1, 30):
         assert get(served, "/recommend", key=CLIENT, user_id=user).status_code == 200
+
+
+def test_broker_down_serves_and_spools_writes(served):
+    """Last in this module: it stops and restarts the module's broker."""
+    from backend.kafka import consumer as make_consumer
+
+    broker, settings = served["broker"], served["settings"]
+    broker.stop()
+    assert get(served, "/recommend", key=CLIENT, user_id=5).status_code == 200
+    ids = []
+    for item in (11, 12, 13):
+        r = httpx.post(served["url"] + "/rate", json={"user_id": 5, "item_id": item,
+                                                       "rating": 5},
+                       headers={"X-API-Key": CLIENT}, timeout=30)
+        assert r.status_code == 202
+        ids.append(r.json()["event_id"])
+    deadline = time.monotonic() + 60
+    while get(served, "/health").json()["spool_depth"] == 0:
+        assert time.monotonic() < deadline, "writes never reached the spool"
+        time.sleep(1)
+    assert get(served, "/health").json()["status"] == "degraded"
+    broker.start()
+    ensure_topics(settings.kafka)
+    deadline = time.monotonic() + 90
+    while get(served, "/health").json()["spool_depth"] > 0:
+        assert time.monotonic() < deadline, "spool never drained"
+        time.sleep(1)
+    consumer = make_consumer(settings.kafka, group_id="serving-test")
+    consumer.subscribe(["events.rating"])
+    seen: set[str] = set()
+    deadline = time.monotonic() + 60
+    while not set(ids) <= seen and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=1000).values():
+            seen |= {json.loads(r.value)["event_id"] for r in records}
+    consumer.close()
+    assert set(ids) <= seen
