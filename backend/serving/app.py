@@ -52,6 +52,14 @@ async def _reco_error(_request: Request, exc: RecoError) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
+class RollbackRequest(BaseModel):
+    variant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class PromoteRequest(RollbackRequest):
+    version: str = Field(pattern=r"^v\d{1,8}$")
+
+
 class SplitRequest(BaseModel):
     split: float | None = Field(None, ge=0, le=1)
     salt: str | None = Field(None, min_length=1, max_length=64)
@@ -208,6 +216,21 @@ class Ingress:
         reg = open_registry(self.settings)
         return {v: {"aliases": reg.aliases(v), "versions": reg.versions(v)}
                 for v in reg.variants()}
+
+    @api.post("/admin/promote")
+    async def admin_promote(self, request: Request, body: PromoteRequest) -> dict[str, Any]:
+        """Verify, then make `version` production; variants pick it up on their next poll."""
+        from registry import open_registry
+
+        self._guard(request, "admin")
+        return open_registry(self.settings).promote(body.variant, body.version)
+
+    @api.post("/admin/rollback")
+    async def admin_rollback(self, request: Request, body: RollbackRequest) -> dict[str, Any]:
+        from registry import open_registry
+
+        self._guard(request, "admin")
+        return open_registry(self.settings).rollback(body.variant)
 
     @api.post("/admin/split")
     async def admin_split(self, request: Request, body: SplitRequest) -> dict[str, Any]:

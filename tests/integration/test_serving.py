@@ -151,6 +151,27 @@ def test_promoted_version_served_and_tampered_refused(served):
         assert get(served, "/recommend", key=CLIENT, user_id=user).status_code == 200
 
 
+def test_admin_promote_and_rollback(served):
+    registry = served["registry"]
+    before = registry.aliases("B")["production"]
+    version = registry.register("B", DiversityKNN(tail_slots=1).fit(*dataset()), {}, {})
+    post = lambda path, body, key=ADMIN: httpx.post(  # noqa: E731
+        served["url"] + path, json=body, headers={"X-API-Key": key}, timeout=30)
+    assert post("/admin/promote", {"variant": "B", "version": version}, CLIENT
+                ).status_code == 403
+    r = post("/admin/promote", {"variant": "B", "version": version})
+    assert r.status_code == 200 and r.json()["production"] == version
+    deadline = time.monotonic() + 30
+    while get(served, "/health").json()["variants"]["B"]["version"] != version:
+        assert time.monotonic() < deadline, "promoted version not served within 30 s"
+        time.sleep(0.5)
+    missing = post("/admin/promote", {"variant": "B", "version": "v9999"})
+    assert missing.status_code == 409 and "no such version" in missing.json()["detail"]
+    assert post("/admin/promote", {"variant": "B", "version": "../x"}).status_code == 422
+    r = post("/admin/rollback", {"variant": "B"})
+    assert r.status_code == 200 and r.json()["production"] == before
+
+
 def test_broker_down_serves_and_spools_writes(served):
     """Last in this module: it stops and restarts the module's broker."""
     from backend.kafka import consumer as make_consumer
