@@ -182,10 +182,10 @@ class EventProducer:
     def send(self, topic: str, event: BaseModel | dict[str, Any], key: str | int | None = None,
              ) -> None:
         """Hand an event to Kafka or, failing that, to the disk spool. Never raises for I/O."""
+        record = event.model_dump(mode="json") if isinstance(event, BaseModel) else event
         if key is None:
-            record = event if isinstance(event, dict) else event.model_dump()
             key = record.get("user_id")
-        self.send_raw(topic, encode(event), None if key is None else str(key).encode())
+        self.send_raw(topic, encode(record), None if key is None else str(key).encode())
 
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         if self._degraded or self.spool.depth:
