@@ -174,6 +174,7 @@ class _OnAssign(ConsumerRebalanceListener):
         pass
 
     def on_partitions_assigned(self, assigned) -> None:
+        self.worker.active_at = time.monotonic()  # new partitions: not drained until polled
         self.worker.logic.refresh()
         if assigned and time.monotonic() < self.worker.rewind_until:
             # a new (empty, restarted) broker: its offsets restart at 0 and any offset
@@ -195,6 +196,10 @@ class PartitionWorker:
         self._consumer: KafkaConsumer | None = None
         self._cluster_id: str | None = None
         self.rewind_until = 0.0  # monotonic deadline for rewinding assigned partitions
+        self.active_at = time.monotonic()  # last records handled or assignment received
+        self._assigned: frozenset[str] = frozenset()
+        self._known: frozenset[str] = frozenset()
+        self._failing = False
 
     def _send_dlq(self, events: list[DlqEvent]) -> None:
         if self._producer is None:  # raises while the broker is away: the batch is retried
@@ -264,29 +269,38 @@ class PartitionWorker:
         return len(messages)
 
     def assigned(self) -> bool:
-        return self._consumer is not None and bool(self._consumer.assignment())
+        return bool(self._assigned)
 
-    def run(self, once: bool = False, stop: Callable[[], bool] = lambda: False) -> dict:
-        """Consume until `stop()`; with `once`, until idle for `ingest.idle_seconds` after join."""
-        started = idle_since = time.monotonic()
-        # time allowed for a group join: after a member died the coordinator may wait the
-        # whole rebalance timeout for it
-        kafka = self.settings.kafka
-        grace = max(3 * self.settings.ingest.idle_seconds,
-                    (kafka.max_poll_interval_ms + kafka.session_timeout_ms) / 1000)
+    def progress(self) -> dict:
+        """What a drain check needs: partitions held, partitions that exist, seconds idle.
+
+        Read from another thread; the poll loop refreshes the fields after every cycle."""
+        return {"assigned": sorted(self._assigned), "known": sorted(self._known),
+                "idle": time.monotonic() - self.active_at, "failing": self._failing}
+
+    def _observe(self) -> None:
+        c = self._consumer
+        if c is None:
+            self._assigned = frozenset()
+            return
+        self._assigned = frozenset(f"{tp.topic}:{tp.partition}" for tp in c.assignment())
+        cluster = c._client.cluster
+        self._known = frozenset(f"{t}:{p}" for t in TOPICS
+                                for p in (cluster.partitions_for_topic(t) or ()))
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> dict:
+        """Consume until `stop()`; returns the stats."""
         while not stop():
             try:
-                n = self.poll_once()
+                if self.poll_once():
+                    self.active_at = time.monotonic()
+                self._failing = False
             except Exception as exc:  # broker away, commit refused: back off and retry; the
                 # client rejoins by itself (a fresh consumer would leave a stale group member)
                 log.warning("ingest cycle failed worker=%s error=%s", self.worker_id, exc)
+                self._failing = True
                 time.sleep(1.0)
-                n = 0
-            now = time.monotonic()
-            if n or (not self.assigned() and now - started < grace):
-                idle_since = now
-            elif once and now - idle_since > self.settings.ingest.idle_seconds:
-                break
+            self._observe()
         self._close()
         if self._producer is not None:
             self._producer.close(timeout=5)

@@ -81,7 +81,7 @@ class LakeSettings(BaseModel):
 class IngestSettings(BaseModel):
     max_batch: int = Field(5000, ge=1)
     poll_timeout_ms: int = Field(500, ge=10)
-    idle_seconds: float = Field(8.0, gt=0, description="--once stops after this long idle")
+    idle_seconds: float = Field(8.0, gt=0, description="--once: done when all idle")
     max_future_skew_s: float = Field(300.0, ge=0)
     actors: int | None = Field(None, description="defaults to kafka.partitions")
     per_message_validation: bool = Field(

@@ -74,14 +74,14 @@ def produce(settings: Settings, n: int, seed: int, spool: str, done) -> None:
 
 def leg(name: str, n: int, per_message: bool, workdir: Path) -> dict:
     settings = Settings(var_dir=workdir / name, kafka={"embedded_port": free_port()},
-                        ingest={"per_message_validation": per_message, "idle_seconds": 3})
+                        ingest={"per_message_validation": per_message})
     broker = EmbeddedBroker(settings.kafka, settings.run_dir)
     broker.start()
     try:
         ensure_topics(settings.kafka)
-        workers, refs = ingest.start(settings, once=True)
+        workers, refs = ingest.start(settings)
         deadline = time.monotonic() + 60
-        while not all(ray.get([w.assigned.remote() for w in workers])):
+        while not all(p["assigned"] for p in ray.get([w.progress.remote() for w in workers])):
             if time.monotonic() > deadline:
                 raise RuntimeError("consumer group did not form")
             time.sleep(0.2)
@@ -97,9 +97,7 @@ def leg(name: str, n: int, per_message: bool, workdir: Path) -> dict:
         elapsed = time.perf_counter() - t0
         produce_s = done.get(timeout=60)
         proc.join()
-        stats = ray.get(refs)
-        for w in workers:
-            ray.kill(w, no_restart=True)
+        stats = ingest.stop(workers, refs)
     finally:
         broker.stop()
     landed = sum(lake.count(t) for t in TOPICS)

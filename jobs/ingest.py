@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import threading
+import time
 
 import ray
 
@@ -54,34 +55,72 @@ class IngestActor:
         self.worker.logic.on_batch = metrics.observe
         self._stop = threading.Event()
 
-    def run(self, once: bool) -> dict:
-        return self.worker.run(once=once, stop=self._stop.is_set)
+    def run(self) -> dict:
+        return self.worker.run(stop=self._stop.is_set)
 
     def stop(self) -> None:
         self._stop.set()
 
-    def assigned(self) -> bool:
-        return self.worker.assigned()
+    def progress(self) -> dict:
+        return self.worker.progress()
 
 
-def start(settings: Settings, once: bool = False, actors: int | None = None,
-          ) -> tuple[list, list]:
+def start(settings: Settings, actors: int | None = None) -> tuple[list, list]:
     """Create the actors and start their loops; returns (actor handles, run refs)."""
     n = actors or settings.ingest.actors or settings.kafka.partitions
     actor = IngestActor.options(runtime_env={"env_vars": job_env(settings)})
     workers = [actor.remote(settings, i) for i in range(n)]
-    log.info("ingest started actors=%d once=%s lake=%s", n, once, settings.lake_root)
-    return workers, [w.run.remote(once) for w in workers]
+    log.info("ingest started actors=%d lake=%s", n, settings.lake_root)
+    return workers, [w.run.remote() for w in workers]
 
 
-def run(settings: Settings, once: bool = False, actors: int | None = None) -> list[dict]:
-    """Run the job until done (forever unless `once`); returns each actor's stats."""
-    workers, refs = start(settings, once, actors)
+def drained(progress: list[dict], idle_seconds: float) -> bool:
+    """True when the live members together hold every partition, none is failing, and each
+    has polled without getting a record for `idle_seconds` since its last assignment.
+
+    Decided by the group, not by one member: a member that restarts after a crash takes a
+    rebalance to get partitions back, and the embedded broker's high-watermark cannot say
+    where a partition ends."""
+    known = set().union(*(p["known"] for p in progress))
+    held = set().union(*(p["assigned"] for p in progress))
+    return (bool(known) and known <= held and not any(p["failing"] for p in progress)
+            and all(p["idle"] >= idle_seconds for p in progress))
+
+
+def wait_drained(settings: Settings, workers: list, poll: float = 0.5) -> None:
+    """Block until `drained`; an actor that is restarting makes the check wait."""
+    while True:
+        try:
+            progress = ray.get([w.progress.remote() for w in workers], timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            progress = None
+        if progress and drained(progress, settings.ingest.idle_seconds):
+            return
+        time.sleep(poll)
+
+
+def stop(workers: list, refs: list) -> list[dict]:
+    """Stop the loops, wait for their stats, then kill the actors for good."""
     try:
+        for w in workers:
+            w.stop.remote()
         return ray.get(refs)
     finally:
         for w in workers:
             ray.kill(w, no_restart=True)
+
+
+def run(settings: Settings, once: bool = False, actors: int | None = None) -> list[dict]:
+    """Run the job until done (forever unless `once`); returns each actor's stats."""
+    workers, refs = start(settings, actors)
+    try:
+        if once:
+            wait_drained(settings, workers)
+        else:
+            ray.get(refs)
+    finally:
+        stats = stop(workers, refs)
+    return stats
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -93,3 +93,21 @@ def test_refresh_sees_what_another_member_wrote(tmp_path, sink):
     taker.handle(msgs(values))
     assert Lake(tmp_path).count("events.rating") == 5
     assert taker.stats.deduplicated["events.rating"] == 5
+
+
+def _member(assigned, idle, failing=False):
+    return {"assigned": assigned, "known": ["r:0", "r:1", "r:2"], "idle": idle,
+            "failing": failing}
+
+
+@pytest.mark.parametrize("members, done", [
+    ([_member(["r:0", "r:1"], 9), _member(["r:2"], 9)], True),
+    # the crashed member's partition is held by nobody until the rebalance
+    ([_member(["r:1"], 9), _member(["r:2"], 9), _member([], 20)], False),
+    ([_member(["r:0", "r:1"], 9), _member(["r:2"], 1)], False),  # still reading
+    ([_member(["r:0", "r:1"], 9), _member(["r:2"], 9, failing=True)], False),  # broker away
+    ([_member([], 9) | {"known": []}], False),  # no metadata yet
+])
+def test_group_is_drained_only_when_all_partitions_are_held_and_idle(members, done):
+    from jobs.ingest import drained
+    assert drained(members, 8) is done
