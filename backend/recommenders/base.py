@@ -29,19 +29,34 @@ AGE_BANDS = (0, 18, 25, 35, 45, 56, 200)
 def item_features(items: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
     """Row-normalised content vectors: one-hot genres plus a scaled release-year column."""
     frame = items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids)
-    genres = frame["genres"].map(lambda g: list(g) if isinstance(g, (list, np.ndarray)) else [])
-    exploded = genres.explode().dropna()
-    names = sorted(set(exploded))
+    exploded = frame["genres"].explode().dropna()
+    codes, names = pd.factorize(exploded, sort=True)
     feats = np.zeros((len(item_ids), len(names) + 1), dtype=np.float32)
-    if len(exploded):
-        rows = item_ids.searchsorted(exploded.index.to_numpy())
-        feats[rows, np.searchsorted(names, exploded.to_numpy())] = 1.0
+    feats[item_ids.searchsorted(exploded.index.to_numpy()), codes] = 1.0
     years = pd.to_numeric(frame["year"], errors="coerce").to_numpy(dtype=np.float64)
     if np.isfinite(years).any():
         lo, hi = np.nanmin(years), np.nanmax(years)
         feats[:, -1] = np.nan_to_num(0.5 * (years - lo) / max(hi - lo, 1.0))
     norms = np.linalg.norm(feats, axis=1, keepdims=True)
     return feats / np.maximum(norms, 1e-9)
+
+
+def dense_index(values: np.ndarray, extra: np.ndarray | None = None,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct ids of `values` and `extra`, position of each value among them).
+
+    What `np.unique(..., return_inverse=True)` gives, by a presence table when the ids are
+    small non-negative integers (MovieLens, the simulator): O(n) instead of a sort, which is
+    a tenth of a kNN fit."""
+    both = values if extra is None else np.concatenate([values, extra])
+    if len(both) and both.min() >= 0 and both.max() < 4 * len(both) + 1024:
+        present = np.zeros(int(both.max()) + 1, dtype=bool)
+        present[both] = True
+        ids = np.flatnonzero(present)
+        position = np.cumsum(present) - 1
+        return ids, position[values]
+    ids = np.unique(both)
+    return ids, np.searchsorted(ids, values)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -75,13 +90,11 @@ class Recommender(ABC):
     def fit(self, interactions: pd.DataFrame, items: pd.DataFrame | None = None,
             users: pd.DataFrame | None = None) -> Self:
         frame = interactions
-        item_col = frame["item_id"].to_numpy(dtype=np.int64)
-        self.user_ids, rows = np.unique(frame["user_id"].to_numpy(dtype=np.int64),
-                                        return_inverse=True)
-        self.item_ids = np.unique(item_col if items is None else np.concatenate(
-            [item_col, items["item_id"].to_numpy(dtype=np.int64)]))
+        self.user_ids, rows = dense_index(frame["user_id"].to_numpy(dtype=np.int64))
+        self.item_ids, cols = dense_index(
+            frame["item_id"].to_numpy(dtype=np.int64),
+            None if items is None else items["item_id"].to_numpy(dtype=np.int64))
         self._uidx = dict(zip(self.user_ids.tolist(), range(len(self.user_ids)), strict=True))
-        cols = np.searchsorted(self.item_ids, item_col)
         shape = (len(self.user_ids), len(self.item_ids))
         self.seen = sp.csr_matrix((np.ones(len(frame), np.float32), (rows, cols)), shape=shape)
         self.seen.data[:] = 1.0  # duplicates summed by the constructor: back to a 0/1 mask

@@ -10,6 +10,8 @@ import scipy.sparse as sp
 
 from backend.recommenders.base import Recommender, top_k
 
+CANDIDATES = 2.0  # cosine candidates per item, as a multiple of k, before shrinkage re-ranks
+
 
 class Popularity(Recommender):
     """Most interacted-with items in the last `window_days` of the training data."""
@@ -60,26 +62,30 @@ def shrunk_cosine_knn(x: sp.csr_matrix, k: int, shrinkage: float) -> sp.csr_matr
 
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
     unit = (x @ sp.diags(1.0 / np.maximum(norms, 1e-12))).tocsr().astype(np.float64)
-    cand = all_pairs_knn(unit, 2 * k + 1, show_progress=False).tocsr()
+    cand = all_pairs_knn(unit, int(CANDIDATES * k) + 1, show_progress=False)
+    # COO with rows out of order and unused slots left as zeros at (0, 0): drop those, group
+    # by row with a (radix) argsort instead of a CSR conversion
+    nonzero = np.flatnonzero(cand.data > 0)
+    order = nonzero[np.argsort(cand.row[nonzero], kind="stable")]
+    rows, cols = cand.row[order], cand.col[order]
     n = x.shape[1]
-    counts = np.diff(cand.indptr)
-    rows = np.repeat(np.arange(n), counts)
-    cols = cand.indices
+    counts = np.bincount(rows, minlength=n)
+    starts = np.cumsum(counts) - counts
     denom = norms[rows] * norms[cols]
-    shrunk = (cand.data * denom / (denom + shrinkage)).astype(np.float32)
+    shrunk = (cand.data[order] * denom / (denom + shrinkage)).astype(np.float32)
     shrunk[rows == cols] = 0.0  # an item is not its own neighbour
     # candidates of one item side by side: (items x 2k+1), then the k best per row
-    width = int(counts.max(initial=0))
-    pos = np.arange(len(cols)) - cand.indptr[rows]
-    vals = np.zeros((n, max(width, 1)), dtype=np.float32)
-    idx = np.zeros((n, max(width, 1)), dtype=np.int64)
+    width = max(int(counts.max(initial=0)), 1)
+    pos = np.arange(len(cols)) - starts[rows]
+    vals = np.zeros((n, width), dtype=np.float32)
+    idx = np.zeros((n, width), dtype=np.int32)
     vals[rows, pos], idx[rows, pos] = shrunk, cols
     if width > k:
         best = np.argpartition(-vals, k - 1, axis=1)[:, :k]
         vals, idx = np.take_along_axis(vals, best, 1), np.take_along_axis(idx, best, 1)
-    r = np.repeat(np.arange(n), vals.shape[1]).reshape(vals.shape)
-    sel = vals > 0
-    return sp.csr_matrix((vals[sel], (r[sel], idx[sel])), shape=(n, n))
+    keep = vals > 0  # row-major selection keeps rows in order: CSR without a sort
+    indptr = np.concatenate([[0], np.cumsum(keep.sum(axis=1))])
+    return sp.csr_matrix((vals[keep], idx[keep], indptr), shape=(n, n))
 
 
 class ItemKNN(Recommender):
