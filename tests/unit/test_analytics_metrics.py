@@ -1,0 +1,208 @@
+"""Analytics metrics against hand-computed cases and scipy.stats."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from backend.metrics import abtest, fairness, feedback, ops, spam
+from backend.metrics.ranking import aplt, catalog_coverage, exposure_counts, gini
+
+# A shared example for the published definitions: catalog of 5 items, three lists.
+LISTS = [[1, 2], [1, 3], [1, 2]]
+CATALOG = [1, 2, 3, 4, 5]
+
+
+def test_shared_example_matches_recbole_definitions():
+    counts = exposure_counts(LISTS, CATALOG)  # 3, 2, 1, 0, 0
+    assert counts.tolist() == [3, 2, 1, 0, 0]
+    # RecBole GiniIndex: sorted ascending 0,0,1,2,3; sum (2i-n-1) x_i / (n sum x)
+    # = (0*1 + 2*2 + 4*3) / (5 * 6) = 16 / 30
+    assert gini(counts) == pytest.approx(16 / 30)
+    # RecBole ItemCoverage: 3 of 5 items shown
+    assert catalog_coverage(LISTS, 5) == pytest.approx(0.6)
+    # RecBole/Elliot APLT with tail {3, 4, 5}: per list 0, 1/2, 0 -> 1/6
+    assert aplt(LISTS, {3, 4, 5}) == pytest.approx(1 / 6)
+
+
+def test_top_share_and_position_weighted_exposure():
+    counts = np.array([5, 3, 1, 1, 0])
+    assert fairness.top_share(counts, 2) == pytest.approx(0.8)
+    assert fairness.top_share(np.zeros(3)) == 0.0
+    exp = fairness.position_weighted_exposure([[1, 2], [2, 9]], [1, 2, 3])
+    # item 1 at rank 1 (weight 1), item 2 at ranks 2 and 1 (1/log2(3) + 1); 9 not in catalog
+    assert exp.tolist() == pytest.approx([1.0, 1 + 1 / math.log2(3), 0.0])
+    assert fairness.exposure_gini([[1, 2]], [1, 2]) == pytest.approx(
+        gini(np.array([1.0, 1 / math.log2(3)])))
+
+
+def test_segments_and_parity():
+    assert [fairness.activity_segment(n) for n in (0, 9, 10, 30, 31)] == \
+        ["low", "low", "medium", "medium", "high"]
+    assert fairness.age_band(17) == "<18" and fairness.age_band(25) == "25-34"
+    assert fairness.age_band(float("nan")) == "unknown"
+    feats = {1: np.array([1.0, 0.0]), 2: np.array([0.0, 1.0]), 3: np.array([1.0, 0.0])}
+    lists = {10: [[1, 2]], 11: [[1, 3]], 12: [[1, 2], [1, 3]]}
+    div = fairness.diversity_by_segment(lists, {10: "a", 11: "b", 12: "a"}, feats)
+    # user 10: distance 1; user 12: mean(1, 0) = 0.5 -> segment a = 0.75; b = 0
+    assert div == {"a": pytest.approx(0.75), "b": pytest.approx(0.0)}
+    assert fairness.parity_gap(div) == pytest.approx(0.75)
+    assert fairness.parity_gap({"a": 0.3}) == 0.0
+    users = pd.DataFrame({"user_id": [1, 2], "age": [20, None], "gender": ["F", "M"]})
+    seg = fairness.segments(users, {1: 40})
+    assert seg == {"activity": {1: "high", 2: "low"}, "gender": {1: "F", 2: "M"},
+                   "age": {1: "18-24", 2: "unknown"}}
+
+
+def test_trend_matches_linregress_and_detects():
+    y = [0.50, 0.52, 0.55, 0.55, 0.60]
+    t = feedback.trend(y, limit=0.01)
+    ref = stats.linregress(np.arange(5), y)
+    half = stats.t.ppf(0.975, 3) * ref.stderr
+    assert t.slope == pytest.approx(ref.slope)
+    assert (t.ci_low, t.ci_high) == pytest.approx((ref.slope - half, ref.slope + half))
+    assert t.detected  # slope 0.023 per window
+    assert not feedback.trend([0.5, 0.5, 0.5]).detected
+    assert not feedback.trend([0.5]).detected
+
+
+def test_homogenization_jaccard():
+    watched = {1: {1, 2}, 2: {2, 3}, 3: {7}}
+    # pairs: (1,2) 1/3, (1,3) 0, (2,3) 0
+    assert feedback.homogenization(watched) == pytest.approx(1 / 9)
+    big = {u: {u % 3, 100} for u in range(200)}
+    assert 0 < feedback.homogenization(big, pairs=500, seed=1) <= 1
+
+
+def test_popularity_groups_rates_and_starvation():
+    pop = {1: 100, 2: 50, 3: 40, 4: 10, 5: 9, 6: 8, 7: 0, 8: 0, 9: 0, 10: 0}
+    groups = feedback.popularity_groups(pop, list(range(1, 11)))
+    assert [i for i, g in groups.items() if g == "head"] == [1, 2, 3]
+    assert sorted(i for i, g in groups.items() if g == "tail") == [8, 9, 10]
+    rates = feedback.group_recommendation_rates([[1, 2, 4], [3, 8]], groups)
+    assert rates == {"head": 1.0, "mid": pytest.approx(1 / 4), "tail": pytest.approx(1 / 3)}
+    s = feedback.starvation(rates, 1.3)
+    assert s["head_tail_ratio"] == pytest.approx(3.0) and s["starved"]
+    assert feedback.starvation({"head": 0.5, "tail": 0.5})["starved"] is False
+    assert feedback.starvation({"head": 0.5, "tail": 0.0}) == {
+        "head_tail_ratio": None, "starved": True, "limit": 1.3}
+
+
+def test_spam_detectors_hand_computed():
+    # with n users the largest z is at most (n - 1) / sqrt(n): 2.85 for 10, so 3-sigma can
+    # never flag anyone in a group of 10; with 20 it can
+    assert not spam.three_sigma(pd.Series([10.0] * 9 + [100])).any()
+    assert spam.three_sigma(pd.Series([10.0] * 19 + [100])).tolist() == [False] * 19 + [True]
+    z = spam.robust_z(pd.Series([1.0, 2, 3, 4, 100]))
+    # median 3, MAD median(|-2,-1,0,1,97|) = 1 -> z = 0.6745 * (x - 3)
+    assert z.tolist() == pytest.approx([0.6745 * v for v in (-2, -1, 0, 1, 97)])
+    ratings = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [7, 7, 8], "rating": [5, 1, 3],
+                            "ts": pd.to_datetime(["2024-01-01T00:00:10Z",
+                                                  "2024-01-01T00:00:20Z",
+                                                  "2024-01-01T00:02:00Z"])})
+    # item 7 mean 3, 2 ratings: user 1 |5-3|/2 = 1, user 2 1; item 8: user 3 0
+    assert spam.rdma(ratings).to_dict() == {1: 1.0, 2: 1.0, 3: 0.0}
+    assert spam.burst_rate(ratings).to_dict() == {1: 1, 2: 1, 3: 1}
+    assert spam.precision_recall({1, 2}, {2, 3}) == (0.5, 0.5)
+    assert spam.precision_recall(set(), set()) == (1.0, 1.0)
+
+
+def test_spam_combined_flags_a_push_attack_not_heavy_honest_users():
+    rng = np.random.default_rng(0)
+    rows = []
+    t0 = pd.Timestamp("2024-01-01", tz="UTC")
+    for u in range(100):  # honest: few ratings spread out, agreeing with item quality
+        for _ in range(rng.integers(3, 8) if u != 0 else 60):  # user 0: honest but heavy
+            item = int(rng.integers(1, 50))
+            rows.append((u, item, int(np.clip(round(3 + (item % 3) - 1 + rng.normal(0, .5)),
+                                               1, 5)), t0 + pd.Timedelta(hours=rng.random() * 24)))
+    for bot in (1000, 1001, 1002):  # push item 99 with 5s in a burst, filler at random
+        for j in range(30):
+            item = 99 if j < 10 else int(rng.integers(1, 50))
+            rows.append((bot, item, 5 if item == 99 else int(rng.integers(1, 6)),
+                         t0 + pd.Timedelta(seconds=j)))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "ts"])
+    flags = spam.detect(frame)
+    assert set(flags.index[flags["combined"]]) == {1000, 1001, 1002}
+    assert bool(flags.loc[0, "robust_count"]) and not bool(flags.loc[0, "combined"])
+    assert spam.detect(frame.iloc[:0]).empty
+
+
+def test_two_proportion_z_matches_scipy_chi2():
+    r = abtest.two_proportion_z(120, 1000, 90, 1000)
+    table = np.array([[120, 880], [90, 910]])
+    chi2, p, *_ = stats.chi2_contingency(table, correction=False)
+    assert r["z"] ** 2 == pytest.approx(chi2)
+    assert r["p_value"] == pytest.approx(p)
+    assert r["diff"] == pytest.approx(0.03)
+    assert r["ci_low"] < r["diff"] < r["ci_high"]
+
+
+def test_welch_matches_scipy():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(3.6, 1.0, 200), rng.normal(3.4, 1.5, 150)
+    r = abtest.welch_t(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert r["t"] == pytest.approx(ref.statistic)
+    assert r["p_value"] == pytest.approx(ref.pvalue)
+    ci = ref.confidence_interval(0.95)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert abtest.welch_t([1.0], [2.0])["p_value"] == 1.0
+
+
+def test_wilson_and_mean_ci_match_scipy():
+    lo, hi = abtest.proportion_ci(30, 100)
+    ref = stats.binomtest(30, 100).proportion_ci(0.95, method="wilson")
+    assert (lo, hi) == pytest.approx((ref.low, ref.high))
+    x = [1.0, 2.0, 3.0, 4.0]
+    ref2 = stats.t.interval(0.95, 3, loc=np.mean(x), scale=stats.sem(x))
+    assert abtest.mean_ci(x) == pytest.approx(ref2)
+
+
+def test_srm_matches_scipy_chisquare():
+    r = abtest.sample_ratio_mismatch([5200, 4800], [0.5, 0.5])
+    ref = stats.chisquare([5200, 4800], [5000, 5000])
+    assert r["chi2"] == pytest.approx(ref.statistic) and r["p_value"] == pytest.approx(
+        ref.pvalue)
+    assert r["mismatch"]
+    assert not abtest.sample_ratio_mismatch([505, 495], [0.5, 0.5])["mismatch"]
+
+
+def test_msprt_is_monotone_and_hand_computed():
+    v, tau2, d = 1e-4, 1e-3, 0.02
+    lam = math.sqrt(v / (v + tau2)) * math.exp(tau2 * d * d / (2 * v * (v + tau2)))
+    p = abtest.msprt_p_values([0.0, d, 0.0], [v, v, v], tau2)
+    assert p[0] == 1.0
+    assert p[1] == pytest.approx(1 / lam)
+    assert p[2] == p[1]  # never goes back up
+
+
+def test_msprt_keeps_false_positives_under_alpha_when_peeking():
+    rng = np.random.default_rng(3)
+    false_alarms = 0
+    for _ in range(200):  # A/A tests, 50 looks each
+        a = rng.random((50, 100)) < 0.1
+        b = rng.random((50, 100)) < 0.1
+        sa, sb = a.sum(1).cumsum(), b.sum(1).cumsum()
+        n = np.arange(1, 51) * 100
+        pa, pb = sa / n, sb / n
+        var = pa * (1 - pa) / n + pb * (1 - pb) / n
+        false_alarms += min(abtest.msprt_p_values(pa - pb, var)) < 0.05
+    assert false_alarms / 200 <= 0.05
+
+
+def test_ops_measures():
+    assert ops.latency_percentiles([1, 2, 3, 4, 5]) == {"p50": 3.0, "p95": pytest.approx(4.8),
+                                                        "p99": pytest.approx(4.96)}
+    assert ops.latency_percentiles([])["p50"] is None
+    assert ops.uptime([True, True, False, True]) == 0.75 and ops.uptime([]) is None
+    # PSI hand case: shares (0.5, 0.5) -> (0.25, 0.75)
+    want = (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.75 - 0.5) * math.log(0.75 / 0.5)
+    assert ops.psi([50, 50], [25, 75]) == pytest.approx(want)
+    assert ops.psi([1, 2], [1, 2]) == pytest.approx(0.0)
+    train, cur = ops.popularity_bins([10, 5, 1, 0], [0, 1, 5, 10], bins=2)
+    assert train.tolist() == [15, 1] and cur.tolist() == [1, 15]
