@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from backend.errors import RecoError
 from backend.logs import setup_logging
 from backend.settings import Settings
 
@@ -15,7 +16,17 @@ def _settings() -> Settings:
     return Settings()
 
 
-@click.group()
+class _Group(click.Group):
+    """Platform errors end the command with their message, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RecoError as exc:
+            raise click.ClickException(exc.detail) from None
+
+
+@click.group(cls=_Group)
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (env RECO_LOG_LEVEL)")
 def main(log_level: str | None) -> None:
     """Movie recommender platform."""
@@ -187,6 +198,34 @@ def train() -> None:
         click.echo(f"{variant} {r['version']}: ndcg@{m['k']}={m['ndcg']:.4f} "
                    f"recall={m['recall']:.4f} coverage={m['coverage']:.3f} "
                    f"gini={m['gini']:.3f} -> {verdict}")
+
+
+@main.command()
+@click.option("--rps", type=float, default=None, help="user visits per second")
+@click.option("--duration", type=float, default=None, help="seconds; then it stops")
+@click.option("--seed", type=int, default=None)
+@click.option("--url", default=None, help="loopback API URL (default: the local serve port)")
+def simulate(rps: float | None, duration: float | None, seed: int | None,
+             url: str | None) -> None:
+    """Closed-loop simulated users against the HTTP API (bounded, seeded, loopback only)."""
+    from jobs.simulate import simulate as run
+
+    click.echo(json.dumps(run(_settings(), rps, duration, seed, url)))
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="one snapshot now (default: every interval, on Ray)")
+def analyze(once: bool) -> None:
+    """Analytics snapshot(s) from the lake into var/analytics/ (and Prometheus gauges)."""
+    from jobs import analyze as job
+
+    if once:
+        s = _settings()
+        job.probe(s)
+        snap = job.analyze_once(s)
+        click.echo(json.dumps({k: snap[k] for k in ("window", "counts", "compute_seconds")}))
+        return
+    job.main([])
 
 
 @main.command()

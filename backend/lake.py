@@ -73,14 +73,16 @@ class Lake:
 
     def read(self, topic: str, columns: list[str] | None = None) -> pd.DataFrame:
         """All rows of a topic as one frame (empty, with the right columns, if none)."""
+        return self.read_table(topic, columns).to_pandas()
+
+    def read_table(self, topic: str, columns: list[str] | None = None) -> pa.Table:
+        """All rows of a topic as an Arrow table (list columns stay columnar)."""
         files = self.files(topic)
         schema = arrow_schema(EVENT_MODELS[topic])
         if not files:
-            return schema.empty_table().to_pandas()[columns or schema.names]
-        table = ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(
-            columns=columns
-        )
-        return table.to_pandas()
+            return schema.empty_table().select(columns or schema.names)
+        return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(
+            columns=columns)
 
     def event_ids(self, topic: str, days: int, skip: set[Path] | None = None,
                   ) -> tuple[set[str], set[Path]]:

@@ -135,8 +135,40 @@ class ServeSettings(BaseModel):
 
 
 class SimSettings(BaseModel):
-    rps: float = 2.0
+    """Closed-loop user simulator: talks to the HTTP API on loopback only."""
+
+    url: str | None = Field(None, description="API base URL; default the local serve port")
+    api_key: SecretStr | None = Field(None, description="client key for writes and its limit")
+    rps: float = Field(2.0, gt=0, le=500, description="user visits per second")
+    duration: float = Field(60.0, gt=0, le=7 * 86400, description="seconds, then it stops")
     seed: int = 42
+    k: int = Field(10, ge=1, le=100)
+    concurrency: int = Field(8, ge=1, le=64)
+    rank: int = Field(16, ge=2, le=64, description="rank of the hidden preference model")
+    noise: float = Field(0.3, ge=0, description="per-user deviation from the fitted factors")
+    rate_share: float = Field(0.6, ge=0, le=1, description="share of watched items rated")
+    bot_share: float = Field(0.02, ge=0, le=0.5, description="share of users that are bots")
+    bot_activity: float = Field(6.0, ge=1, description="bot visit rate / mean user's rate")
+    bot_targets: int = Field(1, ge=1, le=20)
+    bot_fillers: int = Field(8, ge=0, le=100, description="filler ratings per bot visit")
+    new_item_every: float = Field(20.0, gt=0, description="seconds between item releases")
+
+
+class AnalyticsSettings(BaseModel):
+    """Snapshot windows and the requirement thresholds the dashboard checks."""
+
+    window_minutes: float = Field(60.0, gt=0)
+    coverage_min: float = Field(0.8, ge=0, le=1)
+    parity_gap_max: float = Field(0.15, ge=0)
+    echo_windows: int = Field(6, ge=2, description="windows in the echo-chamber trend")
+    echo_slope_max: float = Field(0.01, description="Gini rise per window that counts as echo")
+    head_share: float = Field(0.3, gt=0, lt=1)
+    tail_share: float = Field(0.3, gt=0, lt=1)
+    starvation_ratio: float = Field(1.3, gt=0)
+    spam_z: float = Field(3.5, gt=0)
+    spam_bucket: str = "1min"
+    msprt_tau2: float = Field(1e-3, gt=0)
+    alpha: float = Field(0.05, gt=0, lt=1)
 
 
 class ScheduleSettings(BaseModel):
@@ -172,6 +204,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     serve: ServeSettings = ServeSettings()
     sim: SimSettings = SimSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     ray: RaySettings = RaySettings()
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from backend.catalog import load_catalog
 from backend.data.movielens import load as load_movielens
 from backend.evaluation import build_interactions, evaluate, temporal_split
 from backend.hashing import sha256_file
@@ -110,6 +111,7 @@ def retrain(settings: Settings) -> dict[str, dict[str, Any]]:
     if inter.empty:
         raise RuntimeError("the lake holds no ratings or watches yet: nothing to train on")
     ml = load_movielens(settings.data_cache)
+    items = load_catalog(settings)  # MovieLens plus released items: cold start by content
     train, test = temporal_split(inter, cfg.test_fraction)
     prov = provenance(settings, lake, inter, quarantine)
     registry = open_registry(settings, signer=True)
@@ -117,9 +119,9 @@ def retrain(settings: Settings) -> dict[str, dict[str, Any]]:
     for variant, cls in VARIANTS.items():
         params = model_params(variant, cfg)
         t0 = time.perf_counter()
-        metrics = evaluate(cls(**params).fit(train, ml.items, ml.users), train, test, cfg.k,
+        metrics = evaluate(cls(**params).fit(train, items, ml.users), train, test, cfg.k,
                            cfg.tail_share)
-        final = cls(**params).fit(inter, ml.items, ml.users)
+        final = cls(**params).fit(inter, items, ml.users)
         fit_s = time.perf_counter() - t0
         version = registry.register(variant, final, prov | {"train_seconds": round(fit_s, 3)},
                                     metrics)

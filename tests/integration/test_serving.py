@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,7 +54,7 @@ def served(tmp_path_factory, ray_head):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings,
-           "broker": broker}
+           "broker": broker, "env": env}
     subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(); "
                     "serve.shutdown()"], env=env, cwd=ROOT, capture_output=True, timeout=120)
     broker.stop()
@@ -170,6 +171,51 @@ def test_admin_promote_and_rollback(served):
     assert post("/admin/promote", {"variant": "B", "version": "../x"}).status_code == 422
     r = post("/admin/rollback", {"variant": "B"})
     assert r.status_code == 200 and r.json()["production"] == before
+
+
+def test_simulator_closes_the_loop_through_the_api(served, movielens_wheel):
+    """Simulated users over HTTP -> Kafka -> ingest -> lake -> analytics snapshot."""
+    from backend.data.movielens import WHEEL_NAME
+    from backend.lake import Lake
+
+    settings = served["settings"]
+    settings.data_cache.mkdir(parents=True, exist_ok=True)
+    shutil.copy(movielens_wheel, settings.data_cache / WHEEL_NAME)
+    env = served["env"] | {"RECO_SIM__API_KEY": CLIENT, "RECO_SIM__NEW_ITEM_EVERY": "3",
+                           "RECO_SIM__BOT_SHARE": "0.05", "RECO_ANALYTICS__WINDOW_MINUTES": "30"}
+
+    def run(*args, timeout=300):
+        out = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=timeout)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    sim = run("-m", "backend.cli", "simulate", "--rps", "8", "--duration", "12", "--seed", "5")
+    summary = json.loads(sim.stdout.strip().splitlines()[-1])
+    assert summary["visits"] >= 60 and summary["errors"] == 0
+    assert summary["status"].get("/recommend 200", 0) == summary["visits"]
+    assert set(summary["status"]) <= {"/recommend 200", "/watch 202", "/rate 202"}
+    assert summary["status"].get("/watch 202", 0) > 0 and summary["released"] >= 3
+    truth = json.loads((settings.var_dir / "sim" / "ground_truth.json").read_text())
+    assert truth["bots"] and len(truth["released"]) == summary["released"]
+
+    time.sleep(2)  # the ingress flushes its producer every second
+    run("-m", "jobs.ingest", "--once")
+    lake = Lake(settings.lake_root)
+    assert lake.count("events.reco") >= summary["visits"]
+    assert lake.count("events.watch") >= summary["status"]["/watch 202"]
+    assert lake.count("events.rating") >= summary["status"].get("/rate 202", 0) > 0
+
+    out = run("-m", "backend.cli", "analyze", "--once")
+    assert json.loads(out.stdout.strip().splitlines()[-1])["counts"]["recommendations"] > 0
+    snap = json.loads((settings.var_dir / "analytics" / "latest.json").read_text())
+    assert snap["counts"]["watches"] > 0 and snap["counts"]["catalog"] >= 1682
+    for v in ("A", "B"):
+        assert 0 < snap["fairness"][v]["coverage"] <= 1
+        assert snap["ab"]["arms"][v]["recommended_items"] > 0
+        assert snap["sla"]["latency_ms"][v]["p99"] > 0
+    assert snap["sla"]["probes"] == 1 and snap["sla"]["uptime"] == 1.0
+    assert snap["ab"]["winner"]["reason"]
 
 
 def test_broker_down_serves_and_spools_writes(served):

@@ -1,0 +1,403 @@
+"""The analytics engine: lake events -> one snapshot of every responsible-ML figure.
+
+`AnalyticsLogic.snapshot` is pure (frames in, JSON-ready dict out) and works on columnar
+arrays: the reco log stays as flat item ids plus list offsets (Arrow's layout), so a window
+of a million responses is counted with `bincount`s, not Python loops. The metric definitions
+live in `backend.metrics.*`; this module only selects windows and groups.
+
+Attribution choices (documented in docs/architecture.md):
+- a user belongs to the variant of their latest recommendation in the window (assignment is
+  sticky, so this is their arm);
+- watch-through rate of an arm = watches by its users / items it recommended in the window;
+- the "training window" for drift is everything before the current window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import scipy.sparse as sp
+
+from backend.metrics import abtest, fairness, feedback, ops, spam
+from backend.metrics.ranking import gini
+from backend.recommenders.base import item_features
+from backend.settings import AnalyticsSettings
+
+
+@dataclass
+class RecoLog:
+    """The `events.reco` log in columnar form: one entry per response, items flattened."""
+
+    ts: np.ndarray  # datetime64[us] (UTC), per response
+    user: np.ndarray  # int64, per response
+    variant: np.ndarray  # str, per response
+    latency: np.ndarray  # float, per response
+    offsets: np.ndarray  # int64, len = responses + 1
+    items: np.ndarray  # int64, flattened
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> RecoLog:
+        items = table.column("items").combine_chunks() if table.num_rows else \
+            pa.array([], pa.list_(pa.int64()))
+        if isinstance(items, pa.ChunkedArray):
+            items = items.combine_chunks()
+        return cls(
+            ts=_utc_naive(table.column("ts")),
+            user=table.column("user_id").to_numpy().astype(np.int64),
+            variant=np.asarray(table.column("variant").to_pylist(), dtype=object),
+            latency=table.column("latency_ms").to_numpy().astype(np.float64),
+            offsets=(items.offsets.to_numpy().astype(np.int64) if len(items)
+                     else np.zeros(1, np.int64)),
+            items=items.values.to_numpy().astype(np.int64) if len(items) else
+            np.zeros(0, np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def _utc_naive(column: pa.ChunkedArray) -> np.ndarray:
+    """UTC timestamps as naive datetime64[us] (numpy has no time zones)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return arr.cast(pa.timestamp("us")).to_numpy(zero_copy_only=False)
+
+
+def _naive(ts: pd.Series | pd.Timestamp) -> Any:
+    if isinstance(ts, pd.Timestamp):
+        return (ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts).to_datetime64()
+    s = pd.to_datetime(ts, utc=True)
+    return s.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-ready: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+class AnalyticsLogic:
+    def __init__(self, cfg: AnalyticsSettings, split: float = 0.5) -> None:
+        self.cfg = cfg
+        self.split = split
+
+    # -- entry point ---------------------------------------------------------------------
+
+    def snapshot(self, reco: RecoLog, watch: pd.DataFrame, rating: pd.DataFrame,
+                 items: pd.DataFrame, users: pd.DataFrame, end: pd.Timestamp,
+                 probes: pd.DataFrame | None = None) -> dict[str, Any]:
+        """Every figure for the window [end - window, end)."""
+        cfg = self.cfg
+        win = np.timedelta64(int(cfg.window_minutes * 60e6), "us")
+        t_end = _naive(end)
+        t_start = t_end - win
+        w_ts = _naive(watch["ts"]) if len(watch) else np.zeros(0, "datetime64[us]")
+        r_ts = _naive(rating["ts"]) if len(rating) else np.zeros(0, "datetime64[us]")
+        in_win = (reco.ts >= t_start) & (reco.ts < t_end)
+        watch_w = watch[(w_ts >= t_start) & (w_ts < t_end)]
+        rating_w = rating[(r_ts >= t_start) & (r_ts < t_end)]
+        upto_w = watch[w_ts < t_end]
+        upto_r = rating[r_ts < t_end]
+
+        lengths = np.diff(reco.offsets)
+        catalog = np.union1d(items["item_id"].to_numpy(dtype=np.int64),
+                             reco.items[np.repeat(in_win, lengths)])
+        item_idx = np.searchsorted(catalog, reco.items)
+        positions = np.arange(len(reco.items)) - np.repeat(reco.offsets[:-1], lengths)
+        popularity = (pd.concat([upto_w["item_id"], upto_r["item_id"]])
+                      .value_counts().reindex(catalog, fill_value=0).to_numpy(dtype=float))
+        groups = self._popularity_groups(popularity, catalog)
+        rating_counts = upto_r.groupby("user_id").size()
+        ild = self._list_diversity(reco, in_win, item_idx, items, catalog)
+
+        variants = sorted(set(reco.variant[in_win].tolist()))
+        per_variant = {}
+        for v in [*variants, "all"]:
+            mask = in_win if v == "all" else in_win & (reco.variant == v)
+            per_variant[v] = self._arm(reco, mask, lengths, item_idx, positions, catalog,
+                                       groups, ild, users, rating_counts)
+        snap = {
+            "window": {"start": str(pd.Timestamp(t_start, tz="UTC")),
+                       "end": str(pd.Timestamp(t_end, tz="UTC")),
+                       "minutes": cfg.window_minutes},
+            "counts": {"recommendations": int(in_win.sum()),
+                       "recommended_items": int(lengths[in_win].sum()),
+                       "watches": len(watch_w), "ratings": len(rating_w),
+                       "users": int(len(np.unique(reco.user[in_win]))),
+                       "catalog": len(catalog)},
+            "fairness": {v: a["fairness"] for v, a in per_variant.items()},
+            "tail": {v: a["tail"] for v, a in per_variant.items()},
+            "echo": self._echo(reco, lengths, item_idx, catalog, t_end, win, variants,
+                               upto_w, reco.user, in_win),
+            "spam": self._spam(rating_w),
+            "ab": self._ab(reco, in_win, lengths, watch_w, rating_w, per_variant, t_end, win),
+            "sla": self._sla(reco, in_win, variants, probes, t_start, t_end),
+            "drift": self._drift(rating, r_ts, watch, w_ts, catalog, t_start, t_end),
+        }
+        return _clean(snap)
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def _popularity_groups(self, popularity: np.ndarray, catalog: np.ndarray) -> np.ndarray:
+        """0 head, 1 mid, 2 tail, per catalog position (see feedback.popularity_groups)."""
+        order = np.lexsort((catalog, -popularity))
+        n = len(catalog)
+        n_head = int(round(self.cfg.head_share * n))
+        n_tail = int(round(self.cfg.tail_share * n))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        return np.where(rank < n_head, 0, np.where(rank >= n - n_tail, 2, 1))
+
+    @staticmethod
+    def _list_diversity(reco: RecoLog, in_win: np.ndarray, item_idx: np.ndarray,
+                        items: pd.DataFrame, catalog: np.ndarray) -> np.ndarray:
+        """Intra-list diversity per response (NaN outside the window or under 2 items).
+
+        Vectorised form of ranking.intra_list_diversity: with unit feature rows f, the sum of
+        pairwise cosines of a list is (|sum f|^2 - m) / 2, so ILD = 1 - (|S|^2 - m) /
+        (m (m - 1)) with S = sum of the list's feature rows and m its items with features."""
+        if "genres" not in items or not in_win.any():
+            return np.full(len(reco), np.nan)
+        feats = item_features(items, catalog).astype(np.float64)
+        has = (np.abs(feats).sum(axis=1) > 0).astype(np.float64)
+        lengths = np.diff(reco.offsets)
+        rows = np.repeat(np.arange(len(reco)), lengths)
+        keep = np.repeat(in_win, lengths)
+        lists = sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], item_idx[keep])),
+                              shape=(len(reco), len(catalog)))
+        s = lists @ feats
+        m = lists @ has
+        sumsq = np.einsum("ij,ij->i", s, s)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = 1.0 - (sumsq - m) / (m * (m - 1))
+        out[m < 2] = np.nan
+        return out
+
+    def _arm(self, reco: RecoLog, mask: np.ndarray, lengths: np.ndarray, item_idx: np.ndarray,
+             positions: np.ndarray, catalog: np.ndarray, groups: np.ndarray, ild: np.ndarray,
+             users: pd.DataFrame, rating_counts: pd.Series) -> dict[str, Any]:
+        cfg = self.cfg
+        sel = np.repeat(mask, lengths)
+        idx = item_idx[sel]
+        counts = np.bincount(idx, minlength=len(catalog)).astype(float)
+        exposure = np.bincount(idx, weights=1.0 / np.log2(positions[sel] + 2.0),
+                               minlength=len(catalog))
+        coverage = float((counts > 0).mean()) if len(catalog) else 0.0
+        # diversity per user (each user once), then per segment
+        users_arr = reco.user[mask]
+        div = ild[mask]
+        ok = ~np.isnan(div)
+        per_user = (pd.Series(div[ok]).groupby(users_arr[ok]).mean()
+                    if ok.any() else pd.Series(dtype=float))
+        seg = fairness.segments(
+            users[users["user_id"].isin(per_user.index)], rating_counts.to_dict())
+        known = set(seg.get("activity", {}))
+        for u in per_user.index.difference(list(known)):  # bots, users without demographics
+            seg.setdefault("activity", {})[int(u)] = fairness.activity_segment(
+                int(rating_counts.get(u, 0)))
+            for dim in ("gender", "age"):
+                if dim in seg:
+                    seg[dim][int(u)] = "unknown"
+        diversity = {dim: _mean_by(per_user, mapping) for dim, mapping in seg.items()}
+        gaps = {dim: fairness.parity_gap({k: v for k, v in d.items() if k != "unknown"})
+                for dim, d in diversity.items()}
+        shown = counts > 0
+        rates = {name: float(shown[groups == g].mean()) if (groups == g).any() else 0.0
+                 for g, name in enumerate(("head", "mid", "tail"))}
+        tail = {"rates": rates, **feedback.starvation(rates, cfg.starvation_ratio)}
+        fair = {
+            "coverage": coverage, "gini": gini(counts), "top10_share": fairness.top_share(
+                counts, 10), "exposure_gini": gini(exposure),
+            "diversity": float(np.nanmean(div)) if ok.any() else None,
+            "diversity_by_segment": diversity, "parity_gap": gaps,
+            "requirements": {
+                "coverage": {"value": coverage, "min": cfg.coverage_min,
+                             "pass": coverage >= cfg.coverage_min},
+                "parity": {"value": max(gaps.values(), default=0.0),
+                           "max": cfg.parity_gap_max,
+                           "pass": max(gaps.values(), default=0.0) < cfg.parity_gap_max},
+            },
+        }
+        return {"fairness": fair, "tail": tail}
+
+    def _echo(self, reco: RecoLog, lengths: np.ndarray, item_idx: np.ndarray,
+              catalog: np.ndarray, t_end: Any, win: Any, variants: list[str],
+              watch: pd.DataFrame, users: np.ndarray, in_win: np.ndarray) -> dict[str, Any]:
+        """Gini and top-10 share in each of the last `echo_windows` windows, and their trend."""
+        n_win = self.cfg.echo_windows
+        first = t_end - n_win * win
+        widx_req = ((reco.ts - first) // win).astype(np.int64)
+        valid = (reco.ts >= first) & (reco.ts < t_end)
+        out: dict[str, Any] = {"windows": n_win}
+        for v in [*variants, "all"]:
+            m = valid if v == "all" else valid & (reco.variant == v)
+            sel = np.repeat(m, lengths)
+            key = np.repeat(widx_req, lengths)[sel] * len(catalog) + item_idx[sel]
+            grid = np.bincount(key, minlength=n_win * len(catalog)).reshape(n_win, -1)
+            active = grid.sum(axis=1) > 0
+            ginis = [gini(row) if a else None for row, a in zip(grid, active, strict=True)]
+            tops = [fairness.top_share(row) if a else None
+                    for row, a in zip(grid, active, strict=True)]
+            g_series = [g for g in ginis if g is not None]
+            t_series = [t for t in tops if t is not None]
+            out[v] = {"gini": ginis, "top10_share": tops,
+                      "gini_trend": feedback.trend(g_series, self.cfg.echo_slope_max).as_dict(),
+                      "top10_trend": feedback.trend(t_series,
+                                                    self.cfg.echo_slope_max).as_dict()}
+        watched = {int(u): set(g.tolist()) for u, g in watch.groupby("user_id")["item_id"]}
+        out["homogenization"] = feedback.homogenization(watched)
+        arm = _arm_of_users(reco, in_win)
+        out["homogenization_by_variant"] = {
+            v: feedback.homogenization({u: s for u, s in watched.items() if arm.get(u) == v})
+            for v in variants}
+        return out
+
+    def _spam(self, rating_w: pd.DataFrame) -> dict[str, Any]:
+        flags = spam.detect(rating_w, self.cfg.spam_z, self.cfg.spam_bucket)
+        cols = ["three_sigma", "robust_count", "robust_rdma", "robust_burst", "combined"]
+        return {"raters": len(flags),
+                "flagged": {c: sorted(int(u) for u in flags.index[flags[c].astype(bool)])
+                            for c in cols} if len(flags) else {c: [] for c in cols}}
+
+    def _ab(self, reco: RecoLog, in_win: np.ndarray, lengths: np.ndarray,
+            watch_w: pd.DataFrame, rating_w: pd.DataFrame, per_variant: dict,
+            t_end: Any, win: Any) -> dict[str, Any]:
+        cfg = self.cfg
+        arm = _arm_of_users(reco, in_win)
+        variants = sorted(set(arm.values()))
+        w_arm = watch_w["user_id"].map(arm)
+        r_arm = rating_w["user_id"].map(arm)
+        arms: dict[str, Any] = {}
+        for v in variants:
+            m = in_win & (reco.variant == v)
+            recommended = int(lengths[m].sum())
+            watches = int((w_arm == v).sum())
+            ratings = rating_w.loc[r_arm == v, "rating"].astype(float).to_numpy()
+            arms[v] = {
+                "requests": int(m.sum()), "users": sum(1 for a in arm.values() if a == v),
+                "recommended_items": recommended, "watches": watches,
+                "watch_through": watches / recommended if recommended else None,
+                "watch_through_ci": abtest.proportion_ci(min(watches, recommended),
+                                                         recommended),
+                "ratings": len(ratings),
+                "mean_rating": float(ratings.mean()) if len(ratings) else None,
+                "mean_rating_ci": abtest.mean_ci(ratings), "_r": ratings,
+            }
+        out: dict[str, Any] = {"arms": arms}
+        if {"A", "B"} <= set(arms):
+            a, b = arms["A"], arms["B"]
+            out["watch_through_test"] = abtest.two_proportion_z(
+                min(b["watches"], b["recommended_items"]), b["recommended_items"],
+                min(a["watches"], a["recommended_items"]), a["recommended_items"])
+            out["rating_test"] = abtest.welch_t(b["_r"], a["_r"])
+            out["srm"] = abtest.sample_ratio_mismatch([a["users"], b["users"]],
+                                                      [self.split, 1 - self.split])
+            out["sequential"] = self._sequential(reco, lengths, watch_w, arm, t_end, win)
+            p = out["sequential"]["p_value"]
+            diff = out["watch_through_test"]["diff"]
+            leader = "B" if diff > 0 else "A"
+            guard = per_variant[leader]["fairness"]["requirements"]
+            fair_ok = all(r["pass"] for r in guard.values())
+            if p is None or p >= cfg.alpha:
+                verdict, reason = None, "not significant yet (always-valid p >= alpha)"
+            elif out["srm"]["mismatch"]:
+                verdict, reason = None, "sample ratio mismatch: the split is broken"
+            elif not fair_ok:
+                verdict, reason = None, f"{leader} leads but fails a fairness guardrail"
+            else:
+                verdict, reason = leader, "significant and within the fairness guardrails"
+            out["winner"] = {"variant": verdict, "reason": reason, "leader": leader}
+        for v in arms.values():
+            v.pop("_r")
+        return out
+
+    def _sequential(self, reco: RecoLog, lengths: np.ndarray, watch_w: pd.DataFrame,
+                    arm: dict[int, str], t_end: Any, win: Any, looks: int = 12) -> dict:
+        """mSPRT p-value of the B - A watch-through difference over `looks` cumulative looks
+        inside the window (so it can be read at any time during the window)."""
+        step = win / looks
+        start = t_end - win
+        w_ts = _naive(watch_w["ts"]) if len(watch_w) else np.zeros(0, "datetime64[us]")
+        w_arm = watch_w["user_id"].map(arm).to_numpy()
+        diffs, variances = [], []
+        for k in range(1, looks + 1):
+            cut = start + k * step
+            rate = {}
+            for v in ("A", "B"):
+                m = (reco.ts >= start) & (reco.ts < cut) & (reco.variant == v)
+                n = int(lengths[m].sum())
+                s = int(((w_arm == v) & (w_ts < cut)).sum())
+                rate[v] = (min(s, n) / n if n else 0.0, n)
+            (pa_, na), (pb, nb) = rate["A"], rate["B"]
+            if na == 0 or nb == 0:
+                diffs.append(0.0)
+                variances.append(0.0)
+                continue
+            diffs.append(pb - pa_)
+            variances.append(pa_ * (1 - pa_) / na + pb * (1 - pb) / nb)
+        p = abtest.msprt_p_values(diffs, variances, self.cfg.msprt_tau2)
+        return {"p_value": p[-1] if p else None, "series": p}
+
+    @staticmethod
+    def _sla(reco: RecoLog, in_win: np.ndarray, variants: list[str],
+             probes: pd.DataFrame | None, t_start: Any, t_end: Any) -> dict[str, Any]:
+        latency = {v: ops.latency_percentiles(reco.latency[in_win & (reco.variant == v)])
+                   for v in variants}
+        latency["all"] = ops.latency_percentiles(reco.latency[in_win])
+        ok: list[bool] = []
+        if probes is not None and len(probes):
+            p_ts = _naive(probes["ts"])
+            ok = probes.loc[(p_ts >= t_start) & (p_ts < t_end), "ok"].astype(bool).tolist()
+        up = ops.uptime(ok)
+        return {"latency_ms": latency, "probes": len(ok), "uptime": up,
+                "error_rate": None if up is None else 1.0 - up}
+
+    @staticmethod
+    def _drift(rating: pd.DataFrame, r_ts: np.ndarray, watch: pd.DataFrame, w_ts: np.ndarray,
+               catalog: np.ndarray, t_start: Any, t_end: Any) -> dict[str, Any]:
+        before, now = r_ts < t_start, (r_ts >= t_start) & (r_ts < t_end)
+        values = rating["rating"].to_numpy(dtype=np.int64) if len(rating) else \
+            np.zeros(0, np.int64)
+        hist_train = np.bincount(values[before], minlength=6)[1:6]
+        hist_now = np.bincount(values[now], minlength=6)[1:6]
+        items = np.concatenate([watch["item_id"].to_numpy(dtype=np.int64),
+                                rating["item_id"].to_numpy(dtype=np.int64)])
+        ts = np.concatenate([w_ts, r_ts])
+        idx = np.searchsorted(catalog, items)
+        idx = np.clip(idx, 0, max(len(catalog) - 1, 0))
+        train = np.bincount(idx[ts < t_start], minlength=len(catalog))
+        cur = np.bincount(idx[(ts >= t_start) & (ts < t_end)], minlength=len(catalog))
+        e, a = ops.popularity_bins(train, cur)
+        return {"rating_psi": ops.psi(hist_train, hist_now) if hist_now.sum() else None,
+                "popularity_psi": ops.psi(e, a) if cur.sum() and train.sum() else None,
+                "rating_hist_train": hist_train.tolist(), "rating_hist_now": hist_now.tolist()}
+
+
+def _arm_of_users(reco: RecoLog, mask: np.ndarray) -> dict[int, str]:
+    """Each user's variant = that of their latest recommendation under `mask`."""
+    idx = np.flatnonzero(mask)
+    if len(idx) == 0:
+        return {}
+    order = idx[np.argsort(reco.ts[idx], kind="stable")]
+    return dict(zip(reco.user[order].tolist(), reco.variant[order].tolist(), strict=True))
+
+
+def _mean_by(per_user: pd.Series, mapping: dict[int, str]) -> dict[str, float]:
+    if per_user.empty:
+        return {}
+    keys = per_user.index.map(lambda u: mapping.get(int(u), "unknown"))
+    return {str(k): float(v) for k, v in per_user.groupby(keys).mean().sort_index().items()}

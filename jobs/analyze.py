@@ -1,0 +1,205 @@
+"""Analyze job: lake -> analytics snapshot per window -> `var/analytics/` + Prometheus gauges.
+
+Run with `reco analyze [--once]` or `ray job submit -- python -m jobs.analyze`. Each cycle
+probes `/health` (the SLA's uptime), computes a snapshot of the window ending now, writes it to
+`var/analytics/snapshots/<end>.json` and `latest.json`, and adds the users the combined spam
+flag caught to `var/analytics/quarantine.json`, which the retrain job reads. Without --once it
+runs as a Ray actor that also exports the headline figures as gauges (`ray_reco_analytics_*`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from backend import catalog
+from backend.analytics import AnalyticsLogic, RecoLog
+from backend.data.movielens import load as load_movielens
+from backend.lake import Lake
+from backend.logs import setup_logging
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def analytics_dir(settings: Settings) -> Path:
+    return settings.var_dir / "analytics"
+
+
+def probe(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
+    """One health probe of the API, appended to `probes.jsonl`: up = HTTP 200 and status ok
+    or degraded (degraded still serves recommendations)."""
+    url = f"http://{settings.serve.host}:{settings.serve.port}/health"
+    t0 = time.perf_counter()
+    try:
+        r = httpx.get(url, timeout=timeout)
+        ok = r.status_code == 200 and r.json().get("status") in ("ok", "degraded")
+        detail = r.json().get("status") if r.status_code == 200 else f"http {r.status_code}"
+    except (httpx.HTTPError, ValueError) as exc:
+        ok, detail = False, type(exc).__name__
+    rec = {"ts": datetime.now(UTC).isoformat(), "ok": ok, "detail": detail,
+           "ms": round((time.perf_counter() - t0) * 1000, 2)}
+    path = analytics_dir(settings) / "probes.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    return rec
+
+
+def read_probes(settings: Settings) -> pd.DataFrame:
+    path = analytics_dir(settings) / "probes.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return pd.DataFrame(rows, columns=["ts", "ok", "detail", "ms"])
+
+
+def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> dict[str, Any]:
+    """Compute and write the snapshot of the window ending at `end` (default now)."""
+    end = end or pd.Timestamp.now(tz="UTC")
+    lake = Lake(settings.lake_root)
+    reco = RecoLog.from_table(lake.read_table(
+        "events.reco", ["ts", "user_id", "variant", "latency_ms", "items"]))
+    watch = lake.read("events.watch", ["ts", "user_id", "item_id"])
+    rating = lake.read("events.rating", ["ts", "user_id", "item_id", "rating"])
+    items = catalog.load_catalog(settings)
+    users = load_movielens(settings.data_cache).users
+    t0 = time.perf_counter()
+    snap = AnalyticsLogic(settings.analytics, settings.serve.split).snapshot(
+        reco, watch, rating, items, users, end, read_probes(settings))
+    snap["compute_seconds"] = round(time.perf_counter() - t0, 3)
+    out = analytics_dir(settings)
+    (out / "snapshots").mkdir(parents=True, exist_ok=True)
+    stamp = end.strftime("%Y%m%dT%H%M%SZ")
+    _write(out / "snapshots" / f"{stamp}.json", snap)
+    _write(out / "latest.json", snap)
+    flagged = snap["spam"]["flagged"]["combined"]
+    if flagged:
+        update_quarantine(settings, flagged, stamp)
+    log.info("snapshot written end=%s recommendations=%d flagged=%d seconds=%s", stamp,
+             snap["counts"]["recommendations"], len(flagged), snap["compute_seconds"])
+    return snap
+
+
+def update_quarantine(settings: Settings, users: list[int], stamp: str) -> None:
+    """Flagged users stay quarantined (union) until an operator releases them."""
+    path = analytics_dir(settings) / "quarantine.json"
+    current = json.loads(path.read_text()) if path.exists() else {"users": []}
+    merged = sorted(set(current.get("users", [])) | set(users))
+    _write(path, {"users": merged, "updated": stamp,
+                  "source": "combined spam flag (robust RDMA and volume outlier)"})
+
+
+def _write(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)
+
+
+GAUGES = {  # gauge name -> path in the snapshot, per variant where {v} appears
+    "coverage": ("fairness", "{v}", "coverage"),
+    "gini": ("fairness", "{v}", "gini"),
+    "top10_share": ("fairness", "{v}", "top10_share"),
+    "exposure_gini": ("fairness", "{v}", "exposure_gini"),
+    "diversity": ("fairness", "{v}", "diversity"),
+    "head_tail_ratio": ("tail", "{v}", "head_tail_ratio"),
+    "echo_gini_slope": ("echo", "{v}", "gini_trend", "slope"),
+}
+
+
+def gauge_values(snap: dict) -> list[tuple[str, dict[str, str], float]]:
+    """(name, tags, value) for every headline figure present in the snapshot."""
+    out = []
+    for v in snap.get("fairness", {}):
+        for name, path in GAUGES.items():
+            node: Any = snap
+            for key in path:
+                node = node.get(key.format(v=v)) if isinstance(node, dict) else None
+            if isinstance(node, (int, float)):
+                out.append((name, {"variant": v}, float(node)))
+    for v, arm in snap.get("ab", {}).get("arms", {}).items():
+        if arm.get("watch_through") is not None:
+            out.append(("watch_through", {"variant": v}, float(arm["watch_through"])))
+    p = snap.get("ab", {}).get("sequential", {}).get("p_value")
+    if p is not None:
+        out.append(("ab_p_value", {"variant": "all"}, float(p)))
+    out.append(("spam_flagged", {"variant": "all"},
+                float(len(snap.get("spam", {}).get("flagged", {}).get("combined", [])))))
+    up = snap.get("sla", {}).get("uptime")
+    if up is not None:
+        out.append(("uptime", {"variant": "all"}, float(up)))
+    return out
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.25, max_concurrency=2)
+    class AnalyzeActor:
+        """Runs the cycle forever and keeps the gauges fresh (Ray drops stale gauges)."""
+
+        def __init__(self, settings: Settings) -> None:
+            from ray.util.metrics import Gauge
+
+            setup_logging()
+            self.settings = settings
+            self.gauges = {name: Gauge(f"reco_analytics_{name}", description=name,
+                                       tag_keys=("variant",))
+                           for name in [*GAUGES, "watch_through", "ab_p_value",
+                                        "spam_flagged", "uptime"]}
+            self._stop = False
+
+        def run(self) -> None:
+            interval = self.settings.schedule.analyze_interval
+            while not self._stop:
+                t0 = time.monotonic()
+                try:
+                    probe(self.settings)
+                    snap = analyze_once(self.settings)
+                    for name, tags, value in gauge_values(snap):
+                        self.gauges[name].set(value, tags=tags)
+                except Exception:  # a bad cycle must not kill the loop; the next one retries
+                    log.exception("analytics cycle failed")
+                time.sleep(max(1.0, interval - (time.monotonic() - t0)))
+
+        def stop(self) -> None:
+            self._stop = True
+
+    return AnalyzeActor
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--once", action="store_true", help="one snapshot, no gauges")
+    args = parser.parse_args(argv)
+    setup_logging()
+    settings = Settings()
+    if args.once:
+        probe(settings)
+        analyze_once(settings)
+        return
+    import ray
+
+    from backend.raycluster import init_ray, job_env
+
+    init_ray(settings)
+    actor = _actor_class().options(runtime_env={"env_vars": job_env(settings)}).remote(
+        settings)
+    ray.get(actor.run.remote())
+
+
+if __name__ == "__main__":
+    main()
