@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from backend.indexing import dense_index
 from backend.metrics import abtest, fairness, feedback, ops, spam
 from backend.metrics.ranking import gini
 from backend.recommenders.base import item_features
@@ -35,7 +37,8 @@ class RecoLog:
 
     ts: np.ndarray  # datetime64[us] (UTC), per response
     user: np.ndarray  # int64, per response
-    variant: np.ndarray  # str, per response
+    code: np.ndarray  # int32 variant code per response, into `names`
+    names: list[str]  # variant names
     latency: np.ndarray  # float, per response
     offsets: np.ndarray  # int64, len = responses + 1
     items: np.ndarray  # int64, flattened
@@ -49,7 +52,7 @@ class RecoLog:
         return cls(
             ts=_utc_naive(table.column("ts")),
             user=table.column("user_id").to_numpy().astype(np.int64),
-            variant=np.asarray(table.column("variant").to_pylist(), dtype=object),
+            **_encode(table.column("variant")),
             latency=table.column("latency_ms").to_numpy().astype(np.float64),
             offsets=(items.offsets.to_numpy().astype(np.int64) if len(items)
                      else np.zeros(1, np.int64)),
@@ -59,6 +62,18 @@ class RecoLog:
 
     def __len__(self) -> int:
         return len(self.user)
+
+    def arm(self, name: str) -> np.ndarray:
+        """Mask of the responses served by variant `name`."""
+        return self.code == (self.names.index(name) if name in self.names else -1)
+
+
+def _encode(column: pa.ChunkedArray) -> dict[str, Any]:
+    enc = pc.dictionary_encode(column).combine_chunks()
+    if len(enc) == 0:
+        return {"code": np.zeros(0, np.int32), "names": []}
+    return {"code": enc.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+            "names": [str(x) for x in enc.dictionary.to_pylist()]}
 
 
 def _utc_naive(column: pa.ChunkedArray) -> np.ndarray:
@@ -114,22 +129,25 @@ class AnalyticsLogic:
         upto_r = rating[r_ts < t_end]
 
         lengths = np.diff(reco.offsets)
-        catalog = np.union1d(items["item_id"].to_numpy(dtype=np.int64),
-                             reco.items[np.repeat(in_win, lengths)])
-        item_idx = np.searchsorted(catalog, reco.items)
-        positions = np.arange(len(reco.items)) - np.repeat(reco.offsets[:-1], lengths)
-        popularity = (pd.concat([upto_w["item_id"], upto_r["item_id"]])
-                      .value_counts().reindex(catalog, fill_value=0).to_numpy(dtype=float))
+        row = np.repeat(np.arange(len(reco)), lengths)  # response of each flattened item
+        catalog, item_idx = dense_index(reco.items, items["item_id"].to_numpy(dtype=np.int64))
+        positions = np.arange(len(reco.items)) - reco.offsets[:-1][row]
+        popularity = np.bincount(
+            _positions(catalog, np.concatenate([upto_w["item_id"].to_numpy(np.int64),
+                                                upto_r["item_id"].to_numpy(np.int64)])),
+            minlength=len(catalog)).astype(float)
         groups = self._popularity_groups(popularity, catalog)
         rating_counts = upto_r.groupby("user_id").size()
-        ild = self._list_diversity(reco, in_win, item_idx, items, catalog)
+        ild = self._list_diversity(reco, in_win, lengths, item_idx, items, catalog)
 
-        variants = sorted(set(reco.variant[in_win].tolist()))
+        codes = np.unique(reco.code[in_win])
+        variants = sorted(reco.names[c] for c in codes)
         per_variant = {}
         for v in [*variants, "all"]:
-            mask = in_win if v == "all" else in_win & (reco.variant == v)
-            per_variant[v] = self._arm(reco, mask, lengths, item_idx, positions, catalog,
-                                       groups, ild, users, rating_counts)
+            mask = in_win if v == "all" else in_win & reco.arm(v)
+            per_variant[v] = self._arm(reco, mask, row, item_idx, positions, catalog, groups,
+                                       ild, users, rating_counts)
+        arm = _arm_of_users(reco, in_win)
         snap = {
             "window": {"start": str(pd.Timestamp(t_start, tz="UTC")),
                        "end": str(pd.Timestamp(t_end, tz="UTC")),
@@ -137,14 +155,14 @@ class AnalyticsLogic:
             "counts": {"recommendations": int(in_win.sum()),
                        "recommended_items": int(lengths[in_win].sum()),
                        "watches": len(watch_w), "ratings": len(rating_w),
-                       "users": int(len(np.unique(reco.user[in_win]))),
-                       "catalog": len(catalog)},
+                       "users": len(arm), "catalog": len(catalog)},
             "fairness": {v: a["fairness"] for v, a in per_variant.items()},
             "tail": {v: a["tail"] for v, a in per_variant.items()},
-            "echo": self._echo(reco, lengths, item_idx, catalog, t_end, win, variants,
-                               upto_w, reco.user, in_win),
+            "echo": self._echo(reco, row, item_idx, catalog, t_end, win, variants, upto_w,
+                               arm),
             "spam": self._spam(rating_w),
-            "ab": self._ab(reco, in_win, lengths, watch_w, rating_w, per_variant, t_end, win),
+            "ab": self._ab(reco, in_win, lengths, watch_w, rating_w, per_variant, arm, t_end,
+                           win),
             "sla": self._sla(reco, in_win, variants, probes, t_start, t_end),
             "drift": self._drift(rating, r_ts, watch, w_ts, catalog, t_start, t_end),
         }
@@ -163,35 +181,38 @@ class AnalyticsLogic:
         return np.where(rank < n_head, 0, np.where(rank >= n - n_tail, 2, 1))
 
     @staticmethod
-    def _list_diversity(reco: RecoLog, in_win: np.ndarray, item_idx: np.ndarray,
-                        items: pd.DataFrame, catalog: np.ndarray) -> np.ndarray:
+    def _list_diversity(reco: RecoLog, in_win: np.ndarray, lengths: np.ndarray,
+                        item_idx: np.ndarray, items: pd.DataFrame,
+                        catalog: np.ndarray) -> np.ndarray:
         """Intra-list diversity per response (NaN outside the window or under 2 items).
 
         Vectorised form of ranking.intra_list_diversity: with unit feature rows f, the sum of
         pairwise cosines of a list is (|sum f|^2 - m) / 2, so ILD = 1 - (|S|^2 - m) /
         (m (m - 1)) with S = sum of the list's feature rows and m its items with features."""
+        out = np.full(len(reco), np.nan)
         if "genres" not in items or not in_win.any():
-            return np.full(len(reco), np.nan)
+            return out
         feats = item_features(items, catalog).astype(np.float64)
         has = (np.abs(feats).sum(axis=1) > 0).astype(np.float64)
-        lengths = np.diff(reco.offsets)
-        rows = np.repeat(np.arange(len(reco)), lengths)
+        picked = np.flatnonzero(in_win)
         keep = np.repeat(in_win, lengths)
-        lists = sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], item_idx[keep])),
-                              shape=(len(reco), len(catalog)))
+        indptr = np.concatenate([[0], np.cumsum(lengths[picked])])
+        lists = sp.csr_matrix((np.ones(int(indptr[-1])), item_idx[keep], indptr),
+                              shape=(len(picked), len(catalog)))
         s = lists @ feats
         m = lists @ has
         sumsq = np.einsum("ij,ij->i", s, s)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = 1.0 - (sumsq - m) / (m * (m - 1))
-        out[m < 2] = np.nan
+            ild = 1.0 - (sumsq - m) / (m * (m - 1))
+        ild[m < 2] = np.nan
+        out[picked] = ild
         return out
 
-    def _arm(self, reco: RecoLog, mask: np.ndarray, lengths: np.ndarray, item_idx: np.ndarray,
+    def _arm(self, reco: RecoLog, mask: np.ndarray, row: np.ndarray, item_idx: np.ndarray,
              positions: np.ndarray, catalog: np.ndarray, groups: np.ndarray, ild: np.ndarray,
              users: pd.DataFrame, rating_counts: pd.Series) -> dict[str, Any]:
         cfg = self.cfg
-        sel = np.repeat(mask, lengths)
+        sel = mask[row]
         idx = item_idx[sel]
         counts = np.bincount(idx, minlength=len(catalog)).astype(float)
         exposure = np.bincount(idx, weights=1.0 / np.log2(positions[sel] + 2.0),
@@ -234,36 +255,37 @@ class AnalyticsLogic:
         }
         return {"fairness": fair, "tail": tail}
 
-    def _echo(self, reco: RecoLog, lengths: np.ndarray, item_idx: np.ndarray,
+    def _echo(self, reco: RecoLog, row: np.ndarray, item_idx: np.ndarray,
               catalog: np.ndarray, t_end: Any, win: Any, variants: list[str],
-              watch: pd.DataFrame, users: np.ndarray, in_win: np.ndarray) -> dict[str, Any]:
-        """Gini and top-10 share in each of the last `echo_windows` windows, and their trend."""
-        n_win = self.cfg.echo_windows
+              watch: pd.DataFrame, arm: pd.Series) -> dict[str, Any]:
+        """Gini and top-10 share in each of the last `echo_windows` windows, and their trend;
+        user homogenisation over all watches so far, overall and per arm."""
+        n_win, n_cat, n_var = self.cfg.echo_windows, len(catalog), max(len(reco.names), 1)
         first = t_end - n_win * win
-        widx_req = ((reco.ts - first) // win).astype(np.int64)
         valid = (reco.ts >= first) & (reco.ts < t_end)
+        widx = np.zeros(len(reco), dtype=np.int64)
+        widx[valid] = (reco.ts[valid] - first) // win
+        sel = valid[row]
+        key = ((reco.code[row][sel].astype(np.int64) * n_win + widx[row][sel]) * n_cat
+               + item_idx[sel])
+        grid = np.bincount(key, minlength=n_var * n_win * n_cat).reshape(n_var, n_win, n_cat)
         out: dict[str, Any] = {"windows": n_win}
         for v in [*variants, "all"]:
-            m = valid if v == "all" else valid & (reco.variant == v)
-            sel = np.repeat(m, lengths)
-            key = np.repeat(widx_req, lengths)[sel] * len(catalog) + item_idx[sel]
-            grid = np.bincount(key, minlength=n_win * len(catalog)).reshape(n_win, -1)
-            active = grid.sum(axis=1) > 0
-            ginis = [gini(row) if a else None for row, a in zip(grid, active, strict=True)]
-            tops = [fairness.top_share(row) if a else None
-                    for row, a in zip(grid, active, strict=True)]
-            g_series = [g for g in ginis if g is not None]
-            t_series = [t for t in tops if t is not None]
+            g = grid.sum(axis=0) if v == "all" else grid[reco.names.index(v)]
+            active = g.sum(axis=1) > 0
+            ginis = [gini(r) if a else None for r, a in zip(g, active, strict=True)]
+            tops = [fairness.top_share(r) if a else None for r, a in zip(g, active, strict=True)]
             out[v] = {"gini": ginis, "top10_share": tops,
-                      "gini_trend": feedback.trend(g_series, self.cfg.echo_slope_max).as_dict(),
-                      "top10_trend": feedback.trend(t_series,
+                      "gini_trend": feedback.trend([x for x in ginis if x is not None],
+                                                   self.cfg.echo_slope_max).as_dict(),
+                      "top10_trend": feedback.trend([x for x in tops if x is not None],
                                                     self.cfg.echo_slope_max).as_dict()}
-        watched = {int(u): set(g.tolist()) for u, g in watch.groupby("user_id")["item_id"]}
-        out["homogenization"] = feedback.homogenization(watched)
-        arm = _arm_of_users(reco, in_win)
+        wu = watch["user_id"].to_numpy(np.int64)
+        wi = watch["item_id"].to_numpy(np.int64)
+        out["homogenization"] = feedback.homogenization(wu, wi)
+        w_arm = pd.Series(wu).map(arm).to_numpy()
         out["homogenization_by_variant"] = {
-            v: feedback.homogenization({u: s for u, s in watched.items() if arm.get(u) == v})
-            for v in variants}
+            v: feedback.homogenization(wu[w_arm == v], wi[w_arm == v]) for v in variants}
         return out
 
     def _spam(self, rating_w: pd.DataFrame) -> dict[str, Any]:
@@ -275,78 +297,80 @@ class AnalyticsLogic:
 
     def _ab(self, reco: RecoLog, in_win: np.ndarray, lengths: np.ndarray,
             watch_w: pd.DataFrame, rating_w: pd.DataFrame, per_variant: dict,
-            t_end: Any, win: Any) -> dict[str, Any]:
+            arm: pd.Series, t_end: Any, win: Any) -> dict[str, Any]:
         cfg = self.cfg
-        arm = _arm_of_users(reco, in_win)
-        variants = sorted(set(arm.values()))
-        w_arm = watch_w["user_id"].map(arm)
-        r_arm = rating_w["user_id"].map(arm)
+        variants = sorted(set(arm.unique().tolist()))
+        w_arm = watch_w["user_id"].map(arm).to_numpy()
+        r_arm = rating_w["user_id"].map(arm).to_numpy()
+        users_per_arm = arm.value_counts()
         arms: dict[str, Any] = {}
+        ratings_of: dict[str, np.ndarray] = {}
         for v in variants:
-            m = in_win & (reco.variant == v)
+            m = in_win & reco.arm(v)
             recommended = int(lengths[m].sum())
             watches = int((w_arm == v).sum())
-            ratings = rating_w.loc[r_arm == v, "rating"].astype(float).to_numpy()
+            ratings = rating_w["rating"].to_numpy(dtype=float)[r_arm == v]
+            ratings_of[v] = ratings
             arms[v] = {
-                "requests": int(m.sum()), "users": sum(1 for a in arm.values() if a == v),
+                "requests": int(m.sum()), "users": int(users_per_arm.get(v, 0)),
                 "recommended_items": recommended, "watches": watches,
                 "watch_through": watches / recommended if recommended else None,
                 "watch_through_ci": abtest.proportion_ci(min(watches, recommended),
                                                          recommended),
                 "ratings": len(ratings),
                 "mean_rating": float(ratings.mean()) if len(ratings) else None,
-                "mean_rating_ci": abtest.mean_ci(ratings), "_r": ratings,
+                "mean_rating_ci": abtest.mean_ci(ratings),
             }
         out: dict[str, Any] = {"arms": arms}
-        if {"A", "B"} <= set(arms):
-            a, b = arms["A"], arms["B"]
-            out["watch_through_test"] = abtest.two_proportion_z(
-                min(b["watches"], b["recommended_items"]), b["recommended_items"],
-                min(a["watches"], a["recommended_items"]), a["recommended_items"])
-            out["rating_test"] = abtest.welch_t(b["_r"], a["_r"])
-            out["srm"] = abtest.sample_ratio_mismatch([a["users"], b["users"]],
-                                                      [self.split, 1 - self.split])
-            out["sequential"] = self._sequential(reco, lengths, watch_w, arm, t_end, win)
-            p = out["sequential"]["p_value"]
-            diff = out["watch_through_test"]["diff"]
-            leader = "B" if diff > 0 else "A"
-            guard = per_variant[leader]["fairness"]["requirements"]
-            fair_ok = all(r["pass"] for r in guard.values())
-            if p is None or p >= cfg.alpha:
-                verdict, reason = None, "not significant yet (always-valid p >= alpha)"
-            elif out["srm"]["mismatch"]:
-                verdict, reason = None, "sample ratio mismatch: the split is broken"
-            elif not fair_ok:
-                verdict, reason = None, f"{leader} leads but fails a fairness guardrail"
-            else:
-                verdict, reason = leader, "significant and within the fairness guardrails"
-            out["winner"] = {"variant": verdict, "reason": reason, "leader": leader}
-        for v in arms.values():
-            v.pop("_r")
+        if not {"A", "B"} <= set(arms):
+            return out
+        a, b = arms["A"], arms["B"]
+        out["watch_through_test"] = abtest.two_proportion_z(
+            min(b["watches"], b["recommended_items"]), b["recommended_items"],
+            min(a["watches"], a["recommended_items"]), a["recommended_items"])
+        out["rating_test"] = abtest.welch_t(ratings_of["B"], ratings_of["A"])
+        out["srm"] = abtest.sample_ratio_mismatch([a["users"], b["users"]],
+                                                  [self.split, 1 - self.split])
+        out["sequential"] = self._sequential(reco, lengths, watch_w, w_arm, t_end, win)
+        p = out["sequential"]["p_value"]
+        leader = "B" if out["watch_through_test"]["diff"] > 0 else "A"
+        guard = per_variant[leader]["fairness"]["requirements"]
+        if p is None or p >= cfg.alpha:
+            verdict, reason = None, "not significant yet (always-valid p >= alpha)"
+        elif out["srm"]["mismatch"]:
+            verdict, reason = None, "sample ratio mismatch: the split is broken"
+        elif not all(r["pass"] for r in guard.values()):
+            verdict, reason = None, f"{leader} leads but fails a fairness guardrail"
+        else:
+            verdict, reason = leader, "significant and within the fairness guardrails"
+        out["winner"] = {"variant": verdict, "reason": reason, "leader": leader}
         return out
 
     def _sequential(self, reco: RecoLog, lengths: np.ndarray, watch_w: pd.DataFrame,
-                    arm: dict[int, str], t_end: Any, win: Any, looks: int = 12) -> dict:
+                    w_arm: np.ndarray, t_end: Any, win: Any, looks: int = 12) -> dict:
         """mSPRT p-value of the B - A watch-through difference over `looks` cumulative looks
         inside the window (so it can be read at any time during the window)."""
-        step = win / looks
         start = t_end - win
+        step = win / looks
+        m = (reco.ts >= start) & (reco.ts < t_end)
+        look = ((reco.ts[m] - start) // step).astype(np.int64)
         w_ts = _naive(watch_w["ts"]) if len(watch_w) else np.zeros(0, "datetime64[us]")
-        w_arm = watch_w["user_id"].map(arm).to_numpy()
+        w_look = ((w_ts - start) // step).astype(np.int64) if len(w_ts) else \
+            np.zeros(0, np.int64)
+        n, s = {}, {}
+        for v in ("A", "B"):
+            arm_m = reco.arm(v)[m]
+            n[v] = np.cumsum(np.bincount(look[arm_m], weights=lengths[m][arm_m],
+                                         minlength=looks)[:looks])
+            s[v] = np.cumsum(np.bincount(w_look[w_arm == v], minlength=looks)[:looks])
         diffs, variances = [], []
-        for k in range(1, looks + 1):
-            cut = start + k * step
-            rate = {}
-            for v in ("A", "B"):
-                m = (reco.ts >= start) & (reco.ts < cut) & (reco.variant == v)
-                n = int(lengths[m].sum())
-                s = int(((w_arm == v) & (w_ts < cut)).sum())
-                rate[v] = (min(s, n) / n if n else 0.0, n)
-            (pa_, na), (pb, nb) = rate["A"], rate["B"]
+        for k in range(looks):
+            na, nb = n["A"][k], n["B"][k]
             if na == 0 or nb == 0:
                 diffs.append(0.0)
                 variances.append(0.0)
                 continue
+            pa_, pb = min(s["A"][k], na) / na, min(s["B"][k], nb) / nb
             diffs.append(pb - pa_)
             variances.append(pa_ * (1 - pa_) / na + pb * (1 - pb) / nb)
         p = abtest.msprt_p_values(diffs, variances, self.cfg.msprt_tau2)
@@ -355,7 +379,7 @@ class AnalyticsLogic:
     @staticmethod
     def _sla(reco: RecoLog, in_win: np.ndarray, variants: list[str],
              probes: pd.DataFrame | None, t_start: Any, t_end: Any) -> dict[str, Any]:
-        latency = {v: ops.latency_percentiles(reco.latency[in_win & (reco.variant == v)])
+        latency = {v: ops.latency_percentiles(reco.latency[in_win & reco.arm(v)])
                    for v in variants}
         latency["all"] = ops.latency_percentiles(reco.latency[in_win])
         ok: list[bool] = []
@@ -378,7 +402,9 @@ class AnalyticsLogic:
                                 rating["item_id"].to_numpy(dtype=np.int64)])
         ts = np.concatenate([w_ts, r_ts])
         idx = np.searchsorted(catalog, items)
-        idx = np.clip(idx, 0, max(len(catalog) - 1, 0))
+        known = idx < len(catalog)
+        known[known] = catalog[idx[known]] == items[known]
+        idx, ts = idx[known], ts[known]  # like _positions, keeping the times aligned
         train = np.bincount(idx[ts < t_start], minlength=len(catalog))
         cur = np.bincount(idx[(ts >= t_start) & (ts < t_end)], minlength=len(catalog))
         e, a = ops.popularity_bins(train, cur)
@@ -387,13 +413,23 @@ class AnalyticsLogic:
                 "rating_hist_train": hist_train.tolist(), "rating_hist_now": hist_now.tolist()}
 
 
-def _arm_of_users(reco: RecoLog, mask: np.ndarray) -> dict[int, str]:
-    """Each user's variant = that of their latest recommendation under `mask`."""
+def _positions(catalog: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Catalog positions of `items` (sorted `catalog`), dropping ids it does not hold."""
+    idx = np.searchsorted(catalog, items)
+    known = idx < len(catalog)
+    known[known] = catalog[idx[known]] == items[known]
+    return idx[known]
+
+
+def _arm_of_users(reco: RecoLog, mask: np.ndarray) -> pd.Series:
+    """Each user's variant (index user_id) = that of their latest recommendation in `mask`."""
     idx = np.flatnonzero(mask)
     if len(idx) == 0:
-        return {}
-    order = idx[np.argsort(reco.ts[idx], kind="stable")]
-    return dict(zip(reco.user[order].tolist(), reco.variant[order].tolist(), strict=True))
+        return pd.Series(dtype=object)
+    order = idx[np.argsort(reco.ts[idx], kind="stable")][::-1]  # newest first
+    users, first = np.unique(reco.user[order], return_index=True)
+    names = np.asarray(reco.names, dtype=object)
+    return pd.Series(names[reco.code[order[first]]], index=users)
 
 
 def _mean_by(per_user: pd.Series, mapping: dict[int, str]) -> dict[str, float]:

@@ -112,6 +112,9 @@ class SimulatorLogic:
         unpopular = item_counts.reindex(self.catalog, fill_value=0).sort_values(kind="stable")
         pool = unpopular.index[: max(len(unpopular) // 4, cfg.bot_targets)].to_numpy()
         self.targets = self.rng.choice(pool, size=cfg.bot_targets, replace=False).astype(int)
+        # bandwagon fillers: the most popular items, so the targets become their neighbours
+        top = item_counts.sort_values(ascending=False, kind="stable")
+        self.filler_pool = top.index[: max(5 * cfg.bot_fillers, 50)].to_numpy(dtype=np.int64)
         self.item_mean = (ratings.groupby("item_id")["rating"].mean()
                           .reindex(self.catalog).fillna(self.prefs.mu))
         self.watched: dict[int, set[int]] = {}
@@ -157,12 +160,11 @@ class SimulatorLogic:
         ts = now.isoformat()
         out = [{"user_id": int(bot), "item_id": int(t), "rating": 5, "ts": ts}
                for t in self.targets if int(t) not in done]
-        fillers = self.rng.choice(self.catalog, size=self.cfg.bot_fillers, replace=False)
+        fresh = [int(i) for i in self.filler_pool if int(i) not in done]
+        fillers = self.rng.permutation(fresh)[: self.cfg.bot_fillers]
         for item in fillers:
-            if int(item) in done:
-                continue
-            r = int(np.clip(round(float(self.item_mean.get(item, self.prefs.mu))
-                                  + self.rng.normal(0, 0.7)), 1, 5))
+            r = int(np.clip(round(float(self.item_mean.get(item, self.prefs.mu)) + 0.5
+                                  + self.rng.normal(0, 0.5)), 1, 5))
             out.append({"user_id": int(bot), "item_id": int(item), "rating": r, "ts": ts})
         done.update(int(r["item_id"]) for r in out)
         return out

@@ -7,7 +7,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from scipy import stats
+
+from backend.indexing import dense_index
 
 
 @dataclass(frozen=True)
@@ -43,26 +46,31 @@ def trend(values: Sequence[float], limit: float = 0.01, confidence: float = 0.95
     return Trend(slope, slope - half, slope + half, n, slope > limit)
 
 
-def homogenization(watched: Mapping[int, set[int]], pairs: int = 2000, seed: int = 0) -> float:
+def homogenization(users: np.ndarray, items: np.ndarray, pairs: int = 2000,
+                   seed: int = 0) -> float:
     """Mean Jaccard similarity |A ∩ B| / |A ∪ B| of the watched-item sets of randomly paired
     users (Chaney, Stewart & Engelhardt 2018, "How algorithmic confounding in recommendation
-    systems increases homogeneity"); all pairs when there are fewer than `pairs`."""
-    users = sorted(u for u, s in watched.items() if s)
-    n = len(users)
+    systems increases homogeneity"), from (user, item) watch pairs; every pair of users when
+    there are at most `pairs` of them."""
+    if len(users) == 0:
+        return 0.0
+    uids, rows = dense_index(np.asarray(users, dtype=np.int64))
+    _, cols = dense_index(np.asarray(items, dtype=np.int64))
+    n = len(uids)
     if n < 2:
         return 0.0
+    w = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, int(cols.max()) + 1))
+    w.sum_duplicates()
+    w.data[:] = 1.0
     if n * (n - 1) // 2 <= pairs:
-        idx = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        a, b = np.triu_indices(n, 1)
     else:
         rng = np.random.default_rng(seed)
         a = rng.integers(0, n, pairs)
         b = (a + rng.integers(1, n, pairs)) % n  # never the same user
-        idx = list(zip(a.tolist(), b.tolist(), strict=True))
-    sims = []
-    for i, j in idx:
-        s, t = watched[users[i]], watched[users[j]]
-        sims.append(len(s & t) / len(s | t))
-    return float(np.mean(sims))
+    inter = np.asarray(w[a].multiply(w[b]).sum(axis=1)).ravel()
+    size = np.diff(w.indptr)
+    return float(np.mean(inter / (size[a] + size[b] - inter)))
 
 
 def popularity_groups(popularity: Mapping[int, float], catalog: Sequence[int],

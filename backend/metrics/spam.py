@@ -6,7 +6,9 @@ indexed by user_id; `combined` is what the platform acts on (the quarantine list
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 MAD_SCALE = 0.6745  # = Phi^-1(0.75): makes the MAD a consistent estimate of sigma
 
@@ -42,29 +44,66 @@ def rdma(ratings: pd.DataFrame) -> pd.Series:
     return dev.groupby(r["user_id"]).mean()
 
 
+def degsim(ratings: pd.DataFrame, k: int = 5, only: np.ndarray | None = None) -> pd.Series:
+    """Degree of Similarity with top Neighbours (Chirita, Nejdl & Zamfir 2005): the mean
+    similarity of a user's rated-item set to its `k` most similar users' (Jaccard here).
+    Attack profiles are made from one template, so bots are each other's near-copies.
+    Computed for the users in `only` (default all): memory is |only| x users."""
+    users, rows = np.unique(ratings["user_id"].to_numpy(), return_inverse=True)
+    _, cols = np.unique(ratings["item_id"].to_numpy(), return_inverse=True)
+    if len(users) < 2:
+        return pd.Series(0.0, index=users)
+    w = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(users), cols.max() + 1))
+    w.sum_duplicates()
+    w.data[:] = 1.0
+    pick = np.arange(len(users)) if only is None else np.searchsorted(users, only)
+    inter = (w[pick] @ w.T).toarray()
+    size = np.diff(w.indptr).astype(float)
+    jac = inter / (size[pick][:, None] + size[None, :] - inter)
+    jac[np.arange(len(pick)), pick] = -1.0  # not one's own neighbour
+    k = max(1, min(k, len(users) - 1))
+    top = -np.partition(-jac, k - 1, axis=1)[:, :k]
+    return pd.Series(top.mean(axis=1), index=users[pick])
+
+
 def burst_rate(ratings: pd.DataFrame, bucket: str = "1min") -> pd.Series:
     """Peak number of ratings a user posted within one `bucket` of time."""
     ts = pd.to_datetime(ratings["ts"], utc=True).dt.floor(bucket)
     return ratings.groupby([ratings["user_id"], ts]).size().groupby(level=0).max()
 
 
-def detect(ratings: pd.DataFrame, z: float = 3.5, bucket: str = "1min") -> pd.DataFrame:
-    """Per-user features and flags: three-sigma on counts; robust z (|z| > `z`) on counts,
-    RDMA and burst rate; `combined` = a robust outlier on RDMA and on volume (count or burst).
+COLUMNS = ["count", "rdma", "degsim", "burst", "three_sigma", "robust_count", "robust_rdma",
+           "robust_degsim", "robust_burst", "combined"]
 
-    Volume alone flags honest heavy users and RDMA alone flags honest contrarians; a shilling
-    profile is both (Chirita et al. 2005 combine the same way)."""
+
+def detect(ratings: pd.DataFrame, z: float = 3.5, bucket: str = "1min",
+           sample: int = 3000) -> pd.DataFrame:
+    """Per-user features and flags: three-sigma on counts; robust z (> `z`) on counts, RDMA,
+    DegSim and burst rate; `combined` = a volume outlier (count or burst) whose profile is
+    also abnormal (RDMA: disagrees with the crowd; or DegSim: a near-copy of other raters).
+
+    Volume alone flags honest heavy users, RDMA alone honest contrarians, DegSim alone small
+    groups of like-minded fans; a shilling profile is loud and abnormal at once (Chirita et
+    al. 2005 combine their features the same way)."""
     if ratings.empty:
-        return pd.DataFrame(columns=["count", "rdma", "burst", "three_sigma", "robust_count",
-                                     "robust_rdma", "robust_burst", "combined"])
+        return pd.DataFrame(columns=COLUMNS)
     counts = ratings.groupby("user_id").size().astype(float)
+    burst = burst_rate(ratings, bucket).astype(float)
+    # DegSim on every user up to `sample` of them; beyond, on a seeded sample (for its median
+    # and MAD) plus the volume outliers, the only users the combined flag can pick
+    users = counts.index.to_numpy()
+    only = None
+    if len(users) > sample:
+        loud = users[(robust_z(counts) > z).to_numpy() | (robust_z(burst) > z).to_numpy()]
+        rng = np.random.default_rng(0)
+        only = np.union1d(rng.choice(users, sample, replace=False), loud)
     frame = pd.DataFrame({"count": counts, "rdma": rdma(ratings),
-                          "burst": burst_rate(ratings, bucket).astype(float)})
+                          "degsim": degsim(ratings, only=only), "burst": burst})
     frame["three_sigma"] = three_sigma(frame["count"])
-    frame["robust_count"] = robust_z(frame["count"]) > z
-    frame["robust_rdma"] = robust_z(frame["rdma"]) > z
-    frame["robust_burst"] = robust_z(frame["burst"]) > z
-    frame["combined"] = frame["robust_rdma"] & (frame["robust_count"] | frame["robust_burst"])
+    for col in ("count", "rdma", "degsim", "burst"):
+        frame[f"robust_{col}"] = (robust_z(frame[col]) > z).fillna(False).astype(bool)
+    frame["combined"] = ((frame["robust_count"] | frame["robust_burst"])
+                         & (frame["robust_rdma"] | frame["robust_degsim"]))
     frame.index.name = "user_id"
     return frame
 

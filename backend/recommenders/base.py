@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from backend.indexing import dense_index
+
 AGE_BANDS = (0, 18, 25, 35, 45, 56, 200)
 
 
@@ -39,24 +41,6 @@ def item_features(items: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
         feats[:, -1] = np.nan_to_num(0.5 * (years - lo) / max(hi - lo, 1.0))
     norms = np.linalg.norm(feats, axis=1, keepdims=True)
     return feats / np.maximum(norms, 1e-9)
-
-
-def dense_index(values: np.ndarray, extra: np.ndarray | None = None,
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct ids of `values` and `extra`, position of each value among them).
-
-    What `np.unique(..., return_inverse=True)` gives, by a presence table when the ids are
-    small non-negative integers (MovieLens, the simulator): O(n) instead of a sort, which is
-    a tenth of a kNN fit."""
-    both = values if extra is None else np.concatenate([values, extra])
-    if len(both) and both.min() >= 0 and both.max() < 4 * len(both) + 1024:
-        present = np.zeros(int(both.max()) + 1, dtype=bool)
-        present[both] = True
-        ids = np.flatnonzero(present)
-        position = np.cumsum(present) - 1
-        return ids, position[values]
-    ids = np.unique(both)
-    return ids, np.searchsorted(ids, values)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -71,11 +71,13 @@ def test_trend_matches_linregress_and_detects():
 
 
 def test_homogenization_jaccard():
-    watched = {1: {1, 2}, 2: {2, 3}, 3: {7}}
+    # watched sets {1: {1, 2}, 2: {2, 3}, 3: {7}} (user 1 watched item 2 twice)
+    users, items = np.array([1, 1, 1, 2, 2, 3]), np.array([1, 2, 2, 2, 3, 7])
     # pairs: (1,2) 1/3, (1,3) 0, (2,3) 0
-    assert feedback.homogenization(watched) == pytest.approx(1 / 9)
-    big = {u: {u % 3, 100} for u in range(200)}
-    assert 0 < feedback.homogenization(big, pairs=500, seed=1) <= 1
+    assert feedback.homogenization(users, items) == pytest.approx(1 / 9)
+    same = np.repeat(np.arange(200), 2), np.tile([5, 100], 200)
+    assert feedback.homogenization(*same, pairs=500, seed=1) == pytest.approx(1.0)
+    assert feedback.homogenization(np.array([1]), np.array([1])) == 0.0
 
 
 def test_popularity_groups_rates_and_starvation():
@@ -107,6 +109,8 @@ def test_spam_detectors_hand_computed():
     # item 7 mean 3, 2 ratings: user 1 |5-3|/2 = 1, user 2 1; item 8: user 3 0
     assert spam.rdma(ratings).to_dict() == {1: 1.0, 2: 1.0, 3: 0.0}
     assert spam.burst_rate(ratings).to_dict() == {1: 1, 2: 1, 3: 1}
+    # DegSim, k=1: users 1 and 2 rated {7}, user 3 {8}: 1 and 2 are copies, 3 alone
+    assert spam.degsim(ratings, k=1).to_dict() == {1: 1.0, 2: 1.0, 3: 0.0}
     assert spam.precision_recall({1, 2}, {2, 3}) == (0.5, 0.5)
     assert spam.precision_recall(set(), set()) == (1.0, 1.0)
 
@@ -206,3 +210,16 @@ def test_ops_measures():
     assert ops.psi([1, 2], [1, 2]) == pytest.approx(0.0)
     train, cur = ops.popularity_bins([10, 5, 1, 0], [0, 1, 5, 10], bins=2)
     assert train.tolist() == [15, 1] and cur.tolist() == [1, 15]
+
+
+def test_spam_detect_samples_degsim_on_many_users_and_still_flags_the_loud_copies():
+    rng = np.random.default_rng(5)
+    t0 = pd.Timestamp("2024-01-01", tz="UTC")
+    rows = [(u, int(i), int(rng.integers(1, 6)), t0 + pd.Timedelta(minutes=int(rng.integers(0,
+                                                                                   600))))
+            for u in range(300) for i in rng.choice(500, 4, replace=False)]
+    rows += [(1000 + b, i, 5, t0 + pd.Timedelta(seconds=i)) for b in range(5) for i in range(40)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "ts"])
+    flags = spam.detect(frame, sample=50)
+    assert flags["degsim"].notna().sum() < len(flags)  # sampled
+    assert set(flags.index[flags["combined"]]) == set(range(1000, 1005))

@@ -1,0 +1,29 @@
+"""Integer id -> dense position maps, shared by the models and the analytics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def dense_index(values: np.ndarray, extra: np.ndarray | None = None,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct ids of `values` and `extra`, position of each value among them).
+
+    What `np.unique(..., return_inverse=True)` gives, by a presence table when the ids are
+    small non-negative integers (MovieLens, the simulator): O(n) instead of a sort, which is
+    a tenth of a kNN fit."""
+    parts = [values] if extra is None else [values, extra]
+    nonempty = [p for p in parts if len(p)]
+    n = sum(len(p) for p in parts)
+    if nonempty:
+        lo = min(int(p.min()) for p in nonempty)
+        hi = max(int(p.max()) for p in nonempty)
+        if lo >= 0 and hi < 4 * n + 1024:
+            present = np.zeros(hi + 1, dtype=bool)
+            for p in nonempty:
+                present[p] = True
+            ids = np.flatnonzero(present)
+            position = np.cumsum(present) - 1
+            return ids, position[values]
+    ids = np.unique(np.concatenate(parts)) if n else np.zeros(0, dtype=np.int64)
+    return ids, np.searchsorted(ids, values)
