@@ -265,9 +265,9 @@ class AnalyticsLogic:
         valid = (reco.ts >= first) & (reco.ts < t_end)
         widx = np.zeros(len(reco), dtype=np.int64)
         widx[valid] = (reco.ts[valid] - first) // win
+        resp_key = (reco.code.astype(np.int64) * n_win + widx) * n_cat  # per response
         sel = valid[row]
-        key = ((reco.code[row][sel].astype(np.int64) * n_win + widx[row][sel]) * n_cat
-               + item_idx[sel])
+        key = resp_key[row[sel]] + item_idx[sel]
         grid = np.bincount(key, minlength=n_var * n_win * n_cat).reshape(n_var, n_win, n_cat)
         out: dict[str, Any] = {"windows": n_win}
         for v in [*variants, "all"]:
@@ -283,9 +283,10 @@ class AnalyticsLogic:
         wu = watch["user_id"].to_numpy(np.int64)
         wi = watch["item_id"].to_numpy(np.int64)
         out["homogenization"] = feedback.homogenization(wu, wi)
-        w_arm = pd.Series(wu).map(arm).to_numpy()
+        w_arm = pd.Series(wu).map(arm.map(reco.names.index)).fillna(-1).to_numpy(np.int64)
         out["homogenization_by_variant"] = {
-            v: feedback.homogenization(wu[w_arm == v], wi[w_arm == v]) for v in variants}
+            v: feedback.homogenization(wu[w_arm == c], wi[w_arm == c])
+            for v, c in ((v, reco.names.index(v)) for v in variants)}
         return out
 
     def _spam(self, rating_w: pd.DataFrame) -> dict[str, Any]:
