@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down status test test-slow lint bench clean-venv
+.PHONY: install up down status test test-slow lint bench bench-loop clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench: $(STAMP)
 	$(BIN)/reco data fetch
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/analytics.py
+	$(BIN)/python bench/spam.py
+
+bench-loop: $(STAMP)
+	$(BIN)/reco data fetch
+	$(BIN)/python bench/feedback.py
 
 clean-venv:
 	rm -rf $(VENV)
