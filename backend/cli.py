@@ -342,13 +342,11 @@ def serve_start(wait: float) -> None:
     from ray import serve
 
     from backend.raycluster import init_ray
-    from backend.serving.app import AppArgs, build_app
+    from backend.serving.deploy import APP, deploy
 
     s = _settings()
     init_ray(s)
-    serve.start(http_options={"host": s.serve.host, "port": s.serve.port})
-    serve.run(build_app(AppArgs(split=s.serve.split, salt=s.serve.salt), s), name="reco",
-              route_prefix="/", blocking=False)
+    deploy(s)
     url = f"http://{s.serve.host}:{s.serve.port}/health"
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -358,7 +356,9 @@ def serve_start(wait: float) -> None:
             return
         except (httpx.HTTPError, ValueError):
             time.sleep(1)
-    raise click.ClickException(f"{url} did not answer within {wait}s")
+    status = serve.status().applications.get(APP)
+    detail = f"{status.status}: {status.message}" if status else "not deployed"
+    raise click.ClickException(f"{url} did not answer within {wait}s ({detail})")
 
 
 @serve_group.command("stop")

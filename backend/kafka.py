@@ -133,6 +133,44 @@ class Spool:
             self._depth = max(0, self._depth - count)
 
 
+def claim_spool(parent: Path, name: str) -> tuple[Path, int]:
+    """The spool folder `parent/name` for one process among several (ingress replicas), with
+    its lock held for the life of the process; sibling spools whose lock is free belong to a
+    process that is gone, and their events are moved in here to be replayed.
+
+    Returns (folder, lock fd). Segments keep their names (their order); an orphan's active
+    file becomes a sealed segment."""
+    import fcntl
+
+    own = parent / name
+    own.mkdir(parents=True, exist_ok=True)
+    fd = os.open(own / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    for other in sorted(parent.iterdir()):
+        if other == own or not other.is_dir():
+            continue
+        ofd = os.open(other / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(ofd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its process is alive
+            os.close(ofd)
+            continue
+        moved = 0
+        for f in sorted(other.glob("*.jsonl")):
+            target = f.name if f.name.startswith("seg-") else f"seg-{time.time_ns():020d}.jsonl"
+            os.replace(f, own / target)
+            moved += 1
+        (other / ".lock").unlink(missing_ok=True)
+        os.close(ofd)
+        try:
+            other.rmdir()
+        except OSError:  # something else in there: leave it
+            pass
+        if moved:
+            log.warning("adopted spool of a gone process from=%s files=%d", other.name, moved)
+    return own, fd
+
+
 class EventProducer:
     """Produce events keyed by user; spool to disk when the broker is away."""
 
@@ -143,6 +181,7 @@ class EventProducer:
         self.flush_interval = flush_interval
         self._producer: KafkaProducer | None = None
         self._degraded = self.spool.depth > 0
+        self.spooled = 0  # events that went to the spool instead of the broker, ever
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -189,6 +228,7 @@ class EventProducer:
 
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         if self._degraded or self.spool.depth:
+            self.spooled += 1
             self.spool.append(topic, key, value)
             return
         producer = self._connect()
@@ -206,6 +246,7 @@ class EventProducer:
         if not self._degraded:
             log.warning("broker unavailable, spooling events reason=%s", why)
         self._degraded = True
+        self.spooled += 1
         self.spool.append(topic, key, value)
 
     def flush(self, timeout: float | None = None) -> None:

@@ -132,6 +132,7 @@ class ServeSettings(BaseModel):
     reload_seconds: float = Field(10.0, gt=0, description="how often variants look for a new "
                                                            "production version")
     max_k: int = 100
+    ingress_replicas: int = Field(1, ge=1, le=16, description="HTTP ingress replicas")
 
 
 class SimSettings(BaseModel):

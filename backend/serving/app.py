@@ -7,6 +7,7 @@ here only wire them to HTTP and to each other. Run-time knobs arrive through `us
 """
 
 
+import asyncio
 import logging
 import threading
 import time
@@ -21,12 +22,33 @@ from ray.serve.handle import DeploymentHandle
 
 from backend.errors import RecoError
 from backend.events import MAX_ID, RatingEvent, RecoEvent, WatchEvent
+from backend.serving.state import ServingStateLogic, replica_delta, take_replica_delta
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
+PUSH_SECONDS = 1.0  # how often a replica pushes metrics and reads the shared experiment
 
 api = FastAPI(title="Movie recommender", version="0.1.0")
+
+
+@api.middleware("http")
+async def _count_requests(request: Request, call_next):
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        delta = replica_delta()
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        variant = getattr(request.state, "variant", "")
+        delta.inc("reco_requests_total", {"route": path, "status": str(status),
+                                          "variant": variant})
+        if variant:
+            delta.observe(time.perf_counter() - t0, {"variant": variant})
 
 
 class AppArgs(BaseModel):
@@ -93,6 +115,40 @@ class VariantDeployment:
         return self.logic.status()
 
 
+@serve.deployment(name="ServingState", num_replicas=1, max_ongoing_requests=1000,
+                  ray_actor_options={"num_cpus": 0.1})
+class ServingState:
+    """Exactly one: rate-limit leases, the experiment, metric sums (see state.py)."""
+
+    def __init__(self, settings: Settings) -> None:
+        cfg = settings.serve
+        self.logic = ServingStateLogic(
+            cfg.per_minute, {f"key:{n}": k.per_minute for n, k in cfg.api_keys.items()
+                             if k.per_minute}, cfg.split, cfg.salt)
+
+    def acquire(self, client: str) -> tuple[int, int]:
+        return self.logic.acquire(client)
+
+    def record(self, payload: dict[str, Any]) -> None:
+        self.logic.metrics.merge(payload)
+
+    def render(self, extra: list | None = None) -> str:
+        return self.logic.metrics.render(
+            {(n, tuple(map(tuple, ls))): v for n, ls, v in (extra or [])})
+
+    def config(self) -> dict[str, Any]:
+        return self.logic.config()
+
+    def writes_health(self) -> dict[str, Any]:
+        return self.logic.writes_health()
+
+    def deployed(self, split: float, salt: str) -> dict[str, Any]:
+        return self.logic.deployed(split, salt)
+
+    def set_config(self, split: float | None, salt: str | None) -> dict[str, Any]:
+        return self.logic.set_config(split, salt)
+
+
 def _client(request: Request, principal: Any) -> str:
     if principal is not None:
         return f"key:{principal.name}"
@@ -103,23 +159,26 @@ def _client(request: Request, principal: Any) -> str:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, settings: Settings, variant_a: DeploymentHandle,
-                 variant_b: DeploymentHandle) -> None:
+                 variant_b: DeploymentHandle, state: DeploymentHandle) -> None:
         from backend.data.movielens import load
-        from backend.kafka import EventProducer
+        from backend.kafka import EventProducer, claim_spool
         from backend.serving.auth import ApiKeys
-        from backend.serving.ratelimit import RateLimiterLogic
         from backend.serving.router import RouterLogic
 
         self.settings = settings
         cfg = settings.serve
         self.variants = {"A": variant_a, "B": variant_b}
+        self.state = state
         self.router = RouterLogic(cfg.split, cfg.salt)
+        self._generation = -1
         self.keys = ApiKeys({n: (k.sha256, k.role) for n, k in cfg.api_keys.items()})
-        self.limiter = RateLimiterLogic(
-            per_minute=cfg.per_minute,
-            overrides={f"key:{n}": k.per_minute for n, k in cfg.api_keys.items()
-                       if k.per_minute})
-        self.producer = EventProducer(settings.kafka, settings.spool_dir / "serve")
+        self._leases: dict[str, int] = {}
+        self._pusher: asyncio.Task | None = None
+        self._spooled_pushed = 0
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.replica = replica
+        spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", replica)
+        self.producer = EventProducer(settings.kafka, spool)
         try:
             items = load(settings.data_cache).items
             self.titles = dict(zip(items["item_id"].tolist(), items["title"].tolist(),
@@ -128,13 +187,45 @@ class Ingress:
             log.warning("MovieLens items unavailable; recommendations carry no titles")
             self.titles = {}
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """A deployed `user_config`: applied here now, and through the shared state on every
+        replica within a push period (unless it is the config already deployed)."""
         self.router.reconfigure(config)
+        shared = await self.state.deployed.remote(self.router.split, self.router.salt)
+        self._apply(shared)
+
+    def _apply(self, shared: dict[str, Any]) -> None:
+        if shared["generation"] != self._generation:
+            self.router.reconfigure({"split": shared["split"], "salt": shared["salt"]})
+            self._generation = shared["generation"]
+
+    async def _push_loop(self) -> None:
+        """Push metric deltas and pick up experiment changes, about once a second."""
+        while True:
+            await asyncio.sleep(PUSH_SECONDS)
+            try:
+                replica_delta().set("reco_spool_depth", {"replica": self.replica},
+                                    float(self.producer.spool.depth))
+                replica_delta().set("reco_broker_degraded", {"replica": self.replica},
+                                    float(self.producer.degraded))
+                spooled = self.producer.spooled
+                if spooled > self._spooled_pushed:
+                    replica_delta().inc("reco_kafka_produce_errors_total", {},
+                                        spooled - self._spooled_pushed)
+                    self._spooled_pushed = spooled
+                delta = take_replica_delta()
+                if not delta.empty():
+                    await self.state.record.remote(delta.as_payload())
+                self._apply(await self.state.config.remote())
+            except Exception:  # the state replica restarting: try again next period
+                log.warning("push to the serving state failed", exc_info=True)
 
     # -- guards ----------------------------------------------------------------------------
 
-    def _guard(self, request: Request, needs: str | None) -> Any:
+    async def _guard(self, request: Request, needs: str | None) -> Any:
         """Authenticate, authorise and rate-limit; raises RecoError with the HTTP status."""
+        if self._pusher is None:
+            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
         length = int(request.headers.get("content-length") or 0)
         if length > MAX_BODY:
             raise _HttpError(413, f"body of {length} bytes exceeds {MAX_BODY}")
@@ -142,20 +233,34 @@ class Ingress:
         principal = self.keys.authenticate(presented)
         if needs is not None:
             if principal is None:
+                replica_delta().inc("reco_auth_failures_total", {"status": "401"})
                 raise _HttpError(401, "missing or unknown API key (header X-API-Key)")
             if not self.keys.allowed(principal, needs):
+                replica_delta().inc("reco_auth_failures_total", {"status": "403"})
                 raise _HttpError(403, f"this key may not do {needs} operations")
-        allowed, retry_after = self.limiter.check(_client(request, principal))
-        if not allowed:
-            raise _HttpError(429, "rate limit exceeded", {"Retry-After": str(retry_after)})
+        client = _client(request, principal)
+        if self._leases.get(client, 0) <= 0:
+            granted, retry_after = await self.state.acquire.remote(client)
+            if not granted:
+                replica_delta().inc("reco_rate_limited_total", {"client": client.split(":")[0]})
+                raise _HttpError(429, "rate limit exceeded",
+                                 {"Retry-After": str(max(1, retry_after))})
+            self._leases[client] = granted
+            if len(self._leases) > 100_000:  # bounded: forget the oldest leases
+                for old in list(self._leases)[:50_000]:
+                    del self._leases[old]
+        self._leases[client] -= 1
         return principal
 
     # -- recommendations -------------------------------------------------------------------
 
-    async def _recommend(self, user_id: int, k: int) -> dict[str, Any]:
+    async def _recommend(self, request: Request, user_id: int, k: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         variant = self.router.assign(user_id)
+        request.state.variant = variant  # for the request metrics
         result = await self.variants[variant].recommend.remote(user_id, k)
+        replica_delta().set("reco_model_info", {"variant": variant,
+                                       "version": str(result["model_version"])}, 1.0)
         latency = (time.perf_counter() - t0) * 1000
         request_id = str(uuid.uuid4())
         self.producer.send("events.reco", RecoEvent(
@@ -167,8 +272,8 @@ class Ingress:
     @api.get("/recommend")
     async def recommend_json(self, request: Request, user_id: int = Query(ge=1, le=MAX_ID),
                              k: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
-        self._guard(request, None)
-        r = await self._recommend(user_id, k)
+        await self._guard(request, None)
+        r = await self._recommend(request, user_id, k)
         return {"request_id": r["request_id"], "user_id": user_id, "variant": r["variant"],
                 "model_version": r["model_version"],
                 "items": [{"item_id": i, "title": self.titles.get(i)} for i in r["items"]]}
@@ -178,21 +283,21 @@ class Ingress:
                               k: int = Query(10, ge=1, le=100)) -> str:
         if not 1 <= user_id <= MAX_ID:
             raise _HttpError(422, f"user_id must be within 1..{MAX_ID}")
-        self._guard(request, None)
-        r = await self._recommend(user_id, k)
+        await self._guard(request, None)
+        r = await self._recommend(request, user_id, k)
         return ",".join(str(i) for i in r["items"])
 
     # -- writes ----------------------------------------------------------------------------
 
     @api.post("/rate", status_code=202)
     async def rate(self, request: Request, event: RatingEvent) -> dict[str, str]:
-        self._guard(request, "client")
+        await self._guard(request, "client")
         self.producer.send("events.rating", event)
         return {"event_id": event.event_id, "status": "accepted"}
 
     @api.post("/watch", status_code=202)
     async def watch(self, request: Request, event: WatchEvent) -> dict[str, str]:
-        self._guard(request, "client")
+        await self._guard(request, "client")
         self.producer.send("events.watch", event)
         return {"event_id": event.event_id, "status": "accepted"}
 
@@ -200,19 +305,35 @@ class Ingress:
 
     @api.get("/health")
     async def health(self) -> dict[str, Any]:
+        """Model versions per variant; writes degraded when any live replica spools (the
+        replicas' spool figures arrive through the shared state, this one's directly)."""
         variants = {v: await h.status.remote() for v, h in self.variants.items()}
         serving = all(s["version"] for s in variants.values())
-        degraded = self.producer.degraded or self.producer.spool.depth > 0
+        try:
+            shared = await self.state.writes_health.remote()
+        except Exception:  # the state replica restarting: answer from this replica alone
+            shared = {"spool_depth": 0, "degraded_replicas": 0}
+        depth = max(shared["spool_depth"], self.producer.spool.depth)
+        degraded = self.producer.degraded or shared["degraded_replicas"] > 0 or depth > 0
         return {"status": "ok" if serving and not degraded else "degraded",
-                "variants": variants, "broker_degraded": self.producer.degraded,
-                "spool_depth": self.producer.spool.depth,
+                "variants": variants, "broker_degraded": degraded, "spool_depth": depth,
                 "split": self.router.split, "salt": self.router.salt}
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(self) -> PlainTextResponse:
+        """Prometheus text, summed over every ingress replica (pushed about once a second)."""
+        extra = []
+        for v, h in self.variants.items():
+            refused = (await h.status.remote()).get("refused") or {}
+            extra.append(["reco_model_refused", [["variant", v]], float(len(refused))])
+        text = await self.state.render.remote(extra)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @api.get("/models")
     async def models(self, request: Request) -> dict[str, Any]:
         from registry import open_registry
 
-        self._guard(request, "admin")
+        await self._guard(request, "admin")
         reg = open_registry(self.settings)
         return {v: {"aliases": reg.aliases(v), "versions": reg.versions(v)}
                 for v in reg.variants()}
@@ -222,28 +343,33 @@ class Ingress:
         """Verify, then make `version` production; variants pick it up on their next poll."""
         from registry import open_registry
 
-        self._guard(request, "admin")
+        await self._guard(request, "admin")
         return open_registry(self.settings).promote(body.variant, body.version)
 
     @api.post("/admin/rollback")
     async def admin_rollback(self, request: Request, body: RollbackRequest) -> dict[str, Any]:
         from registry import open_registry
 
-        self._guard(request, "admin")
+        await self._guard(request, "admin")
         return open_registry(self.settings).rollback(body.variant)
 
     @api.post("/admin/split")
     async def admin_split(self, request: Request, body: SplitRequest) -> dict[str, Any]:
-        self._guard(request, "admin")
-        self.router.reconfigure(body.model_dump(exclude_none=True))
+        """Change the experiment for every replica (through the shared state)."""
+        await self._guard(request, "admin")
+        shared = await self.state.set_config.remote(body.split, body.salt)
+        self._apply(shared)
         return {"split": self.router.split, "salt": self.router.salt}
 
 
-def build_app(args: AppArgs, settings: Settings | None = None) -> serve.Application:
-    settings = settings or Settings()
+def build_app(args: AppArgs) -> serve.Application:
+    """Serve's typed application builder (serve_config.yaml's import_path). Settings come from
+    the RECO_* environment, which `reco serve start` puts in the app's runtime_env."""
+    settings = Settings()
     a = VariantDeployment.options(name="VariantA").bind(settings, "A")
     b = VariantDeployment.options(name="VariantB", user_config={"runtime": args.b_runtime}
                                   ).bind(settings, "B")
+    state = ServingState.bind(settings)
     return Ingress.options(num_replicas=args.ingress_replicas,
                            user_config={"split": args.split, "salt": args.salt}
-                           ).bind(settings, a, b)
+                           ).bind(settings, a, b, state)

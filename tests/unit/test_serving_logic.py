@@ -54,3 +54,96 @@ def test_api_keys_constant_time_roles():
     assert "client-secret" not in repr(keys.__dict__)  # only digests are kept
     with pytest.raises(ValueError):
         ApiKeys({"x": ("abc", "client")})
+
+
+def test_leases_hold_one_limit_across_replicas():
+    from backend.serving.state import ServingStateLogic
+
+    now = [0.0]
+    state = ServingStateLogic(per_minute=100, overrides={"key:sim": 6000}, split=0.5,
+                              salt="s", clock=lambda: now[0])
+    # three replicas take leases for one anonymous client until refused: 100 in total
+    leases = {r: 0 for r in range(3)}
+    granted_total, refused = 0, 0
+    for i in range(400):
+        r = i % 3
+        if leases[r] == 0:
+            granted, retry = state.acquire("ip:1")
+            if not granted:
+                refused += 1
+                assert retry >= 1
+                continue
+            leases[r] = granted
+            granted_total += granted
+        leases[r] -= 1
+    assert granted_total == 100 and refused > 0
+    assert state.acquire("key:sim") == (50, 0)  # a high-volume key gets bigger leases
+    now[0] += 60
+    assert state.acquire("ip:1")[0] == 1  # refilled after a minute
+
+
+def test_experiment_config_survives_replica_restarts():
+    from backend.serving.state import ServingStateLogic
+
+    state = ServingStateLogic(100, {}, split=0.5, salt="exp-1")
+    changed = state.set_config(split=0.8, salt=None)
+    assert changed == {"split": 0.8, "salt": "exp-1", "generation": 1}
+    # a replica (re)starting with the deployed user_config does not undo the admin change
+    assert state.deployed(0.5, "exp-1")["split"] == 0.8
+    # a new deployed config does apply
+    assert state.deployed(0.3, "exp-2") == {"split": 0.3, "salt": "exp-2", "generation": 2}
+
+
+def test_metrics_sum_replicas_and_render_prometheus_text():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from backend.serving.state import MetricsDelta, MetricsLogic
+
+    total = MetricsLogic()
+    for replica in ("r1", "r2"):
+        d = MetricsDelta()
+        d.inc("reco_requests_total", {"route": "/recommend", "status": "200", "variant": "A"})
+        d.inc("reco_requests_total", {"route": "/recommend", "status": "200", "variant": "A"})
+        d.inc("reco_rate_limited_total", {"client": "ip"})
+        d.observe(0.003, {"variant": "A"})
+        d.observe(7.0, {"variant": "A"})
+        d.set("reco_spool_depth", {"replica": replica}, 3)
+        d.set("reco_model_info", {"variant": "A", "version": "v0001"}, 1)
+        total.merge(d.as_payload())
+    d = MetricsDelta()
+    d.set("reco_model_info", {"variant": "A", "version": "v0002"}, 1)
+    total.merge(d.as_payload())
+    text = total.render({("reco_model_refused", (("variant", "B"),)): 1.0})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("reco_requests_total", (("route", "/recommend"), ("status", "200"),
+                                            ("variant", "A")))] == 4
+    assert samples[("reco_rate_limited_total", (("client", "ip"),))] == 2
+    assert samples[("reco_request_latency_seconds_bucket", (("le", "0.005"),
+                                                            ("variant", "A")))] == 2
+    assert samples[("reco_request_latency_seconds_count", (("variant", "A"),))] == 4
+    assert ("reco_model_info", (("variant", "A"), ("version", "v0001"))) not in samples
+    assert samples[("reco_model_info", (("variant", "A"), ("version", "v0002")))] == 1
+    assert samples[("reco_spool_depth", (("replica", "r2"),))] == 3
+    assert samples[("reco_model_refused", (("variant", "B"),))] == 1
+
+
+def test_writes_health_sums_live_replicas_and_forgets_gone_ones():
+    from backend.serving.state import MetricsDelta, ServingStateLogic
+
+    now = [0.0]
+    state = ServingStateLogic(100, {}, 0.5, "s", clock=lambda: now[0])
+    for replica, depth, degraded in (("r1", 3, 1), ("r2", 2, 0)):
+        d = MetricsDelta()
+        d.set("reco_spool_depth", {"replica": replica}, depth)
+        d.set("reco_broker_degraded", {"replica": replica}, degraded)
+        state.metrics.merge(d.as_payload())
+    assert state.writes_health() == {"spool_depth": 5, "degraded_replicas": 1}
+    now[0] = 5.0
+    d = MetricsDelta()
+    d.set("reco_spool_depth", {"replica": "r2"}, 0)
+    d.set("reco_broker_degraded", {"replica": "r2"}, 0)
+    state.metrics.merge(d.as_payload())
+    now[0] = 12.0  # r1 stopped pushing 12 s ago: gone
+    assert state.writes_health() == {"spool_depth": 0, "degraded_replicas": 0}
+    assert 'replica="r1"' not in state.metrics.render()

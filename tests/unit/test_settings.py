@@ -41,3 +41,21 @@ def test_sasl_ssl_options_pass_through(settings, monkeypatch):
     assert cfg["sasl_plain_username"] == "reco" and cfg["sasl_plain_password"] == "s3cret"
     assert cfg["ssl_cafile"] == "/etc/ca.pem"
     assert "s3cret" not in repr(s)  # secrets never in reprs or logs
+
+
+def test_serve_config_is_a_valid_serve_config_and_gets_the_settings(tmp_path):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from backend.serving.deploy import CONFIG, effective_config
+
+    ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))  # as shipped
+    s = Settings(var_dir=tmp_path, serve={"port": 8123, "split": 0.7, "ingress_replicas": 2})
+    cfg = effective_config(s)
+    ServeDeploySchema.model_validate(cfg)
+    app = cfg["applications"][0]
+    assert cfg["http_options"]["port"] == 8123
+    assert app["args"] == {"split": 0.7, "salt": "exp-1", "ingress_replicas": 2}
+    assert app["runtime_env"]["env_vars"]["RECO_VAR_DIR"] == str(tmp_path.resolve())
+    names = {d["name"] for d in app["deployments"]}
+    assert names == {"Ingress", "VariantA", "VariantB", "ServingState"}

@@ -39,3 +39,28 @@ def test_unreachable_broker_spools_everything(settings, tmp_path):
     assert producer.degraded and producer.spool.depth == 3
     assert producer.replay() == 0 and producer.spool.depth == 3  # still no broker: kept
     producer.close(timeout=1)
+
+
+def test_claim_spool_adopts_the_files_of_gone_processes_only(tmp_path):
+    import fcntl
+    import os
+
+    from backend.kafka import claim_spool
+
+    parent = tmp_path / "serve"
+    gone, alive = parent / "gone", parent / "alive"
+    for d in (gone, alive):
+        d.mkdir(parents=True)
+        (d / "seg-00000000000000000001.jsonl").write_text('{"topic": "t", "key": null, '
+                                                          '"value": "1"}\n')
+    (gone / "active.jsonl").write_text('{"topic": "t", "key": null, "value": "2"}\n')
+    held = os.open(alive / ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another replica, still running
+    own, fd = claim_spool(parent, "me")
+    try:
+        assert not gone.exists() and alive.exists()
+        assert Spool(own).depth == 2 and len(Spool(own).segments()) == 2
+        assert Spool(alive).depth == 1
+    finally:
+        os.close(fd)
+        os.close(held)
