@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -55,7 +56,7 @@ def served(tmp_path_factory, ray_head):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings,
-           "broker": broker, "env": env}
+           "broker": broker, "env": env, "head": ray_head}
     subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(); "
                     "serve.shutdown()"], env=env, cwd=ROOT, capture_output=True, timeout=120)
     broker.stop()
@@ -257,6 +258,24 @@ def test_simulator_closes_the_loop_through_the_api(served, movielens_wheel):
         assert snap["sla"]["latency_ms"][v]["p99"] > 0
     assert snap["sla"]["probes"] == 1 and snap["sla"]["uptime"] == 1.0
     assert snap["ab"]["winner"]["reason"]
+
+    # the continuous job exports the headline figures as Prometheus gauges through Ray
+    job = subprocess.Popen([sys.executable, "-m", "jobs.analyze"], cwd=ROOT, start_new_session=True,
+                           env=env | {"RECO_SCHEDULE__ANALYZE_INTERVAL": "5"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{served['head'].cfg.metrics_export_port}/metrics"
+    try:
+        deadline, found = time.monotonic() + 90, []
+        while not found and time.monotonic() < deadline:
+            time.sleep(2)
+            found = [line for line in httpx.get(url, timeout=5).text.splitlines()
+                     if line.startswith("ray_reco_analytics_coverage{")
+                     and 'variant="A"' in line]
+        assert found, "no analytics gauge reached Prometheus"
+        assert 0 < float(found[0].rsplit(" ", 1)[1]) <= 1
+    finally:
+        os.killpg(job.pid, signal.SIGTERM)
+        job.wait(timeout=30)
 
 
 def test_broker_down_serves_and_spools_writes(served):
