@@ -342,9 +342,10 @@ def serve_start(wait: float) -> None:
     from ray import serve
 
     from backend.raycluster import init_ray
+    from backend.serving.auth import ensure_local_keys
     from backend.serving.deploy import APP, deploy
 
-    s = _settings()
+    s = ensure_local_keys(_settings())
     init_ray(s)
     deploy(s)
     url = f"http://{s.serve.host}:{s.serve.port}/health"

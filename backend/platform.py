@@ -2,8 +2,9 @@
 
 Parts so far: the embedded broker (unless a Kafka cluster is configured), a Ray head with
 token auth and its dashboard (so `ray job submit` works), the ingest job submitted through the
-Ray Jobs SDK, the MovieLens bootstrap when the lake is empty and the first signed models when
-the registry has none in production. State stays under `var/`.
+Ray Jobs SDK, the MovieLens bootstrap when the lake is empty, the first signed models when
+the registry has none in production, the Ray Serve app (with local simulator and operator
+keys in `var/keys/`, 0600) and the continuous analyze job. State stays under `var/`.
 """
 
 from __future__ import annotations
@@ -20,29 +21,46 @@ from backend.raycluster import RayHead, job_env
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
-INGEST_JOB_PREFIX = "reco-ingest"
+JOBS = {"ingest": "jobs.ingest", "analyze": "jobs.analyze"}  # long-running Ray jobs
 _ACTIVE = {"PENDING", "RUNNING"}
 
 
-def running_ingest_job(head: RayHead) -> str | None:
+def running_job(head: RayHead, name: str) -> str | None:
     for job in head.job_client().list_jobs():
         status = getattr(job.status, "value", str(job.status))
-        if (job.submission_id or "").startswith(INGEST_JOB_PREFIX) and status in _ACTIVE:
+        if (job.submission_id or "").startswith(f"reco-{name}-") and status in _ACTIVE:
             return job.submission_id
     return None
 
 
-def submit_ingest(settings: Settings, head: RayHead) -> tuple[str, bool]:
-    """Submit the ingest job unless one runs; returns (submission id, newly submitted)."""
-    existing = running_ingest_job(head)
+def submit_job(settings: Settings, head: RayHead, name: str) -> tuple[str, bool]:
+    """Submit job `name` unless one runs; returns (submission id, newly submitted)."""
+    existing = running_job(head, name)
     if existing:
         return existing, False
     job = head.job_client().submit_job(
-        entrypoint=f"{sys.executable} -m jobs.ingest",
-        submission_id=f"{INGEST_JOB_PREFIX}-{int(time.time())}",
+        entrypoint=f"{sys.executable} -m {JOBS[name]}",
+        submission_id=f"reco-{name}-{int(time.time())}",
         runtime_env={"env_vars": job_env(settings)},
     )
     return job, True
+
+
+def start_serving(settings: Settings, head: RayHead, echo: Callable[[str], object]) -> None:
+    """`reco serve start` in a child with the head's address and token in its environment
+    (Ray reads its auth settings at import, so this process cannot just connect)."""
+    import os
+    import subprocess
+
+    from backend.raycluster import ray_env
+
+    env = os.environ | ray_env(settings) | {"RAY_ADDRESS": head.address,
+                                            "RECO_VAR_DIR": str(settings.var_dir)}
+    out = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "start"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"serve start failed: {out.stderr[-2000:]}")
+    echo(out.stdout.strip().splitlines()[-1][:300])
 
 
 def up(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
@@ -55,7 +73,7 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
     echo(f"topics: created {created}" if created else "topics: present")
     head = RayHead(settings)
     echo(f"ray: {'started' if head.start() else 'already running'} {head.dashboard_url}")
-    job, new = submit_ingest(settings, head)
+    job, new = submit_job(settings, head, "ingest")
     echo(f"ingest job: {'submitted' if new else 'already running'} {job}")
     lake = Lake(settings.lake_root)
     if lake.count("events.rating") == 0:
@@ -77,17 +95,22 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
             echo(f"models: {variant} {r['version']} promoted={r['promoted']} {r['reasons']}")
     for variant in registry.variants():
         echo(f"models: {variant} production={registry.aliases(variant).get('production')}")
-    echo(f"ready: kafka={settings.kafka.servers} ray_dashboard={head.dashboard_url} "
-         f"metrics=http://127.0.0.1:{settings.ray.metrics_export_port}/metrics")
+    start_serving(settings, head, echo)
+    job, new = submit_job(settings, head, "analyze")
+    echo(f"analyze job: {'submitted' if new else 'already running'} {job}")
+    api = f"http://{settings.serve.host}:{settings.serve.port}"
+    echo(f"ready: api={api} kafka={settings.kafka.servers} ray_dashboard={head.dashboard_url} "
+         f"metrics={api}/metrics keys={settings.registry.keys_dir}/{{sim,operator}}.key")
 
 
 def down(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
     head = RayHead(settings)
     if head.running():
-        job = running_ingest_job(head)
-        if job:
-            head.job_client().stop_job(job)
-            echo(f"ingest job: stopped {job}")
+        for name in JOBS:
+            job = running_job(head, name)
+            if job:
+                head.job_client().stop_job(job)
+                echo(f"{name} job: stopped {job}")
     echo("ray: stopped" if head.stop() else "ray: was not running (or not ours)")
     if settings.kafka.embedded:
         stopped = EmbeddedBroker(settings.kafka, settings.run_dir).stop()
@@ -100,11 +123,22 @@ def status(settings: Settings) -> dict[str, object]:
         "broker": EmbeddedBroker(settings.kafka, settings.run_dir).status()
         if settings.kafka.embedded else {"external": settings.kafka.servers},
         "ray": {"running": head.running(), "dashboard": head.dashboard_url},
-        "ingest_job": running_ingest_job(head) if head.running() else None,
+        "jobs": {n: running_job(head, n) for n in JOBS} if head.running() else {},
+        "api": _api_health(settings),
         "lake": {t: st["rows"] for t, st in Lake(settings.lake_root).stats().items()},
         "models": _production_models(settings),
     }
     return out
+
+
+def _api_health(settings: Settings) -> object:
+    import httpx
+
+    try:
+        return httpx.get(f"http://{settings.serve.host}:{settings.serve.port}/health",
+                         timeout=5).json().get("status")
+    except (httpx.HTTPError, ValueError):
+        return "down"
 
 
 def _production_models(settings: Settings) -> dict[str, str | None]:

@@ -45,7 +45,7 @@ def api_key(settings: Settings) -> str | None:
     """The simulator's client key: settings/env first, else `var/keys/sim.key` (0600)."""
     if settings.sim.api_key is not None:
         return settings.sim.api_key.get_secret_value()
-    path = settings.var_dir / "keys" / "sim.key"
+    path = settings.registry.keys_dir / "sim.key"
     return path.read_text().strip() if path.exists() else None
 
 

@@ -49,3 +49,33 @@ class ApiKeys:
         if principal is None:
             return False
         return principal.role == "admin" or principal.role == needs
+
+
+LOCAL_KEYS = {  # name -> (role, per-minute limit): the keys `reco up` makes for this machine
+    "sim": ("client", 100_000.0),  # the simulator and the load generator
+    "operator": ("admin", None),  # the dashboard's admin actions
+}
+
+
+def ensure_local_keys(settings):  # -> Settings
+    """Create `var/keys/<name>.key` (0600, random) for the local clients unless they exist,
+    and return settings whose serve.api_keys also hold their digests (configured keys win)."""
+    import os
+    import secrets
+
+    from backend.settings import ApiKeySpec
+
+    keys_dir = settings.registry.keys_dir
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    api_keys = dict(settings.serve.api_keys)
+    for name, (role, per_minute) in LOCAL_KEYS.items():
+        path = keys_dir / f"{name}.key"
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.write(fd, secrets.token_urlsafe(32).encode())
+            os.close(fd)
+        os.chmod(path, 0o600)
+        api_keys.setdefault(name, ApiKeySpec(sha256=digest(path.read_text().strip()),
+                                             role=role, per_minute=per_minute))
+    serve = settings.serve.model_copy(update={"api_keys": api_keys})
+    return settings.model_copy(update={"serve": serve})

@@ -7,6 +7,7 @@ the way `serve run <config>` does.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ def effective_config(settings: Settings, path: Path = CONFIG) -> dict[str, Any]:
         "split": settings.serve.split, "salt": settings.serve.salt,
         "ingress_replicas": settings.serve.ingress_replicas}
     env = (app.get("runtime_env") or {}).get("env_vars") or {}
+    keys = {n: k.model_dump() for n, k in settings.serve.api_keys.items()}  # digests only
     app["runtime_env"] = (app.get("runtime_env") or {}) | {
-        "env_vars": env | job_env(settings)}
+        "env_vars": env | job_env(settings) | {"RECO_SERVE__API_KEYS": json.dumps(keys)}}
     return cfg
 
 

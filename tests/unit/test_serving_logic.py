@@ -147,3 +147,23 @@ def test_writes_health_sums_live_replicas_and_forgets_gone_ones():
     now[0] = 12.0  # r1 stopped pushing 12 s ago: gone
     assert state.writes_health() == {"spool_depth": 0, "degraded_replicas": 0}
     assert 'replica="r1"' not in state.metrics.render()
+
+
+def test_local_keys_are_private_random_and_registered_by_digest(tmp_path):
+    import stat
+
+    from backend.serving.auth import digest, ensure_local_keys
+    from backend.settings import Settings
+
+    s = ensure_local_keys(Settings(var_dir=tmp_path))
+    keys_dir = tmp_path / "keys"
+    sim = (keys_dir / "sim.key").read_text()
+    assert stat.S_IMODE((keys_dir / "sim.key").stat().st_mode) == 0o600
+    assert s.serve.api_keys["sim"].sha256 == digest(sim) and s.serve.api_keys["sim"].role == \
+        "client"
+    assert s.serve.api_keys["operator"].role == "admin"
+    assert sim not in s.model_dump_json()  # only digests in settings
+    again = ensure_local_keys(Settings(var_dir=tmp_path))
+    assert again.serve.api_keys["sim"].sha256 == digest(sim)  # stable across starts
+    other = Settings(var_dir=tmp_path / "o")
+    assert ensure_local_keys(other).serve.api_keys["sim"].sha256 != digest(sim)

@@ -1,0 +1,251 @@
+"""Serving throughput and latency of `GET /recommend/{user_id}` over loopback HTTP, side by
+side in one run for:
+
+  (a) deployed  - the platform as deployed: serve_config.yaml through `reco serve start`,
+                  Serve's throughput mode and HAProxy ingress on the Ray head, with auth
+                  (a client key), the shared rate limit, metrics and Kafka logging all on;
+  (b) defaults  - the same app and config under Ray Serve's default settings;
+  (c) uvicorn   - the same model logic (router + variant logic, both models) in one plain
+                  FastAPI/uvicorn process: the lower bound of overhead.
+
+Each leg gets a fresh Ray head (the Serve settings are process environment of the head), a
+fresh embedded broker and a registry holding Model A and B fitted on MovieLens. Load comes
+from `wrk` (Debian) at 1, 8 and 32 connections, for `--seconds` each after a warm-up; users
+are drawn at random from MovieLens's 943. Targets for (a): >= 800 req/s at 32 connections with
+p99 < 75 ms and no errors; p50 < 3 ms at 1 connection; (a)/(b) >= 4x; (a)/(c) >= 0.25x.
+
+    python bench/serve.py [--seconds 10] [--legs deployed,defaults,uvicorn]
+Writes var/bench/serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from backend.broker import EmbeddedBroker  # noqa: E402
+from backend.data.movielens import WHEEL_NAME, load  # noqa: E402
+from backend.evaluation import build_interactions  # noqa: E402
+from backend.kafka import ensure_topics  # noqa: E402
+from backend.raycluster import RayHead, ray_env  # noqa: E402
+from backend.recommenders import DiversityKNN, ItemKNN  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+from registry import open_registry  # noqa: E402
+
+CONNECTIONS = (1, 8, 32)
+LUA = """
+math.randomseed(7)
+request = function()
+  return wrk.format("GET", "/recommend/" .. math.random(1, 943) .. "?k=10",
+                    {["X-API-Key"] = "%KEY%"})
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('JSON {"requests": %d, "seconds": %.3f, "errors": %d, ' ..
+    '"non_2xx": %d, "p50_ms": %.3f, "p95_ms": %.3f, "p99_ms": %.3f}\\n',
+    summary.requests, summary.duration / 1e6, e.connect + e.read + e.write + e.timeout,
+    e.status, latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000))
+end
+"""
+SERVE_FAST = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare(var: Path) -> Settings:
+    """A var dir with the MovieLens cache and Model A and B in production."""
+    shutil.rmtree(var, ignore_errors=True)
+    (var / "cache").mkdir(parents=True)
+    shutil.copy(ROOT / "var" / "cache" / WHEEL_NAME, var / "cache" / WHEEL_NAME)
+    settings = Settings(var_dir=var, kafka={"embedded_port": free_port()},
+                        serve={"port": free_port()})
+    ml = load(settings.data_cache)
+    r = ml.ratings
+    inter = build_interactions(r, r.iloc[:0][["user_id", "item_id", "ts"]])
+    registry = open_registry(settings, signer=True)
+    for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
+        registry.promote(variant, registry.register(variant, model.fit(inter, ml.items,
+                                                                        ml.users), {}, {}))
+    return settings
+
+
+def wrk(port: int, key: str, conns: int, seconds: float) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(LUA.replace("%KEY%", key))
+    try:
+        out = subprocess.run(["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d",
+                              f"{seconds}s", "-s", fh.name, f"http://127.0.0.1:{port}"],
+                             capture_output=True, text=True, timeout=seconds + 60)
+    finally:
+        os.unlink(fh.name)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("JSON "))
+    r = json.loads(line[5:])
+    r["req_per_s"] = round(r["requests"] / r["seconds"], 1)
+    return r
+
+
+def measure(name: str, port: int, key: str, seconds: float) -> list[dict]:
+    wrk(port, key, 8, 3)  # warm-up: connections, replica caches, JIT of numpy paths
+    rows = []
+    for c in CONNECTIONS:
+        r = wrk(port, key, c, seconds) | {"leg": name, "connections": c}
+        rows.append(r)
+        print(f"{name:<9} c={c:<3} {r['req_per_s']:>8} req/s  p50 {r['p50_ms']:>7.2f} ms  "
+              f"p95 {r['p95_ms']:>7.2f}  p99 {r['p99_ms']:>7.2f}  errors {r['errors']} "
+              f"non-2xx {r['non_2xx']}", flush=True)
+    return rows
+
+
+def serve_leg(name: str, workdir: Path, seconds: float, fast: bool) -> list[dict]:
+    settings = prepare(workdir / name)
+    ports = {"head_port": free_port(), "dashboard_port": free_port(),
+             "client_port": free_port(), "dashboard_agent_port": free_port(),
+             "metrics_export_port": free_port()}
+    head_settings = Settings(var_dir=workdir / f"{name}-ray", ray=ports)
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("RAY_SERVE_")}
+    os.environ.update(SERVE_FAST if fast else {})
+    head = RayHead(head_settings)
+    broker = EmbeddedBroker(settings.kafka, settings.run_dir)
+    try:
+        head.start()
+        broker.start()
+        ensure_topics(settings.kafka)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RECO_", "RAY_"))}
+        env |= ray_env(head_settings) | {
+            "RAY_ADDRESS": head.address, "RECO_VAR_DIR": str(settings.var_dir),
+            "RECO_KAFKA__EMBEDDED_PORT": str(settings.kafka.embedded_port),
+            "RECO_SERVE__PORT": str(settings.serve.port), "PYTHONPATH": str(ROOT)}
+        out = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "start",
+                              "--wait", "300"], env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=420)
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-3000:])
+        key = (settings.registry.keys_dir / "sim.key").read_text().strip()
+        rows = measure(name, settings.serve.port, key, seconds)
+        metrics = httpx.get(f"http://127.0.0.1:{settings.serve.port}/metrics", timeout=10).text
+        logged = sum(float(x.rsplit(" ", 1)[1]) for x in metrics.splitlines()
+                     if x.startswith("reco_requests_total{") and '"/recommend/{user_id}"' in x
+                     and 'status="200"' in x)
+        print(f"{name:<9} /metrics counted {logged:.0f} successful /recommend/{{user_id}}",
+              flush=True)
+        return rows
+    finally:
+        broker.stop()
+        head.stop()
+        for k in SERVE_FAST:
+            os.environ.pop(k, None)
+        os.environ.update(saved)
+
+
+PLAIN_APP = '''
+import sys
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from backend.serving.router import RouterLogic
+from backend.serving.variant import VariantLogic
+from backend.settings import Settings
+from registry import open_registry
+
+settings = Settings()
+registry = open_registry(settings)
+variants = {v: VariantLogic(registry, v) for v in ("A", "B")}
+router = RouterLogic(0.5, "exp-1")
+app = FastAPI()
+
+@app.get("/recommend/{user_id}", response_class=PlainTextResponse)
+def recommend(user_id: int, k: int = 10) -> str:
+    r = variants[router.assign(user_id)].recommend(user_id, k)
+    return ",".join(str(i) for i in r["items"])
+'''
+
+
+def uvicorn_leg(workdir: Path, seconds: float) -> list[dict]:
+    settings = prepare(workdir / "uvicorn")
+    app_dir = workdir / "uvicorn-app"
+    app_dir.mkdir(exist_ok=True)
+    (app_dir / "plain_app.py").write_text(PLAIN_APP)
+    port = free_port()
+    env = os.environ | {"RECO_VAR_DIR": str(settings.var_dir),
+                        "PYTHONPATH": f"{app_dir}{os.pathsep}{ROOT}"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "plain_app:app", "--port",
+                             str(port), "--log-level", "warning", "--no-access-log"], env=env,
+                            cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/recommend/1", timeout=5)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        return measure("uvicorn", port, "none", seconds)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--legs", default="deployed,defaults,uvicorn")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk (make bench does)")
+    workdir = ROOT / "var" / "bench" / "serve-run"
+    rows: list[dict] = []
+    for leg in args.legs.split(","):
+        if leg == "uvicorn":
+            rows += uvicorn_leg(workdir, args.seconds)
+        else:
+            rows += serve_leg(leg, workdir, args.seconds, fast=leg == "deployed")
+    by = {(r["leg"], r["connections"]): r for r in rows}
+    print(f"\n{'leg':<10}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}")
+    for r in rows:
+        print(f"{r['leg']:<10}{r['connections']:>6}{r['req_per_s']:>10}{r['p50_ms']:>9.2f}"
+              f"{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors'] + r['non_2xx']:>8}")
+    checks = {}
+    a32, a1 = by.get(("deployed", 32)), by.get(("deployed", 1))
+    if a32 and a1:
+        checks["(a) >= 800 req/s at 32"] = a32["req_per_s"] >= 800
+        checks["(a) p99 < 75 ms at 32"] = a32["p99_ms"] < 75
+        checks["(a) no errors"] = all(r["errors"] + r["non_2xx"] == 0 for r in rows
+                                      if r["leg"] == "deployed")
+        checks["(a) p50 < 3 ms at 1"] = a1["p50_ms"] < 3
+        if ("defaults", 32) in by:
+            ratio = a32["req_per_s"] / by[("defaults", 32)]["req_per_s"]
+            checks[f"(a)/(b) >= 4x at 32 (is {ratio:.2f}x)"] = ratio >= 4
+        if ("uvicorn", 32) in by:
+            ratio = a32["req_per_s"] / by[("uvicorn", 32)]["req_per_s"]
+            checks[f"(a)/(c) >= 0.25x at 32 (is {ratio:.2f}x)"] = ratio >= 0.25
+    print("\n" + "\n".join(f"{'met   ' if ok else 'MISSED'} {k}" for k, ok in checks.items()))
+    out = ROOT / "var" / "bench" / "serve.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "targets": checks, "seconds": args.seconds},
+                              indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
