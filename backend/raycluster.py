@@ -41,6 +41,54 @@ def job_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def serve_env(settings: Settings) -> dict[str, str]:
+    """Ray Serve's proxy settings: environment of the head's processes (Serve reads them when
+    its controller and proxies start). HAProxy's files live in a folder named after this
+    head, so `stop` can find the haproxy processes, which leave the head's process group."""
+    env = {}
+    if settings.serve.throughput_optimized:
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    if settings.serve.haproxy:
+        base = haproxy_dir(settings)
+        env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.serve.haproxy_metrics_port),
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(settings.serve.haproxy_stats_port)}
+    return env
+
+
+def haproxy_dir(settings: Settings) -> Path:
+    """Short on purpose: Serve adds a 56-character folder and HAProxy refuses socket paths
+    over 97 characters."""
+    import hashlib
+
+    tag = hashlib.sha256(str(settings.run_dir).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"reco-hap-{tag}"
+
+
+def _kill_matching(fragment: str) -> int:
+    """SIGKILL processes whose command line mentions `fragment`; returns how many."""
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except OSError:
+            continue
+        if fragment in cmdline and int(proc.name) != os.getpid():
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
 def init_ray(settings: Settings) -> None:
     """Connect to `ray.address` (or RAY_ADDRESS), else start a private local instance.
 
@@ -100,7 +148,8 @@ class RayHead:
             # jobs submitted as `ray job submit -- python -m jobs.x` find this environment's
             # python first on PATH
             path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-            env = os.environ | ray_env(self.settings) | job_env(self.settings) | {"PATH": path}
+            env = (os.environ | ray_env(self.settings) | job_env(self.settings)
+                   | serve_env(self.settings) | {"PATH": path})
             proc = subprocess.Popen(cmd, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             self.pgid_file.write_text(str(proc.pid))
@@ -126,9 +175,11 @@ class RayHead:
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
-                return True
+                break
             time.sleep(0.2)
-        os.killpg(pgid, signal.SIGKILL)
+        else:
+            os.killpg(pgid, signal.SIGKILL)
+        _kill_matching(str(haproxy_dir(self.settings)))  # Serve's haproxy, if any
         return True
 
     def job_client(self):  # -> JobSubmissionClient; ray's import is slow, keep it lazy

