@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/analytics.py
 	$(BIN)/python bench/spam.py
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python bench/serve.py
 
 bench-loop: $(STAMP)
 	$(BIN)/reco data fetch
