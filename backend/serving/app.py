@@ -104,13 +104,26 @@ class SplitRequest(BaseModel):
     salt: str | None = Field(None, min_length=1, max_length=64)
 
 
+class DiversityRequest(BaseModel):
+    """Model B's run-time strengths (see DiversityKNN)."""
+
+    model_config = {"extra": "forbid"}
+    mmr_lambda: float | None = Field(None, ge=0, le=1)
+    exploration: float | None = Field(None, ge=0, le=5)
+    tail_slots: int | None = Field(None, ge=0, le=100)
+
+
 @serve.deployment(name="Variant", num_replicas=1, ray_actor_options={"num_cpus": 0.25})
 class VariantDeployment:
-    def __init__(self, settings: Settings, variant: str) -> None:
+    def __init__(self, settings: Settings, variant: str,
+                 state: DeploymentHandle | None = None) -> None:
         from backend.serving.variant import VariantLogic
         from registry import open_registry
 
         self.logic = VariantLogic(open_registry(settings), variant)
+        self.state = state  # variant B: follows the shared run-time knobs
+        self._generation = -1
+        self._follower: asyncio.Task | None = None
         self._period = settings.serve.reload_seconds
         threading.Thread(target=self._reload_loop, daemon=True).start()
 
@@ -122,8 +135,30 @@ class VariantDeployment:
             except Exception:  # keep serving the current version whatever the reload hit
                 log.exception("reload failed variant=%s", self.logic.variant)
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        self.logic.configure(config.get("runtime", {}))
+    async def _follow(self) -> None:
+        """Apply the shared run-time knobs (admin endpoint or a new user_config) within a
+        second, on every replica of this variant."""
+        while True:
+            await asyncio.sleep(PUSH_SECONDS)
+            try:
+                cfg = await self.state.config.remote()
+                if cfg["generation"] != self._generation and cfg["b_runtime"]:
+                    self.logic.configure(cfg["b_runtime"])
+                self._generation = cfg["generation"]
+            except Exception:  # the state replica restarting: next period
+                log.warning("reading the shared knobs failed", exc_info=True)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """`user_config` (called at start and on every change): applied here, and shared so
+        that every replica of the variant applies it; starts following the shared knobs."""
+        runtime = config.get("runtime", {})
+        self.logic.configure(runtime)
+        if self.state is None:
+            return
+        if runtime:
+            await self.state.deployed_runtime.remote(runtime)
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
 
     def recommend(self, user_id: int, k: int) -> dict[str, Any]:
         return self.logic.recommend(user_id, k)
@@ -162,8 +197,12 @@ class ServingState:
     def deployed(self, split: float, salt: str) -> dict[str, Any]:
         return self.logic.deployed(split, salt)
 
-    def set_config(self, split: float | None, salt: str | None) -> dict[str, Any]:
-        return self.logic.set_config(split, salt)
+    def set_config(self, split: float | None, salt: str | None,
+                   b_runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.logic.set_config(split, salt, b_runtime)
+
+    def deployed_runtime(self, runtime: dict[str, Any]) -> dict[str, Any]:
+        return self.logic.deployed_runtime(runtime)
 
 
 def _client(request: Request, principal: Any) -> str:
@@ -373,6 +412,15 @@ class Ingress:
         await self._guard(request, "admin")
         return open_registry(self.settings).rollback(body.variant)
 
+    @api.post("/admin/diversity")
+    async def admin_diversity(self, request: Request, body: DiversityRequest) -> dict[str, Any]:
+        """Change Model B's strengths on every B replica (applied within a second)."""
+        await self._guard(request, "admin")
+        knobs = body.model_dump(exclude_none=True)
+        if not knobs:
+            raise _HttpError(422, "give at least one of mmr_lambda, exploration, tail_slots")
+        return (await self.state.set_config.remote(None, None, knobs))["b_runtime"]
+
     @api.post("/admin/split")
     async def admin_split(self, request: Request, body: SplitRequest) -> dict[str, Any]:
         """Change the experiment for every replica (through the shared state)."""
@@ -386,10 +434,10 @@ def build_app(args: AppArgs) -> serve.Application:
     """Serve's typed application builder (serve_config.yaml's import_path). Settings come from
     the RECO_* environment, which `reco serve start` puts in the app's runtime_env."""
     settings = Settings()
+    state = ServingState.bind(settings)
     a = VariantDeployment.options(name="VariantA").bind(settings, "A")
     b = VariantDeployment.options(name="VariantB", user_config={"runtime": args.b_runtime}
-                                  ).bind(settings, "B")
-    state = ServingState.bind(settings)
+                                  ).bind(settings, "B", state)
     return Ingress.options(num_replicas=args.ingress_replicas,
                            user_config={"split": args.split, "salt": args.salt}
                            ).bind(settings, a, b, state)

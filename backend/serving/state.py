@@ -174,8 +174,10 @@ class ServingStateLogic:
                  salt: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.limiter = RateLimiterLogic(per_minute=per_minute, overrides=overrides, clock=clock)
         self.metrics = MetricsLogic(clock)
-        self.experiment = {"split": split, "salt": salt, "generation": 0}
-        self._deployed = {"split": split, "salt": salt}
+        self.experiment: dict[str, Any] = {"split": split, "salt": salt, "b_runtime": {},
+                                           "generation": 0}
+        self._deployed: dict[str, Any] = {"split": split, "salt": salt}
+        self._deployed_runtime: dict[str, Any] = {}
 
     def acquire(self, client: str) -> tuple[int, int]:
         """A lease of up to `lease_size` tokens of `client`'s bucket: (granted, Retry-After
@@ -200,7 +202,7 @@ class ServingStateLogic:
         return max(1, min(50, int(limit // 100)))
 
     def config(self) -> dict[str, Any]:
-        return dict(self.experiment)
+        return {**self.experiment, "b_runtime": dict(self.experiment["b_runtime"])}
 
     def deployed(self, split: float, salt: str) -> dict[str, Any]:
         """A replica reports its `user_config`. Only a config that differs from the last one
@@ -211,10 +213,20 @@ class ServingStateLogic:
             return self.set_config(split, salt)
         return self.config()
 
-    def set_config(self, split: float | None = None, salt: str | None = None) -> dict[str, Any]:
+    def deployed_runtime(self, runtime: dict[str, Any]) -> dict[str, Any]:
+        """Variant B reports its `user_config` runtime knobs; same rule as `deployed`."""
+        if runtime != self._deployed_runtime:
+            self._deployed_runtime = dict(runtime)
+            return self.set_config(b_runtime=runtime)
+        return self.config()
+
+    def set_config(self, split: float | None = None, salt: str | None = None,
+                   b_runtime: dict[str, Any] | None = None) -> dict[str, Any]:
         if split is not None:
             self.experiment["split"] = float(split)
         if salt is not None:
             self.experiment["salt"] = salt
+        if b_runtime:
+            self.experiment["b_runtime"] = self.experiment["b_runtime"] | dict(b_runtime)
         self.experiment["generation"] += 1
         return self.config()

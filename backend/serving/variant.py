@@ -60,4 +60,5 @@ class VariantLogic:
                 "model_ms": (time.perf_counter() - t0) * 1000}
 
     def status(self) -> dict[str, Any]:
-        return {"variant": self.variant, "version": self.version, "refused": self.refused}
+        return {"variant": self.variant, "version": self.version, "refused": self.refused,
+                "runtime": self.runtime}

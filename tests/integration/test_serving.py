@@ -170,6 +170,24 @@ def test_live_split_change(served):
                headers={"X-API-Key": ADMIN}, timeout=30)
 
 
+def test_live_diversity_change_reaches_variant_b(served):
+    def post(body, key=ADMIN):
+        return httpx.post(served["url"] + "/admin/diversity", json=body, timeout=30,
+                          headers={"X-API-Key": key})
+
+    assert post({"tail_slots": 5}, key=CLIENT).status_code == 403
+    assert post({}).status_code == 422 and post({"bogus": 1}).status_code == 422
+    assert post({"mmr_lambda": 7}).status_code == 422
+    r = post({"tail_slots": 5, "mmr_lambda": 0.5})
+    assert r.status_code == 200 and r.json()["tail_slots"] == 5
+    deadline = time.monotonic() + 15
+    while get(served, "/health").json()["variants"]["B"]["runtime"].get("tail_slots") != 5:
+        assert time.monotonic() < deadline, "variant B never applied the new knobs"
+        time.sleep(0.5)
+    assert get(served, "/recommend", key=CLIENT, user_id=2).status_code == 200
+    post({"tail_slots": 2, "mmr_lambda": 0.9})
+
+
 def test_promoted_version_served_and_tampered_refused(served):
     registry = served["registry"]
     v2 = registry.register("A", ItemKNN(neighbours=10).fit(*dataset()), {}, {})

@@ -87,11 +87,17 @@ def test_experiment_config_survives_replica_restarts():
 
     state = ServingStateLogic(100, {}, split=0.5, salt="exp-1")
     changed = state.set_config(split=0.8, salt=None)
-    assert changed == {"split": 0.8, "salt": "exp-1", "generation": 1}
+    assert changed == {"split": 0.8, "salt": "exp-1", "b_runtime": {}, "generation": 1}
     # a replica (re)starting with the deployed user_config does not undo the admin change
     assert state.deployed(0.5, "exp-1")["split"] == 0.8
     # a new deployed config does apply
-    assert state.deployed(0.3, "exp-2") == {"split": 0.3, "salt": "exp-2", "generation": 2}
+    assert state.deployed(0.3, "exp-2") == {"split": 0.3, "salt": "exp-2", "b_runtime": {},
+                                            "generation": 2}
+    # Model B's knobs: a deployed user_config, then an admin change on top of it
+    assert state.deployed_runtime({"mmr_lambda": 0.9})["b_runtime"] == {"mmr_lambda": 0.9}
+    assert state.set_config(b_runtime={"tail_slots": 4})["b_runtime"] == {
+        "mmr_lambda": 0.9, "tail_slots": 4}
+    assert state.deployed_runtime({"mmr_lambda": 0.9})["b_runtime"]["tail_slots"] == 4
 
 
 def test_metrics_sum_replicas_and_render_prometheus_text():
