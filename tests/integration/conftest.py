@@ -101,11 +101,13 @@ def platform(tmp_path, ray_head, monkeypatch):
     settings = Settings(var_dir=tmp_path / "var", kafka={"embedded_port": free_port()})
     broker = EmbeddedBroker(settings.kafka, settings.run_dir)
     broker.start()
-    ensure_topics(settings.kafka)
     p = Platform(settings, broker, ray_head)
-    yield p
-    p.stop_all()
-    broker.stop()
+    try:  # also when the set-up itself fails
+        ensure_topics(settings.kafka)
+        yield p
+    finally:
+        p.stop_all()
+        broker.stop()
 
 
 @pytest.fixture(scope="session")

@@ -47,19 +47,22 @@ def served(tmp_path_factory, ray_head):
     settings = Settings(var_dir=var, kafka={"embedded_port": int(env["RECO_KAFKA__EMBEDDED_PORT"])})
     broker = EmbeddedBroker(settings.kafka, settings.run_dir)
     broker.start()
-    ensure_topics(settings.kafka)
-    registry = open_registry(settings, signer=True)
-    data = dataset()
-    for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
-        registry.promote(variant, registry.register(variant, model.fit(*data), {}, {}))
-    out = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "start"], env=env,
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings,
-           "broker": broker, "env": env, "head": ray_head}
-    subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(); "
-                    "serve.shutdown()"], env=env, cwd=ROOT, capture_output=True, timeout=120)
-    broker.stop()
+    try:  # a failed set-up must stop what it started too
+        ensure_topics(settings.kafka)
+        registry = open_registry(settings, signer=True)
+        data = dataset()
+        for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
+            registry.promote(variant, registry.register(variant, model.fit(*data), {}, {}))
+        out = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "start"], env=env,
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings,
+               "broker": broker, "env": env, "head": ray_head}
+    finally:
+        subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(); "
+                        "serve.shutdown()"], env=env, cwd=ROOT, capture_output=True,
+                       timeout=120)
+        broker.stop()
 
 
 def get(served, path, key=None, **params):
