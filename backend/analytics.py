@@ -289,12 +289,24 @@ class AnalyticsLogic:
             for v, c in ((v, reco.names.index(v)) for v in variants)}
         return out
 
-    def _spam(self, rating_w: pd.DataFrame) -> dict[str, Any]:
+    def _spam(self, rating_w: pd.DataFrame, top: int = 300) -> dict[str, Any]:
         flags = spam.detect(rating_w, self.cfg.spam_z, self.cfg.spam_bucket)
-        cols = ["three_sigma", "robust_count", "robust_rdma", "robust_burst", "combined"]
+        cols = ["three_sigma", "robust_count", "robust_rdma", "robust_degsim", "robust_burst",
+                "combined"]
+        if flags.empty:
+            return {"raters": 0, "flagged": {c: [] for c in cols}, "three_sigma_line": None,
+                    "users": []}
+        loudest = flags.sort_values("count", ascending=False).head(top)
         return {"raters": len(flags),
                 "flagged": {c: sorted(int(u) for u in flags.index[flags[c].astype(bool)])
-                            for c in cols} if len(flags) else {c: [] for c in cols}}
+                            for c in cols},
+                "three_sigma_line": float(flags["count"].mean()
+                                          + 3 * flags["count"].std(ddof=0)),
+                "users": [{"user_id": int(u), "count": int(r["count"]),
+                           "rdma": float(r["rdma"]),
+                           "degsim": None if pd.isna(r["degsim"]) else float(r["degsim"]),
+                           "burst": int(r["burst"]), "combined": bool(r["combined"])}
+                          for u, r in loudest.iterrows()]}
 
     def _ab(self, reco: RecoLog, in_win: np.ndarray, lengths: np.ndarray,
             watch_w: pd.DataFrame, rating_w: pd.DataFrame, per_variant: dict,

@@ -373,6 +373,20 @@ def serve_stop() -> None:
     click.echo("serve application deleted")
 
 
+@main.command()
+@click.option("--port", type=int, default=8501)
+def dashboard(port: int) -> None:
+    """The Streamlit operations dashboard on 127.0.0.1 (blocks; Ctrl-C stops it)."""
+    import subprocess
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "streamlit_app.py"
+    raise SystemExit(subprocess.call([
+        sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1",
+        "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false"]))
+
+
 # -- the platform -------------------------------------------------------------------------
 
 

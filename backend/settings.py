@@ -176,6 +176,7 @@ class AnalyticsSettings(BaseModel):
     spam_z: float = Field(3.5, gt=0)
     spam_bucket: str = "1min"
     msprt_tau2: float = Field(1e-3, gt=0)
+    sla_p95_ms: float = Field(100.0, gt=0, description="p95 latency objective per variant")
     alpha: float = Field(0.05, gt=0, lt=1)
 
 

@@ -1,0 +1,42 @@
+"""Which arm wins, how sure we are, and the split control."""
+
+import streamlit as st
+
+from dashboard import charts, data
+
+st.title("A/B test")
+
+
+@st.fragment(run_every=data.REFRESH)
+def body() -> None:
+    s = data.settings()
+    snap = data.latest_snapshot(str(s.var_dir))
+    if snap is None or not snap["ab"].get("arms"):
+        st.info("No arms yet: run `reco simulate` and `reco analyze --once`.")
+        return
+    ab = snap["ab"]
+    arms = data.arms_frame(snap)
+    st.dataframe(arms, hide_index=True)
+    if "winner" in ab:
+        w = ab["winner"]
+        st.metric("winner", w["variant"] or "none yet", help=w["reason"])
+        cols = st.columns(3)
+        cols[0].metric("always-valid p", f"{ab['sequential']['p_value']:.4f}",
+                       help="mSPRT (Johari et al. 2017): safe to read at any time")
+        cols[1].metric("z-test p (watch-through)", f"{ab['watch_through_test']['p_value']:.4f}")
+        cols[2].metric("SRM", "mismatch" if ab["srm"]["mismatch"] else "ok",
+                       help=f"chi-square p = {ab['srm']['p_value']:.4f} against the split")
+        st.altair_chart(charts.p_value_line(data.sequential_frame(snap), s.analytics.alpha))
+    st.altair_chart(charts.interval_bars(arms.dropna(subset=["watch_through"])))
+
+
+body()
+
+st.subheader("Split")
+health = data.health()
+current = health["split"] if health else 0.5
+with st.form("split"):
+    split = st.slider("share of users on A", 0.0, 1.0, float(current), 0.05)
+    if st.form_submit_button("apply split"):
+        status, body_ = data.admin_post("/admin/split", {"split": split})
+        (st.success if status == 200 else st.error)(f"{status}: {body_}")

@@ -1,0 +1,40 @@
+"""Exposure fairness and diversity parity, against the requirements."""
+
+import streamlit as st
+
+from dashboard import charts, data
+
+st.title("Fairness")
+
+
+@st.fragment(run_every=data.REFRESH)
+def body() -> None:
+    s = data.settings()
+    snap = data.latest_snapshot(str(s.var_dir))
+    if snap is None or not snap.get("fairness"):
+        st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
+        return
+    for v, f in snap["fairness"].items():
+        req = f["requirements"]
+        cols = st.columns(4)
+        cols[0].metric(f"{v}: catalog coverage", f"{f['coverage']:.3f}",
+                       help=f"share of the catalog recommended at least once; requirement "
+                            f">= {req['coverage']['min']}")
+        cols[1].metric(f"{v}: Gini", f"{f['gini']:.3f}",
+                       help="RecBole Gini of recommendation counts over the whole catalog")
+        cols[2].metric(f"{v}: top-10 share", f"{f['top10_share']:.3f}",
+                       help="share of all slots taken by the 10 most recommended items")
+        verdict = " / ".join(f"{k} {'pass' if r['pass'] else 'FAIL'}" for k, r in req.items())
+        cols[3].metric(f"{v}: requirements", verdict,
+                       help=f"parity gap must stay below {req['parity']['max']}")
+    st.altair_chart(charts.metric_bars(data.fairness_frame(snap), "exposure per variant"))
+    seg = data.segment_frame(snap)
+    if seg.empty:
+        st.info("No diversity figures yet (needs recommendations with genre data).")
+        return
+    dims = sorted(seg["dimension"].unique())
+    dim = st.selectbox("segments", dims, key="fair_dim")
+    st.altair_chart(charts.segment_bars(seg, dim), use_container_width=True)
+
+
+body()

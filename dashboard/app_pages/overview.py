@@ -1,0 +1,53 @@
+"""Is the system healthy, and what serves?"""
+
+import streamlit as st
+
+from dashboard import data
+
+st.title("Overview")
+
+
+@st.fragment(run_every=data.REFRESH)
+def body() -> None:
+    s = data.settings()
+    health = data.health()
+    snap = data.latest_snapshot(str(s.var_dir))
+    if health is None:
+        st.error(f"The API at {data.api_url()} does not answer: start the platform with "
+                 "`make up`.")
+    else:
+        cols = st.columns(4)
+        cols[0].metric("API", health["status"], help="ok, or degraded while events spool")
+        for col, v in zip(cols[1:3], ("A", "B"), strict=True):
+            st_v = health["variants"].get(v, {})
+            col.metric(f"variant {v} serves", st_v.get("version") or "nothing",
+                       help="verified production version; refused versions listed below")
+        cols[3].metric("spool depth", health["spool_depth"],
+                       help="events waiting on disk for the broker")
+        for v, st_v in health["variants"].items():
+            for version, why in (st_v.get("refused") or {}).items():
+                st.warning(f"variant {v} refused {version}: {why}")
+    if snap is None:
+        st.info("No analytics snapshot yet: the analyze job writes one per interval "
+                "(`reco analyze --once`), and `reco simulate` drives traffic.")
+        return
+    sla = snap["sla"]
+    minutes = snap["window"]["minutes"]
+    cols = st.columns(4)
+    cols[0].metric("uptime", "-" if sla["uptime"] is None else f"{sla['uptime']:.1%}",
+                   help="share of /health probes answered (ok or degraded) in the window")
+    cols[1].metric("requests/s", f"{snap['counts']['recommendations'] / (minutes * 60):.2f}",
+                   help="recommendations served per second over the window")
+    cols[2].metric("error rate", "-" if sla["error_rate"] is None
+                   else f"{sla['error_rate']:.1%}", help="failed health probes")
+    cols[3].metric("window", f"{minutes:g} min", help=f"ends {snap['window']['end']}")
+    target = s.analytics.sla_p95_ms
+    cols = st.columns(3)
+    for col, v in zip(cols, ("A", "B", "all"), strict=True):
+        p95 = sla["latency_ms"].get(v, {}).get("p95")
+        col.metric(f"p95 latency {v}", "-" if p95 is None else f"{p95:.1f} ms",
+                   delta=None if p95 is None else f"{target - p95:+.1f} ms to SLA",
+                   help=f"95th percentile of logged latency; objective {target:g} ms")
+
+
+body()

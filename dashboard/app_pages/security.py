@@ -1,0 +1,46 @@
+"""Rating spam, the quarantine, dead letters, auth failures and rate limiting."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, data
+
+st.title("Security")
+
+
+@st.fragment(run_every=data.REFRESH)
+def body() -> None:
+    s = data.settings()
+    snap = data.latest_snapshot(str(s.var_dir))
+    prom = data.prometheus()
+    if snap is not None:
+        sp = snap["spam"]
+        cols = st.columns(3)
+        cols[0].metric("raters in window", sp["raters"])
+        cols[1].metric("flagged (combined)", len(sp["flagged"]["combined"]),
+                       help="a volume outlier (robust z of count or burst > 3.5) whose "
+                            "profile is also abnormal (RDMA or DegSim)")
+        cols[2].metric("quarantined users", len(data.quarantine(str(s.var_dir))),
+                       help="left out of every retrain until an operator releases them")
+        users = pd.DataFrame(sp.get("users", []))
+        if not users.empty and sp.get("three_sigma_line") is not None:
+            users["flagged"] = users["combined"]
+            st.altair_chart(charts.rating_counts(users, sp["three_sigma_line"]),
+                            use_container_width=True)
+        st.dataframe(pd.DataFrame([{"detector": k, "flagged": len(v)}
+                                   for k, v in sp["flagged"].items()]), hide_index=True)
+    else:
+        st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
+    if prom.empty or "name" not in prom:
+        st.info("API metrics unavailable: the API is down.")
+        return
+    for name, label, title in (("reco_auth_failures_total", "status", "auth failures"),
+                               ("reco_rate_limited_total", "client", "rate-limit 429s")):
+        rows = prom[prom["name"] == name]
+        if not rows.empty and label in rows:
+            st.altair_chart(charts.counter_bars(rows[[label, "value"]], label, title))
+        else:
+            st.caption(f"{title}: none so far")
+
+
+body()

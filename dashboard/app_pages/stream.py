@@ -1,0 +1,33 @@
+"""Event flow: lake growth per topic, the DLQ, produce errors."""
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, data
+
+st.title("Stream")
+
+
+@st.fragment(run_every=data.REFRESH)
+def body() -> None:
+    from backend.lake import Lake
+
+    s = data.settings()
+    stats = Lake(s.lake_root).stats()
+    frame = pd.DataFrame([{"topic": t, "value": st_["rows"]} for t, st_ in stats.items()])
+    cols = st.columns(len(stats))
+    for col, (topic, st_) in zip(cols, stats.items(), strict=True):
+        col.metric(topic, f"{st_['rows']:,}", help=f"rows in the lake; newest {st_['newest_ts']}")
+    st.altair_chart(charts.counter_bars(frame, "topic", "events in the lake"))
+    history = data.history_frame(data.snapshot_history(str(s.var_dir)))
+    if not history.empty:
+        st.altair_chart(charts.history_lines(history, "recommendations"),
+                        use_container_width=True)
+    prom = data.prometheus()
+    if not prom.empty and "name" in prom:
+        spooled = prom[prom["name"] == "reco_kafka_produce_errors_total"]["value"].sum()
+        st.metric("events spooled (broker away)", int(spooled),
+                  help="events the API wrote to its disk spool instead of Kafka")
+
+
+body()

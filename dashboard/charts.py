@@ -1,0 +1,100 @@
+"""Altair charts as pure functions `DataFrame -> alt.Chart` (pages only lay them out)."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+VARIANT_COLORS = alt.Scale(domain=["A", "B", "all"], range=["#4c78a8", "#f58518", "#9d9d9d"])
+
+
+def metric_bars(df: pd.DataFrame, title: str) -> alt.Chart:
+    """variant x metric bars (columns: variant, metric, value)."""
+    return alt.Chart(df, title=title).mark_bar().encode(
+        x=alt.X("variant:N", title=None),
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("variant:N", scale=VARIANT_COLORS, legend=None),
+        column=alt.Column("metric:N", title=None),
+        tooltip=["variant", "metric", alt.Tooltip("value:Q", format=".3f")],
+    ).properties(width=90, height=180)
+
+
+def segment_bars(df: pd.DataFrame, dimension: str) -> alt.Chart:
+    """Diversity per segment of one dimension (columns: variant, dimension, segment,
+    diversity)."""
+    sub = df[df["dimension"] == dimension]
+    return alt.Chart(sub, title=f"diversity by {dimension}").mark_bar().encode(
+        x=alt.X("segment:N", title=None), xOffset="variant:N",
+        y=alt.Y("diversity:Q", title="intra-list diversity"),
+        color=alt.Color("variant:N", scale=VARIANT_COLORS),
+        tooltip=["variant", "segment", alt.Tooltip("diversity:Q", format=".3f")],
+    ).properties(height=200)
+
+
+def window_lines(df: pd.DataFrame, metric: str) -> alt.Chart:
+    """A concentration metric per window (columns: variant, window, metric, value)."""
+    sub = df[df["metric"] == metric]
+    return alt.Chart(sub, title=f"{metric} per window").mark_line(point=True).encode(
+        x=alt.X("window:O", title="window (oldest first)"),
+        y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
+        color=alt.Color("variant:N", scale=VARIANT_COLORS),
+        tooltip=["variant", "window", alt.Tooltip("value:Q", format=".4f")],
+    ).properties(height=220)
+
+
+def group_rates(df: pd.DataFrame) -> alt.Chart:
+    """Recommendation rate of head / mid / tail items (columns: variant, group, rate)."""
+    return alt.Chart(df, title="share of each popularity group recommended").mark_bar().encode(
+        x=alt.X("group:N", sort=["head", "mid", "tail"], title=None), xOffset="variant:N",
+        y=alt.Y("rate:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("variant:N", scale=VARIANT_COLORS),
+        tooltip=["variant", "group", alt.Tooltip("rate:Q", format=".3f")],
+    ).properties(height=220)
+
+
+def rating_counts(df: pd.DataFrame, three_sigma: float) -> alt.Chart:
+    """Ratings per user in the window with the 3-sigma line (columns: user_id, count,
+    flagged)."""
+    points = alt.Chart(df, title="ratings per user in the window").mark_circle(size=40).encode(
+        x=alt.X("user_id:Q"), y=alt.Y("count:Q", title="ratings"),
+        color=alt.Color("flagged:N", scale=alt.Scale(domain=[False, True],
+                                                     range=["#9d9d9d", "#e45756"])),
+        tooltip=["user_id", "count", "flagged"])
+    line = alt.Chart(pd.DataFrame({"y": [three_sigma]})).mark_rule(
+        strokeDash=[4, 4], color="black").encode(y="y:Q")
+    return (points + line).properties(height=240)
+
+
+def interval_bars(df: pd.DataFrame) -> alt.Chart:
+    """Watch-through per arm with its 95% interval (columns: variant, watch_through, wt_low,
+    wt_high)."""
+    base = alt.Chart(df, title="watch-through rate (95% Wilson interval)")
+    bars = base.mark_bar().encode(x="variant:N", y=alt.Y("watch_through:Q"),
+                                  color=alt.Color("variant:N", scale=VARIANT_COLORS))
+    errs = base.mark_errorbar().encode(x="variant:N", y="wt_low:Q", y2="wt_high:Q")
+    return (bars + errs).properties(height=220)
+
+
+def p_value_line(df: pd.DataFrame, alpha: float) -> alt.Chart:
+    """Always-valid p-value over the looks (columns: look, p_value) with the alpha line."""
+    line = alt.Chart(df, title="sequential (mSPRT) p-value").mark_line(point=True).encode(
+        x=alt.X("look:O"), y=alt.Y("p_value:Q", scale=alt.Scale(domain=[0, 1])))
+    rule = alt.Chart(pd.DataFrame({"alpha": [alpha]})).mark_rule(
+        color="#e45756", strokeDash=[4, 4]).encode(y="alpha:Q")
+    return (line + rule).properties(height=220)
+
+
+def history_lines(df: pd.DataFrame, metric: str) -> alt.Chart:
+    """A headline figure over snapshots (columns: end, variant, <metric>)."""
+    return alt.Chart(df, title=f"{metric} over time").mark_line(point=True).encode(
+        x=alt.X("end:T", title=None), y=alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False)),
+        color=alt.Color("variant:N", scale=VARIANT_COLORS),
+        tooltip=["end:T", "variant", alt.Tooltip(f"{metric}:Q", format=".4f")],
+    ).properties(height=200)
+
+
+def counter_bars(df: pd.DataFrame, x: str, title: str) -> alt.Chart:
+    """Counts by one label (columns: <x>, value)."""
+    return alt.Chart(df, title=title).mark_bar().encode(
+        x=alt.X(f"{x}:N", title=None), y=alt.Y("value:Q", title="count"),
+        tooltip=[x, "value"]).properties(height=200)

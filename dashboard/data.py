@@ -1,0 +1,201 @@
+"""What the pages read: analytics snapshots, the registry, the API's /health and /metrics.
+
+Loaders are cached for a few seconds (`st.cache_data(ttl=...)`); the frame builders below them
+are pure functions of a snapshot, unit-tested without Streamlit. Nothing here computes a
+metric: every figure comes from the analyze job's snapshots or the API.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import streamlit as st
+
+from backend.settings import Settings
+
+REFRESH = "5s"
+
+
+@st.cache_resource
+def settings() -> Settings:
+    return Settings()
+
+
+def api_url() -> str:
+    s = settings()
+    return f"http://{s.serve.host}:{s.serve.port}"
+
+
+@st.cache_data(ttl=5)
+def latest_snapshot(var_dir: str) -> dict[str, Any] | None:
+    path = Path(var_dir) / "analytics" / "latest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@st.cache_data(ttl=5)
+def snapshot_history(var_dir: str, limit: int = 96) -> list[dict[str, Any]]:
+    files = sorted((Path(var_dir) / "analytics" / "snapshots").glob("*.json"))[-limit:]
+    out = []
+    for f in files:
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, ValueError):  # a snapshot being replaced: next refresh
+            continue
+    return out
+
+
+@st.cache_data(ttl=5)
+def health() -> dict[str, Any] | None:
+    try:
+        return httpx.get(api_url() + "/health", timeout=3).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+@st.cache_data(ttl=5)
+def prometheus() -> pd.DataFrame:
+    """The API's /metrics as rows (name, labels..., value); empty when the API is down."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(api_url() + "/metrics", timeout=3).text
+    except httpx.HTTPError:
+        return pd.DataFrame(columns=["name", "value"])
+    rows = [{"name": s.name, **s.labels, "value": s.value}
+            for fam in text_string_to_metric_families(text) for s in fam.samples]
+    return pd.DataFrame(rows or [], columns=None if rows else ["name", "value"])
+
+
+@st.cache_data(ttl=10)
+def registry_versions(var_dir: str) -> pd.DataFrame:
+    from registry import open_registry
+
+    reg = open_registry(settings())
+    rows = []
+    for variant in reg.variants():
+        aliases = reg.aliases(variant)
+        for version in reg.versions(variant):
+            try:
+                manifest = reg.verify(variant, version)
+                signed, why = True, ""
+            except Exception as exc:  # shown as a refused version, with its reason
+                manifest, signed, why = {}, False, getattr(exc, "detail", str(exc))
+            metrics = manifest.get("metrics", {})
+            prov = manifest.get("provenance", {})
+            rows.append({"variant": variant, "version": version,
+                         "alias": ",".join(a for a, v in aliases.items() if v == version),
+                         "signature": "valid" if signed else f"REFUSED: {why}",
+                         "ndcg": metrics.get("ndcg"), "coverage": metrics.get("coverage"),
+                         "gini": metrics.get("gini"), "rows": prov.get("rows"),
+                         "git": str(prov.get("git_sha", ""))[:10],
+                         "created": manifest.get("created")})
+    return pd.DataFrame(rows)
+
+
+@st.cache_data(ttl=10)
+def quarantine(var_dir: str) -> list[int]:
+    path = Path(var_dir) / "analytics" / "quarantine.json"
+    try:
+        return list(json.loads(path.read_text()).get("users", []))
+    except (OSError, ValueError):
+        return []
+
+
+def admin_key() -> str | None:
+    path = settings().registry.keys_dir / "operator.key"
+    return path.read_text().strip() if path.exists() else None
+
+
+def admin_post(route: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """Call an admin route with the operator key; (status, JSON body or text)."""
+    key = admin_key()
+    if key is None:
+        return 0, "no operator key in var/keys (start the platform with `make up`)"
+    try:
+        r = httpx.post(api_url() + route, json=body, headers={"X-API-Key": key}, timeout=10)
+    except httpx.HTTPError as exc:
+        return 0, f"API unreachable: {exc}"
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, r.text
+
+
+# -- pure frame builders (snapshot -> DataFrame) ---------------------------------------------
+
+VARIANTS = ("A", "B", "all")
+
+
+def fairness_frame(snap: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for v, f in snap.get("fairness", {}).items():
+        for metric in ("coverage", "gini", "top10_share", "exposure_gini", "diversity"):
+            if f.get(metric) is not None:
+                rows.append({"variant": v, "metric": metric, "value": f[metric]})
+    return pd.DataFrame(rows, columns=["variant", "metric", "value"])
+
+
+def segment_frame(snap: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"variant": v, "dimension": dim, "segment": seg, "diversity": val}
+            for v, f in snap.get("fairness", {}).items()
+            for dim, segs in f.get("diversity_by_segment", {}).items()
+            for seg, val in segs.items()]
+    return pd.DataFrame(rows, columns=["variant", "dimension", "segment", "diversity"])
+
+
+def echo_frame(snap: dict[str, Any]) -> pd.DataFrame:
+    echo = snap.get("echo", {})
+    rows = []
+    for v, e in echo.items():
+        if not isinstance(e, dict) or "gini" not in e:
+            continue
+        for metric in ("gini", "top10_share"):
+            for i, value in enumerate(e[metric]):
+                if value is not None:
+                    rows.append({"variant": v, "window": i, "metric": metric,
+                                 "value": value})
+    return pd.DataFrame(rows, columns=["variant", "window", "metric", "value"])
+
+
+def tail_frame(snap: dict[str, Any]) -> pd.DataFrame:
+    rows = [{"variant": v, "group": g, "rate": r}
+            for v, t in snap.get("tail", {}).items() for g, r in t.get("rates", {}).items()]
+    return pd.DataFrame(rows, columns=["variant", "group", "rate"])
+
+
+def arms_frame(snap: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for v, a in snap.get("ab", {}).get("arms", {}).items():
+        lo, hi = a.get("watch_through_ci") or (None, None)
+        rows.append({"variant": v, "users": a["users"], "requests": a["requests"],
+                     "recommended": a["recommended_items"], "watches": a["watches"],
+                     "watch_through": a["watch_through"], "wt_low": lo, "wt_high": hi,
+                     "ratings": a["ratings"], "mean_rating": a["mean_rating"]})
+    return pd.DataFrame(rows, columns=["variant", "users", "requests", "recommended",
+                                       "watches", "watch_through", "wt_low", "wt_high",
+                                       "ratings", "mean_rating"])
+
+
+def sequential_frame(snap: dict[str, Any]) -> pd.DataFrame:
+    series = snap.get("ab", {}).get("sequential", {}).get("series", [])
+    return pd.DataFrame({"look": range(1, len(series) + 1), "p_value": series})
+
+
+def history_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per snapshot and variant: the headline figures over time."""
+    rows = []
+    for snap in history:
+        end = snap.get("window", {}).get("end")
+        for v, f in snap.get("fairness", {}).items():
+            rows.append({"end": pd.Timestamp(end), "variant": v, "coverage": f["coverage"],
+                         "gini": f["gini"], "top10_share": f["top10_share"],
+                         "recommendations": snap["counts"]["recommendations"]})
+    return pd.DataFrame(rows, columns=["end", "variant", "coverage", "gini", "top10_share",
+                                       "recommendations"])

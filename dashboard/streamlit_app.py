@@ -1,0 +1,15 @@
+"""The operations dashboard: `reco dashboard` (streamlit run dashboard/streamlit_app.py)."""
+
+import streamlit as st
+
+st.set_page_config(page_title="Recommender operations", layout="wide")
+pages = [
+    st.Page("app_pages/overview.py", title="Overview", default=True),
+    st.Page("app_pages/fairness.py", title="Fairness"),
+    st.Page("app_pages/feedback.py", title="Feedback loops"),
+    st.Page("app_pages/security.py", title="Security"),
+    st.Page("app_pages/abtest.py", title="A/B test"),
+    st.Page("app_pages/models.py", title="Models"),
+    st.Page("app_pages/stream.py", title="Stream"),
+]
+st.navigation(pages).run()
