@@ -299,6 +299,93 @@ def test_simulator_closes_the_loop_through_the_api(served, movielens_wheel):
         job.wait(timeout=30)
 
 
+DASHBOARD_PAGES = {"": "Overview", "fairness": "Fairness", "feedback": "Feedback loops",
+                   "security": "Security", "abtest": "A/B test", "models": "Models",
+                   "stream": "Stream"}
+
+
+def test_dashboard_in_a_real_browser(served):
+    """Every page in headless Chromium on the data the simulator test left; the split control
+    and a rollback act through the API. Screenshots go to var/screens/."""
+    from playwright.sync_api import sync_playwright
+
+    settings = served["settings"]
+    snap = json.loads((settings.var_dir / "analytics" / "latest.json").read_text())
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "streamlit_app.py"),
+         "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        env=served["env"], cwd=ROOT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    screens = ROOT / "var" / "screens"
+    screens.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "streamlit did not start"
+            time.sleep(0.5)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                         args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for path, title in DASHBOARD_PAGES.items():
+                page.goto(f"{base}/{path}")
+                page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+                page.wait_for_timeout(1500)  # charts draw
+                assert page.locator('[data-testid="stException"]').count() == 0, path
+                page.screenshot(path=str(screens / f"{path or 'overview'}.png"), full_page=True)
+            # a headline figure equals the snapshot's
+            page.goto(f"{base}/fairness")
+            coverage = f"{snap['fairness']['A']['coverage']:.3f}"
+            page.get_by_text(coverage).first.wait_for(timeout=30_000)
+            # the split control changes the experiment through the admin API
+            page.goto(f"{base}/abtest")
+            slider = page.get_by_role("slider").first
+            slider.wait_for(timeout=30_000)
+            slider.focus()
+            for _ in range(12):  # 0.5 -> 0.0 in steps of 0.05 (the slider's keyboard steps)
+                page.keyboard.press("ArrowLeft")
+            page.wait_for_function(
+                "() => document.querySelector('input[type=range]')"
+                ".getAttribute('aria-valuetext') === '0.00'", timeout=10_000)
+            page.get_by_role("button", name="apply split").click()
+            page.get_by_text("'split': 0.0").first.wait_for(timeout=30_000)
+            deadline = time.monotonic() + 10  # every ingress replica within a push period
+            while get(served, "/health").json()["split"] != 0.0:
+                assert time.monotonic() < deadline, "the split change did not reach the API"
+                time.sleep(0.5)
+            # roll back from the Models page, verified in the registry
+            registry = served["registry"]
+            for neighbours in (12, 13):  # two good versions: the previous one verifies
+                registry.promote("A", registry.register("A", ItemKNN(
+                    neighbours=neighbours).fit(*dataset()), {}, {}))
+            before = registry.aliases("A")
+            page.goto(f"{base}/models")
+            page.get_by_role("button", name="roll back to previous").click()
+            try:
+                page.get_by_text("200:").first.wait_for(timeout=30_000)
+            except Exception:
+                page.screenshot(path=str(screens / "models-rollback-failed.png"), full_page=True)
+                alerts = page.locator('[data-testid="stAlert"]').all_inner_texts()
+                raise AssertionError(f"rollback did not succeed: {alerts}") from None
+            assert registry.aliases("A")["production"] == before.get("previous")
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        httpx.post(served["url"] + "/admin/split", json={"split": 0.5},
+                   headers={"X-API-Key": ADMIN}, timeout=30)
+        if "before" in locals() and before.get("production"):
+            served["registry"].promote("A", before["production"])
+
+
 def test_broker_down_serves_and_spools_writes(served):
     """Last in this module: it stops and restarts the module's broker."""
     from backend.kafka import consumer as make_consumer
