@@ -63,6 +63,53 @@ def start_serving(settings: Settings, head: RayHead, echo: Callable[[str], objec
     echo(out.stdout.strip().splitlines()[-1][:300])
 
 
+def _dashboard_pid(settings: Settings) -> int | None:
+    import os
+
+    path = settings.run_dir / "dashboard.pid"
+    try:
+        pid = int(path.read_text())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def start_dashboard(settings: Settings, echo: Callable[[str], object]) -> None:
+    """The Streamlit dashboard on 127.0.0.1, in its own session (stopped by process group)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    if _dashboard_pid(settings):
+        echo("dashboard: already running")
+        return
+    app = Path(__file__).resolve().parents[1] / "dashboard" / "streamlit_app.py"
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.run_dir / "dashboard.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(app), "--server.address",
+             "127.0.0.1", "--server.port", str(settings.dashboard_port),
+             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            env=os.environ | {"RECO_VAR_DIR": str(settings.var_dir)}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    (settings.run_dir / "dashboard.pid").write_text(str(proc.pid))
+    echo(f"dashboard: started http://127.0.0.1:{settings.dashboard_port}")
+
+
+def stop_dashboard(settings: Settings, echo: Callable[[str], object]) -> None:
+    import os
+    import signal
+
+    pid = _dashboard_pid(settings)
+    (settings.run_dir / "dashboard.pid").unlink(missing_ok=True)
+    if pid is None:
+        echo("dashboard: was not running")
+        return
+    os.killpg(pid, signal.SIGTERM)
+    echo("dashboard: stopped")
+
+
 def up(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
     if settings.kafka.embedded:
         broker = EmbeddedBroker(settings.kafka, settings.run_dir)
@@ -98,12 +145,14 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
     start_serving(settings, head, echo)
     job, new = submit_job(settings, head, "analyze")
     echo(f"analyze job: {'submitted' if new else 'already running'} {job}")
+    start_dashboard(settings, echo)
     api = f"http://{settings.serve.host}:{settings.serve.port}"
     echo(f"ready: api={api} kafka={settings.kafka.servers} ray_dashboard={head.dashboard_url} "
          f"metrics={api}/metrics keys={settings.registry.keys_dir}/{{sim,operator}}.key")
 
 
 def down(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
+    stop_dashboard(settings, echo)
     head = RayHead(settings)
     if head.running():
         for name in JOBS:
@@ -125,6 +174,8 @@ def status(settings: Settings) -> dict[str, object]:
         "ray": {"running": head.running(), "dashboard": head.dashboard_url},
         "jobs": {n: running_job(head, n) for n in JOBS} if head.running() else {},
         "api": _api_health(settings),
+        "dashboard": {"running": _dashboard_pid(settings) is not None,
+                      "url": f"http://127.0.0.1:{settings.dashboard_port}"},
         "lake": {t: st["rows"] for t, st in Lake(settings.lake_root).stats().items()},
         "models": _production_models(settings),
     }

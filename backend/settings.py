@@ -206,6 +206,7 @@ class Settings(BaseSettings):
 
     var_dir: Path = Path("var")
     kafka_bootstrap_servers: str | None = None
+    dashboard_port: int = Field(8501, description="the Streamlit dashboard `reco up` starts")
     kafka: KafkaSettings = KafkaSettings()
     lake: LakeSettings = LakeSettings()
     ingest: IngestSettings = IngestSettings()
