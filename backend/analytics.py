@@ -47,8 +47,6 @@ class RecoLog:
     def from_table(cls, table: pa.Table) -> RecoLog:
         items = table.column("items").combine_chunks() if table.num_rows else \
             pa.array([], pa.list_(pa.int64()))
-        if isinstance(items, pa.ChunkedArray):
-            items = items.combine_chunks()
         return cls(
             ts=_utc_naive(table.column("ts")),
             user=table.column("user_id").to_numpy().astype(np.int64),
@@ -132,10 +130,9 @@ class AnalyticsLogic:
         row = np.repeat(np.arange(len(reco)), lengths)  # response of each flattened item
         catalog, item_idx = dense_index(reco.items, items["item_id"].to_numpy(dtype=np.int64))
         positions = np.arange(len(reco.items)) - reco.offsets[:-1][row]
-        popularity = np.bincount(
-            _positions(catalog, np.concatenate([upto_w["item_id"].to_numpy(np.int64),
-                                                upto_r["item_id"].to_numpy(np.int64)])),
-            minlength=len(catalog)).astype(float)
+        idx, known = _positions(catalog, np.concatenate([upto_w["item_id"].to_numpy(np.int64),
+                                                         upto_r["item_id"].to_numpy(np.int64)]))
+        popularity = np.bincount(idx[known], minlength=len(catalog)).astype(float)
         groups = self._popularity_groups(popularity, catalog)
         rating_counts = upto_r.groupby("user_id").size()
         ild = self._list_diversity(reco, in_win, lengths, item_idx, items, catalog)
@@ -414,10 +411,8 @@ class AnalyticsLogic:
         items = np.concatenate([watch["item_id"].to_numpy(dtype=np.int64),
                                 rating["item_id"].to_numpy(dtype=np.int64)])
         ts = np.concatenate([w_ts, r_ts])
-        idx = np.searchsorted(catalog, items)
-        known = idx < len(catalog)
-        known[known] = catalog[idx[known]] == items[known]
-        idx, ts = idx[known], ts[known]  # like _positions, keeping the times aligned
+        idx, known = _positions(catalog, items)
+        idx, ts = idx[known], ts[known]
         train = np.bincount(idx[ts < t_start], minlength=len(catalog))
         cur = np.bincount(idx[(ts >= t_start) & (ts < t_end)], minlength=len(catalog))
         e, a = ops.popularity_bins(train, cur)
@@ -426,12 +421,12 @@ class AnalyticsLogic:
                 "rating_hist_train": hist_train.tolist(), "rating_hist_now": hist_now.tolist()}
 
 
-def _positions(catalog: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Catalog positions of `items` (sorted `catalog`), dropping ids it does not hold."""
+def _positions(catalog: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in the sorted `catalog`, whether the catalog holds the id) per item."""
     idx = np.searchsorted(catalog, items)
     known = idx < len(catalog)
     known[known] = catalog[idx[known]] == items[known]
-    return idx[known]
+    return idx, known
 
 
 def _arm_of_users(reco: RecoLog, mask: np.ndarray) -> pd.Series:

@@ -7,13 +7,12 @@ from the next retrain on and counts in coverage from the moment it exists.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from backend.data.movielens import load as load_movielens
+from backend.files import append_jsonl, read_jsonl
 from backend.settings import Settings
 
 
@@ -23,31 +22,20 @@ def releases_path(settings: Settings) -> Path:
 
 def release(settings: Settings, item: dict) -> None:
     """Append one released item (item_id, title, year, genres, released_at) durably."""
-    path = releases_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(item) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_jsonl(releases_path(settings), item, fsync=True)
 
 
 def released(settings: Settings) -> pd.DataFrame:
-    path = releases_path(settings)
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line after a crash: skip it
-                continue
-    frame = pd.DataFrame(rows, columns=["item_id", "title", "year", "genres", "released_at"])
+    frame = pd.DataFrame(read_jsonl(releases_path(settings)),
+                         columns=["item_id", "title", "year", "genres", "released_at"])
     frame["item_id"] = frame["item_id"].astype("int64")
     return frame
 
 
-def load_catalog(settings: Settings) -> pd.DataFrame:
-    """item_id, title, year, genres (and released_at for released items)."""
-    base = load_movielens(settings.data_cache).items
+def load_catalog(settings: Settings, base: pd.DataFrame | None = None) -> pd.DataFrame:
+    """item_id, title, year, genres (and released_at for released items); `base` is the
+    MovieLens items frame when the caller has it loaded already."""
+    base = load_movielens(settings.data_cache).items if base is None else base
     new = released(settings)
     if new.empty:
         return base

@@ -27,3 +27,17 @@ def dense_index(values: np.ndarray, extra: np.ndarray | None = None,
             return ids, position[values]
     ids = np.unique(np.concatenate(parts)) if n else np.zeros(0, dtype=np.int64)
     return ids, np.searchsorted(ids, values)
+
+
+def incidence(users: np.ndarray, items: np.ndarray):  # -> (user ids, scipy csr_matrix)
+    """0/1 users x items matrix of (user, item) pairs, repeats counted once; row i is user
+    `ids[i]` (sorted). What the set-similarity measures (Jaccard, DegSim) work on."""
+    import scipy.sparse as sp
+
+    ids, rows = dense_index(np.asarray(users, dtype=np.int64))
+    _, cols = dense_index(np.asarray(items, dtype=np.int64))
+    shape = (len(ids), int(cols.max()) + 1 if len(cols) else 0)
+    w = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=shape)
+    w.sum_duplicates()
+    w.data[:] = 1.0
+    return ids, w

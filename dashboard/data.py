@@ -130,9 +130,6 @@ def admin_post(route: str, body: dict[str, Any]) -> tuple[int, Any]:
 
 # -- pure frame builders (snapshot -> DataFrame) ---------------------------------------------
 
-VARIANTS = ("A", "B", "all")
-
-
 def fairness_frame(snap: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for v, f in snap.get("fairness", {}).items():

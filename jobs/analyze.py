@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 from backend import catalog
 from backend.analytics import AnalyticsLogic, RecoLog
 from backend.data.movielens import load as load_movielens
+from backend.files import append_jsonl, read_jsonl, write_json
 from backend.lake import Lake
 from backend.logs import setup_logging
 from backend.settings import Settings
@@ -48,23 +48,13 @@ def probe(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
         ok, detail = False, type(exc).__name__
     rec = {"ts": datetime.now(UTC).isoformat(), "ok": ok, "detail": detail,
            "ms": round((time.perf_counter() - t0) * 1000, 2)}
-    path = analytics_dir(settings) / "probes.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(rec) + "\n")
+    append_jsonl(analytics_dir(settings) / "probes.jsonl", rec)
     return rec
 
 
 def read_probes(settings: Settings) -> pd.DataFrame:
-    path = analytics_dir(settings) / "probes.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return pd.DataFrame(rows, columns=["ts", "ok", "detail", "ms"])
+    return pd.DataFrame(read_jsonl(analytics_dir(settings) / "probes.jsonl"),
+                        columns=["ts", "ok", "detail", "ms"])
 
 
 def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> dict[str, Any]:
@@ -75,8 +65,8 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> dict[st
         "events.reco", ["ts", "user_id", "variant", "latency_ms", "items"]))
     watch = lake.read("events.watch", ["ts", "user_id", "item_id"])
     rating = lake.read("events.rating", ["ts", "user_id", "item_id", "rating"])
-    items = catalog.load_catalog(settings)
-    users = load_movielens(settings.data_cache).users
+    ml = load_movielens(settings.data_cache)
+    items, users = catalog.load_catalog(settings, ml.items), ml.users
     t0 = time.perf_counter()
     snap = AnalyticsLogic(settings.analytics, settings.serve.split).snapshot(
         reco, watch, rating, items, users, end, read_probes(settings))
@@ -84,8 +74,8 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> dict[st
     out = analytics_dir(settings)
     (out / "snapshots").mkdir(parents=True, exist_ok=True)
     stamp = end.strftime("%Y%m%dT%H%M%SZ")
-    _write(out / "snapshots" / f"{stamp}.json", snap)
-    _write(out / "latest.json", snap)
+    write_json(out / "snapshots" / f"{stamp}.json", snap)
+    write_json(out / "latest.json", snap)
     flagged = snap["spam"]["flagged"]["combined"]
     if flagged:
         update_quarantine(settings, flagged, stamp)
@@ -99,14 +89,8 @@ def update_quarantine(settings: Settings, users: list[int], stamp: str) -> None:
     path = analytics_dir(settings) / "quarantine.json"
     current = json.loads(path.read_text()) if path.exists() else {"users": []}
     merged = sorted(set(current.get("users", [])) | set(users))
-    _write(path, {"users": merged, "updated": stamp,
+    write_json(path, {"users": merged, "updated": stamp,
                   "source": "combined spam flag (robust RDMA and volume outlier)"})
-
-
-def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
 
 
 GAUGES = {  # gauge name -> path in the snapshot, per variant where {v} appears

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from ipaddress import ip_address
-from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
@@ -23,6 +22,7 @@ import httpx
 from backend import catalog
 from backend.data.movielens import load as load_movielens
 from backend.errors import BadRequest
+from backend.files import write_json
 from backend.logs import setup_logging
 from backend.settings import Settings
 from backend.simulation import SimulatorLogic
@@ -126,26 +126,20 @@ def simulate(settings: Settings, rps: float | None = None, duration: float | Non
     settings = settings.model_copy(update={"sim": cfg})
     base = loopback_url(url or cfg.url or f"http://127.0.0.1:{settings.serve.port}")
     ml = load_movielens(settings.data_cache)
-    logic = SimulatorLogic(ml.ratings, catalog.load_catalog(settings), ml.users, cfg)
+    logic = SimulatorLogic(ml.ratings, catalog.load_catalog(settings, ml.items), ml.users, cfg)
     out_dir = settings.var_dir / "sim"
     out_dir.mkdir(parents=True, exist_ok=True)
     sim = Simulation(settings, logic, base, api_key(settings))
-    _write(out_dir / "ground_truth.json", logic.ground_truth())  # before traffic: bots known
+    write_json(out_dir / "ground_truth.json", logic.ground_truth())  # before traffic: bots known
     log.info("simulation started url=%s rps=%s duration=%s seed=%s bots=%d", sim.url, cfg.rps,
              cfg.duration, cfg.seed, len(logic.bots))
     t0 = time.time()
     summary = asyncio.run(sim.run(cfg.rps, cfg.duration))
     summary |= {"seed": cfg.seed, "rps": cfg.rps, "started": t0}
-    _write(out_dir / "ground_truth.json", logic.ground_truth())  # with the released items
-    _write(out_dir / "last_run.json", summary)
+    write_json(out_dir / "ground_truth.json", logic.ground_truth())  # with the released items
+    write_json(out_dir / "last_run.json", summary)
     log.info("simulation finished summary=%s", json.dumps(summary))
     return summary
-
-
-def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:

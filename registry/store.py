@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import RecoError
+from backend.files import atomic_write
 from backend.hashing import sha256_file
 from backend.recommenders import Recommender
 from registry import signing
@@ -35,15 +36,6 @@ class RegistryError(RecoError):
 
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class Registry:
@@ -92,7 +84,7 @@ class Registry:
             aliases.pop(alias, None)
         else:
             aliases[alias] = version
-        _atomic_write(self.root / variant / ALIASES, _canonical(aliases))
+        atomic_write(self.root / variant / ALIASES, _canonical(aliases))
 
     def promote(self, variant: str, version: str) -> dict[str, str]:
         """Make a verified version production; the old production becomes `previous`."""
@@ -104,7 +96,7 @@ class Registry:
             aliases["production"] = version
         if aliases.get("candidate") == version:
             aliases.pop("candidate")
-        _atomic_write(self.root / variant / ALIASES, _canonical(aliases))
+        atomic_write(self.root / variant / ALIASES, _canonical(aliases))
         return aliases
 
     def rollback(self, variant: str) -> dict[str, str]:
@@ -115,7 +107,7 @@ class Registry:
             raise RegistryError(f"{variant}: no previous version to roll back to")
         self.verify(variant, previous)
         aliases["previous"], aliases["production"] = aliases["production"], previous
-        _atomic_write(self.root / variant / ALIASES, _canonical(aliases))
+        atomic_write(self.root / variant / ALIASES, _canonical(aliases))
         return aliases
 
     def record_decision(self, variant: str, decision: dict[str, Any]) -> None:

@@ -7,10 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import stats
 
-from backend.indexing import dense_index
+from backend.indexing import incidence
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,10 @@ def homogenization(users: np.ndarray, items: np.ndarray, pairs: int = 2000,
     there are at most `pairs` of them."""
     if len(users) == 0:
         return 0.0
-    uids, rows = dense_index(np.asarray(users, dtype=np.int64))
-    _, cols = dense_index(np.asarray(items, dtype=np.int64))
+    uids, w = incidence(users, items)
     n = len(uids)
     if n < 2:
         return 0.0
-    w = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, int(cols.max()) + 1))
-    w.sum_duplicates()
-    w.data[:] = 1.0
     if n * (n - 1) // 2 <= pairs:
         a, b = np.triu_indices(n, 1)
     else:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
+
+from backend.indexing import incidence
 
 MAD_SCALE = 0.6745  # = Phi^-1(0.75): makes the MAD a consistent estimate of sigma
 
@@ -49,13 +50,9 @@ def degsim(ratings: pd.DataFrame, k: int = 5, only: np.ndarray | None = None) ->
     similarity of a user's rated-item set to its `k` most similar users' (Jaccard here).
     Attack profiles are made from one template, so bots are each other's near-copies.
     Computed for the users in `only` (default all): memory is |only| x users."""
-    users, rows = np.unique(ratings["user_id"].to_numpy(), return_inverse=True)
-    _, cols = np.unique(ratings["item_id"].to_numpy(), return_inverse=True)
+    users, w = incidence(ratings["user_id"].to_numpy(), ratings["item_id"].to_numpy())
     if len(users) < 2:
         return pd.Series(0.0, index=users)
-    w = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(users), cols.max() + 1))
-    w.sum_duplicates()
-    w.data[:] = 1.0
     pick = np.arange(len(users)) if only is None else np.searchsorted(users, only)
     inter = (w[pick] @ w.T).toarray()
     size = np.diff(w.indptr).astype(float)
