@@ -214,9 +214,9 @@ def simulate(rps: float | None, duration: float | None, seed: int | None,
 
 
 @main.command()
-@click.option("--once", is_flag=True, help="one snapshot now (default: every interval, on Ray)")
+@click.option("--once", is_flag=True, help="one snapshot now (default: every interval)")
 def analyze(once: bool) -> None:
-    """Analytics snapshot(s) from the lake into var/analytics/ (and Prometheus gauges)."""
+    """Analytics snapshot(s) from the lake into var/analytics/ (the scheduler runs them)."""
     from jobs import analyze as job
 
     if once:
@@ -346,8 +346,7 @@ def serve_start(wait: float) -> None:
     from backend.serving.deploy import APP, deploy
 
     s = ensure_local_keys(_settings())
-    init_ray(s)
-    deploy(s)
+    deploy(s, init_ray(s).dashboard_url or "")
     url = f"http://{s.serve.host}:{s.serve.port}/health"
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
@@ -391,11 +390,13 @@ def dashboard(port: int) -> None:
 
 
 @main.command()
-def up() -> None:
-    """Start the platform with embedded defaults (idempotent)."""
+@click.option("--no-sim", is_flag=True, help="do not start the background simulator")
+@click.option("--wait", type=float, default=180.0, help="seconds to wait for every part")
+def up(no_sim: bool, wait: float) -> None:
+    """Start the platform with embedded defaults (idempotent), wait until it is healthy."""
     from backend import platform
 
-    platform.up(_settings(), echo=click.echo)
+    platform.up(_settings(), echo=click.echo, sim=not no_sim, wait=wait)
 
 
 @main.command()

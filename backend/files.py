@@ -11,6 +11,7 @@ from typing import Any
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to a temp file in the same folder, fsync it, rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)

@@ -1,10 +1,12 @@
 """Start, stop and inspect the platform on one machine (`reco up|down|status`).
 
-Parts so far: the embedded broker (unless a Kafka cluster is configured), a Ray head with
-token auth and its dashboard (so `ray job submit` works), the ingest job submitted through the
-Ray Jobs SDK, the MovieLens bootstrap when the lake is empty, the first signed models when
-the registry has none in production, the Ray Serve app (with local simulator and operator
-keys in `var/keys/`, 0600) and the continuous analyze job. State stays under `var/`.
+Parts: the embedded broker (unless a Kafka cluster is configured), a Ray head with token auth
+and its dashboard (so `ray job submit` works), the ingest job submitted through the Ray Jobs
+SDK, the MovieLens bootstrap when the lake is empty, the first signed models when the registry
+has none in production, the Ray Serve app through `serve deploy` (with local simulator and
+operator keys in `var/keys/`, 0600), the scheduler job (retrain and analytics), the simulator
+job at a gentle rate, and the Streamlit dashboard. `up` waits until every part reports
+healthy. State stays under `var/`; a second `up` finds the parts running and says so.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from backend.raycluster import RayHead, job_env
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
-JOBS = {"ingest": "jobs.ingest", "analyze": "jobs.analyze"}  # long-running Ray jobs
+JOBS = {"ingest": "jobs.ingest", "schedule": "jobs.schedule",  # long-running Ray jobs
+        "simulate": "jobs.simulate"}
 _ACTIVE = {"PENDING", "RUNNING"}
 
 
@@ -33,17 +36,26 @@ def running_job(head: RayHead, name: str) -> str | None:
     return None
 
 
-def submit_job(settings: Settings, head: RayHead, name: str) -> tuple[str, bool]:
+def submit_job(settings: Settings, head: RayHead, name: str, args: str = "",
+               env: dict[str, str] | None = None) -> tuple[str, bool]:
     """Submit job `name` unless one runs; returns (submission id, newly submitted)."""
     existing = running_job(head, name)
     if existing:
         return existing, False
     job = head.job_client().submit_job(
-        entrypoint=f"{sys.executable} -m {JOBS[name]}",
+        entrypoint=f"{sys.executable} -m {JOBS[name]} {args}".strip(),
         submission_id=f"reco-{name}-{int(time.time())}",
-        runtime_env={"env_vars": job_env(settings)},
+        runtime_env={"env_vars": (env or {}) | job_env(settings)},
     )
     return job, True
+
+
+def start_simulator(settings: Settings, head: RayHead) -> tuple[str, bool]:
+    """The simulator as a Ray job for a week at `sim.background_rps`, releasing an item every
+    ten minutes unless RECO_SIM__NEW_ITEM_EVERY says otherwise."""
+    return submit_job(settings, head, "simulate",
+                      f"--rps {settings.sim.background_rps} --duration {7 * 86400}",
+                      {"RECO_SIM__NEW_ITEM_EVERY": "600"})
 
 
 def start_serving(settings: Settings, head: RayHead, echo: Callable[[str], object]) -> None:
@@ -110,7 +122,43 @@ def stop_dashboard(settings: Settings, echo: Callable[[str], object]) -> None:
     echo("dashboard: stopped")
 
 
-def up(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
+def urls(settings: Settings) -> dict[str, str]:
+    api = f"http://{settings.serve.host}:{settings.serve.port}"
+    return {"api": api, "dashboard": f"http://127.0.0.1:{settings.dashboard_port}",
+            "ray_dashboard": RayHead(settings).dashboard_url, "metrics": f"{api}/metrics"}
+
+
+def _print_urls(settings: Settings, echo: Callable[[str], object]) -> None:
+    echo("ready: " + " ".join(f"{k}={v}" for k, v in urls(settings).items())
+         + f" keys={settings.registry.keys_dir}/{{sim,operator}}.key")
+
+
+def health(settings: Settings, sim: bool = True) -> dict[str, bool]:
+    """Each part's health as `up` waits for it."""
+    import httpx
+
+    head = RayHead(settings)
+    out = {"broker": EmbeddedBroker(settings.kafka, settings.run_dir).pid() is not None
+           if settings.kafka.embedded else True,
+           "ray": head.running()}
+    for name in ("ingest", "schedule", *(("simulate",) if sim else ())):
+        out[f"{name} job"] = bool(out["ray"] and running_job(head, name))
+    out["api"] = _api_health(settings) == "ok"
+    try:
+        out["dashboard"] = httpx.get(urls(settings)["dashboard"] + "/_stcore/health",
+                                     timeout=5).text == "ok"
+    except httpx.HTTPError:
+        out["dashboard"] = False
+    return out
+
+
+def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool = True,
+       wait: float = 180.0) -> None:
+    t0 = time.monotonic()
+    if all(health(settings, sim).values()):
+        echo("platform: already running")
+        _print_urls(settings, echo)
+        return
     if settings.kafka.embedded:
         broker = EmbeddedBroker(settings.kafka, settings.run_dir)
         was = broker.pid()
@@ -142,13 +190,27 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
             echo(f"models: {variant} {r['version']} promoted={r['promoted']} {r['reasons']}")
     for variant in registry.variants():
         echo(f"models: {variant} production={registry.aliases(variant).get('production')}")
-    start_serving(settings, head, echo)
-    job, new = submit_job(settings, head, "analyze")
-    echo(f"analyze job: {'submitted' if new else 'already running'} {job}")
+    if _api_health(settings) == "down":
+        start_serving(settings, head, echo)
+    else:
+        echo("serving: already running")
+    job, new = submit_job(settings, head, "schedule")
+    echo(f"scheduler job: {'submitted' if new else 'already running'} {job} (retrain every "
+         f"{settings.schedule.retrain_interval} s, analytics every "
+         f"{settings.schedule.analyze_interval} s)")
+    if sim:
+        job, new = start_simulator(settings, head)
+        echo(f"simulator job: {'submitted' if new else 'already running'} {job} "
+             f"({settings.sim.background_rps} visits/s)")
     start_dashboard(settings, echo)
-    api = f"http://{settings.serve.host}:{settings.serve.port}"
-    echo(f"ready: api={api} kafka={settings.kafka.servers} ray_dashboard={head.dashboard_url} "
-         f"metrics={api}/metrics keys={settings.registry.keys_dir}/{{sim,operator}}.key")
+    deadline = t0 + wait
+    while not all(state := health(settings, sim)).values():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not healthy after {wait:.0f} s: "
+                               f"{[k for k, ok in state.items() if not ok]}")
+        time.sleep(1)
+    echo(f"healthy: {', '.join(state)} after {time.monotonic() - t0:.0f} s")
+    _print_urls(settings, echo)
 
 
 def down(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
@@ -176,6 +238,7 @@ def status(settings: Settings) -> dict[str, object]:
         "api": _api_health(settings),
         "dashboard": {"running": _dashboard_pid(settings) is not None,
                       "url": f"http://127.0.0.1:{settings.dashboard_port}"},
+        "schedule": _schedule(settings),
         "lake": {t: st["rows"] for t, st in Lake(settings.lake_root).stats().items()},
         "models": _production_models(settings),
     }
@@ -197,3 +260,20 @@ def _production_models(settings: Settings) -> dict[str, str | None]:
 
     registry = open_registry(settings)
     return {v: registry.aliases(v).get("production") for v in registry.variants()}
+
+
+def _schedule(settings: Settings) -> dict[str, object]:
+    """What the scheduler runs now, when it runs next, and its latest retrain."""
+    import json
+
+    from backend.files import read_jsonl
+    from jobs.schedule import schedule_dir
+
+    path = schedule_dir(settings) / "state.json"
+    state = json.loads(path.read_text()) if path.exists() else {}
+    retrains = [r for r in read_jsonl(schedule_dir(settings) / "runs.jsonl")
+                if r["kind"] == "retrain"]
+    return {"running": state.get("running", {}), "next_due": {
+                k: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v))
+                for k, v in state.get("next_due", {}).items()},
+            "retrains": len(retrains), "last_retrain": retrains[-1] if retrains else None}

@@ -89,7 +89,7 @@ def _kill_matching(fragment: str) -> int:
     return killed
 
 
-def init_ray(settings: Settings) -> None:
+def init_ray(settings: Settings):  # -> ray's context (its dashboard_url feeds `serve deploy`)
     """Connect to `ray.address` (or RAY_ADDRESS), else start a private local instance.
 
     Ray reads its auth settings from the environment at import: a client of the head that
@@ -98,7 +98,7 @@ def init_ray(settings: Settings) -> None:
     """
     import ray
 
-    ray.init(address=settings.ray.address, log_to_driver=True)
+    return ray.init(address=settings.ray.address, log_to_driver=True)
 
 
 class RayHead:

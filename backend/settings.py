@@ -113,6 +113,9 @@ class TrainSettings(BaseModel):
     ndcg_tolerance: float = Field(0.02, ge=0, description="allowed NDCG@k drop vs production")
     min_coverage: float = Field(0.05, ge=0, le=1)
     max_gini: float = Field(0.99, ge=0, le=1)
+    forecast_steps: int = Field(5, ge=0, le=50, description=(
+        "retrain cycles of the offline feedback-loop forecast before promotion (0: off)"))
+    forecast_visits: int = Field(300, ge=10, description="simulated visits per forecast step")
 
 
 class ApiKeySpec(BaseModel):
@@ -148,6 +151,8 @@ class SimSettings(BaseModel):
     url: str | None = Field(None, description="API base URL; default the local serve port")
     api_key: SecretStr | None = Field(None, description="client key for writes and its limit")
     rps: float = Field(2.0, gt=0, le=500, description="user visits per second")
+    background_rps: float = Field(1.0, gt=0, le=500, description=(
+        "visits per second of the simulator job `reco up` starts (off: `reco up --no-sim`)"))
     duration: float = Field(60.0, gt=0, le=7 * 86400, description="seconds, then it stops")
     seed: int = 42
     k: int = Field(10, ge=1, le=100)
@@ -181,7 +186,7 @@ class AnalyticsSettings(BaseModel):
 
 
 class ScheduleSettings(BaseModel):
-    retrain_interval: int = Field(3 * 3600, ge=60, description="seconds between retrains")
+    retrain_interval: int = Field(3 * 3600, ge=10, description="seconds between retrains")
     analyze_interval: int = Field(60, ge=5)
 
 

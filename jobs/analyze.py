@@ -1,10 +1,11 @@
 """Analyze job: lake -> analytics snapshot per window -> `var/analytics/` + Prometheus gauges.
 
-Run with `reco analyze [--once]` or `ray job submit -- python -m jobs.analyze`. Each cycle
-probes `/health` (the SLA's uptime), computes a snapshot of the window ending now, writes it to
-`var/analytics/snapshots/<end>.json` and `latest.json`, and adds the users the combined spam
-flag caught to `var/analytics/quarantine.json`, which the retrain job reads. Without --once it
-runs as a Ray actor that also exports the headline figures as gauges (`ray_reco_analytics_*`).
+The scheduler (`jobs.schedule`) submits `python -m jobs.analyze --once` every
+`schedule.analyze_interval` and exports the headline figures (`gauge_values`) as Prometheus
+gauges; `reco analyze` runs the cycle by hand (without --once: in a loop, in this process).
+Each cycle probes `/health` (the SLA's uptime), computes a snapshot of the window ending now,
+writes it to `var/analytics/snapshots/<end>.json` and `latest.json`, and adds the users the
+combined spam flag caught to `var/analytics/quarantine.json`, which the retrain job reads.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ GAUGES = {  # gauge name -> path in the snapshot, per variant where {v} appears
 }
 
 
+GAUGE_NAMES = (*GAUGES, "watch_through", "ab_p_value", "spam_flagged", "uptime")
+
+
 def gauge_values(snap: dict) -> list[tuple[str, dict[str, str], float]]:
     """(name, tags, value) for every headline figure present in the snapshot."""
     out = []
@@ -128,61 +132,24 @@ def gauge_values(snap: dict) -> list[tuple[str, dict[str, str], float]]:
     return out
 
 
-def _actor_class():
-    import ray
-
-    @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.25, max_concurrency=2)
-    class AnalyzeActor:
-        """Runs the cycle forever and keeps the gauges fresh (Ray drops stale gauges)."""
-
-        def __init__(self, settings: Settings) -> None:
-            from ray.util.metrics import Gauge
-
-            setup_logging()
-            self.settings = settings
-            self.gauges = {name: Gauge(f"reco_analytics_{name}", description=name,
-                                       tag_keys=("variant",))
-                           for name in [*GAUGES, "watch_through", "ab_p_value",
-                                        "spam_flagged", "uptime"]}
-            self._stop = False
-
-        def run(self) -> None:
-            interval = self.settings.schedule.analyze_interval
-            while not self._stop:
-                t0 = time.monotonic()
-                try:
-                    probe(self.settings)
-                    snap = analyze_once(self.settings)
-                    for name, tags, value in gauge_values(snap):
-                        self.gauges[name].set(value, tags=tags)
-                except Exception:  # a bad cycle must not kill the loop; the next one retries
-                    log.exception("analytics cycle failed")
-                time.sleep(max(1.0, interval - (time.monotonic() - t0)))
-
-        def stop(self) -> None:
-            self._stop = True
-
-    return AnalyzeActor
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--once", action="store_true", help="one snapshot, no gauges")
+    parser.add_argument("--once", action="store_true", help="one cycle, then exit")
     args = parser.parse_args(argv)
     setup_logging()
     settings = Settings()
-    if args.once:
-        probe(settings)
-        analyze_once(settings)
-        return
-    import ray
-
-    from backend.raycluster import init_ray, job_env
-
-    init_ray(settings)
-    actor = _actor_class().options(runtime_env={"env_vars": job_env(settings)}).remote(
-        settings)
-    ray.get(actor.run.remote())
+    while True:
+        t0 = time.monotonic()
+        try:
+            probe(settings)
+            analyze_once(settings)
+        except Exception:  # a bad cycle must not end the loop; the next one retries
+            if args.once:
+                raise
+            log.exception("analytics cycle failed")
+        if args.once:
+            return
+        time.sleep(max(1.0, settings.schedule.analyze_interval - (time.monotonic() - t0)))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Retrain job: lake -> interactions (spam quarantined) -> train A and B -> evaluate on the
-temporal split -> register signed candidates -> promote those that pass the gates.
+temporal split -> forecast the feedback loop offline -> register signed candidates (the
+forecast in their provenance) -> promote those that pass the gates.
 
 Run with `ray job submit -- python -m jobs.retrain` or `reco train`. Runs once per call;
 scheduling belongs to the platform. The lake is read with Ray Data when Ray is initialised.
@@ -22,6 +23,8 @@ import pandas as pd
 from backend.catalog import load_catalog
 from backend.data.movielens import load as load_movielens
 from backend.evaluation import build_interactions, evaluate, temporal_split
+from backend.failpoints import failpoint
+from backend.forecast import forecast_gini_slope
 from backend.hashing import sha256_file
 from backend.lake import Lake
 from backend.logs import setup_logging
@@ -60,9 +63,12 @@ def quarantined(settings: Settings) -> set[int]:
 
 
 def gate(candidate: dict[str, float], production: dict[str, float] | None,
-         cfg: TrainSettings) -> list[str]:
+         cfg: TrainSettings, forecast: dict | None = None) -> list[str]:
     """Reasons to refuse promotion; empty means promote."""
     reasons = []
+    if forecast and forecast["exceeds"]:
+        reasons.append(f"forecast Gini slope {forecast['slope']:+.4f}/cycle exceeds the "
+                       f"echo-chamber limit {forecast['limit']}")
     if production and candidate["ndcg"] < production["ndcg"] - cfg.ndcg_tolerance:
         reasons.append(f"NDCG@{cfg.k} {candidate['ndcg']:.4f} is more than "
                        f"{cfg.ndcg_tolerance} below production's {production['ndcg']:.4f}")
@@ -123,34 +129,48 @@ def retrain(settings: Settings) -> dict[str, dict[str, Any]]:
                            cfg.tail_share)
         final = cls(**params).fit(inter, items, ml.users)
         fit_s = time.perf_counter() - t0
-        version = registry.register(variant, final, prov | {"train_seconds": round(fit_s, 3)},
-                                    metrics)
+        forecast = None
+        if cfg.forecast_steps:
+            forecast = forecast_gini_slope(
+                lambda cls=cls, params=params: cls(**params), inter, items, ml.users,
+                ml.ratings, settings.sim, cfg.forecast_steps, cfg.forecast_visits, cfg.k,
+                settings.analytics.echo_slope_max)
+        version = registry.register(variant, final, prov | {
+            "train_seconds": round(fit_s, 3), "feedback_forecast": forecast}, metrics)
         try:
             production = registry.verify(variant, "production")["metrics"]
         except Exception:  # no production yet, or it no longer verifies: gate on limits only
             production = None
-        reasons = gate(metrics, production, cfg)
+        reasons = gate(metrics, production, cfg, forecast)
+        failpoint("retrain.before_promote")
         if not reasons:
             registry.promote(variant, version)
         registry.record_decision(variant, {"version": version, "promoted": not reasons,
-                                           "reasons": reasons, "metrics": metrics})
+                                           "reasons": reasons, "metrics": metrics,
+                                           "forecast": forecast})
         log.info("trained variant=%s version=%s promoted=%s ndcg=%.4f coverage=%.3f gini=%.3f"
                  " reasons=%s", variant, version, not reasons, metrics["ndcg"],
                  metrics["coverage"], metrics["gini"], reasons)
         out[variant] = {"version": version, "promoted": not reasons, "reasons": reasons,
-                        "metrics": metrics}
+                        "metrics": metrics, "forecast": forecast}
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_args(argv)
+    parser.add_argument("--result", type=Path, help="write the outcome per variant here (JSON)")
+    args = parser.parse_args(argv)
     setup_logging()
     settings = Settings()
     from backend.raycluster import init_ray
 
     init_ray(settings)
-    log.info("retrain finished result=%s", json.dumps(retrain(settings), default=str))
+    result = retrain(settings)
+    if args.result:
+        from backend.files import write_json
+
+        write_json(args.result, result)
+    log.info("retrain finished result=%s", json.dumps(result, default=str))
 
 
 if __name__ == "__main__":

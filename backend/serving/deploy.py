@@ -1,8 +1,9 @@
 """Deploy `serve_config.yaml` with the machine-specific values taken from Settings.
 
 The file stays a plain Serve config (`serve deploy` / `serve run` accept it); this fills in
-http_options, the builder's args and the RECO_* environment of every replica, then submits it
-the way `serve run <config>` does.
+http_options, the builder's args and the RECO_* environment of every replica, writes the result
+to `var/run/serve_config.deployed.yaml` (0600: it names the key digests) and hands it to
+`serve deploy`, so the config always goes through Serve's own CLI and REST API.
 """
 
 from __future__ import annotations
@@ -35,14 +36,25 @@ def effective_config(settings: Settings, path: Path = CONFIG) -> dict[str, Any]:
     return cfg
 
 
-def deploy(settings: Settings, path: Path = CONFIG) -> dict[str, Any]:
-    """Submit the effective config (non-blocking); returns it. Ray must be initialised."""
-    from ray.serve._private import api as serve_api  # what `serve run <config>` uses
-    from ray.serve.schema import ServeDeploySchema
+def deploy(settings: Settings, dashboard_url: str, path: Path = CONFIG) -> dict[str, Any]:
+    """`serve deploy` the effective config to the cluster whose Ray dashboard (Jobs and Serve
+    REST API) is at `dashboard_url`; returns the config. Non-blocking, like `serve deploy`."""
+    import os
+    import subprocess
+    import sys
+
+    from backend.errors import ConfigError
 
     cfg = effective_config(settings, path)
-    schema = ServeDeploySchema.model_validate(cfg)
-    client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
-                                   proxy_location=schema.proxy_location)
-    client.deploy_apps(schema, _blocking=False)
+    out_path = settings.run_dir / "serve_config.deployed.yaml"
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(cfg, fh, sort_keys=False)
+    url = dashboard_url if "://" in dashboard_url else f"http://{dashboard_url}"
+    serve_cli = Path(sys.executable).with_name("serve")
+    done = subprocess.run([str(serve_cli), "deploy", str(out_path), "--address", url],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise ConfigError(f"serve deploy refused {out_path}: {done.stderr[-2000:]}")
     return cfg

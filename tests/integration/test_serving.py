@@ -280,24 +280,6 @@ def test_simulator_closes_the_loop_through_the_api(served, movielens_wheel):
     assert snap["sla"]["probes"] == 1 and snap["sla"]["uptime"] == 1.0
     assert snap["ab"]["winner"]["reason"]
 
-    # the continuous job exports the headline figures as Prometheus gauges through Ray
-    job = subprocess.Popen([sys.executable, "-m", "jobs.analyze"], cwd=ROOT, start_new_session=True,
-                           env=env | {"RECO_SCHEDULE__ANALYZE_INTERVAL": "5"},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{served['head'].cfg.metrics_export_port}/metrics"
-    try:
-        deadline, found = time.monotonic() + 90, []
-        while not found and time.monotonic() < deadline:
-            time.sleep(2)
-            found = [line for line in httpx.get(url, timeout=5).text.splitlines()
-                     if line.startswith("ray_reco_analytics_coverage{")
-                     and 'variant="A"' in line]
-        assert found, "no analytics gauge reached Prometheus"
-        assert 0 < float(found[0].rsplit(" ", 1)[1]) <= 1
-    finally:
-        os.killpg(job.pid, signal.SIGTERM)
-        job.wait(timeout=30)
-
 
 DASHBOARD_PAGES = {"": "Overview", "fairness": "Fairness", "feedback": "Feedback loops",
                    "security": "Security", "abtest": "A/B test", "models": "Models",
@@ -384,6 +366,64 @@ def test_dashboard_in_a_real_browser(served):
                    headers={"X-API-Key": ADMIN}, timeout=30)
         if "before" in locals() and before.get("production"):
             served["registry"].promote("A", before["production"])
+
+
+def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
+    """The scheduler as a Ray job on the real head: analytics every few seconds (gauges reach
+    Prometheus), retrains on an interval; the first retrain crashes before promoting (a
+    failpoint) and leaves production untouched, the next one promotes or refuses with reasons,
+    and the two never overlap."""
+    from backend.files import read_jsonl
+
+    settings, registry = served["settings"], served["registry"]
+    before = {v: registry.aliases(v)["production"] for v in ("A", "B")}
+    env = {k: v for k, v in served["env"].items() if k.startswith("RECO_")} | {
+        "RECO_SCHEDULE__RETRAIN_INTERVAL": "12", "RECO_SCHEDULE__ANALYZE_INTERVAL": "5",
+        "RECO_FAILPOINTS": "retrain.before_promote=1",
+        "RECO_FAILPOINT_DIR": str(settings.var_dir / "failpoints"),
+        "RECO_TRAIN__FORECAST_VISITS": "100"}
+    client = served["head"].job_client()
+    job = client.submit_job(entrypoint=f"{sys.executable} -m jobs.schedule --tick 1",
+                            submission_id=f"reco-schedule-test-{int(time.time())}",
+                            runtime_env={"env_vars": env})
+    runs_file = settings.var_dir / "schedule" / "runs.jsonl"
+    url = f"http://127.0.0.1:{served['head'].cfg.metrics_export_port}/metrics"
+    try:
+        deadline, retrains, gauge = time.monotonic() + 240, [], []
+        while time.monotonic() < deadline and (len(retrains) < 2 or not gauge):
+            time.sleep(2)
+            retrains = [r for r in read_jsonl(runs_file) if r["kind"] == "retrain"]
+            gauge = gauge or [line for line in httpx.get(url, timeout=5).text.splitlines()
+                              if line.startswith("ray_reco_analytics_coverage{")
+                              and 'variant="A"' in line]
+        assert len(retrains) >= 2, (read_jsonl(runs_file), client.get_job_logs(job)[-3000:])
+        assert gauge and 0 < float(gauge[0].rsplit(" ", 1)[1]) <= 1
+        crashed, ok = retrains[0], retrains[1]
+        assert crashed["outcome"] == "FAILED" and crashed["production"] == before
+        assert "production is unchanged" in crashed["error"]
+        assert ok["outcome"] == "SUCCEEDED" and ok["start"] >= crashed["end"]
+        for v in ("A", "B"):
+            r = ok["result"][v]
+            assert r["promoted"] or r["reasons"], r
+            assert r["forecast_slope"] is not None
+            expected = r["version"] if r["promoted"] else before[v]
+            assert ok["production"][v] == expected
+            manifest = registry.verify(v, r["version"])
+            assert manifest["provenance"]["feedback_forecast"]["steps"] == 5
+        analyses = [r for r in read_jsonl(runs_file) if r["kind"] == "analyze"]
+        assert analyses and all(r["outcome"] == "SUCCEEDED" for r in analyses)
+        state = json.loads((settings.var_dir / "schedule" / "state.json").read_text())
+        assert set(state["next_due"]) == {"retrain", "analyze"}
+    finally:
+        client.stop_job(job)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+                j.status.value not in ("SUCCEEDED", "FAILED", "STOPPED")
+                for j in client.list_jobs()):
+            for j in client.list_jobs():
+                if j.status.value in ("PENDING", "RUNNING"):
+                    client.stop_job(j.submission_id)
+            time.sleep(1)
 
 
 def test_broker_down_serves_and_spools_writes(served):

@@ -1,0 +1,70 @@
+"""The deployment files are checked against their tools' own schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ray_cluster_yaml_validates_against_rays_schema():
+    from ray.autoscaler._private.util import validate_config
+
+    cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    validate_config(cfg)  # raises jsonschema.ValidationError on any schema violation
+    assert set(cfg["available_node_types"]) == {"head", "cpu_worker"}
+    setup = "\n".join(cfg["setup_commands"])
+    assert "--require-hashes" in setup and "requirements.lock" in setup
+    for cmd in cfg["head_start_ray_commands"][1:] + cfg["worker_start_ray_commands"][1:]:
+        assert "RAY_AUTH_MODE=token" in cmd and "RAY_AUTH_TOKEN_PATH=" in cmd
+    assert "--dashboard-host=127.0.0.1" in cfg["head_start_ray_commands"][1]
+
+
+def test_ray_schema_check_catches_a_broken_config():
+    import jsonschema
+    import pytest
+    from ray.autoscaler._private.util import validate_config
+
+    cfg = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    cfg["available_node_types"]["head"]["min_workers"] = "zero"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(cfg)
+
+
+def test_serve_config_validates_against_serves_schema():
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(cfg)
+    app = schema.applications[0]
+    assert app.import_path == "backend.serving.app:build_app"
+    scaled = {d["name"]: d for d in cfg["applications"][0]["deployments"]}
+    for name in ("VariantA", "VariantB"):
+        auto = scaled[name]["autoscaling_config"]
+        assert auto["min_replicas"] >= 1 and auto["max_replicas"] >= auto["min_replicas"]
+        assert auto["target_ongoing_requests"] > 0
+
+
+def test_dockerfile_passes_hadolint():
+    import subprocess
+    import sys
+
+    hadolint = Path(sys.executable).with_name("hadolint")
+    out = subprocess.run([str(hadolint), "--failure-threshold", "info", "Dockerfile"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = (ROOT / "Dockerfile").read_text()
+    assert "--require-hashes" in text and "USER 10001" in text and "HEALTHCHECK" in text
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\n")
+    hadolint = Path(sys.executable).with_name("hadolint")
+    out = subprocess.run([str(hadolint), str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "DL3007" in out.stdout

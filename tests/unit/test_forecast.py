@@ -1,0 +1,54 @@
+"""The pre-promotion feedback-loop forecast tells a narrowing model from a steady one."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from backend.forecast import forecast_gini_slope
+from backend.settings import SimSettings, TrainSettings
+from jobs.retrain import gate
+from tests.unit.test_simulation import NOW, world
+
+
+class _Fake:
+    """Recommends k of the `width` most interacted items, rotated per user."""
+
+    narrowing = False
+
+    def fit(self, frame: pd.DataFrame, items, users):
+        popular = frame.groupby("item_id").size().sort_values(ascending=False, kind="stable")
+        order = popular.index.tolist() + [i for i in items["item_id"] if i not in popular]
+        steps = frame["ts"].nunique() - 1  # the forecast adds one timestamp per step
+        width = max(10, 80 - 15 * steps) if self.narrowing else 80
+        self.pool = order[:width]
+        return self
+
+    def recommend_many(self, users, k):
+        n = len(self.pool)
+        return {u: [self.pool[(u * 7 + j) % n] for j in range(k)] for u in users}
+
+
+class _Narrowing(_Fake):
+    narrowing = True
+
+
+def _run(model_cls):
+    ratings, items, users = world()
+    inter = ratings.assign(ts=pd.Timestamp(NOW), watched=True)
+    return forecast_gini_slope(model_cls, inter, items, users, ratings,
+                               SimSettings(rank=4, seed=1), steps=4, visits=60, k=5,
+                               limit=0.01)
+
+
+def test_narrowing_model_is_forecast_to_concentrate_and_refused():
+    out = _run(_Narrowing)
+    assert out["exceeds"] and out["slope"] > 0.05
+    assert out["gini"] == sorted(out["gini"])
+    reasons = gate({"ndcg": 0.2, "coverage": 0.5, "gini": 0.5}, None, TrainSettings(), out)
+    assert reasons and "forecast Gini slope" in reasons[0]
+
+
+def test_steady_model_passes():
+    out = _run(_Fake)
+    assert not out["exceeds"] and out["slope"] <= 0.01 and len(out["gini"]) == 4
+    assert gate({"ndcg": 0.2, "coverage": 0.5, "gini": 0.5}, None, TrainSettings(), out) == []
