@@ -28,12 +28,13 @@ status: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Debian's chromium for the browser test (Playwright drives it; it downloads no browser)
-CHROMIUM := /usr/bin/chromium
-$(CHROMIUM):
-	apt-get update && apt-get install -y chromium
+# Debian packages the tests use: chromium for the browser test (Playwright drives it; it
+# downloads no browser), stunnel4 for the broker's TLS front
+DEBS := /usr/bin/chromium /usr/bin/stunnel4
+$(DEBS):
+	apt-get update && apt-get install -y chromium stunnel4
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(DEBS)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

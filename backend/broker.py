@@ -4,7 +4,8 @@ Loopback only, memory storage, one process tracked by a pid file under `var/run/
 gets a fresh cluster id, so clients can tell a restarted (and therefore empty) broker from the
 one they were talking to. Known defects of this build, designed around elsewhere: memory
 storage only; a high-watermark that is wrong for multi-record batches (never compute lag or
-bounded reads from `end_offsets`); TLS/SASL unusable.
+bounded reads from `end_offsets`); TLS/SASL unusable (with `kafka.embedded_tls` a stunnel
+front in `backend.tls` provides TLS instead, and tansu advertises the TLS port).
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ class EmbeddedBroker:
             raise ConfigError(f"embedded broker must listen on loopback, not {kafka.embedded_host}")
         self.host, self.port = kafka.embedded_host, kafka.embedded_port
         self.run_dir = Path(run_dir)
+        self.tls = None
+        if kafka.embedded_tls:
+            from backend.tls import TlsFront
+
+            self.tls = TlsFront(self.run_dir.parent / "tls", self.run_dir,
+                                f"{self.host}:{kafka.embedded_tls_port}", self.address)
         self.pid_file = self.run_dir / "broker.pid"
         self.log_file = self.run_dir / "broker.log"
 
@@ -104,20 +111,27 @@ class EmbeddedBroker:
 
     def status(self) -> dict[str, object]:
         pid = self.pid()
-        return {"running": pid is not None, "pid": pid, "address": self.address,
-                "reachable": port_open(self.host, self.port)}
+        out: dict[str, object] = {"running": pid is not None, "pid": pid,
+                                  "address": self.address,
+                                  "reachable": port_open(self.host, self.port)}
+        if self.tls is not None:
+            out["tls"] = {"pid": self.tls.pid(), "address": self.tls.accept}
+        return out
 
     def start(self, timeout: float = 15.0) -> int:
         """Start the broker unless ours is already running; returns its pid."""
         pid = self.pid()
         if pid is not None:
+            if self.tls is not None:
+                self.tls.start()
             return pid
         if port_open(self.host, self.port):
             raise ConfigError(f"port {self.address} is taken by another process")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.tls.accept}" if self.tls is not None else url
         cmd = [tansu_binary(), "broker", "--cluster-id", f"reco-{uuid.uuid4().hex[:12]}",
-               "--listener-url", url, "--advertised-listener-url", url,
+               "--listener-url", url, "--advertised-listener-url", advertised,
                "--storage-engine", "memory://tansu/"]
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
@@ -129,11 +143,15 @@ class EmbeddedBroker:
                 raise ConfigError(f"broker exited with {proc.returncode}; see {self.log_file}")
             if port_open(self.host, self.port):
                 log.info("broker started pid=%s address=%s", proc.pid, self.address)
+                if self.tls is not None:
+                    self.tls.start()
                 return proc.pid
             time.sleep(0.1)
         raise ConfigError(f"broker did not listen on {self.address} within {timeout}s")
 
     def stop(self) -> bool:
+        if self.tls is not None:
+            self.tls.stop()
         pid = self.pid()
         stopped = pid is not None and stop_pid(pid, "tansu")
         self.pid_file.unlink(missing_ok=True)

@@ -204,7 +204,7 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool =
              f"({settings.sim.background_rps} visits/s)")
     start_dashboard(settings, echo)
     deadline = t0 + wait
-    while not all(state := health(settings, sim)).values():
+    while not all((state := health(settings, sim)).values()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"not healthy after {wait:.0f} s: "
                                f"{[k for k, ok in state.items() if not ok]}")

@@ -23,6 +23,9 @@ class KafkaSettings(BaseModel):
     bootstrap_servers: str | None = None
     embedded_host: str = "127.0.0.1"
     embedded_port: int = 9092
+    embedded_tls: bool = Field(False, description=(
+        "TLS front (stunnel) for the embedded broker; clients then use SSL with var/tls/ca.pem"))
+    embedded_tls_port: int = 9093
     partitions: int = Field(3, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1)
     client_id: str = "reco"
@@ -49,7 +52,8 @@ class KafkaSettings(BaseModel):
 
     @property
     def servers(self) -> str:
-        return self.bootstrap_servers or f"{self.embedded_host}:{self.embedded_port}"
+        port = self.embedded_tls_port if self.embedded_tls else self.embedded_port
+        return self.bootstrap_servers or f"{self.embedded_host}:{port}"
 
     def client_config(self) -> dict[str, Any]:
         """Keyword arguments shared by kafka-python producers, consumers and admin clients."""
@@ -227,6 +231,10 @@ class Settings(BaseSettings):
     def _resolve(self) -> Settings:
         if self.kafka_bootstrap_servers:
             self.kafka.bootstrap_servers = self.kafka_bootstrap_servers
+        if self.kafka.embedded and self.kafka.embedded_tls:
+            self.kafka.security_protocol = "SSL"
+            if self.kafka.ssl_cafile is None:
+                self.kafka.ssl_cafile = self.var_dir.resolve() / "tls" / "ca.pem"
         self.var_dir = self.var_dir.resolve()
         if self.lake.root is None:
             self.lake.root = self.var_dir / "lake"
