@@ -121,6 +121,59 @@ def lake_stats(as_json: bool) -> None:
         click.echo(f"{topic:<16}{st['rows']:>10}{st['files']:>8}  {st['newest_ts'] or '-'}")
 
 
+@main.group()
+def dlq() -> None:
+    """Dead letters: what the ingest job refused, and why."""
+
+
+def _dead_letters(topic: str | None, contains: str | None):
+    from backend.lake import Lake
+
+    frame = Lake(_settings().lake_root).read("events.dlq")
+    if topic:
+        frame = frame[frame["source_topic"] == topic]
+    if contains:
+        frame = frame[frame["error"].str.contains(contains, regex=False)]
+    return frame
+
+
+@dlq.command("list")
+@click.option("--topic", help="only dead letters from this topic")
+@click.option("--contains", help="only errors containing this text")
+def dlq_list(topic: str | None, contains: str | None) -> None:
+    """Counts by source topic and reason (the reason's first line)."""
+    frame = _dead_letters(topic, contains)
+    reasons = frame["error"].str.split("\n").str[0].str.slice(0, 100)
+    counts = frame.assign(reason=reasons).groupby(["source_topic", "reason"]).size()
+    for (src, reason), n in counts.sort_values(ascending=False).items():
+        click.echo(f"{n:>8}  {src:<14}  {reason}")
+    click.echo(f"{len(frame):>8}  total")
+
+
+@dlq.command("replay")
+@click.option("--topic", help="only dead letters from this topic")
+@click.option("--contains", help="only errors containing this text")
+@click.option("--yes", is_flag=True, help="do it (default: say what would be replayed)")
+def dlq_replay(topic: str | None, contains: str | None, yes: bool) -> None:
+    """Produce the raw messages back to their source topics (after a fix upstream or a
+    contract change): the ingest job validates them again, lands the valid ones (deduplicated
+    by event_id) and dead-letters the rest again."""
+    from backend.kafka import EventProducer
+
+    frame = _dead_letters(topic, contains)
+    frame = frame[frame["source_topic"].isin(["events.rating", "events.watch", "events.reco"])]
+    if not yes:
+        click.echo(f"would replay {len(frame)} dead letters; add --yes")
+        return
+    s = _settings()
+    producer = EventProducer(s.kafka, s.spool_dir)
+    for row in frame.itertuples():
+        key = row.key.encode() if isinstance(row.key, str) else None
+        producer.send_raw(row.source_topic, row.raw.encode(), key)
+    producer.close()
+    click.echo(f"replayed {len(frame)} dead letters")
+
+
 @main.command()
 @click.option("--once", is_flag=True, help="stop once the topics are drained")
 @click.option("--actors", type=int, default=None, help="default: one per partition")
@@ -384,6 +437,14 @@ def dashboard(port: int) -> None:
         sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1",
         "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false"]))
+
+
+@main.command("config-doc")
+def config_doc() -> None:
+    """Print the configuration reference (docs/configuration.md) generated from Settings."""
+    from backend.configdoc import render
+
+    click.echo(render(), nl=False)
 
 
 # -- the platform -------------------------------------------------------------------------
