@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
@@ -76,3 +78,23 @@ def test_bootstrap_lands_all_movielens_ratings(platform, movielens_wheel):
     model_json.write_text(model_json.read_text().replace("50", "51"))
     out = reco(platform, "models", "verify")
     assert out.returncode == 1 and "A/v0001: model.json does not match its digest" in out.stdout
+
+
+def test_ray_job_submit_needs_the_token(ray_head):
+    """Token auth on the head `reco up` starts: `ray job submit` without the token is refused
+    (CVE-2023-48022: unauthenticated job submission), with it the job runs."""
+    from backend.raycluster import ray_env
+    from tests.integration.conftest import _clean_env
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    cmd = [ray_cli, "job", "submit", "--address", ray_head.dashboard_url, "--", sys.executable,
+           "-c", "print('token-ok')"]
+    refused = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and "token-ok" not in refused.stdout
+    wrong = _clean_env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+    refused = subprocess.run(cmd, env=wrong, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "token-ok" not in refused.stdout
+    ok = subprocess.run(cmd, env=_clean_env() | ray_env(ray_head.settings), capture_output=True,
+                        text=True, timeout=180)
+    assert ok.returncode == 0 and "token-ok" in ok.stdout, ok.stderr[-2000:]
