@@ -98,3 +98,11 @@ def counter_bars(df: pd.DataFrame, x: str, title: str) -> alt.Chart:
     return alt.Chart(df, title=title).mark_bar().encode(
         x=alt.X(f"{x}:N", title=None), y=alt.Y("value:Q", title="count"),
         tooltip=[x, "value"]).properties(height=200)
+
+
+def rate_lines(df: pd.DataFrame) -> alt.Chart:
+    """Events per second per topic over time (columns minute, topic, per_second)."""
+    return alt.Chart(df, title="events/s per topic").mark_line(point=True).encode(
+        x=alt.X("minute:T", title=None), y=alt.Y("per_second:Q", title="events/s"),
+        color="topic:N", tooltip=["minute:T", "topic:N", alt.Tooltip("per_second:Q",
+                                                                    format=".2f")])

@@ -18,6 +18,12 @@ import streamlit as st
 from backend.settings import Settings
 
 REFRESH = "5s"
+RANGES = {"15 min": 15, "1 hour": 60, "6 hours": 360, "24 hours": 1440, "7 days": 10080}
+
+
+def range_minutes() -> int:
+    """The sidebar's time range (kept in session state across pages and refreshes)."""
+    return RANGES[st.session_state.get("time_range", "1 hour")]
 
 
 @st.cache_resource
@@ -97,6 +103,52 @@ def registry_versions(var_dir: str) -> pd.DataFrame:
                          "git": str(prov.get("git_sha", ""))[:10],
                          "created": manifest.get("created")})
     return pd.DataFrame(rows)
+
+
+@st.cache_data(ttl=15)
+def lake_times(lake_root: str, minutes: int) -> pd.DataFrame:
+    """(topic, ts) of every lake event in the last `minutes`: the `ts` column only."""
+    from backend.events import EVENT_MODELS
+    from backend.lake import Lake
+
+    lake, cutoff = Lake(Path(lake_root)), pd.Timestamp.now(tz="UTC") - pd.Timedelta(
+        minutes=minutes)
+    frames = []
+    for topic in EVENT_MODELS:
+        ts = lake.read(topic, columns=["ts"])["ts"]
+        frames.append(pd.DataFrame({"topic": topic, "ts": ts[ts >= cutoff]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@st.cache_data(ttl=15)
+def dead_letters(lake_root: str) -> pd.DataFrame:
+    """Dead letters with their source topic, time and reason (the error's first line)."""
+    from backend.lake import Lake
+
+    dlq = Lake(Path(lake_root)).read("events.dlq", columns=["ts", "source_topic", "error"])
+    return dlq.assign(reason=dlq["error"].str.split("\n").str[0].str.slice(0, 120))
+
+
+@st.cache_data(ttl=5)
+def schedule_runs(var_dir: str, limit: int = 50) -> pd.DataFrame:
+    """The scheduler's latest runs, newest first."""
+    from backend.files import read_jsonl
+
+    runs = read_jsonl(Path(var_dir) / "schedule" / "runs.jsonl")[-limit:][::-1]
+    rows = []
+    for r in runs:
+        result = r.get("result") or {}
+        rows.append({
+            "kind": r["kind"], "outcome": r["outcome"],
+            "start": pd.Timestamp(r["start"], unit="s", tz="UTC"),
+            "seconds": round(r["end"] - r["start"], 1),
+            "promoted": ", ".join(f"{v} {x['version']}" for v, x in result.items()
+                                  if x["promoted"]),
+            "refused": "; ".join(f"{v} {x['version']}: {', '.join(x['reasons'])}"
+                                 for v, x in result.items() if not x["promoted"]),
+            "note": r.get("error", "")})
+    return pd.DataFrame(rows, columns=["kind", "outcome", "start", "seconds", "promoted",
+                                       "refused", "note"])
 
 
 @st.cache_data(ttl=10)
@@ -196,3 +248,30 @@ def history_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
                          "recommendations": snap["counts"]["recommendations"]})
     return pd.DataFrame(rows, columns=["end", "variant", "coverage", "gini", "top10_share",
                                        "recommendations"])
+
+
+def event_rates(times: pd.DataFrame, minutes: int) -> pd.DataFrame:
+    """Events per second per topic in one-minute bins (or coarser for long ranges)."""
+    if times.empty:
+        return pd.DataFrame(columns=["minute", "topic", "per_second"])
+    step = max(1, minutes // 120)
+    binned = times.assign(minute=times["ts"].dt.floor(f"{step}min"))
+    out = binned.groupby(["minute", "topic"]).size().rename("n").reset_index()
+    return out.assign(per_second=out["n"] / (60 * step)).drop(columns="n")
+
+
+def request_rate(prom: pd.DataFrame, previous: tuple[float, float] | None, now: float
+                 ) -> tuple[float | None, tuple[float, float] | None]:
+    """Requests/s between two scrapes of `reco_requests_total` (summed over routes and
+    replicas); returns (rate or None on the first scrape, the state to keep)."""
+    if prom.empty or "name" not in prom:
+        return None, None
+    total = float(prom.loc[prom["name"] == "reco_requests_total", "value"].sum())
+    if previous is None or now <= previous[0] or total < previous[1]:
+        return None, (now, total)
+    return (total - previous[1]) / (now - previous[0]), (now, total)
+
+
+def in_range(history: pd.DataFrame, minutes: int) -> pd.DataFrame:
+    cutoff = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=minutes)
+    return history[history["end"] >= cutoff] if not history.empty else history

@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from dashboard.data import RANGES
+
 st.set_page_config(page_title="Recommender operations", layout="wide")
 pages = [
     st.Page("app_pages/overview.py", title="Overview", default=True),
@@ -12,4 +14,7 @@ pages = [
     st.Page("app_pages/models.py", title="Models"),
     st.Page("app_pages/stream.py", title="Stream"),
 ]
-st.navigation(pages).run()
+nav = st.navigation(pages)
+st.sidebar.selectbox("time range", list(RANGES), index=1, key="time_range",
+                     help="how far back the time-series charts reach (snapshots, event rates)")
+nav.run()

@@ -32,6 +32,12 @@ def body() -> None:
                             f"{req['parity']['value']:.3f}, "
                             f"{'fails' if 'parity' in failed else 'holds'})")
     st.altair_chart(charts.metric_bars(data.fairness_frame(snap), "exposure per variant"))
+    history = data.in_range(data.history_frame(data.snapshot_history(str(s.var_dir))),
+                            data.range_minutes())
+    if len(history) > 1:
+        cols = st.columns(2)
+        for col, metric in zip(cols, ("coverage", "gini"), strict=True):
+            col.altair_chart(charts.history_lines(history, metric), use_container_width=True)
     seg = data.segment_frame(snap)
     if seg.empty:
         st.info("No diversity figures yet (needs recommendations with genre data).")

@@ -27,3 +27,15 @@ else:
         status, body = data.admin_post("/admin/rollback", {"variant": variant})
         (st.success if status == 200 else st.error)(f"{status}: {body}")
         data.registry_versions.clear()
+
+st.subheader("Scheduled runs")
+runs = data.schedule_runs(str(s.var_dir))
+if runs.empty:
+    st.info("No scheduled run yet: the scheduler job (`reco up`) retrains every "
+            f"{s.schedule.retrain_interval} s and runs analytics every "
+            f"{s.schedule.analyze_interval} s.")
+else:
+    retrains = runs[runs["kind"] == "retrain"]
+    st.caption(f"{len(retrains)} retrains and {len(runs) - len(retrains)} analytics runs "
+               "shown, newest first; a refused promotion lists its reasons")
+    st.dataframe(runs, hide_index=True)

@@ -1,5 +1,7 @@
 """Is the system healthy, and what serves?"""
 
+import time
+
 import streamlit as st
 
 from dashboard import data
@@ -24,6 +26,11 @@ def body() -> None:
                        help="verified production version; refused versions listed below")
         cols[3].metric("spool depth", health["spool_depth"],
                        help="events waiting on disk for the broker")
+        rate, st.session_state["req_scrape"] = data.request_rate(
+            data.prometheus(), st.session_state.get("req_scrape"), time.time())
+        st.metric("requests/s now", "measuring..." if rate is None else f"{rate:.1f}",
+                  help="all API requests per second between the last two scrapes of "
+                       "/metrics (reco_requests_total summed over routes and replicas)")
         for v, st_v in health["variants"].items():
             for version, why in (st_v.get("refused") or {}).items():
                 st.warning(f"variant {v} refused {version}: {why}")
@@ -36,8 +43,8 @@ def body() -> None:
     cols = st.columns(4)
     cols[0].metric("uptime", "-" if sla["uptime"] is None else f"{sla['uptime']:.1%}",
                    help="share of /health probes answered (ok or degraded) in the window")
-    cols[1].metric("requests/s", f"{snap['counts']['recommendations'] / (minutes * 60):.2f}",
-                   help="recommendations served per second over the window")
+    cols[1].metric("recommendations/s", f"{snap['counts']['recommendations'] / (minutes * 60):.2f}",
+                   help="recommendations logged per second over the analytics window")
     cols[2].metric("error rate", "-" if sla["error_rate"] is None
                    else f"{sla['error_rate']:.1%}", help="failed health probes")
     cols[3].metric("window", f"{minutes:g} min", help=f"ends {snap['window']['end']}")

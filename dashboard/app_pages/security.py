@@ -31,6 +31,11 @@ def body() -> None:
                                    for k, v in sp["flagged"].items()]), hide_index=True)
     else:
         st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
+    dlq = data.dead_letters(str(s.lake_root))
+    st.metric("dead letters", len(dlq), help="refused messages, each kept with its reason")
+    if not dlq.empty:
+        st.dataframe(dlq.groupby("reason").size().rename("count").reset_index()
+                     .sort_values("count", ascending=False), hide_index=True)
     if prom.empty or "name" not in prom:
         st.info("API metrics unavailable: the API is down.")
         return

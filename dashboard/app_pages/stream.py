@@ -19,7 +19,23 @@ def body() -> None:
     for col, (topic, st_) in zip(cols, stats.items(), strict=True):
         col.metric(topic, f"{st_['rows']:,}", help=f"rows in the lake; newest {st_['newest_ts']}")
     st.altair_chart(charts.counter_bars(frame, "topic", "events in the lake"))
-    history = data.history_frame(data.snapshot_history(str(s.var_dir)))
+    minutes = data.range_minutes()
+    rates = data.event_rates(data.lake_times(str(s.lake_root), minutes), minutes)
+    if rates.empty:
+        st.info("No events landed in the selected time range: start traffic with "
+                "`reco simulate` (or `make up`, which runs the simulator).")
+    else:
+        st.altair_chart(charts.rate_lines(rates), use_container_width=True)
+    dlq = data.dead_letters(str(s.lake_root))
+    st.metric("dead letters (all time)", len(dlq),
+              help="messages the ingest job refused (malformed, oversized, out of range), "
+                   "kept with the reason in events.dlq; `reco dlq list` / `replay`")
+    if not dlq.empty:
+        reasons = dlq.groupby(["source_topic", "reason"]).size().rename("count")
+        st.dataframe(reasons.reset_index().sort_values("count", ascending=False),
+                     hide_index=True)
+    history = data.in_range(data.history_frame(data.snapshot_history(str(s.var_dir))),
+                            minutes)
     if not history.empty:
         st.altair_chart(charts.history_lines(history, "recommendations"),
                         use_container_width=True)

@@ -4,6 +4,7 @@ chart builders return valid Vega-Lite specs."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from backend.analytics import AnalyticsLogic
+from backend.files import append_jsonl
 from backend.settings import AnalyticsSettings
 from dashboard import charts, data
 from tests.conftest import free_port
@@ -24,6 +26,36 @@ def snapshot() -> dict:
     _, log, watch, rating = make_log()
     return AnalyticsLogic(AnalyticsSettings(window_minutes=60, echo_windows=2)).snapshot(
         log, watch, rating, ITEMS, USERS, END)
+
+
+NOW = pd.Timestamp.now(tz="UTC").floor("min")
+RETRAIN_RUN = {"kind": "retrain", "id": "reco-retrain-1", "start": 1.7e9, "end": 1.7e9 + 30,
+               "outcome": "SUCCEEDED", "production": {"A": "v0002", "B": "v0001"},
+               "result": {"A": {"version": "v0002", "promoted": True, "reasons": [],
+                                "forecast_slope": -0.002},
+                          "B": {"version": "v0002", "promoted": False,
+                                "reasons": ["forecast Gini slope +0.0200/cycle exceeds"],
+                                "forecast_slope": 0.02}}}
+
+
+def lake_fixture(root: Path) -> None:
+    """Ratings in the last minutes and three dead letters, written as the ingest job would."""
+    from backend.batch import validate
+    from backend.events import DlqEvent, RatingEvent
+    from backend.lake import Lake
+
+    def landed(model, recs):
+        frame = validate(model, recs).valid.drop(columns="_pos")
+        return frame.assign(kafka_partition=0, kafka_offset=range(len(frame)))
+
+    lake = Lake(root)
+    lake.write("events.rating", landed(RatingEvent, [
+        {"event_id": str(uuid.uuid4()), "ts": (NOW - pd.Timedelta(minutes=i % 3)).isoformat(),
+         "user_id": i + 1, "item_id": 5, "rating": 3} for i in range(30)]))
+    lake.write("events.dlq", landed(DlqEvent, [
+        {"event_id": str(uuid.uuid4()), "ts": NOW.isoformat(), "source_topic": "events.rating",
+         "partition": 0, "offset": i, "raw": "{", "error": why} for i, why in
+        enumerate(["malformed JSON: x\ndetail", "malformed JSON: y", "oversized: 20000"])]))
 
 
 @pytest.fixture
@@ -44,6 +76,8 @@ def var(tmp_path, monkeypatch):
     registry = open_registry(Settings(var_dir=tmp_path), signer=True)
     for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
         registry.promote(variant, registry.register(variant, model.fit(*dataset()), {}, {}))
+    lake_fixture(tmp_path / "lake")
+    append_jsonl(tmp_path / "schedule" / "runs.jsonl", RETRAIN_RUN)
     st.cache_data.clear()
     st.cache_resource.clear()
     yield tmp_path
@@ -78,7 +112,8 @@ def test_overview_figures_match_the_snapshot(var):
     at = AppTest.from_file(str(PAGES / "overview.py"), default_timeout=60).run()
     shown = {m.label: m.value for m in at.metric}
     minutes = snap["window"]["minutes"]
-    assert shown["requests/s"] == f"{snap['counts']['recommendations'] / (minutes * 60):.2f}"
+    assert shown["recommendations/s"] == \
+        f"{snap['counts']['recommendations'] / (minutes * 60):.2f}"
     at = AppTest.from_file(str(PAGES / "fairness.py"), default_timeout=60).run()
     shown = {m.label: m.value for m in at.metric}
     assert shown["A: catalog coverage"] == f"{snap['fairness']['A']['coverage']:.3f}"
@@ -97,6 +132,8 @@ def test_chart_builders_return_valid_specs():
         charts.p_value_line(data.sequential_frame(snap), 0.05),
         charts.history_lines(data.history_frame([snap]), "gini"),
         charts.counter_bars(pd.DataFrame({"status": ["401"], "value": [2.0]}), "status", "t"),
+        charts.rate_lines(data.event_rates(pd.DataFrame(
+            {"topic": ["events.rating"] * 3, "ts": [NOW] * 3}), 60)),
     ]
     for chart in built:
         spec = chart.to_dict()  # validates against the Vega-Lite schema
@@ -110,3 +147,32 @@ def test_the_app_navigates_to_its_default_page(var):
     at = AppTest.from_file(str(app), default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Overview"
+
+
+def test_stream_and_models_pages_show_rates_dead_letters_and_runs(var):
+    at = AppTest.from_file(str(PAGES / "stream.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["dead letters (all time)"] == "3" and shown["events.rating"] == "30"
+    reasons = at.dataframe[0].value
+    assert dict(zip(reasons["reason"], reasons["count"], strict=True)) == {
+        "malformed JSON: x": 1, "malformed JSON: y": 1, "oversized: 20000": 1}
+    at = AppTest.from_file(str(PAGES / "models.py"), default_timeout=60).run()
+    runs = at.dataframe[-1].value
+    assert runs.loc[0, "promoted"] == "A v0002"
+    assert "forecast Gini slope" in runs.loc[0, "refused"]
+
+
+def test_event_rates_and_request_rate_are_computed_not_typed():
+    times = pd.DataFrame({"topic": ["events.rating"] * 120 + ["events.watch"] * 60,
+                          "ts": [NOW] * 120 + [NOW - pd.Timedelta(minutes=1)] * 60})
+    rates = data.event_rates(times, 60).set_index(["topic", "minute"])["per_second"]
+    assert rates[("events.rating", NOW)] == 2.0 and rates[("events.watch",
+                                                           NOW - pd.Timedelta(minutes=1))] == 1.0
+    prom = pd.DataFrame({"name": ["reco_requests_total"] * 2 + ["other"], "value": [50, 70, 9]})
+    rate, state = data.request_rate(prom, None, 100.0)
+    assert rate is None and state == (100.0, 120.0)
+    later = prom.assign(value=[80, 100, 9])
+    rate, state = data.request_rate(later, state, 110.0)
+    assert rate == 6.0 and state == (110.0, 180.0)
+    assert data.request_rate(pd.DataFrame(), state, 120.0) == (None, None)
