@@ -141,8 +141,10 @@ class RayHead:
                "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
                "--include-dashboard=true", "--disable-usage-stats",
                f"--temp-dir={self.temp_dir}"]
-        if c.num_cpus:
-            cmd.append(f"--num-cpus={c.num_cpus}")
+        # logical CPUs: the long-running actors (ingest, serving, scheduler) reserve fractions
+        # that add up to about 2; with only the 2 physical cores a retrain's Ray Data read
+        # task would wait for a free CPU forever
+        cmd.append(f"--num-cpus={c.num_cpus or max(4, 2 * (os.cpu_count() or 1))}")
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.settings.run_dir / "ray-start.log", "ab") as out:
             # jobs submitted as `ray job submit -- python -m jobs.x` find this environment's

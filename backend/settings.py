@@ -191,6 +191,8 @@ class AnalyticsSettings(BaseModel):
 
 class ScheduleSettings(BaseModel):
     retrain_interval: int = Field(3 * 3600, ge=10, description="seconds between retrains")
+    retrain_timeout: int = Field(3600, ge=10, description=(
+        "a retrain running longer is stopped (production stays) and the next one may start"))
     analyze_interval: int = Field(60, ge=5)
 
 
@@ -203,7 +205,8 @@ class RaySettings(BaseModel):
     client_port: int = 10001
     dashboard_agent_port: int = 52365
     metrics_export_port: int = 8090
-    num_cpus: int | None = None
+    num_cpus: int | None = Field(None, description=(
+        "logical CPUs of the head `reco up` starts; default max(4, 2 x cores)"))
 
 
 class Settings(BaseSettings):

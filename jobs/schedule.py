@@ -108,11 +108,16 @@ class Scheduler:
         return job_id
 
     def poll(self, now: float) -> list[dict]:
-        """Record the runs that ended since the last poll."""
+        """Record the runs that ended since the last poll; stop a retrain that overran."""
         done = []
-        for kind, (job_id, _) in list(self.logic.running.items()):
+        for kind, (job_id, start) in list(self.logic.running.items()):
             status = getattr(s := self.client.get_job_status(job_id), "value", str(s))
-            if status not in TERMINAL:
+            overran = (kind == "retrain" and status not in TERMINAL
+                       and now - start > self.settings.schedule.retrain_timeout)
+            if overran:
+                self.client.stop_job(job_id)
+                status = "TIMEOUT"
+            elif status not in TERMINAL:
                 continue
             record = self.logic.finished(kind, status, now)
             if kind == "retrain":

@@ -45,6 +45,9 @@ class FakeJobs:
     def get_job_status(self, job_id):
         return self.jobs[job_id]
 
+    def stop_job(self, job_id):
+        self.jobs[job_id] = "STOPPED"
+
 
 def test_scheduler_records_outcomes_and_production(settings):
     settings.schedule.retrain_interval, settings.schedule.analyze_interval = 60, 10
@@ -70,3 +73,19 @@ def test_scheduler_records_outcomes_and_production(settings):
     again = Scheduler(settings, jobs)
     assert "analyze" in again.logic.running
     assert again.logic.next_due("retrain") == t0 + 61 + 60
+
+
+def test_an_overrunning_retrain_is_stopped_and_recorded(settings):
+    settings.schedule.retrain_interval, settings.schedule.retrain_timeout = 60, 100
+    jobs = FakeJobs()
+    sched = Scheduler(settings, jobs)
+    t0 = sched.logic.started
+    sched.step(t0 + 60)
+    retrain_id = next(i for i, _ in jobs.submitted if "retrain" in i)
+    sched.step(t0 + 150)
+    assert jobs.jobs[retrain_id] == "RUNNING"  # within its time
+    sched.step(t0 + 161)
+    assert jobs.jobs[retrain_id] == "STOPPED"
+    run = [r for r in read_jsonl(settings.var_dir / "schedule" / "runs.jsonl")
+           if r["kind"] == "retrain"][0]
+    assert run["outcome"] == "TIMEOUT" and "production is unchanged" in run["error"]
