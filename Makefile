@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down status test test-slow lint bench bench-loop clean-venv
+.PHONY: install up down status test test-slow lint bench bench-loop demo clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/spam.py
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/serve.py
+
+# the recorded dashboard walkthrough (the platform must be up: `make up`)
+demo: $(STAMP) /usr/bin/chromium
+	command -v ffmpeg >/dev/null || (apt-get update && apt-get install -y ffmpeg)
+	$(BIN)/reco demo-record
 
 bench-loop: $(STAMP)
 	$(BIN)/reco data fetch

@@ -447,6 +447,15 @@ def config_doc() -> None:
     click.echo(render(), nl=False)
 
 
+@main.command("demo-record")
+def demo_record() -> None:
+    """Record the dashboard walkthrough (video, GIF, captions) into var/demo/ (needs `make up`
+    and Debian's chromium and ffmpeg: `make demo` installs them)."""
+    from backend.demo import record
+
+    click.echo(json.dumps(record(_settings())))
+
+
 # -- the platform -------------------------------------------------------------------------
 
 

@@ -176,3 +176,13 @@ def test_event_rates_and_request_rate_are_computed_not_typed():
     rate, state = data.request_rate(later, state, 110.0)
     assert rate == 6.0 and state == (110.0, 180.0)
     assert data.request_rate(pd.DataFrame(), state, 120.0) == (None, None)
+
+
+def test_demo_captions_and_stitching_commands():
+    from backend.demo import ffmpeg_commands, srt
+
+    text = srt([("Overview", 0, 8), ("Fairness", 8, 16)])
+    assert text.startswith("1\n00:00:00,000 --> 00:00:08,000\nOverview\n\n2\n00:00:08,000")
+    video, gif = ffmpeg_commands(Path("/f"), Path("/o"))
+    assert video[-1] == "/o/demo.mp4" and "-framerate" in video and "libx264" in video
+    assert gif[-1] == "/o/preview.gif"
