@@ -30,7 +30,8 @@ CAPTION_JS = """(text) => {
   if (!d) {
     d = document.createElement('div');
     d.id = 'reco-demo-caption';
-    d.style.cssText = 'position:fixed;left:0;right:0;bottom:0;z-index:99999;padding:14px 24px;'
+    d.style.cssText = 'position:fixed;left:0;right:0;bottom:0;z-index:2147483647;'
+      + 'padding:14px 24px;'
       + 'background:rgba(20,20,30,.88);color:#fff;font:20px/1.35 sans-serif;';
     document.body.appendChild(d);
   }
@@ -132,24 +133,30 @@ def record(settings: Settings, out: Path | None = None) -> dict:
         for _ in range(4):  # 0.05 per key press
             page.keyboard.press("ArrowLeft")
         page.get_by_role("button", name="apply split").click()
-        page.get_by_text("'split'").first.wait_for(timeout=30_000)
+        page.locator('[data-testid="stAlert"]').first.wait_for(timeout=30_000)
         return "(split moved 4 steps towards B and applied live: no replica restarts)"
 
     def promote(page) -> str:
         page.get_by_role("button", name="promote (verifies first)").click()
-        page.get_by_text("200:").or_(page.get_by_text("40")).first.wait_for(timeout=30_000)
-        return "(the newest version of A was verified and promoted through the admin API)"
+        alert = page.locator('[data-testid="stAlert"]').first
+        alert.wait_for(timeout=30_000)
+        return f"(admin API answered {alert.inner_text()[:60]})"
 
     def planted_attack(page) -> str:
-        gt = _reco(settings, "simulate", "--rps", "12", "--duration", "25", "--seed", "99",
-                   env={"RECO_SIM__BOT_SHARE": "0.15", "RECO_SIM__BOT_ACTIVITY": "10"})
-        attack.update(json.loads(gt.strip().splitlines()[-1]))
+        summary = _reco(settings, "simulate", "--rps", "12", "--duration", "30", "--seed",
+                        "99", env={"RECO_SIM__BOT_SHARE": "0.05"})
+        attack.update(json.loads(summary.strip().splitlines()[-1]))
         time.sleep(3)  # the last events land
         _reco(settings, "analyze", "--once")
+        snap = json.loads((settings.var_dir / "analytics" / "latest.json").read_text())
+        truth = json.loads((settings.var_dir / "sim" / "ground_truth.json").read_text())
+        flagged = set(snap["spam"]["flagged"]["combined"])
+        attack.update(flagged=len(flagged), bots_flagged=len(flagged & set(truth["bots"])))
         page.reload()
         page.get_by_role("heading", name="Security").first.wait_for(timeout=60_000)
         page.wait_for_timeout(2500)
-        return f"(attack planted: {attack.get('visits', 0)} visits, 15% bots; analytics re-run)"
+        return (f"(attack planted: {attack['visits']} visits, 5% bots; now flagged: "
+                f"{len(flagged)} users, {attack['bots_flagged']} of them the simulator's bots)")
 
     steps = [
         Step("", "Overview", "Overview: API health, the versions A and B serve, live requests/s, "
@@ -169,9 +176,9 @@ def record(settings: Settings, out: Path | None = None) -> dict:
         Step("stream", "Stream", "Stream: events per second per topic, lake growth and the "
              "dead-letter reasons.", 7),
         Step("security", "Security", "Security: rating spam detection on live traffic.", 4),
-        Step("security", "Security", "Security after a planted push attack: bots flagged by "
-             "volume and profile (RDMA/DegSim), quarantined before the next retrain.", 10,
-             planted_attack),
+        Step("security", "Security", "Security after a planted push attack: users loud in "
+             "volume and abnormal in profile (RDMA/DegSim) are flagged and quarantined before "
+             "the next retrain.", 10, planted_attack),
         Step("", "Overview", "Back on the overview: the system kept serving throughout.", 5),
     ]
     with sync_playwright() as pw:
@@ -190,4 +197,5 @@ def record(settings: Settings, out: Path | None = None) -> dict:
         subprocess.run(cmd, check=True, timeout=600)
     return {"frames": rec.n, "video_seconds": rec.n, "video": str(out / "demo.mp4"),
             "preview": str(out / "preview.gif"), "steps": len(rec.captions),
-            "attack": {k: attack.get(k) for k in ("visits", "errors")}}
+            "attack": {k: attack.get(k) for k in ("visits", "errors", "flagged",
+                                                  "bots_flagged")}}

@@ -101,7 +101,7 @@ def registry_versions(var_dir: str) -> pd.DataFrame:
                          "ndcg": metrics.get("ndcg"), "coverage": metrics.get("coverage"),
                          "gini": metrics.get("gini"), "rows": prov.get("rows"),
                          "git": str(prov.get("git_sha", ""))[:10],
-                         "created": manifest.get("created")})
+                         "created": manifest.get("created_at")})
     return pd.DataFrame(rows)
 
 

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from backend.errors import RecoError
@@ -317,7 +318,12 @@ class Ingress:
         t0 = time.perf_counter()
         variant = self.router.assign(user_id)
         request.state.variant = variant  # for the request metrics
-        result = await self.variants[variant].recommend.remote(user_id, k)
+        try:
+            result = await self.variants[variant].recommend.remote(user_id, k)
+        except RayActorError as exc:  # the replica died mid-request: Serve routes the retry
+            log.warning("variant replica lost variant=%s error=%s retrying=1", variant,
+                        type(exc).__name__)  # to a live (or the replacement) replica
+            result = await self.variants[variant].recommend.remote(user_id, k)
         replica_delta().set("reco_model_info", {"variant": variant,
                                        "version": str(result["model_version"])}, 1.0)
         latency = (time.perf_counter() - t0) * 1000

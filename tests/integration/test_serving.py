@@ -9,9 +9,18 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck
+from hypothesis import settings as hyp_settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+)
 from scipy.stats import binomtest
 
 from backend.broker import EmbeddedBroker
@@ -191,7 +200,32 @@ def test_live_diversity_change_reaches_variant_b(served):
     post({"tail_slots": 2, "mmr_lambda": 0.9})
 
 
-def test_promoted_version_served_and_tampered_refused(served):
+def _tamper(registry, attack: str, version: str, tmp) -> None:
+    from registry.signing import ensure_keys
+    from registry.store import Registry
+
+    folder = registry.root / "A" / version
+    if attack == "flip_byte":
+        data = bytearray((folder / "model.npz").read_bytes())
+        data[100] ^= 0xFF
+        (folder / "model.npz").write_bytes(bytes(data))
+    elif attack == "edit_manifest":
+        m = json.loads((folder / "manifest.json").read_text())
+        m["metrics"] = {"ndcg": 0.99}
+        (folder / "manifest.json").write_text(json.dumps(m))
+    elif attack == "extra_file":
+        (folder / "evil.py").write_text("import os; os.system('id')")
+    elif attack == "foreign_key":  # a whole version signed with someone else's key
+        foreign, _ = ensure_keys(tmp / "other-keys")
+        rogue = Registry(registry.root, registry.public_key, foreign)
+        shutil.rmtree(folder)
+        assert rogue.register("A", ItemKNN(neighbours=7).fit(*dataset()), {}, {}) == version
+
+
+def test_promoted_version_served_and_each_tampering_refused(served, tmp_path):
+    """A promoted version is picked up; then four tampered versions, each forced into the
+    production alias as an attacker would, are refused at load (health and the
+    reco_model_refused alert metric) and by `reco models verify`; the good one keeps serving."""
     registry = served["registry"]
     v2 = registry.register("A", ItemKNN(neighbours=10).fit(*dataset()), {}, {})
     registry.promote("A", v2)
@@ -199,20 +233,27 @@ def test_promoted_version_served_and_tampered_refused(served):
     while get(served, "/health").json()["variants"]["A"]["version"] != v2:
         assert time.monotonic() < deadline, "new version not picked up within 30 s"
         time.sleep(0.5)
-    v3 = registry.register("A", ItemKNN(neighbours=5).fit(*dataset()), {}, {})
-    npz = registry.root / "A" / v3 / "model.npz"
-    data = bytearray(npz.read_bytes())
-    data[100] ^= 0xFF
-    npz.write_bytes(bytes(data))
-    registry.set_alias("A", "production", v3)  # as an attacker would, bypassing promote
-    deadline = time.monotonic() + 30
-    while v3 not in get(served, "/health").json()["variants"]["A"]["refused"]:
-        assert time.monotonic() < deadline, "tampered version not refused"
-        time.sleep(0.5)
-    health = get(served, "/health").json()
-    assert health["variants"]["A"]["version"] == v2 and health["status"] == "ok"
-    for user in range(1, 30):
-        assert get(served, "/recommend", key=CLIENT, user_id=user).status_code == 200
+    for attack in ("flip_byte", "edit_manifest", "extra_file", "foreign_key"):
+        bad = registry.register("A", ItemKNN(neighbours=5).fit(*dataset()), {}, {})
+        _tamper(registry, attack, bad, tmp_path)
+        registry.set_alias("A", "production", bad)  # bypassing promote, which verifies
+        deadline = time.monotonic() + 30
+        while bad not in get(served, "/health").json()["variants"]["A"]["refused"]:
+            assert time.monotonic() < deadline, f"{attack}: tampered version not refused"
+            time.sleep(0.5)
+        health = get(served, "/health").json()
+        assert health["variants"]["A"]["version"] == v2 and health["status"] == "ok", attack
+        metrics = get(served, "/metrics").text
+        refused = [line for line in metrics.splitlines()
+                   if line.startswith('reco_model_refused{variant="A"}')]
+        assert refused and float(refused[0].rsplit(" ", 1)[1]) >= 1, attack
+        out = subprocess.run([sys.executable, "-m", "backend.cli", "models", "verify", "A",
+                              bad], env=served["env"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode != 0 and bad in out.stdout + out.stderr, (attack, out.stdout)
+        for user in range(1, 10):
+            assert get(served, "/recommend", key=CLIENT, user_id=user).status_code == 200
+    registry.set_alias("A", "production", v2)
 
 
 def test_admin_promote_and_rollback(served):
@@ -424,6 +465,103 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
                 if j.status.value in ("PENDING", "RUNNING"):
                     client.stop_job(j.submission_id)
             time.sleep(1)
+
+
+def _replica_pids(deployment: str) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith(f"ray::ServeReplica:reco:{deployment}"):
+                out.append(int(proc.name))
+    return out
+
+
+def test_a_killed_variant_replica_is_replaced_under_load(served):
+    """kill -9 of Model A's replica during steady traffic: Serve starts a new one, the error
+    rate stays under 1% and every answer comes from the user's assigned variant."""
+    import asyncio
+
+    from backend.serving.router import RouterLogic
+
+    health = get(served, "/health").json()
+    router = RouterLogic(split=health["split"], salt=health["salt"])
+    victim = _replica_pids("VariantA")[0]
+    results: list[tuple[int, int, str | None]] = []
+
+    async def load(rps: float = 20, seconds: float = 30) -> None:
+        async with httpx.AsyncClient(base_url=served["url"], timeout=30,
+                                     headers={"X-API-Key": CLIENT}) as client:
+            async def one(user: int) -> None:
+                try:
+                    r = await client.get("/recommend", params={"user_id": user})
+                    results.append((user, r.status_code, r.json().get("variant")))
+                except httpx.HTTPError:
+                    results.append((user, 0, None))
+
+            tasks = []
+            for i in range(int(rps * seconds)):
+                if i == int(rps * 8):  # eight seconds in
+                    os.kill(victim, signal.SIGKILL)
+                tasks.append(asyncio.create_task(one(i % 900 + 1)))
+                await asyncio.sleep(1 / rps)
+            await asyncio.gather(*tasks)
+
+    asyncio.run(load())
+    failed = [r for r in results if r[1] != 200]
+    assert len(results) == 600 and len(failed) / len(results) < 0.01, failed[:10]
+    wrong = [r for r in results if r[1] == 200 and r[2] != router.assign(r[0])]
+    assert not wrong, wrong[:10]
+    deadline = time.monotonic() + 60
+    while not (pids := _replica_pids("VariantA")) or victim in pids:
+        assert time.monotonic() < deadline, "no replacement replica"
+        time.sleep(1)
+    assert get(served, "/health").json()["variants"]["A"]["version"]
+
+
+@pytest.fixture(scope="module")
+def api_schema(served):
+    return schemathesis.openapi.from_url(served["url"] + "/openapi.json")
+
+
+fuzzed = schemathesis.pytest.from_fixture("api_schema")
+
+
+@fuzzed.parametrize()
+@hyp_settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzzed_api_never_5xx_and_matches_its_schema(case):
+    """schemathesis against the served OpenAPI schema, a bounded number of examples per
+    operation, as a client (admin routes then answer 403): no 5xx, documented responses match
+    their schemas, content types match."""
+    case.call_and_validate(headers={"X-API-Key": CLIENT}, checks=[
+        not_a_server_error, response_schema_conformance, content_type_conformance])
+
+
+def test_every_write_and_admin_route_refuses_missing_or_wrong_keys(served):
+    routes = {"/rate": {"user_id": 1, "item_id": 2, "rating": 4},
+              "/watch": {"user_id": 1, "item_id": 2, "minutes": 10.0},
+              "/admin/split": {"split": 0.5}, "/admin/promote": {"variant": "A",
+                                                                 "version": "v0001"},
+              "/admin/rollback": {"variant": "A"}, "/admin/diversity": {}}
+    for route, body in routes.items():
+        for headers in ({}, {"X-API-Key": "wrong-key"}, {"X-API-Key": ""}):
+            r = httpx.post(served["url"] + route, json=body, headers=headers, timeout=30)
+            assert r.status_code == 401, (route, headers, r.status_code)
+            assert r.json()["detail"] and r.headers["content-type"] == "application/json"
+        if route.startswith("/admin"):
+            r = httpx.post(served["url"] + route, json=body, headers={"X-API-Key": CLIENT},
+                           timeout=30)
+            assert r.status_code == 403 and "admin" in r.json()["detail"], (route, r.text)
+    r = httpx.get(served["url"] + "/models", headers={"X-API-Key": "wrong"}, timeout=30)
+    assert r.status_code == 401
+    # the keys never reach a log: not the ingress's, not Serve's
+    logs = subprocess.run(["grep", "-rl", "-e", CLIENT, "-e", ADMIN, "-e", "wrong-key",
+                           str(served["head"].temp_dir / "session_latest" / "logs")],
+                          capture_output=True, text=True)
+    assert logs.stdout == "", logs.stdout
 
 
 def test_broker_down_serves_and_spools_writes(served):
