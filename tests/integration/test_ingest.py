@@ -207,3 +207,68 @@ def test_events_carry_utc_times_in_lake(platform):
     platform.ingest_once()
     frame = platform.lake.read("events.rating")
     assert len(frame) == 1 and str(frame["ts"].dt.tz) == "UTC"
+
+
+def _ingest_actor_pids() -> list[int]:
+    import os as _os
+
+    out = []
+    for name in _os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as fh:
+                    if fh.read().startswith(b"ray::PartitionWorker"):
+                        out.append(int(name))
+            except OSError:
+                continue
+    return out
+
+
+@pytest.mark.slow
+def test_repeated_kill_9_of_ingest_actors_and_job_loses_and_duplicates_nothing(platform,
+                                                                                tmp_path):
+    """While a stream flows: kill -9 an ingest actor at random moments, and once the whole
+    job (driver and its actors); restart the job. The lake ends equal to what was produced."""
+    import os
+    import signal
+    import threading
+    import time
+
+    rng = random.Random(11)
+    events = valid_events(3000)
+    producer = EventProducer(platform.settings.kafka, tmp_path / "spool")
+    ordered = [(t, r) for t, recs in events.items() for r in recs]
+    rng.shuffle(ordered)
+
+    def produce() -> None:
+        for i, (topic, rec) in enumerate(ordered):
+            producer.send(topic, rec)
+            if i % 100 == 99:
+                time.sleep(1)  # about 100 events/s for 30 s
+        producer.flush()
+
+    job = platform.start_ingest(RECO_INGEST__MAX_BATCH="40")
+    sender = threading.Thread(target=produce)
+    sender.start()
+    kills = 0
+    while sender.is_alive():
+        time.sleep(rng.uniform(3, 7))
+        pids = _ingest_actor_pids()
+        if kills == 3:  # the whole job once: driver and actors
+            os.killpg(job.pid, signal.SIGKILL)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            job.wait()
+            job = platform.start_ingest(RECO_INGEST__MAX_BATCH="40")
+        elif pids:
+            os.kill(rng.choice(pids), signal.SIGKILL)
+        kills += 1
+    sender.join()
+    producer.close()
+    assert kills >= 4 and producer.spool.depth == 0
+    want = {t: sorted(r["event_id"] for r in recs) for t, recs in events.items()}
+    platform.wait_for(lambda: all(platform.lake.count(t) >= len(want[t]) for t in want), 300,
+                      "the lake to catch up after the kills")
+    time.sleep(10)  # anything duplicated would land now
+    for topic, ids in want.items():
+        assert sorted(lake_ids(platform, topic)) == ids, topic
