@@ -86,6 +86,9 @@ class LakeSettings(BaseModel):
 class IngestSettings(BaseModel):
     max_batch: int = Field(5000, ge=1)
     poll_timeout_ms: int = Field(500, ge=10)
+    linger_ms: int = Field(1000, ge=0, le=10_000, description=(
+        "after the first records, keep polling this long (or to max_batch) before one "
+        "validate-write-commit: fewer, larger lake files and far less CPU per event"))
     idle_seconds: float = Field(8.0, gt=0, description="--once: done when all idle")
     max_future_skew_s: float = Field(300.0, ge=0)
     actors: int | None = Field(None, description="defaults to kafka.partitions")

@@ -217,7 +217,7 @@ def _ingest_actor_pids() -> list[int]:
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/cmdline", "rb") as fh:
-                    if fh.read().startswith(b"ray::PartitionWorker"):
+                    if fh.read().startswith(b"ray::IngestActor"):
                         out.append(int(name))
             except OSError:
                 continue
