@@ -37,13 +37,14 @@ def running_job(head: RayHead, name: str) -> str | None:
 
 
 def submit_job(settings: Settings, head: RayHead, name: str, args: str = "",
-               env: dict[str, str] | None = None) -> tuple[str, bool]:
+               env: dict[str, str] | None = None, nice: int = 0) -> tuple[str, bool]:
     """Submit job `name` unless one runs; returns (submission id, newly submitted)."""
     existing = running_job(head, name)
     if existing:
         return existing, False
+    prefix = f"nice -n {nice} " if nice else ""
     job = head.job_client().submit_job(
-        entrypoint=f"{sys.executable} -m {JOBS[name]} {args}".strip(),
+        entrypoint=f"{prefix}{sys.executable} -m {JOBS[name]} {args}".strip(),
         submission_id=f"reco-{name}-{int(time.time())}",
         runtime_env={"env_vars": (env or {}) | job_env(settings)},
     )
@@ -55,7 +56,7 @@ def start_simulator(settings: Settings, head: RayHead) -> tuple[str, bool]:
     ten minutes unless RECO_SIM__NEW_ITEM_EVERY says otherwise."""
     return submit_job(settings, head, "simulate",
                       f"--rps {settings.sim.background_rps} --duration {7 * 86400}",
-                      {"RECO_SIM__NEW_ITEM_EVERY": "600"})
+                      {"RECO_SIM__NEW_ITEM_EVERY": "600"}, nice=19)
 
 
 def start_serving(settings: Settings, head: RayHead, echo: Callable[[str], object]) -> None:

@@ -150,8 +150,11 @@ class RayHead:
             # jobs submitted as `ray job submit -- python -m jobs.x` find this environment's
             # python first on PATH
             path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+            # Ray starts its workers (Serve replicas included) at niceness 15 by default,
+            # below every ordinary process; at 0 the API keeps the CPU against batch jobs,
+            # which the scheduler starts at niceness 19
             env = (os.environ | ray_env(self.settings) | job_env(self.settings)
-                   | serve_env(self.settings) | {"PATH": path})
+                   | serve_env(self.settings) | {"PATH": path, "RAY_worker_niceness": "0"})
             proc = subprocess.Popen(cmd, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             self.pgid_file.write_text(str(proc.pid))

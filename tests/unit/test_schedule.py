@@ -59,6 +59,7 @@ def test_scheduler_records_outcomes_and_production(settings):
     assert kinds == ["analyze", "retrain"]
     retrain_id, entry = next((i, e) for i, e in jobs.submitted if "retrain" in i)
     assert entry.endswith(f"-m jobs.retrain --result {result_path(settings, retrain_id)}")
+    assert entry.startswith("nice -n 19 ")
     state = json.loads((settings.var_dir / "schedule" / "state.json").read_text())
     assert set(state["running"]) == {"retrain", "analyze"}
 
