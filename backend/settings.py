@@ -86,6 +86,8 @@ class LakeSettings(BaseModel):
 class IngestSettings(BaseModel):
     max_batch: int = Field(5000, ge=1)
     poll_timeout_ms: int = Field(500, ge=10)
+    niceness: int = Field(10, ge=0, le=19, description=(
+        "CPU niceness of the ingest actors (the API's replicas run at 0)"))
     linger_ms: int = Field(1000, ge=0, le=10_000, description=(
         "after the first records, keep polling this long (or to max_batch) before one "
         "validate-write-commit: fewer, larger lake files and far less CPU per event"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import threading
 import time
 
@@ -50,6 +51,9 @@ class _Metrics:
 class IngestActor:
     def __init__(self, settings: Settings, worker_id: int) -> None:
         setup_logging()
+        # below the API's replicas: ingest tolerates seconds of delay (it lingers anyway),
+        # a recommendation does not
+        os.nice(max(0, settings.ingest.niceness - os.nice(0)))
         self.worker = PartitionWorker(settings, worker_id)
         metrics = _Metrics()
         self.worker.logic.on_batch = metrics.observe
