@@ -30,7 +30,17 @@ log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 PUSH_SECONDS = 1.0  # how often a replica pushes metrics and reads the shared experiment
 
-api = FastAPI(title="Movie recommender", version="0.1.0")
+class ErrorBody(BaseModel):
+    """Every 4xx: a message, or FastAPI's list of field errors for request validation."""
+
+    detail: str | list[dict[str, Any]]
+
+
+# one documented error shape for 422, always JSON (FastAPI's default documents only its own
+# field-error list, in the route's media type: schemathesis found both mismatches)
+_ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+api = FastAPI(title="Movie recommender", version="0.1.0", responses={
+    422: {"model": ErrorBody, "description": "invalid input", "content": _ERROR_JSON}})
 
 
 class _RequestMetrics:

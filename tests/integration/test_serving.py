@@ -522,22 +522,28 @@ def test_a_killed_variant_replica_is_replaced_under_load(served):
     assert get(served, "/health").json()["variants"]["A"]["version"]
 
 
-@pytest.fixture(scope="module")
-def api_schema(served):
-    return schemathesis.openapi.from_url(served["url"] + "/openapi.json")
-
-
-fuzzed = schemathesis.pytest.from_fixture("api_schema")
-
-
-@fuzzed.parametrize()
-@hyp_settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
-def test_fuzzed_api_never_5xx_and_matches_its_schema(case):
+def test_fuzzed_api_never_5xx_and_matches_its_schema(served):
     """schemathesis against the served OpenAPI schema, a bounded number of examples per
     operation, as a client (admin routes then answer 403): no 5xx, documented responses match
-    their schemas, content types match."""
-    case.call_and_validate(headers={"X-API-Key": CLIENT}, checks=[
-        not_a_server_error, response_schema_conformance, content_type_conformance])
+    their schemas, content types match. (Driven through hypothesis directly: schemathesis'
+    pytest plugin does not run under pytest 9.)"""
+    from hypothesis import given
+
+    schema = schemathesis.openapi.from_url(served["url"] + "/openapi.json")
+    checks = [not_a_server_error, response_schema_conformance, content_type_conformance]
+    tried = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @hyp_settings(max_examples=25, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))
+        def fuzz(case) -> None:
+            case.call_and_validate(headers={"X-API-Key": CLIENT}, checks=checks)
+
+        fuzz()
+        tried.append(operation.label)
+    assert {"GET /recommend", "POST /rate", "POST /watch", "POST /admin/split"} <= set(tried)
 
 
 def test_every_write_and_admin_route_refuses_missing_or_wrong_keys(served):
