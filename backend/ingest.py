@@ -256,7 +256,6 @@ class PartitionWorker:
         self._cluster_id = cluster_id or self._cluster_id
         if not polled:
             return 0
-        self._linger(c, polled)
         messages = [Message(tp.topic, tp.partition, r.offset, r.key, r.value)
                     for tp, records in polled.items() for r in records]
         try:
@@ -272,17 +271,6 @@ class PartitionWorker:
                    for tp, records in polled.items()}
         c.commit(offsets)
         return len(messages)
-
-    def _linger(self, c: KafkaConsumer, polled: dict) -> None:
-        """Add what arrives within `ingest.linger_ms` (up to max_batch) to this batch."""
-        cfg = self.settings.ingest
-        total = sum(len(r) for r in polled.values())
-        deadline = time.monotonic() + cfg.linger_ms / 1000
-        while total < cfg.max_batch and (left := deadline - time.monotonic()) > 0:
-            more = c.poll(timeout_ms=max(1, int(left * 1000)), max_records=cfg.max_batch - total)
-            for tp, records in more.items():
-                polled.setdefault(tp, []).extend(records)
-                total += len(records)
 
     def assigned(self) -> bool:
         return bool(self._assigned)

@@ -34,9 +34,16 @@ def ray_env(settings: Settings) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
+SECRET_MARKERS = ("API_KEY", "PASSWORD", "SECRET", "TOKEN")
+
+
 def job_env(settings: Settings) -> dict[str, str]:
-    """RECO_* settings forwarded to Ray jobs, with the state folder made absolute."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("RECO_")}
+    """RECO_* settings forwarded to Ray jobs and Serve replicas, with the state folder made
+    absolute. Secrets are not forwarded: Ray logs every runtime_env in plain text
+    (runtime_env_agent.log). Jobs get them from the node's environment, which Ray workers
+    inherit (set them where `ray start` runs), or from their files under var/keys."""
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith("RECO_") and not any(m in k for m in SECRET_MARKERS)}
     env["RECO_VAR_DIR"] = str(settings.var_dir)
     return env
 

@@ -88,9 +88,6 @@ class IngestSettings(BaseModel):
     poll_timeout_ms: int = Field(500, ge=10)
     niceness: int = Field(10, ge=0, le=19, description=(
         "CPU niceness of the ingest actors (the API's replicas run at 0)"))
-    linger_ms: int = Field(1000, ge=0, le=10_000, description=(
-        "after the first records, keep polling this long (or to max_batch) before one "
-        "validate-write-commit: fewer, larger lake files and far less CPU per event"))
     idle_seconds: float = Field(8.0, gt=0, description="--once: done when all idle")
     max_future_skew_s: float = Field(300.0, ge=0)
     actors: int | None = Field(None, description="defaults to kafka.partitions")

@@ -108,20 +108,6 @@ def test_mixed_stream_lands_distinct_valid_and_dead_letters_the_rest(platform, t
     assert dlq["error"].str.contains("oversized").sum() == 3
     assert dlq["error"].str.contains("malformed JSON").sum() == 6
 
-    # operators see the reasons and can replay: still-bad messages come back to the DLQ, so a
-    # replay loses nothing and lands nothing twice
-    listing = platform.run(sys.executable, "-m", "backend.cli", "dlq", "list")
-    assert listing.returncode == 0 and f"{m_invalid + 1}  total" in listing.stdout
-    assert "malformed JSON" in listing.stdout
-    out = platform.run(sys.executable, "-m", "backend.cli", "dlq", "replay", "--contains",
-                       "malformed JSON", "--yes")
-    assert out.returncode == 0 and "replayed 6 dead letters" in out.stdout, out.stderr
-    platform.ingest_once()
-    assert len(platform.lake.read("events.dlq")) == m_invalid + 1 + 6
-    for topic, records in events.items():
-        got = lake_ids(platform, topic)
-        assert len(got) == len(set(got)) and {r["event_id"] for r in records} <= set(got)
-
     # the lake is readable by Ray Data as well as pandas
     script = ("import ray, sys; ray.init(); "
               "print(ray.data.read_parquet(sys.argv[1]).count())")
@@ -139,6 +125,20 @@ def test_mixed_stream_lands_distinct_valid_and_dead_letters_the_rest(platform, t
                    if line.startswith("ray_reco_ingest_invalid_total{"))
 
     platform.wait_for(lambda: invalid_count() >= m_invalid, 60, "ingest metrics")
+
+    # operators see the reasons and can replay: still-bad messages come back to the DLQ, so a
+    # replay loses nothing and lands nothing twice
+    listing = platform.run(sys.executable, "-m", "backend.cli", "dlq", "list")
+    assert listing.returncode == 0 and f"{m_invalid + 1}  total" in listing.stdout
+    assert "malformed JSON" in listing.stdout
+    out = platform.run(sys.executable, "-m", "backend.cli", "dlq", "replay", "--contains",
+                       "malformed JSON", "--yes")
+    assert out.returncode == 0 and "replayed 6 dead letters" in out.stdout, out.stderr
+    platform.ingest_once()
+    assert len(platform.lake.read("events.dlq")) == m_invalid + 1 + 6
+    for topic, records in events.items():
+        got = lake_ids(platform, topic)
+        assert len(got) == len(set(got)) and {r["event_id"] for r in records} <= set(got)
 
 
 def test_crash_between_lake_write_and_commit_loses_and_duplicates_nothing(platform, tmp_path):

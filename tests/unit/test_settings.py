@@ -59,3 +59,15 @@ def test_serve_config_is_a_valid_serve_config_and_gets_the_settings(tmp_path):
     assert app["runtime_env"]["env_vars"]["RECO_VAR_DIR"] == str(tmp_path.resolve())
     names = {d["name"] for d in app["deployments"]}
     assert names == {"Ingress", "VariantA", "VariantB", "ServingState"}
+
+
+def test_job_env_forwards_settings_but_never_secrets(settings, monkeypatch):
+    """Ray logs every runtime_env in plain text: secrets stay out of it."""
+    from backend.raycluster import job_env
+
+    monkeypatch.setenv("RECO_KAFKA__PARTITIONS", "6")
+    monkeypatch.setenv("RECO_SIM__API_KEY", "sim-secret")
+    monkeypatch.setenv("RECO_KAFKA__SASL_PLAIN_PASSWORD", "kafka-secret")
+    env = job_env(settings)
+    assert env["RECO_KAFKA__PARTITIONS"] == "6" and env["RECO_VAR_DIR"] == str(settings.var_dir)
+    assert "sim-secret" not in env.values() and "kafka-secret" not in env.values()
