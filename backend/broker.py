@@ -64,9 +64,17 @@ def pid_alive(pid: int) -> bool:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
     except OSError:
         return ""
+
+
+def cmdlines():  # -> Iterator[tuple[int, str]]
+    """(pid, command line with spaces for NULs) of every process we may read."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (cmd := _cmdline(int(entry))):
+            yield int(entry), cmd
 
 
 def stop_pid(pid: int, expect: str, timeout: float = 10.0) -> bool:

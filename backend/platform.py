@@ -28,12 +28,19 @@ JOBS = {"ingest": "jobs.ingest", "schedule": "jobs.schedule",  # long-running Ra
 _ACTIVE = {"PENDING", "RUNNING"}
 
 
-def running_job(head: RayHead, name: str) -> str | None:
+def running_jobs(head: RayHead) -> dict[str, str | None]:
+    """Submission id of the running job of each name in JOBS (one Jobs API call)."""
+    out: dict[str, str | None] = dict.fromkeys(JOBS)
     for job in head.job_client().list_jobs():
         status = getattr(job.status, "value", str(job.status))
-        if (job.submission_id or "").startswith(f"reco-{name}-") and status in _ACTIVE:
-            return job.submission_id
-    return None
+        for name in JOBS:
+            if (job.submission_id or "").startswith(f"reco-{name}-") and status in _ACTIVE:
+                out[name] = job.submission_id
+    return out
+
+
+def running_job(head: RayHead, name: str) -> str | None:
+    return running_jobs(head)[name]
 
 
 def submit_job(settings: Settings, head: RayHead, name: str, args: str = "",
@@ -142,8 +149,9 @@ def health(settings: Settings, sim: bool = True) -> dict[str, bool]:
     out = {"broker": EmbeddedBroker(settings.kafka, settings.run_dir).pid() is not None
            if settings.kafka.embedded else True,
            "ray": head.running()}
+    jobs = running_jobs(head) if out["ray"] else dict.fromkeys(JOBS)
     for name in ("ingest", "schedule", *(("simulate",) if sim else ())):
-        out[f"{name} job"] = bool(out["ray"] and running_job(head, name))
+        out[f"{name} job"] = bool(jobs[name])
     out["api"] = _api_health(settings) == "ok"
     try:
         out["dashboard"] = httpx.get(urls(settings)["dashboard"] + "/_stcore/health",
@@ -218,8 +226,7 @@ def down(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
     stop_dashboard(settings, echo)
     head = RayHead(settings)
     if head.running():
-        for name in JOBS:
-            job = running_job(head, name)
+        for name, job in running_jobs(head).items():
             if job:
                 head.job_client().stop_job(job)
                 echo(f"{name} job: stopped {job}")
@@ -235,7 +242,7 @@ def status(settings: Settings) -> dict[str, object]:
         "broker": EmbeddedBroker(settings.kafka, settings.run_dir).status()
         if settings.kafka.embedded else {"external": settings.kafka.servers},
         "ray": {"running": head.running(), "dashboard": head.dashboard_url},
-        "jobs": {n: running_job(head, n) for n in JOBS} if head.running() else {},
+        "jobs": running_jobs(head) if head.running() else {},
         "api": _api_health(settings),
         "dashboard": {"running": _dashboard_pid(settings) is not None,
                       "url": f"http://127.0.0.1:{settings.dashboard_port}"},

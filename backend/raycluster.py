@@ -78,18 +78,13 @@ def haproxy_dir(settings: Settings) -> Path:
 
 def _kill_matching(fragment: str) -> int:
     """SIGKILL processes whose command line mentions `fragment`; returns how many."""
+    from backend.broker import cmdlines
+
     killed = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
-        except OSError:
-            continue
-        if fragment in cmdline and int(proc.name) != os.getpid():
+    for pid, cmdline in cmdlines():
+        if fragment in cmdline and pid != os.getpid():
             try:
-                os.kill(int(proc.name), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
                 killed += 1
             except ProcessLookupError:
                 pass

@@ -31,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.broker import cmdlines  # noqa: E402
 from backend.lake import Lake  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 
@@ -48,19 +49,15 @@ PROCESS_KINDS = {  # command-line fragment -> name in the report
 def memory() -> dict[str, float]:
     """RSS in MB summed per process kind."""
     out: dict[str, float] = defaultdict(float)
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for pid, cmd in cmdlines():
+        name = next((n for fragment, n in PROCESS_KINDS.items() if fragment in cmd), None)
         try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            rss = next(int(line.split()[1]) for line in (proc / "status").read_text()
-                       .splitlines() if line.startswith("VmRSS:"))
+            rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status")
+                       .read_text().splitlines() if line.startswith("VmRSS:"))
         except (OSError, StopIteration):
             continue
-        for fragment, name in PROCESS_KINDS.items():
-            if fragment in cmd:
-                out[name] += rss / 1024
-                break
+        if name:
+            out[name] += rss / 1024
     return dict(sorted(out.items()))
 
 

@@ -210,18 +210,9 @@ def test_events_carry_utc_times_in_lake(platform):
 
 
 def _ingest_actor_pids() -> list[int]:
-    import os as _os
+    from backend.broker import cmdlines
 
-    out = []
-    for name in _os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as fh:
-                    if fh.read().startswith(b"ray::IngestActor"):
-                        out.append(int(name))
-            except OSError:
-                continue
-    return out
+    return [pid for pid, cmd in cmdlines() if cmd.startswith("ray::IngestActor")]
 
 
 @pytest.mark.slow

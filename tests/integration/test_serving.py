@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -468,16 +467,10 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
 
 
 def _replica_pids(deployment: str) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if cmd.startswith(f"ray::ServeReplica:reco:{deployment}"):
-                out.append(int(proc.name))
-    return out
+    from backend.broker import cmdlines
+
+    return [pid for pid, cmd in cmdlines()
+            if cmd.startswith(f"ray::ServeReplica:reco:{deployment}")]
 
 
 def test_a_killed_variant_replica_is_replaced_under_load(served):
