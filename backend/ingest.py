@@ -294,9 +294,12 @@ class PartitionWorker:
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> dict:
         """Consume until `stop()`; returns the stats."""
+        cfg = self.settings.ingest
         while not stop():
+            began, handled = time.monotonic(), 0
             try:
-                if self.poll_once():
+                handled = self.poll_once()
+                if handled:
                     self.active_at = time.monotonic()
                 self._failing = False
             except Exception as exc:  # broker away, commit refused: back off and retry; the
@@ -305,6 +308,10 @@ class PartitionWorker:
                 self._failing = True
                 time.sleep(1.0)
             self._observe()
+            # a trickle: let it gather in Kafka (not in memory: nothing is held uncommitted)
+            while 0 < handled < cfg.max_batch and not stop() and \
+                    time.monotonic() < began + cfg.batch_seconds:
+                time.sleep(min(0.2, cfg.batch_seconds))
         self._close()
         if self._producer is not None:
             self._producer.close(timeout=5)

@@ -9,6 +9,8 @@ place and the folder fsynced. Readers: pandas (`read`), pyarrow, or Ray Data
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import uuid
@@ -71,18 +73,60 @@ class Lake:
         _fsync_dir(day)
         return day / name
 
-    def read(self, topic: str, columns: list[str] | None = None) -> pd.DataFrame:
+    def read(self, topic: str, columns: list[str] | None = None,
+             cache: Path | None = None) -> pd.DataFrame:
         """All rows of a topic as one frame (empty, with the right columns, if none)."""
-        return self.read_table(topic, columns).to_pandas()
+        return self.read_table(topic, columns, cache).to_pandas()
 
-    def read_table(self, topic: str, columns: list[str] | None = None) -> pa.Table:
-        """All rows of a topic as an Arrow table (list columns stay columnar)."""
+    def read_table(self, topic: str, columns: list[str] | None = None,
+                   cache: Path | None = None) -> pa.Table:
+        """All rows of a topic as an Arrow table (list columns stay columnar).
+
+        With `cache` (a folder), the rows read before are kept there in one consolidated
+        file per topic and column set, which names the lake files it holds in its own
+        metadata (one atomic file: it never holds rows without naming their source); a read
+        then opens that file and only the lake files landed since. A reader that runs every
+        minute thus reads one file and a minute's worth, not every micro-batch ever landed."""
         files = self.files(topic)
         schema = arrow_schema(EVENT_MODELS[topic])
+        names = columns or schema.names
+        if cache is None:
+            return self._read_files(files, schema, names)
+        key = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12]
+        path = Path(cache) / f"{topic}-{key}.parquet"
+        rel = {str(f.relative_to(self.root)): f for f in files}
+        held: list[str] = []
+        table = schema.empty_table().select(names)
+        if path.exists():
+            try:
+                table = pq.read_table(path)
+                held = json.loads(table.schema.metadata[b"reco.lake_files"])
+                table = table.replace_schema_metadata(None).cast(
+                    pa.schema([schema.field(n) for n in names]))
+            except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
+                log.warning("lake cache unreadable, rebuilt path=%s error=%s", path, exc)
+                held, table = [], schema.empty_table().select(names)
+            if not set(held) <= rel.keys():  # files gone (a new lake): start again
+                held, table = [], schema.empty_table().select(names)
+        known = set(held)
+        new = [f for r, f in rel.items() if r not in known]
+        if not new:
+            return table
+        table = pa.concat_tables([table, self._read_files(new, schema, names)])
+        held += [str(f.relative_to(self.root)) for f in new]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+        pq.write_table(table.replace_schema_metadata({"reco.lake_files": json.dumps(held)}),
+                       tmp, compression="zstd")
+        os.replace(tmp, path)
+        return table
+
+    @staticmethod
+    def _read_files(files: list[Path], schema: pa.Schema, names: list[str]) -> pa.Table:
         if not files:
-            return schema.empty_table().select(columns or schema.names)
+            return schema.empty_table().select(names)
         return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(
-            columns=columns)
+            columns=names)
 
     def event_ids(self, topic: str, days: int, skip: set[Path] | None = None,
                   ) -> tuple[set[str], set[Path]]:

@@ -86,6 +86,9 @@ class LakeSettings(BaseModel):
 class IngestSettings(BaseModel):
     max_batch: int = Field(5000, ge=1)
     poll_timeout_ms: int = Field(500, ge=10)
+    batch_seconds: float = Field(3.0, ge=0, description=(
+        "a poll that was not full is followed by a pause until this long after it began: "
+        "at low rates one lake file per topic and member every few seconds, not one per poll"))
     niceness: int = Field(10, ge=0, le=19, description=(
         "CPU niceness of the ingest actors (the API's replicas run at 0)"))
     idle_seconds: float = Field(8.0, gt=0, description="--once: done when all idle")
@@ -255,6 +258,11 @@ class Settings(BaseSettings):
     def lake_root(self) -> Path:
         assert self.lake.root is not None
         return self.lake.root
+
+    @property
+    def lake_cache(self) -> Path:
+        """Consolidated copies of lake columns for readers that poll (see Lake.read_table)."""
+        return self.var_dir / "cache" / "lake"
 
     @property
     def spool_dir(self) -> Path:

@@ -106,7 +106,7 @@ def registry_versions(var_dir: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=15)
-def lake_times(lake_root: str, minutes: int) -> pd.DataFrame:
+def lake_times(lake_root: str, cache: str, minutes: int) -> pd.DataFrame:
     """(topic, ts) of every lake event in the last `minutes`: the `ts` column only."""
     from backend.events import EVENT_MODELS
     from backend.lake import Lake
@@ -115,17 +115,18 @@ def lake_times(lake_root: str, minutes: int) -> pd.DataFrame:
         minutes=minutes)
     frames = []
     for topic in EVENT_MODELS:
-        ts = lake.read(topic, columns=["ts"])["ts"]
+        ts = lake.read(topic, columns=["ts"], cache=Path(cache))["ts"]
         frames.append(pd.DataFrame({"topic": topic, "ts": ts[ts >= cutoff]}))
     return pd.concat(frames, ignore_index=True)
 
 
 @st.cache_data(ttl=15)
-def dead_letters(lake_root: str) -> pd.DataFrame:
+def dead_letters(lake_root: str, cache: str) -> pd.DataFrame:
     """Dead letters with their source topic, time and reason (the error's first line)."""
     from backend.lake import Lake
 
-    dlq = Lake(Path(lake_root)).read("events.dlq", columns=["ts", "source_topic", "error"])
+    dlq = Lake(Path(lake_root)).read("events.dlq", columns=["ts", "source_topic", "error"],
+                                     cache=Path(cache))
     return dlq.assign(reason=dlq["error"].str.split("\n").str[0].str.slice(0, 120))
 
 

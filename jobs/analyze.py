@@ -62,10 +62,11 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> dict[st
     """Compute and write the snapshot of the window ending at `end` (default now)."""
     end = end or pd.Timestamp.now(tz="UTC")
     lake = Lake(settings.lake_root)
+    cache = settings.lake_cache  # each run reads the rows landed since the last one
     reco = RecoLog.from_table(lake.read_table(
-        "events.reco", ["ts", "user_id", "variant", "latency_ms", "items"]))
-    watch = lake.read("events.watch", ["ts", "user_id", "item_id"])
-    rating = lake.read("events.rating", ["ts", "user_id", "item_id", "rating"])
+        "events.reco", ["ts", "user_id", "variant", "latency_ms", "items"], cache))
+    watch = lake.read("events.watch", ["ts", "user_id", "item_id"], cache)
+    rating = lake.read("events.rating", ["ts", "user_id", "item_id", "rating"], cache)
     ml = load_movielens(settings.data_cache)
     items, users = catalog.load_catalog(settings, ml.items), ml.users
     t0 = time.perf_counter()

@@ -31,7 +31,7 @@ def body() -> None:
                                    for k, v in sp["flagged"].items()]), hide_index=True)
     else:
         st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
-    dlq = data.dead_letters(str(s.lake_root))
+    dlq = data.dead_letters(str(s.lake_root), str(s.lake_cache))
     st.metric("dead letters", len(dlq), help="refused messages, each kept with its reason")
     if not dlq.empty:
         st.dataframe(dlq.groupby("reason").size().rename("count").reset_index()

@@ -53,3 +53,38 @@ def test_empty_topic_reads_typed_empty_frame(tmp_path):
 def test_unknown_topic_refused(tmp_path):
     with pytest.raises(ValueError):
         Lake(tmp_path).read("events.nope")
+
+
+def test_cached_read_equals_a_full_read_and_reads_only_new_files(tmp_path, monkeypatch):
+    lake, cache = Lake(tmp_path / "lake"), tmp_path / "cache"
+    cols = ["event_id", "user_id", "ts"]
+    assert lake.read("events.rating", cols, cache=cache).empty  # nothing landed yet
+    lake.write("events.rating", rating_frame(3))
+    first = lake.read("events.rating", cols, cache=cache)
+    lake.write("events.rating", rating_frame(2, offset=3))
+    read = []
+    real = Lake._read_files
+    monkeypatch.setattr(Lake, "_read_files", staticmethod(
+        lambda files, *a: read.append(len(files)) or real(files, *a)))
+    second = lake.read("events.rating", cols, cache=cache)
+    assert read == [1]  # only the file landed since the cache was written
+    full = lake.read("events.rating", cols)
+    read.clear()
+    assert len(first) == 3 and sorted(second["event_id"]) == sorted(full["event_id"])
+    assert second.dtypes.equals(full.dtypes)
+    assert lake.read("events.rating", cols, cache=cache)["event_id"].is_unique and read == []
+    other = lake.read("events.rating", ["event_id"], cache=cache)  # its own column set
+    assert len(other) == 5 and list(other.columns) == ["event_id"]
+
+
+def test_cache_of_another_lake_or_broken_is_rebuilt(tmp_path):
+    cache = tmp_path / "cache"
+    old = Lake(tmp_path / "old")
+    old.write("events.rating", rating_frame(4))
+    assert len(old.read("events.rating", ["event_id"], cache=cache)) == 4
+    new = Lake(tmp_path / "new")  # the cache names files this lake does not have
+    new.write("events.rating", rating_frame(1))
+    assert len(new.read("events.rating", ["event_id"], cache=cache)) == 1
+    for f in cache.glob("*.parquet"):
+        f.write_bytes(b"not parquet")
+    assert len(new.read("events.rating", ["event_id"], cache=cache)) == 1
