@@ -1,8 +1,8 @@
 """Analyze job: lake -> analytics snapshot per window -> `var/analytics/` + Prometheus gauges.
 
-The scheduler (`jobs.schedule`) submits `python -m jobs.analyze --once` every
-`schedule.analyze_interval` and exports the headline figures (`gauge_values`) as Prometheus
-gauges; `reco analyze` runs the cycle by hand (without --once: in a loop, in this process).
+The scheduler (`jobs.schedule`) runs this cycle every `schedule.analyze_interval` in its own
+process and exports the headline figures (`gauge_values`) as Prometheus gauges; `reco analyze`
+or `ray job submit -- python -m jobs.analyze` runs it by hand (without --once: in a loop).
 Each cycle probes `/health` (the SLA's uptime), computes a snapshot of the window ending now,
 writes it to `var/analytics/snapshots/<end>.json` and `latest.json`, and adds the users the
 combined spam flag caught to `var/analytics/quarantine.json`, which the retrain job reads.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from types import SimpleNamespace
 
 from backend.files import read_jsonl
@@ -28,6 +30,13 @@ def test_resume_keeps_the_interval_across_restarts():
     assert logic.next_due("retrain") == 4600 and logic.next_due("analyze") == 1560
 
 
+def join_run(run_id: str) -> None:
+    """Wait for an in-process run (its thread is named by the run id) to end."""
+    for t in threading.enumerate():
+        if t.name == run_id:
+            t.join(10)
+
+
 class FakeJobs:
     def __init__(self):
         self.jobs: dict[str, str] = {}
@@ -51,29 +60,58 @@ class FakeJobs:
 
 def test_scheduler_records_outcomes_and_production(settings):
     settings.schedule.retrain_interval, settings.schedule.analyze_interval = 60, 10
-    jobs = FakeJobs()
-    sched = Scheduler(settings, jobs)
+    jobs, gate, ran = FakeJobs(), threading.Event(), []
+
+    def analyze():  # the in-process analytics run: held until the test lets it finish
+        ran.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        gate.wait(10)
+
+    sched = Scheduler(settings, jobs, analyze=analyze)
     t0 = sched.logic.started
     sched.step(t0 + 61)
-    kinds = sorted(i.split("-")[1] for i, _ in jobs.submitted)
-    assert kinds == ["analyze", "retrain"]
-    retrain_id, entry = next((i, e) for i, e in jobs.submitted if "retrain" in i)
+    assert [i.split("-")[1] for i, _ in jobs.submitted] == ["retrain"]  # analytics: no job
+    retrain_id, entry = jobs.submitted[0]
     assert entry.endswith(f"-m jobs.retrain --result {result_path(settings, retrain_id)}")
     assert entry.startswith("nice -n 19 ")
     state = json.loads((settings.var_dir / "schedule" / "state.json").read_text())
     assert set(state["running"]) == {"retrain", "analyze"}
+    sched.step(t0 + 65)
+    assert "analyze" in sched.logic.running and len(ran) == 1  # still running: not again
+    assert ran == [19]  # its thread at the lowest CPU priority
+    gate.set()
+    analyze_id = sched.logic.running["analyze"][0]
+    join_run(analyze_id)
 
     jobs.jobs[retrain_id] = "FAILED"  # crashed: no result file
     sched.step(t0 + 70)
-    runs = read_jsonl(settings.var_dir / "schedule" / "runs.jsonl")
-    assert runs[0]["kind"] == "retrain" and runs[0]["outcome"] == "FAILED"
-    assert "production is unchanged" in runs[0]["error"]
-    assert not [i for i, _ in jobs.submitted[2:] if "retrain" in i]  # not due again yet
+    runs = {r["kind"]: r for r in read_jsonl(settings.var_dir / "schedule" / "runs.jsonl")}
+    assert runs["retrain"]["outcome"] == "FAILED"
+    assert "production is unchanged" in runs["retrain"]["error"]
+    assert runs["analyze"]["outcome"] == "SUCCEEDED" and runs["analyze"]["id"] == analyze_id
+    assert not [i for i, _ in jobs.submitted[1:] if "retrain" in i]  # not due again yet
+    assert "analyze" not in sched.logic.running
 
-    # a restarted scheduler adopts the running analyze job instead of starting another
+    # a restarted scheduler adopts a running retrain job instead of starting another
+    jobs.jobs[retrain_id] = "RUNNING"
     again = Scheduler(settings, jobs)
-    assert "analyze" in again.logic.running
-    assert again.logic.next_due("retrain") == t0 + 61 + 60
+    assert "retrain" in again.logic.running and again.logic.due(t0 + 10_000) == ["analyze"]
+
+
+def test_a_failing_analytics_run_is_recorded_and_the_schedule_goes_on(settings):
+    settings.schedule.analyze_interval = 10
+
+    def analyze():
+        raise RuntimeError("lake unreadable")
+
+    sched = Scheduler(settings, FakeJobs(), analyze=analyze)
+    t0 = sched.logic.started
+    sched.step(t0 + 10)
+    analyze_id = sched.logic.running["analyze"][0]
+    join_run(analyze_id)
+    sched.step(t0 + 11)
+    sched.step(t0 + 20)
+    runs = read_jsonl(settings.var_dir / "schedule" / "runs.jsonl")
+    assert [r["outcome"] for r in runs] == ["FAILED"] and "analyze" in sched.logic.running
 
 
 def test_an_overrunning_retrain_is_stopped_and_recorded(settings):
