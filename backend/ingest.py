@@ -218,6 +218,11 @@ class PartitionWorker:
     def _open(self) -> KafkaConsumer:
         c = make_consumer(self.settings.kafka, max_poll_records=self.settings.ingest.max_batch,
                           metadata_max_age_ms=5000,  # notice a restarted broker within seconds
+                          # a trickle gathers in the broker for up to batch_seconds (a full
+                          # megabyte returns at once): one lake file per topic and member
+                          # every few seconds instead of one per poll
+                          fetch_min_bytes=1 << 20,
+                          fetch_max_wait_ms=int(self.settings.ingest.batch_seconds * 1000),
                           fetch_max_bytes=16 * 1024 * 1024,
                           max_partition_fetch_bytes=4 * 1024 * 1024)
         c.subscribe(list(TOPICS), listener=_OnAssign(self))
@@ -294,12 +299,9 @@ class PartitionWorker:
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> dict:
         """Consume until `stop()`; returns the stats."""
-        cfg = self.settings.ingest
         while not stop():
-            began, handled = time.monotonic(), 0
             try:
-                handled = self.poll_once()
-                if handled:
+                if self.poll_once():
                     self.active_at = time.monotonic()
                 self._failing = False
             except Exception as exc:  # broker away, commit refused: back off and retry; the
@@ -308,10 +310,6 @@ class PartitionWorker:
                 self._failing = True
                 time.sleep(1.0)
             self._observe()
-            # a trickle: let it gather in Kafka (not in memory: nothing is held uncommitted)
-            while 0 < handled < cfg.max_batch and not stop() and \
-                    time.monotonic() < began + cfg.batch_seconds:
-                time.sleep(min(0.2, cfg.batch_seconds))
         self._close()
         if self._producer is not None:
             self._producer.close(timeout=5)

@@ -9,6 +9,7 @@ by `event_id`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -184,6 +185,11 @@ class EventProducer:
         self._degraded = self.spool.depth > 0
         self.spooled = 0  # events that went to the spool instead of the broker, ever
         self._lock = threading.RLock()
+        # records handed to the client and not yet acknowledged or failed: when the client
+        # is replaced they are spooled (kafka-python drops a closed client's batches without
+        # calling their errbacks: a frozen broker lost the writes in flight that way)
+        self._pending: dict[int, tuple[str, bytes | None, bytes]] = {}
+        self._seq = itertools.count()
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         if start_flusher:
@@ -211,6 +217,10 @@ class EventProducer:
                 except KafkaError:
                     pass
                 self._producer = None
+            orphans = list(self._pending.values())
+            self._pending.clear()
+        for topic, key, value in orphans:  # unresolved: to the spool (a late copy that
+            self._to_spool(topic, key, value, "client replaced")  # still lands is deduped)
 
     @property
     def degraded(self) -> bool:
@@ -236,12 +246,23 @@ class EventProducer:
         if producer is None:
             self._to_spool(topic, key, value, "no broker")
             return
+        n = next(self._seq)
+        with self._lock:
+            self._pending[n] = (topic, key, value)
         try:
             fut = producer.send(topic, value=value, key=key)
         except KafkaError as exc:
-            self._to_spool(topic, key, value, type(exc).__name__)
+            self._settle(n, type(exc).__name__)
             return
-        fut.add_errback(lambda exc: self._to_spool(topic, key, value, type(exc).__name__))
+        fut.add_callback(lambda _meta: self._settle(n))
+        fut.add_errback(lambda exc: self._settle(n, type(exc).__name__))
+
+    def _settle(self, n: int, failure: str | None = None) -> None:
+        """A record's outcome: acknowledged, or failed and spooled (once either way)."""
+        with self._lock:
+            record = self._pending.pop(n, None)
+        if record is not None and failure is not None:
+            self._to_spool(*record, failure)
 
     def _to_spool(self, topic: str, key: bytes | None, value: bytes, why: str) -> None:
         if not self._degraded:

@@ -86,9 +86,9 @@ class LakeSettings(BaseModel):
 class IngestSettings(BaseModel):
     max_batch: int = Field(5000, ge=1)
     poll_timeout_ms: int = Field(500, ge=10)
-    batch_seconds: float = Field(3.0, ge=0, description=(
-        "a poll that was not full is followed by a pause until this long after it began: "
-        "at low rates one lake file per topic and member every few seconds, not one per poll"))
+    batch_seconds: float = Field(3.0, ge=0, le=20, description=(
+        "the broker holds a fetch until 1 MB or this long: at low rates one lake file per "
+        "topic and member every few seconds, not one per poll"))
     niceness: int = Field(10, ge=0, le=19, description=(
         "CPU niceness of the ingest actors (the API's replicas run at 0)"))
     idle_seconds: float = Field(8.0, gt=0, description="--once: done when all idle")

@@ -51,7 +51,7 @@ class _Metrics:
 class IngestActor:
     def __init__(self, settings: Settings, worker_id: int) -> None:
         setup_logging()
-        # below the API's replicas: ingest tolerates seconds of delay (it lingers anyway),
+        # below the API's replicas: ingest tolerates seconds of delay (it pauses anyway),
         # a recommendation does not
         os.nice(max(0, settings.ingest.niceness - os.nice(0)))
         self.worker = PartitionWorker(settings, worker_id)

@@ -215,10 +215,13 @@ class Scheduler:
 
 
 def _analytics_cycle(settings: Settings) -> None:
+    import pyarrow as pa
+
     from jobs.analyze import analyze_once, probe
 
     probe(settings)
     analyze_once(settings)
+    pa.default_memory_pool().release_unused()  # a long-lived process: hand back the frames
 
 
 def _actor_class():

@@ -57,6 +57,7 @@ class Simulation:
         self.url = loopback_url(url)
         self.headers = {"X-API-Key": key} if key else {}
         self.status: Counter[str] = Counter()
+        self.accepted: list[str] = []  # event ids of the writes the API accepted (202)
         self.visits = 0
         self.errors = 0
 
@@ -69,6 +70,8 @@ class Simulation:
             log.warning("request failed route=%s error=%s", path, exc)
             return None
         self.status[f"{path} {r.status_code}"] += 1
+        if r.status_code == 202:
+            self.accepted.append(r.json()["event_id"])
         return r
 
     async def visit(self, client: httpx.AsyncClient, user: int) -> None:
@@ -114,7 +117,8 @@ class Simulation:
                 n += 1
             await asyncio.gather(*tasks)
         return {"visits": self.visits, "seconds": round(loop.time() - start, 2),
-                "errors": self.errors, "status": dict(sorted(self.status.items())),
+                "errors": self.errors, "accepted_writes": len(self.accepted),
+                "status": dict(sorted(self.status.items())),
                 "released": len(self.logic.released)}
 
 

@@ -64,3 +64,34 @@ def test_claim_spool_adopts_the_files_of_gone_processes_only(tmp_path):
     finally:
         os.close(fd)
         os.close(held)
+
+
+class _HungClient:
+    """A Kafka client whose sends never complete (a frozen broker), recording callbacks."""
+
+    def __init__(self):
+        from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
+
+        self.futures = []
+        self._make = lambda: FutureRecordMetadata(FutureProduceResult(None), 0, -1, None,
+                                                  0, 0, -1)
+
+    def send(self, topic, value=None, key=None):
+        fut = self._make()
+        self.futures.append(fut)
+        return fut
+
+    def close(self, timeout=None):
+        pass  # kafka-python drops the batches of a closed client without their errbacks
+
+
+def test_records_in_flight_when_the_client_is_replaced_go_to_the_spool(settings, tmp_path):
+    producer = EventProducer(settings.kafka, tmp_path / "spool", start_flusher=False)
+    client = producer._producer = _HungClient()
+    for i in range(5):
+        producer.send("events.rating", {"user_id": i + 1, "event_id": str(i)})
+    client.futures[0].success(None)  # one acknowledged, four hang
+    producer._drop_producer()  # what a failed replay does
+    assert producer.spool.depth == 4 and producer.degraded
+    client.futures[1].failure(RuntimeError("late"))  # a late outcome is not spooled again
+    assert producer.spool.depth == 4
