@@ -95,8 +95,9 @@ class Lake:
         key = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12]
         path = Path(cache) / f"{topic}-{key}.parquet"
         rel = {str(f.relative_to(self.root)): f for f in files}
+        empty = schema.empty_table().select(names)
         held: list[str] = []
-        table = schema.empty_table().select(names)
+        table = empty
         if path.exists():
             try:
                 table = pq.read_table(path)
@@ -105,9 +106,9 @@ class Lake:
                     pa.schema([schema.field(n) for n in names]))
             except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
                 log.warning("lake cache unreadable, rebuilt path=%s error=%s", path, exc)
-                held, table = [], schema.empty_table().select(names)
+                held, table = [], empty
             if not set(held) <= rel.keys():  # files gone (a new lake): start again
-                held, table = [], schema.empty_table().select(names)
+                held, table = [], empty
         known = set(held)
         new = [f for r, f in rel.items() if r not in known]
         if not new:

@@ -86,6 +86,12 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> dict[st
     return snap
 
 
+def cycle(settings: Settings) -> dict[str, Any]:
+    """One analytics cycle: probe the API, then write the snapshot of the window ending now."""
+    probe(settings)
+    return analyze_once(settings)
+
+
 def update_quarantine(settings: Settings, users: list[int], stamp: str) -> None:
     """Flagged users stay quarantined (union) until an operator releases them."""
     path = analytics_dir(settings) / "quarantine.json"
@@ -142,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     while True:
         t0 = time.monotonic()
         try:
-            probe(settings)
-            analyze_once(settings)
+            cycle(settings)
         except Exception:  # a bad cycle must not end the loop; the next one retries
             if args.once:
                 raise

@@ -217,10 +217,9 @@ class Scheduler:
 def _analytics_cycle(settings: Settings) -> None:
     import pyarrow as pa
 
-    from jobs.analyze import analyze_once, probe
+    from jobs.analyze import cycle
 
-    probe(settings)
-    analyze_once(settings)
+    cycle(settings)
     pa.default_memory_pool().release_unused()  # a long-lived process: hand back the frames
 
 
