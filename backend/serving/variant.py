@@ -52,12 +52,22 @@ class VariantLogic:
             self.model.set_params(**runtime)
 
     def recommend(self, user_id: int, k: int) -> dict[str, Any]:
-        if self.model is None:
+        return self.recommend_batch([(user_id, k)])[0]
+
+    def recommend_batch(self, requests: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """One answer per (user_id, k), all from the same version (one vectorised scoring per
+        distinct k: the ingress coalesces concurrent requests into one call)."""
+        model, version = self.model, self.version  # a reload may swap them meanwhile
+        if model is None:
             raise RegistryError(f"variant {self.variant} has no verified production model")
         t0 = time.perf_counter()
-        items = self.model.recommend(user_id, k)
-        return {"items": items, "variant": self.variant, "model_version": self.version,
-                "model_ms": (time.perf_counter() - t0) * 1000}
+        by_k: dict[int, list[int]] = {}
+        for user_id, k in requests:
+            by_k.setdefault(int(k), []).append(int(user_id))
+        items = {k: model.recommend_many(users, k) for k, users in by_k.items()}
+        ms = (time.perf_counter() - t0) * 1000
+        return [{"items": items[int(k)][int(u)], "variant": self.variant,
+                 "model_version": version, "model_ms": ms} for u, k in requests]
 
     def status(self) -> dict[str, Any]:
         return {"variant": self.variant, "version": self.version, "refused": self.refused,

@@ -94,8 +94,11 @@ def test_split_is_sticky_and_proportional(served):
     assert all(variants[u] == v for u, v in again.items())
     n_a = list(variants.values()).count("A")
     assert binomtest(n_a, len(variants), 0.5).pvalue > 0.001
-    plain = get(served, "/recommend/7", key=CLIENT, k=4)
+    plain = get(served, "/recommend/7", key=CLIENT, k=4)  # the hot path
     assert plain.status_code == 200 and len(plain.text.split(",")) == 4
+    assert plain.headers["content-type"].startswith("text/plain")
+    routed = get(served, "/recommend/7", key=CLIENT, k=4, ref="x")  # FastAPI's path
+    assert routed.status_code == 200 and len(routed.text.split(",")) == 4
     assert get(served, "/recommend", key=CLIENT, user_id=999999).status_code == 200  # cold
 
 
@@ -104,6 +107,9 @@ def test_bad_input_gets_4xx_with_json_detail(served):
                          ("/recommend", {"user_id": "abc"}),
                          ("/recommend", {"user_id": -4}),
                          ("/recommend/0", {}),
+                         ("/recommend/abc", {}),
+                         ("/recommend/5", {"k": 500}),
+                         ("/recommend/5", {"k": "x"}),
                          ("/nowhere", {})):
         r = get(served, path, key=CLIENT, **params)
         assert 400 <= r.status_code < 500 and "detail" in r.json(), (path, r.text)
@@ -136,6 +142,9 @@ def test_auth_and_rate_limit(served):
     limited = get(served, "/recommend", user_id=3)
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert "detail" in limited.json()
+    plain = get(served, "/recommend/3")  # the hot path refuses the same way
+    assert plain.status_code == 429 and int(plain.headers["Retry-After"]) >= 1
+    assert "detail" in plain.json()
     assert get(served, "/recommend", key=CLIENT, user_id=3).status_code == 200
 
 
@@ -151,6 +160,7 @@ def test_metrics_are_summed_over_ingress_replicas(served):
     before = scrape()
     for user in range(1, 41):
         assert get(served, "/recommend", key=CLIENT, user_id=user).status_code == 200
+        assert get(served, f"/recommend/{user}", key=CLIENT).status_code == 200
     assert httpx.post(served["url"] + "/rate", json={"user_id": 1, "item_id": 2, "rating": 4},
                       timeout=30).status_code == 401
     time.sleep(2.5)  # replicas push every second
@@ -163,7 +173,8 @@ def test_metrics_are_summed_over_ingress_replicas(served):
             and labels.items() <= dict(ls).items())
 
     assert total("reco_requests_total", route="/recommend", status="200") == 40
-    assert total("reco_request_latency_seconds_count") == 40
+    assert total("reco_requests_total", route="/recommend/{user_id}", status="200") == 40
+    assert total("reco_request_latency_seconds_count") == 80
     assert total("reco_auth_failures_total", status="401") == 1
     assert total("reco_requests_total", route="/rate", status="401") == 1
     replicas = {dict(ls)["replica"] for (n, ls) in after if n == "reco_spool_depth"}

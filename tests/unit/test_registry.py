@@ -90,3 +90,16 @@ def test_read_only_registry_cannot_register(registry, models):
     reader = Registry(registry.root, registry.public_key)
     with pytest.raises(RegistryError):
         reader.register("A", models[0], {}, {})
+
+
+def test_variant_answers_a_batch_as_it_answers_each_request(registry, models):
+    from backend.serving.variant import VariantLogic
+
+    registry.promote("A", registry.register("A", models[0], {}, {}))
+    variant = VariantLogic(registry, "A")
+    requests = [(1, 5), (2, 3), (1, 5), (999_999, 4), (2, 10)]  # repeats, a cold user, ks
+    batch = variant.recommend_batch(requests)
+    assert [r["items"] for r in batch] == [variant.recommend(u, k)["items"]
+                                           for u, k in requests]
+    assert [len(r["items"]) for r in batch] == [5, 3, 5, 4, 10]
+    assert {r["model_version"] for r in batch} == {"v0001"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
+from backend.serving.app import _hot_request
 from backend.serving.auth import ApiKeys, digest
 from backend.serving.ratelimit import RateLimiterLogic
 from backend.serving.router import RouterLogic
@@ -173,3 +174,24 @@ def test_local_keys_are_private_random_and_registered_by_digest(tmp_path):
     assert again.serve.api_keys["sim"].sha256 == digest(sim)  # stable across starts
     other = Settings(var_dir=tmp_path / "o")
     assert ensure_local_keys(other).serve.api_keys["sim"].sha256 != digest(sim)
+
+
+@pytest.mark.parametrize(("path", "query", "expected"), [
+    ("/recommend/7", b"", (7, 10)),
+    ("/recommend/7", b"k=3", (7, 3)),
+    ("/recommend/10000000", b"k=100", (10_000_000, 100)),
+    ("/recommend/0", b"", None),            # out of range: FastAPI answers 422
+    ("/recommend/10000001", b"", None),
+    ("/recommend/7", b"k=0", None),
+    ("/recommend/7", b"k=101", None),
+    ("/recommend/7", b"k=3&x=1", None),     # anything else: FastAPI's route
+    ("/recommend/-7", b"", None),
+    ("/recommend/\u0663", b"", None),      # a non-ASCII digit
+    ("/recommend/7/x", b"", None),
+    ("/recommend", b"user_id=7", None),
+])
+def test_only_well_formed_plain_recommend_takes_the_hot_path(path, query, expected):
+    scope = {"type": "http", "method": "GET", "path": path, "query_string": query,
+             "root_path": ""}
+    assert _hot_request(scope) == expected
+    assert _hot_request(scope | {"method": "POST"}) is None
