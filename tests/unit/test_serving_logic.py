@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from scipy.stats import binomtest
 
-from backend.serving.app import _hot_request
 from backend.serving.auth import ApiKeys, digest
+from backend.serving.hotpath import hot_request
 from backend.serving.ratelimit import RateLimiterLogic
 from backend.serving.router import RouterLogic
 
@@ -193,5 +193,5 @@ def test_local_keys_are_private_random_and_registered_by_digest(tmp_path):
 def test_only_well_formed_plain_recommend_takes_the_hot_path(path, query, expected):
     scope = {"type": "http", "method": "GET", "path": path, "query_string": query,
              "root_path": ""}
-    assert _hot_request(scope) == expected
-    assert _hot_request(scope | {"method": "POST"}) is None
+    assert hot_request(scope) == expected
+    assert hot_request(scope | {"method": "POST"}) is None
