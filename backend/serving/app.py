@@ -9,7 +9,6 @@ here only wire them to HTTP and to each other. Run-time knobs arrive through `us
 
 import asyncio
 import functools
-import json
 import logging
 import threading
 import time
@@ -105,21 +104,14 @@ class _HotPath:
             await ingress._guard(headers.get(b"x-api-key", b"").decode("latin-1") or None,
                                  client[0] if client else None, 0, None)
             r = await ingress._recommend(scope.setdefault("state", {}), *hot)
-        except RecoError as exc:
-            body = json.dumps({"detail": exc.detail}).encode()
-            await _respond(send, exc.status_code, body, b"application/json",
-                           getattr(exc, "headers", None))
+        except RecoError as exc:  # the app's one error handler answers, as for any route
+            await (await _reco_error(None, exc))(scope, receive, send)
             return
-        await _respond(send, 200, ",".join(map(str, r["items"])).encode(),
-                       b"text/plain; charset=utf-8")
-
-
-async def _respond(send, status: int, body: bytes, media: bytes,
-                   headers: dict[str, str] | None = None) -> None:
-    raw = [(b"content-type", media), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+        body = ",".join(map(str, r["items"])).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 # Starlette wraps the last added outermost: the metrics see the hot path's responses too
