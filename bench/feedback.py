@@ -163,7 +163,8 @@ def main() -> None:
     ports = {"head_port": free_port(), "dashboard_port": free_port(),
              "client_port": free_port(), "dashboard_agent_port": free_port(),
              "metrics_export_port": free_port()}
-    head = RayHead(Settings(var_dir=workdir / "ray", ray=ports | {"num_cpus": 4}))
+    head = RayHead(Settings(var_dir=workdir / "ray", ray=ports | {"num_cpus": 4}, serve={
+        "haproxy_metrics_port": free_port(), "haproxy_stats_port": free_port()}))
     head.start()
     results: dict[str, list[dict]] = {}
     try:

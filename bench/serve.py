@@ -2,12 +2,10 @@
 side in one run for:
 
   (a) deployed  - the platform as deployed by default: serve_config.yaml through `reco serve
-                  start`, Serve's throughput mode on the Ray head, with auth (a client key),
-                  the shared rate limit, metrics and Kafka logging all on;
-  (a') haproxy  - the same with Serve's HAProxy ingress, which the platform offers as an
-                  opt-in (`RECO_SERVE__HAPROXY=1`): HAProxy's stats and Prometheus listeners
-                  bind to every interface, and the platform keeps to loopback by default;
-  (b) defaults  - the same app and config under Ray Serve's default settings;
+                  start`, on a Ray head with the platform's Serve settings (throughput mode,
+                  the HAProxy ingress), with auth (a client key), the shared rate limit,
+                  metrics and Kafka logging all on;
+  (b) defaults  - the same app and config under Ray Serve's default settings (Python proxy);
   (c) uvicorn   - the same model logic (router + variant logic, both models) in one plain
                   FastAPI/uvicorn process: the lower bound of overhead.
 
@@ -17,7 +15,7 @@ from `wrk` (Debian) at 1, 8 and 32 connections, for `--seconds` each after a war
 are drawn at random from MovieLens's 943. Targets for (a): >= 800 req/s at 32 connections with
 p99 < 75 ms and no errors; p50 < 3 ms at 1 connection; (a)/(b) >= 4x; (a)/(c) >= 0.25x.
 
-    python bench/serve.py [--seconds 10] [--legs deployed,haproxy,defaults,uvicorn]
+    python bench/serve.py [--seconds 10] [--legs deployed,defaults,uvicorn]
 Writes var/bench/serve.json.
 """
 
@@ -120,15 +118,14 @@ def measure(name: str, port: int, key: str, seconds: float) -> list[dict]:
     return rows
 
 
-def serve_leg(name: str, workdir: Path, seconds: float, fast: bool,
-              haproxy: bool) -> list[dict]:
+def serve_leg(name: str, workdir: Path, seconds: float, fast: bool) -> list[dict]:
     settings = prepare(workdir / name)
     ports = {"head_port": free_port(), "dashboard_port": free_port(),
              "client_port": free_port(), "dashboard_agent_port": free_port(),
              "metrics_export_port": free_port()}
     # the Serve proxy settings are environment of the head's processes (see serve_env)
     head_settings = Settings(var_dir=workdir / f"{name}-ray", ray=ports, serve={
-        "throughput_optimized": fast, "haproxy": fast and haproxy,
+        "throughput_optimized": fast, "haproxy": fast,
         "haproxy_metrics_port": free_port(), "haproxy_stats_port": free_port()})
     head = RayHead(head_settings)
     broker = EmbeddedBroker(settings.kafka, settings.run_dir)
@@ -213,7 +210,7 @@ def uvicorn_leg(workdir: Path, seconds: float) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--legs", default="deployed,haproxy,defaults,uvicorn")
+    parser.add_argument("--legs", default="deployed,defaults,uvicorn")
     parser.add_argument("--ingress-replicas", type=int, default=1)
     args = parser.parse_args()
     global INGRESS_REPLICAS
@@ -226,17 +223,14 @@ def main() -> None:
         if leg == "uvicorn":
             rows += uvicorn_leg(workdir, args.seconds)
         else:
-            rows += serve_leg(leg, workdir, args.seconds, fast=leg != "defaults",
-                              haproxy=leg == "haproxy")
+            rows += serve_leg(leg, workdir, args.seconds, fast=leg != "defaults")
     by = {(r["leg"], r["connections"]): r for r in rows}
     print(f"\n{'leg':<10}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
           f"{'errors':>8}")
     for r in rows:
         print(f"{r['leg']:<10}{r['connections']:>6}{r['req_per_s']:>10}{r['p50_ms']:>9.2f}"
               f"{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors'] + r['non_2xx']:>8}")
-    checks = {}
-    for name in ("deployed", "haproxy"):
-        checks |= targets(name, by, rows)
+    checks = targets("deployed", by, rows)
     print("\n" + "\n".join(f"{'met   ' if ok else 'MISSED'} {k}" for k, ok in checks.items()))
     out = ROOT / "var" / "bench" / "serve.json"
     out.parent.mkdir(parents=True, exist_ok=True)

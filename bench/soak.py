@@ -39,7 +39,8 @@ PROCESS_KINDS = {  # command-line fragment -> name in the report
     "tansu": "broker", "gcs_server": "ray gcs", "raylet": "raylet",
     "ray::ServeReplica:reco:Ingress": "serve ingress", "ray::ServeReplica:reco:VariantA":
     "serve variant A", "ray::ServeReplica:reco:VariantB": "serve variant B",
-    "ray::ServeReplica:reco:ServingState": "serve state", "ray::ServeController":
+    "ray::ServeReplica:reco:ServingState": "serve state",
+    "ray::ServeReplica:reco:RecoLog": "serve reco log", "ray::ServeController":
     "serve controller", "ray::ProxyActor": "serve proxy", "ray::IngestActor": "ingest actors",
     "ray::SchedulerActor": "scheduler", "streamlit": "dashboard", "jobs.simulate": "simulator",
     "dashboard/dashboard.py": "ray dashboard",

@@ -33,6 +33,17 @@ log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 PUSH_SECONDS = 1.0  # how often a replica pushes metrics and reads the shared experiment
 
+def _push_producer_gauges(producer, replica: str, pushed: int) -> int:
+    """One replica's producer health into its metric delta: spool depth, degraded, and the
+    events spooled since `pushed` as produce errors. Returns the new `pushed`."""
+    delta = replica_delta()
+    delta.set("reco_spool_depth", {"replica": replica}, float(producer.spool.depth))
+    delta.set("reco_broker_degraded", {"replica": replica}, float(producer.degraded))
+    if producer.spooled > pushed:
+        delta.inc("reco_kafka_produce_errors_total", {}, producer.spooled - pushed)
+    return producer.spooled
+
+
 class ErrorBody(BaseModel):
     """Every 4xx: a message, or FastAPI's list of field errors for request validation."""
 
@@ -259,15 +270,63 @@ class ServingState:
         return self.logic.deployed_runtime(runtime)
 
 
+@serve.deployment(name="RecoLog", num_replicas=1, max_ongoing_requests=64,
+                  ray_actor_options={"num_cpus": 0.1})
+class RecoLogDeployment:
+    """Produces the ingress replicas' reco log to events.reco, batches at a time (see
+    recolog.py), with its own spool for when the broker is away."""
+
+    def __init__(self, settings: Settings, state: DeploymentHandle) -> None:
+        from backend.kafka import EventProducer, claim_spool
+
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", self.replica)
+        # a produce request per batch, not per record
+        kafka = settings.kafka.model_copy(update={"linger_ms": settings.serve.log_linger_ms})
+        self.producer = EventProducer(kafka, spool)
+        self.state = state
+        self._pusher: asyncio.Task | None = None
+        self._pushed = 0
+
+    async def write(self, records: list[dict[str, Any]]) -> int:
+        """Records are `RecoEvent.to_record()` dicts, validated where they were made."""
+        self._start_pusher()
+        for record in records:
+            self.producer.send("events.reco", record)
+        return len(records)
+
+    async def check_health(self) -> None:  # Serve calls it every few seconds
+        self._start_pusher()
+
+    def _start_pusher(self) -> None:
+        if self._pusher is None:
+            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
+
+    async def _push_loop(self) -> None:
+        """This replica's spool depth and broker state, for /health and /metrics."""
+        while True:
+            try:
+                self._pushed = _push_producer_gauges(self.producer, self.replica, self._pushed)
+                await self.state.record.remote(take_replica_delta().as_payload())
+            except Exception:  # the state replica restarting: try again next period
+                log.warning("push to the serving state failed", exc_info=True)
+            await asyncio.sleep(PUSH_SECONDS)
+
+    async def __del__(self) -> None:
+        self.producer.close(timeout=5)
+
+
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
 @serve.ingress(api)
 class Ingress:
     def __init__(self, settings: Settings, variant_a: DeploymentHandle,
-                 variant_b: DeploymentHandle, state: DeploymentHandle) -> None:
+                 variant_b: DeploymentHandle, state: DeploymentHandle,
+                 reco_log: DeploymentHandle) -> None:
         from backend.data.movielens import load
         from backend.kafka import EventProducer, claim_spool
         from backend.serving.auth import ApiKeys
         from backend.serving.coalesce import Coalescer
+        from backend.serving.recolog import LogShipper
         from backend.serving.router import RouterLogic
 
         self.settings = settings
@@ -286,10 +345,9 @@ class Ingress:
         replica = serve.get_replica_context().replica_id.unique_id
         self.replica = replica
         spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", replica)
-        # the reco log may wait for a batch: one produce request per message would cost
-        # the ingress a fifth of its CPU in kafka-python's sender thread
-        kafka = settings.kafka.model_copy(update={"linger_ms": cfg.log_linger_ms})
-        self.producer = EventProducer(kafka, spool)
+        self.producer = EventProducer(settings.kafka, spool)  # writes; the reco log's fallback
+        self.reco_log = LogShipper(reco_log.write.remote, functools.partial(
+            self.producer.send, "events.reco"), interval=cfg.log_linger_ms / 1000)
         try:
             items = load(settings.data_cache).items
             self.titles = dict(zip(items["item_id"].tolist(), items["title"].tolist(),
@@ -315,21 +373,19 @@ class Ingress:
         while True:
             await asyncio.sleep(PUSH_SECONDS)
             try:
-                replica_delta().set("reco_spool_depth", {"replica": self.replica},
-                                    float(self.producer.spool.depth))
-                replica_delta().set("reco_broker_degraded", {"replica": self.replica},
-                                    float(self.producer.degraded))
-                spooled = self.producer.spooled
-                if spooled > self._spooled_pushed:
-                    replica_delta().inc("reco_kafka_produce_errors_total", {},
-                                        spooled - self._spooled_pushed)
-                    self._spooled_pushed = spooled
+                self._spooled_pushed = _push_producer_gauges(self.producer, self.replica,
+                                                             self._spooled_pushed)
                 delta = take_replica_delta()
                 if not delta.empty():
                     await self.state.record.remote(delta.as_payload())
                 self._apply(await self.state.config.remote())
             except Exception:  # the state replica restarting: try again next period
                 log.warning("push to the serving state failed", exc_info=True)
+
+    async def __del__(self) -> None:
+        """Shutting down: the reco log still queued leaves, and the producer drains."""
+        await self.reco_log.close()
+        self.producer.close(timeout=5)
 
     # -- guards ----------------------------------------------------------------------------
 
@@ -390,12 +446,10 @@ class Ingress:
                                        "version": str(result["model_version"])}, 1.0)
         latency = (time.perf_counter() - t0) * 1000
         request_id = str(uuid.uuid4())
-        # logged once the response is on its way: the producer's 0.1-0.2 ms stay off the
-        # request's path (and it never blocks: the spool takes what Kafka cannot)
-        asyncio.get_running_loop().call_soon(self.producer.send, "events.reco", RecoEvent(
+        self.reco_log.add(RecoEvent(  # shipped in batches to RecoLog, which produces it
             request_id=request_id, user_id=user_id, variant=variant,
             model_version=result["model_version"], items=result["items"],
-            latency_ms=latency))
+            latency_ms=latency).to_record())
         return result | {"request_id": request_id, "user_id": user_id}
 
     @api.get("/recommend")
@@ -508,6 +562,7 @@ def build_app(args: AppArgs) -> serve.Application:
     a = VariantDeployment.options(name="VariantA").bind(settings, "A")
     b = VariantDeployment.options(name="VariantB", user_config={"runtime": args.b_runtime}
                                   ).bind(settings, "B", state)
+    reco_log = RecoLogDeployment.bind(settings, state)
     return Ingress.options(num_replicas=args.ingress_replicas,
                            user_config={"split": args.split, "salt": args.salt}
-                           ).bind(settings, a, b, state)
+                           ).bind(settings, a, b, state, reco_log)

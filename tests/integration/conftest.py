@@ -31,7 +31,8 @@ def ray_head(tmp_path_factory):
     var = tmp_path_factory.mktemp("ray") / "var"
     ports = {"head_port": free_port(), "dashboard_port": free_port(), "client_port": free_port(),
              "dashboard_agent_port": free_port(), "metrics_export_port": free_port()}
-    settings = Settings(var_dir=var, ray=ports | {"num_cpus": 4})
+    settings = Settings(var_dir=var, ray=ports | {"num_cpus": 4}, serve={
+        "haproxy_metrics_port": free_port(), "haproxy_stats_port": free_port()})
     head = RayHead(settings)
     head.start()
     yield head

@@ -178,7 +178,7 @@ def test_metrics_are_summed_over_ingress_replicas(served):
     assert total("reco_auth_failures_total", status="401") == 1
     assert total("reco_requests_total", route="/rate", status="401") == 1
     replicas = {dict(ls)["replica"] for (n, ls) in after if n == "reco_spool_depth"}
-    assert len(replicas) == 2  # both ingress replicas pushed
+    assert len(replicas) == 3  # both ingress replicas and the RecoLog replica pushed
     versions = {dict(ls)["variant"] for (n, ls) in after if n == "reco_model_info"}
     assert versions == {"A", "B"}
     assert ("reco_model_refused", (("variant", "A"),)) in after

@@ -58,7 +58,7 @@ def test_serve_config_is_a_valid_serve_config_and_gets_the_settings(tmp_path):
     assert app["args"] == {"split": 0.7, "salt": "exp-1", "ingress_replicas": 2}
     assert app["runtime_env"]["env_vars"]["RECO_VAR_DIR"] == str(tmp_path.resolve())
     names = {d["name"] for d in app["deployments"]}
-    assert names == {"Ingress", "VariantA", "VariantB", "ServingState"}
+    assert names == {"Ingress", "VariantA", "VariantB", "ServingState", "RecoLog"}
 
 
 def test_job_env_forwards_settings_but_never_secrets(settings, monkeypatch):
@@ -71,3 +71,57 @@ def test_job_env_forwards_settings_but_never_secrets(settings, monkeypatch):
     env = job_env(settings)
     assert env["RECO_KAFKA__PARTITIONS"] == "6" and env["RECO_VAR_DIR"] == str(settings.var_dir)
     assert "sim-secret" not in env.values() and "kafka-secret" not in env.values()
+
+
+HAPROXY_CFG = """global
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend prometheus
+    bind :{metrics}
+    mode http
+    http-request use-service prometheus-exporter if { path /metrics }
+frontend http_frontend
+    bind 127.0.0.1:{api}
+    default_backend none
+backend none
+    http-request return status 404
+listen stats
+  bind *:{stats}
+  stats enable
+"""
+
+
+def test_haproxy_wrapper_pins_the_side_listeners_to_the_api_host(settings, tmp_path):
+    """Ray's template binds HAProxy's stats and Prometheus listeners to every interface; the
+    wrapper Serve runs instead of HAProxy moves them to the API's host, adds X-Forwarded-For
+    once, and then runs the real HAProxy (here its config check, `-c`)."""
+    import shutil
+    import subprocess
+
+    from backend.raycluster import haproxy_dir, haproxy_wrapper, serve_env
+
+    try:
+        wrapper = haproxy_wrapper(settings)
+        assert wrapper.stat().st_mode & 0o777 == 0o700
+        assert serve_env(settings)["RAY_SERVE_HAPROXY_BINARY_PATH"] == str(wrapper)
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(HAPROXY_CFG.replace("{metrics}", "19101").replace("{stats}", "18404")
+                       .replace("{api}", "18000"))
+        for _ in range(2):  # Serve reloads with the same file: nothing is added twice
+            out = subprocess.run([str(wrapper), "-c", "-f", str(cfg)], capture_output=True,
+                                 text=True, timeout=30)
+            assert out.returncode == 0, out.stdout + out.stderr
+        text = cfg.read_text()
+        assert "    bind 127.0.0.1:19101\n" in text and "  bind 127.0.0.1:18404\n" in text
+        assert "    bind 127.0.0.1:18000\n" in text and "bind :" not in text
+        assert text.count("option forwardfor") == 1
+        assert text.index("option forwardfor") > text.index("defaults")
+        wild = settings.model_copy(update={"serve": settings.serve.model_copy(
+            update={"host": "0.0.0.0"})})
+        assert "sed -i -E" not in haproxy_wrapper(wild).read_text()  # nothing to pin
+    finally:
+        shutil.rmtree(haproxy_dir(settings), ignore_errors=True)
