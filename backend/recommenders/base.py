@@ -53,6 +53,19 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
+def take_rows(m: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """`m[rows]`, the same rows in the same order, without scipy's fancy indexing, which
+    costs ~45 us a call: a served request scores one user, or a few."""
+    spans = [slice(m.indptr[r], m.indptr[r + 1]) for r in rows]
+    indptr = np.zeros(len(spans) + 1, dtype=m.indptr.dtype)
+    np.cumsum([sl.stop - sl.start for sl in spans], out=indptr[1:])
+    if not spans:
+        return sp.csr_matrix((0, m.shape[1]), dtype=m.dtype)
+    return sp.csr_matrix((np.concatenate([m.data[sl] for sl in spans]),
+                          np.concatenate([m.indices[sl] for sl in spans]), indptr),
+                         shape=(len(spans), m.shape[1]))
+
+
 class Recommender(ABC):
     """fit / recommend / recommend_many / save / load, shared by every model."""
 
@@ -131,7 +144,7 @@ class Recommender(ABC):
         fresh = np.flatnonzero(self.popularity == 0)
         if self.features is None or len(fresh) == 0:
             return scores
-        hist = self.seen[rows]
+        hist = take_rows(self.seen, rows)
         counts = np.asarray(hist.sum(axis=1)).reshape(-1, 1)
         profiles = np.asarray(hist @ self.features) / np.maximum(counts, 1)
         top = np.nanmax(np.where(np.isfinite(scores), scores, np.nan), axis=1, initial=0.0)
@@ -153,8 +166,9 @@ class Recommender(ABC):
             rows = np.array([self._uidx[u] for u in chunk])
             scores = self._new_item_boost(rows, self._score_known(rows).astype(np.float64))
             if exclude_seen:
-                seen = self.seen[rows].tocoo()
-                scores[seen.row, seen.col] = -np.inf
+                seen = self.seen
+                for i, r in enumerate(rows):
+                    scores[i, seen.indices[seen.indptr[r]:seen.indptr[r + 1]]] = -np.inf
             for u, row_scores in zip(chunk, scores, strict=True):
                 out[u] = self._finalise(row_scores, k)
         for u in users:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from backend.recommenders.base import Recommender, top_k
+from backend.recommenders.base import Recommender, take_rows, top_k
 
 CANDIDATES = 2.0  # cosine candidates per item, as a multiple of k, before shrinkage re-ranks
 
@@ -108,7 +108,7 @@ class ItemKNN(Recommender):
                                      self.params["shrinkage"])
 
     def _score_known(self, rows: np.ndarray) -> np.ndarray:
-        return (self.weights[rows] @ self.sim).toarray()
+        return (take_rows(self.weights, rows) @ self.sim).toarray()
 
     def _arrays(self) -> dict[str, np.ndarray]:
         w, s = self.weights.tocsr(), self.sim.tocsr()

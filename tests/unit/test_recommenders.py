@@ -110,3 +110,17 @@ def test_diversity_knobs_change_lists_at_run_time(data):
     assert all(len(set(r) & tail_items) >= 4 for r in lists.values())
     with pytest.raises(ValueError):
         b.set_params(neighbours=3)
+
+
+def test_take_rows_is_scipys_row_indexing():
+    import scipy.sparse as sp
+
+    from backend.recommenders.base import take_rows
+
+    m = sp.random(30, 12, density=0.3, format="csr", dtype=np.float32, random_state=3)
+    m[4] = 0  # an empty row
+    m.eliminate_zeros()
+    for rows in ([5], [4], [7, 2, 7, 4, 29], list(range(30)), []):
+        got, want = take_rows(m, np.array(rows, dtype=np.int64)), m[np.array(rows, dtype=int)]
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert np.array_equal(got.toarray(), want.toarray())
