@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -29,11 +29,15 @@ from backend.serving.hotpath import hot_request
 from backend.serving.state import ServingStateLogic, replica_delta, take_replica_delta
 from backend.settings import Settings
 
+if TYPE_CHECKING:
+    from backend.kafka import EventProducer
+
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 PUSH_SECONDS = 1.0  # how often a replica pushes metrics and reads the shared experiment
 
-def _push_producer_gauges(producer, replica: str, pushed: int) -> int:
+
+def _push_producer_gauges(producer: "EventProducer", replica: str, pushed: int) -> int:
     """One replica's producer health into its metric delta: spool depth, degraded, and the
     events spooled since `pushed` as produce errors. Returns the new `pushed`."""
     delta = replica_delta()

@@ -6,8 +6,10 @@ the largest single cost of a recommendation: with the reco log produced there, o
 connection got p50 4.0 ms and 32 connections ~900 req/s; without it 2.2 ms and ~1,400
 (bench/serve.py, HAProxy ingress). So the ingress only appends each decision to a list,
 and `LogShipper` hands the list to the RecoLog deployment, which produces it, once per
-`interval` (one call in flight). A batch that cannot be shipped goes to `fallback` record by
-record (the ingress's own producer, and its spool), and so does a record that finds
+`interval` (one call in flight). A batch that cannot be shipped within `timeout` goes to
+`fallback` record by record (the ingress's own producer, and its spool; a batch that times
+out and still arrives is a duplicate, which the ingest's event_id dedupe drops), and so does
+a record that finds
 `max_buffer` queued (RecoLog stuck): nothing is dropped, and memory stays bounded. Plain
 asyncio: unit-tested without Ray.
 """
@@ -26,12 +28,14 @@ Record = dict[str, Any]
 class LogShipper:
     def __init__(self, ship: Callable[[list[Record]], Awaitable[Any]],
                  fallback: Callable[[Record], None], interval: float = 0.05,
-                 max_batch: int = 1000, max_buffer: int = 50_000) -> None:
+                 max_batch: int = 1000, max_buffer: int = 50_000,
+                 timeout: float = 10.0) -> None:
         self.ship = ship
         self.fallback = fallback
         self.interval = interval
         self.max_batch = max_batch
         self.max_buffer = max_buffer
+        self.timeout = timeout
         self._buffer: list[Record] = []
         self._task: asyncio.Task | None = None
         self.shipped = 0  # records handed over, and records that took the fallback
@@ -57,7 +61,7 @@ class LogShipper:
             batch, self._buffer = (self._buffer[:self.max_batch],
                                    self._buffer[self.max_batch:])
             try:
-                await self.ship(batch)
+                await asyncio.wait_for(self.ship(batch), self.timeout)
                 self.shipped += len(batch)
             except asyncio.CancelledError:
                 self._fall_back(batch)

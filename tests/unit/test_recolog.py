@@ -8,13 +8,16 @@ from backend.serving.recolog import LogShipper
 
 
 class Sink:
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, hang: bool = False) -> None:
         self.batches: list[list[dict]] = []
         self.fail = fail
+        self.hang = hang
 
     async def __call__(self, batch: list[dict]) -> None:
         if self.fail:
             raise ConnectionError("replica gone")
+        if self.hang:
+            await asyncio.sleep(3600)
         self.batches.append(list(batch))
 
 
@@ -79,3 +82,15 @@ def test_a_full_buffer_sends_the_overflow_to_the_fallback():
 
     sink, local = asyncio.run(scenario())
     assert sink.batches == [[{"n": 0}, {"n": 1}]] and local == [{"n": 2}, {"n": 3}]
+
+
+def test_a_ship_that_hangs_times_out_into_the_fallback():
+    async def scenario():
+        sink, local = Sink(hang=True), []
+        shipper = LogShipper(sink, local.append, interval=60, timeout=0.05)
+        shipper.add({"n": 1})
+        await shipper.close()  # a shutdown does not wait for a replica that never answers
+        return local, shipper
+
+    local, shipper = asyncio.run(scenario())
+    assert local == [{"n": 1}] and shipper.fell_back == 1
