@@ -149,9 +149,10 @@ class ServeSettings(BaseModel):
     log_linger_ms: int = Field(50, ge=1, le=1000, description=(
         "batching of the reco log: how often ingress replicas ship it to the RecoLog "
         "deployment, and that one's producer linger"))
-    coalesce_inflight: int = Field(2, ge=1, le=64, description=(
+    coalesce_inflight: int = Field(1, ge=1, le=64, description=(
         "handle calls per variant an ingress replica keeps out at once; requests that "
-        "arrive meanwhile go together in the next call"))
+        "arrive meanwhile go together in the next call (1: the largest batches, the least "
+        "CPU per request; measured against 2 and 3 in bench/serve.py's c=32 cell)"))
     coalesce_max_batch: int = Field(64, ge=1, le=1024, description="requests per such call")
     throughput_optimized: bool = Field(True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED on "
                                                          "the Ray head `reco up` starts")

@@ -150,8 +150,11 @@ def serve_leg(name: str, workdir: Path, seconds: float, fast: bool) -> list[dict
         logged = sum(float(x.rsplit(" ", 1)[1]) for x in metrics.splitlines()
                      if x.startswith("reco_requests_total{") and '"/recommend/{user_id}"' in x
                      and 'status="200"' in x)
-        print(f"{name:<9} /metrics counted {logged:.0f} successful /recommend/{{user_id}}",
-              flush=True)
+        failed = {x.split('status="')[1].split('"')[0]: float(x.rsplit(" ", 1)[1])
+                  for x in metrics.splitlines() if x.startswith("reco_requests_total{")
+                  and '"/recommend/{user_id}"' in x and 'status="200"' not in x}
+        print(f"{name:<9} /metrics counted {logged:.0f} successful /recommend/{{user_id}}, "
+              f"others by status {failed}", flush=True)
         return rows
     finally:
         broker.stop()

@@ -84,13 +84,17 @@ class _RequestMetrics:
 
         try:
             await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:  # the client went away first (nginx's and Serve's 499)
+            if status == 500:
+                status = 499
+            raise
         finally:
             delta = replica_delta()
             path = getattr(scope.get("route"), "path", "unmatched")
             variant = state.get("variant", "")
             delta.inc("reco_requests_total", {"route": path, "status": str(status),
                                               "variant": variant})
-            if variant:
+            if variant and status != 499:  # answered: its latency is a user's
                 delta.observe(time.perf_counter() - t0, {"variant": variant})
 
 
@@ -330,6 +334,7 @@ class Ingress:
         from backend.kafka import EventProducer, claim_spool
         from backend.serving.auth import ApiKeys
         from backend.serving.coalesce import Coalescer
+        from backend.serving.leases import Leases
         from backend.serving.recolog import LogShipper
         from backend.serving.router import RouterLogic
 
@@ -343,7 +348,7 @@ class Ingress:
         self.router = RouterLogic(cfg.split, cfg.salt)
         self._generation = -1
         self.keys = ApiKeys({n: (k.sha256, k.role) for n, k in cfg.api_keys.items()})
-        self._leases: dict[str, int] = {}
+        self._leases = Leases(state.acquire.remote)
         self._pusher: asyncio.Task | None = None
         self._spooled_pushed = 0
         replica = serve.get_replica_context().replica_id.unique_id
@@ -414,17 +419,10 @@ class Ingress:
                 replica_delta().inc("reco_auth_failures_total", {"status": "403"})
                 raise _HttpError(403, f"this key may not do {needs} operations")
         client = f"key:{principal.name}" if principal is not None else f"ip:{host or 'unknown'}"
-        if self._leases.get(client, 0) <= 0:
-            granted, retry_after = await self.state.acquire.remote(client)
-            if not granted:
-                replica_delta().inc("reco_rate_limited_total", {"client": client.split(":")[0]})
-                raise _HttpError(429, "rate limit exceeded",
-                                 {"Retry-After": str(max(1, retry_after))})
-            self._leases[client] = granted
-            if len(self._leases) > 100_000:  # bounded: forget the oldest leases
-                for old in list(self._leases)[:50_000]:
-                    del self._leases[old]
-        self._leases[client] -= 1
+        retry_after = await self._leases.take(client)
+        if retry_after:
+            replica_delta().inc("reco_rate_limited_total", {"client": client.split(":")[0]})
+            raise _HttpError(429, "rate limit exceeded", {"Retry-After": str(retry_after)})
         return principal
 
     # -- recommendations -------------------------------------------------------------------
