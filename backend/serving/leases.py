@@ -21,7 +21,6 @@ class Leases:
         self.max_clients = max_clients
         self._tokens: dict[str, int] = {}
         self._pending: dict[str, asyncio.Future] = {}
-        self.acquired = 0  # lease requests made
 
     async def take(self, client: str) -> int:
         """Spend one of `client`'s tokens: 0 when allowed, else Retry-After seconds."""
@@ -37,7 +36,6 @@ class Leases:
         return 0
 
     async def _lease(self, client: str) -> tuple[int, int]:
-        self.acquired += 1
         try:
             granted, retry_after = await self.acquire(client)
         finally:
