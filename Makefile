@@ -25,8 +25,10 @@ down: $(STAMP)
 status: $(STAMP)
 	$(BIN)/reco status
 
+# style, the layer contracts of .importlinter, static types
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Debian packages the tests use: chromium for the browser test (Playwright drives it; it
 # downloads no browser), stunnel4 for the broker's TLS front
@@ -34,8 +36,7 @@ DEBS := /usr/bin/chromium /usr/bin/stunnel4
 $(DEBS):
 	apt-get update && apt-get install -y chromium stunnel4
 
-test: $(STAMP) $(DEBS)
-	$(BIN)/ruff check .
+test: $(STAMP) $(DEBS) lint
 	$(BIN)/pytest
 
 test-slow: $(STAMP)

@@ -25,9 +25,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from backend.analytics import AnalyticsLogic, RecoLog  # noqa: E402
+from backend.analytics.engine import AnalyticsLogic, RecoLog  # noqa: E402
+from backend.core.settings import AnalyticsSettings  # noqa: E402
 from backend.data.movielens import load  # noqa: E402
-from backend.settings import AnalyticsSettings  # noqa: E402
 
 END = pd.Timestamp("2026-01-01T12:00:00Z")
 

@@ -34,14 +34,15 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from backend.broker import EmbeddedBroker  # noqa: E402
+from backend.core.runtime import ray_env  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.data.kafka import ensure_topics  # noqa: E402
+from backend.data.lake import Lake  # noqa: E402
 from backend.data.movielens import WHEEL_NAME  # noqa: E402
-from backend.kafka import ensure_topics  # noqa: E402
-from backend.lake import Lake  # noqa: E402
-from backend.metrics.feedback import trend  # noqa: E402
-from backend.raycluster import RayHead, ray_env  # noqa: E402
+from backend.ml.metrics.feedback import trend  # noqa: E402
+from backend.ops.broker import EmbeddedBroker  # noqa: E402
+from backend.ops.raycluster import RayHead  # noqa: E402
 from backend.serving.auth import digest  # noqa: E402
-from backend.settings import Settings  # noqa: E402
 
 SIM_KEY = "feedback-bench-sim-key"  # loopback-only throwaway key for this bench's own stack
 
@@ -81,7 +82,7 @@ class Arm:
         self.ingest: subprocess.Popen | None = None
 
     def reco(self, *args: str, timeout: float = 900) -> str:
-        out = subprocess.run([sys.executable, "-m", "backend.cli", *args], env=self.env,
+        out = subprocess.run([sys.executable, "-m", "backend.ops.cli", *args], env=self.env,
                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         if out.returncode != 0:
             raise RuntimeError(f"reco {' '.join(args)} failed:\n{out.stderr[-3000:]}")
@@ -115,7 +116,7 @@ class Arm:
         return health["variants"][self.name]["version"]
 
     def cycle(self, i: int) -> dict:
-        from jobs.analyze import analyze_once
+        from backend.analytics.cycle import analyze_once
 
         lake = Lake(self.settings.lake_root)
         before = lake.count("events.reco")

@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 import ray  # noqa: E402
 
-from backend import batch  # noqa: E402
-from backend.broker import EmbeddedBroker  # noqa: E402
-from backend.kafka import EventProducer, encode, ensure_topics  # noqa: E402
-from backend.lake import Lake  # noqa: E402
-from backend.raycluster import init_ray  # noqa: E402
-from backend.settings import Settings  # noqa: E402
+from backend.core.runtime import init_ray  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.data import batch  # noqa: E402
+from backend.data.kafka import EventProducer, encode, ensure_topics  # noqa: E402
+from backend.data.lake import Lake  # noqa: E402
+from backend.ops.broker import EmbeddedBroker  # noqa: E402
 from jobs import ingest  # noqa: E402
 
 TOPICS = ("events.rating", "events.watch")

@@ -38,13 +38,14 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from backend.broker import EmbeddedBroker  # noqa: E402
+from backend.core.runtime import ray_env  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.data.kafka import ensure_topics  # noqa: E402
 from backend.data.movielens import WHEEL_NAME, load  # noqa: E402
-from backend.evaluation import build_interactions  # noqa: E402
-from backend.kafka import ensure_topics  # noqa: E402
-from backend.raycluster import RayHead, ray_env  # noqa: E402
-from backend.recommenders import DiversityKNN, ItemKNN  # noqa: E402
-from backend.settings import Settings  # noqa: E402
+from backend.ml.evaluation import build_interactions  # noqa: E402
+from backend.ml.recommenders import DiversityKNN, ItemKNN  # noqa: E402
+from backend.ops.broker import EmbeddedBroker  # noqa: E402
+from backend.ops.raycluster import RayHead  # noqa: E402
 from registry import open_registry  # noqa: E402
 
 CONNECTIONS = (1, 8, 32)
@@ -139,7 +140,7 @@ def serve_leg(name: str, workdir: Path, seconds: float, fast: bool) -> list[dict
             "RECO_KAFKA__EMBEDDED_PORT": str(settings.kafka.embedded_port),
             "RECO_SERVE__PORT": str(settings.serve.port), "PYTHONPATH": str(ROOT),
             "RECO_SERVE__INGRESS_REPLICAS": str(INGRESS_REPLICAS)}
-        out = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "start",
+        out = subprocess.run([sys.executable, "-m", "backend.ops.cli", "serve", "start",
                               "--wait", "300"], env=env, cwd=ROOT, capture_output=True,
                              text=True, timeout=420)
         if out.returncode != 0:
@@ -167,7 +168,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from backend.serving.router import RouterLogic
 from backend.serving.variant import VariantLogic
-from backend.settings import Settings
+from backend.core.settings import Settings
 from registry import open_registry
 
 settings = Settings()

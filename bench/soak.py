@@ -31,9 +31,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.broker import cmdlines  # noqa: E402
-from backend.lake import Lake  # noqa: E402
-from backend.settings import Settings  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.data.lake import Lake  # noqa: E402
+from backend.ops.procs import cmdlines  # noqa: E402
 
 PROCESS_KINDS = {  # command-line fragment -> name in the report
     "tansu": "broker", "gcs_server": "ray gcs", "raylet": "raylet",

@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from backend.core.settings import SimSettings  # noqa: E402
 from backend.data.movielens import load  # noqa: E402
-from backend.evaluation import build_interactions  # noqa: E402
-from backend.metrics import spam  # noqa: E402
-from backend.recommenders import ItemKNN  # noqa: E402
-from backend.settings import SimSettings  # noqa: E402
-from backend.simulation import SimulatorLogic  # noqa: E402
+from backend.ml.evaluation import build_interactions  # noqa: E402
+from backend.ml.metrics import spam  # noqa: E402
+from backend.ml.recommenders import ItemKNN  # noqa: E402
+from backend.ml.simulation import SimulatorLogic  # noqa: E402
 
 START = pd.Timestamp("2026-01-01T11:00:00Z")
 DETECTORS = ("three_sigma", "robust_count", "robust_rdma", "robust_degsim", "robust_burst",

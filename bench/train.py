@@ -26,15 +26,15 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from backend.data.movielens import load  # noqa: E402
-from backend.evaluation import build_interactions, temporal_split  # noqa: E402
-from backend.metrics.ranking import (  # noqa: E402
+from backend.ml.evaluation import build_interactions, temporal_split  # noqa: E402
+from backend.ml.metrics.ranking import (  # noqa: E402
     catalog_coverage,
     exposure_counts,
     gini,
     ndcg_at_k,
     recall_at_k,
 )
-from backend.recommenders import DiversityKNN, ItemKNN, Popularity  # noqa: E402
+from backend.ml.recommenders import DiversityKNN, ItemKNN, Popularity  # noqa: E402
 
 NEIGHBOURS = 50
 

@@ -15,7 +15,12 @@ import httpx
 import pandas as pd
 import streamlit as st
 
-from backend.settings import Settings
+from backend.core.files import read_jsonl
+from backend.core.layout import StoreLayout
+from backend.core.settings import Settings
+from backend.data.events import EVENT_MODELS
+from backend.data.lake import Lake
+from registry import open_registry
 
 REFRESH = "5s"
 RANGES = {"15 min": 15, "1 hour": 60, "6 hours": 360, "24 hours": 1440, "7 days": 10080}
@@ -38,7 +43,7 @@ def api_url() -> str:
 
 @st.cache_data(ttl=5)
 def latest_snapshot(var_dir: str) -> dict[str, Any] | None:
-    path = Path(var_dir) / "analytics" / "latest.json"
+    path = StoreLayout(root=Path(var_dir)).latest_snapshot
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -47,7 +52,7 @@ def latest_snapshot(var_dir: str) -> dict[str, Any] | None:
 
 @st.cache_data(ttl=5)
 def snapshot_history(var_dir: str, limit: int = 96) -> list[dict[str, Any]]:
-    files = sorted((Path(var_dir) / "analytics" / "snapshots").glob("*.json"))[-limit:]
+    files = sorted(StoreLayout(root=Path(var_dir)).snapshots.glob("*.json"))[-limit:]
     out = []
     for f in files:
         try:
@@ -81,8 +86,6 @@ def prometheus() -> pd.DataFrame:
 
 @st.cache_data(ttl=10)
 def registry_versions(var_dir: str) -> pd.DataFrame:
-    from registry import open_registry
-
     reg = open_registry(settings())
     rows = []
     for variant in reg.variants():
@@ -108,8 +111,6 @@ def registry_versions(var_dir: str) -> pd.DataFrame:
 @st.cache_data(ttl=15)
 def lake_times(lake_root: str, cache: str, minutes: int) -> pd.DataFrame:
     """(topic, ts) of every lake event in the last `minutes`: the `ts` column only."""
-    from backend.events import EVENT_MODELS
-    from backend.lake import Lake
 
     lake, cutoff = Lake(Path(lake_root)), pd.Timestamp.now(tz="UTC") - pd.Timedelta(
         minutes=minutes)
@@ -123,7 +124,6 @@ def lake_times(lake_root: str, cache: str, minutes: int) -> pd.DataFrame:
 @st.cache_data(ttl=15)
 def dead_letters(lake_root: str, cache: str) -> pd.DataFrame:
     """Dead letters with their source topic, time and reason (the error's first line)."""
-    from backend.lake import Lake
 
     dlq = Lake(Path(lake_root)).read("events.dlq", columns=["ts", "source_topic", "error"],
                                      cache=Path(cache))
@@ -133,9 +133,8 @@ def dead_letters(lake_root: str, cache: str) -> pd.DataFrame:
 @st.cache_data(ttl=5)
 def schedule_runs(var_dir: str, limit: int = 50) -> pd.DataFrame:
     """The scheduler's latest runs, newest first."""
-    from backend.files import read_jsonl
 
-    runs = read_jsonl(Path(var_dir) / "schedule" / "runs.jsonl")[-limit:][::-1]
+    runs = read_jsonl(StoreLayout(root=Path(var_dir)).schedule_runs)[-limit:][::-1]
     rows = []
     for r in runs:
         result = r.get("result") or {}
@@ -154,7 +153,7 @@ def schedule_runs(var_dir: str, limit: int = 50) -> pd.DataFrame:
 
 @st.cache_data(ttl=10)
 def quarantine(var_dir: str) -> list[int]:
-    path = Path(var_dir) / "analytics" / "quarantine.json"
+    path = StoreLayout(root=Path(var_dir)).quarantine
     try:
         return list(json.loads(path.read_text()).get("users", []))
     except (OSError, ValueError):

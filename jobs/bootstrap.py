@@ -15,12 +15,12 @@ import uuid
 
 import pandas as pd
 
+from backend.core.logs import setup_logging
+from backend.core.settings import Settings
+from backend.data.events import EVENT_NAMESPACE
+from backend.data.kafka import EventProducer, ensure_topics
+from backend.data.lake import Lake
 from backend.data.movielens import load
-from backend.events import EVENT_NAMESPACE
-from backend.kafka import EventProducer, ensure_topics
-from backend.lake import Lake
-from backend.logs import setup_logging
-from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 NOMINAL_MINUTES = 100.0

@@ -17,10 +17,10 @@ import time
 
 import ray
 
-from backend.ingest import IngestStats, PartitionWorker
-from backend.logs import setup_logging
-from backend.raycluster import init_ray, job_env
-from backend.settings import Settings
+from backend.core.logs import setup_logging
+from backend.core.runtime import init_ray, job_env
+from backend.core.settings import Settings
+from backend.data.ingest import IngestStats, PartitionWorker
 
 log = logging.getLogger(__name__)
 

@@ -1,229 +1,26 @@
-"""Scheduler job: submits the retrain job every `schedule.retrain_interval` through the Ray
-Jobs SDK and runs the analytics cycle every `schedule.analyze_interval`, one of each at a time.
+"""Scheduler job: the loop of `backend.scheduling.scheduler` in a Ray actor that holds the
+analytics gauges (Ray exports an actor's metrics).
 
-The analytics cycle runs in this job's actor, in a thread at the lowest CPU priority, not as a
-Ray job of its own: a job per minute costs a JobSupervisor actor (at the workers' niceness 0)
-and a fresh interpreter importing pandas, about 3.7 s of CPU, and on two cores that burst
-pushed the API's p99 under a 50 req/s soak from 58 ms to 0.6 s (bench/soak.py).
-`python -m jobs.analyze` still runs the same cycle as a job or by hand.
-
-Run with `ray job submit -- python -m jobs.schedule` (`reco up` does). Every finished run is
-appended to `var/schedule/runs.jsonl` (kind, submission id, start, end, outcome, and for
-retrains the result per variant and the production versions afterwards); `state.json` holds
-what runs now and when the next runs are due, for `reco status` and the dashboard. After each
-analytics run the headline figures are exported as Prometheus gauges (`ray_reco_analytics_*`).
+Run with `ray job submit -- python -m jobs.schedule` (`reco up` does).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import sys
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from backend.files import append_jsonl, read_jsonl, write_json
-from backend.logs import setup_logging
-from backend.settings import Settings
+from backend.analytics.cycle import GAUGE_NAMES
+from backend.core.logs import setup_logging
+from backend.core.runtime import init_ray, job_env
+from backend.core.settings import Settings
+from backend.scheduling.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
-KINDS = ("retrain", "analyze")
-JOBS = {"retrain": "jobs.retrain"}  # kinds submitted as Ray jobs; the others run in-process
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def schedule_dir(settings: Settings) -> Path:
-    return settings.var_dir / "schedule"
-
-
-@dataclass
-class SchedulerLogic:
-    """When to submit what; the clock and the job states come in, decisions go out."""
-
-    intervals: dict[str, float]
-    started: float
-    last: dict[str, float] = field(default_factory=dict)  # kind -> start of its latest run
-    running: dict[str, tuple[str, float]] = field(default_factory=dict)  # kind -> (id, start)
-
-    @classmethod
-    def resume(cls, intervals: dict[str, float], runs: list[dict], now: float
-               ) -> SchedulerLogic:
-        """Carry on from the recorded runs: a restart does not retrain early."""
-        last = {}
-        for run in runs:
-            last[run["kind"]] = max(last.get(run["kind"], 0.0), float(run["start"]))
-        return cls(intervals, now, last)
-
-    def next_due(self, kind: str) -> float:
-        return self.last.get(kind, self.started) + self.intervals[kind]
-
-    def due(self, now: float) -> list[str]:
-        """Kinds to submit now: due and not running (never two of a kind at once)."""
-        return [k for k in KINDS if k not in self.running and now >= self.next_due(k)]
-
-    def submitted(self, kind: str, job_id: str, now: float) -> None:
-        self.running[kind] = (job_id, now)
-        self.last[kind] = now
-
-    def finished(self, kind: str, status: str, now: float) -> dict[str, Any]:
-        job_id, start = self.running.pop(kind)
-        return {"kind": kind, "id": job_id, "start": start, "end": now, "outcome": status}
-
-
-def result_path(settings: Settings, job_id: str) -> Path:
-    return schedule_dir(settings) / "results" / f"{job_id}.json"
-
-
-class Scheduler:
-    """The loop around `SchedulerLogic`: submits through the Jobs SDK, records, exports."""
-
-    def __init__(self, settings: Settings, client: Any, gauges: Any = None,
-                 analyze: Callable[[], object] | None = None) -> None:
-        self.settings, self.client, self.gauges = settings, client, gauges
-        self.analyze = analyze or (lambda: _analytics_cycle(settings))
-        self._local: dict[str, tuple[threading.Thread, list[str]]] = {}  # id -> (thread, outcome)
-        self.dir = schedule_dir(settings)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        cfg = settings.schedule
-        self.logic = SchedulerLogic.resume(
-            {"retrain": cfg.retrain_interval, "analyze": cfg.analyze_interval},
-            read_jsonl(self.dir / "runs.jsonl"), time.time())
-        self._adopt_running()
-
-    def _adopt_running(self) -> None:
-        """A restarted scheduler waits for the jobs its predecessor left running."""
-        for job in self.client.list_jobs():
-            sid = job.submission_id or ""
-            status = getattr(job.status, "value", str(job.status))
-            for kind in JOBS:
-                if sid.startswith(f"reco-{kind}-") and status not in TERMINAL:
-                    self.logic.submitted(kind, sid, float(job.start_time or 0) / 1000
-                                         or time.time())
-
-    def submit(self, kind: str, now: float) -> str:
-        from backend.raycluster import job_env
-
-        job_id = f"reco-{kind}-{int(now * 1000)}"
-        if kind not in JOBS:
-            outcome: list[str] = []
-            thread = threading.Thread(target=self._run_local, args=(kind, outcome),
-                                      name=job_id, daemon=True)
-            self._local[job_id] = (thread, outcome)
-            thread.start()
-            self.logic.submitted(kind, job_id, now)
-            log.info("started kind=%s id=%s", kind, job_id)
-            return job_id
-        # batch work at the lowest CPU priority: the API's replicas run at niceness 0
-        entry = f"nice -n 19 {sys.executable} -m {JOBS[kind]}"
-        if kind == "retrain":
-            entry += f" --result {result_path(self.settings, job_id)}"
-        self.client.submit_job(entrypoint=entry, submission_id=job_id,
-                               runtime_env={"env_vars": job_env(self.settings)})
-        self.logic.submitted(kind, job_id, now)
-        log.info("submitted kind=%s id=%s", kind, job_id)
-        return job_id
-
-    def _run_local(self, kind: str, outcome: list[str]) -> None:
-        """An in-process run, in its own thread at niceness 19 (Linux: per thread)."""
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        try:
-            self.analyze()
-            outcome.append("SUCCEEDED")
-        except Exception:
-            log.exception("run failed kind=%s", kind)
-            outcome.append("FAILED")
-
-    def _status(self, job_id: str) -> str:
-        if job_id in self._local:
-            thread, outcome = self._local[job_id]
-            if thread.is_alive():
-                return "RUNNING"
-            del self._local[job_id]
-            return outcome[0] if outcome else "FAILED"
-        return getattr(s := self.client.get_job_status(job_id), "value", str(s))
-
-    def poll(self, now: float) -> list[dict]:
-        """Record the runs that ended since the last poll; stop a retrain that overran."""
-        done = []
-        for kind, (job_id, start) in list(self.logic.running.items()):
-            status = self._status(job_id)
-            overran = (kind == "retrain" and status not in TERMINAL
-                       and now - start > self.settings.schedule.retrain_timeout)
-            if overran:
-                self.client.stop_job(job_id)
-                status = "TIMEOUT"
-            elif status not in TERMINAL:
-                continue
-            record = self.logic.finished(kind, status, now)
-            if kind == "retrain":
-                record |= self._retrain_outcome(job_id)
-            elif status == "SUCCEEDED":
-                self._export_gauges()
-            append_jsonl(self.dir / "runs.jsonl", record)
-            log.info("finished kind=%s id=%s outcome=%s", kind, job_id, status)
-            done.append(record)
-        return done
-
-    def _retrain_outcome(self, job_id: str) -> dict[str, Any]:
-        from registry import open_registry
-
-        path = result_path(self.settings, job_id)
-        result = json.loads(path.read_text()) if path.exists() else None
-        registry = open_registry(self.settings)
-        out: dict[str, Any] = {"production": {v: registry.aliases(v).get("production")
-                                              for v in registry.variants()}}
-        if result is None:
-            out["error"] = "the retrain job ended without a result; production is unchanged"
-            return out
-        out["result"] = {v: {"version": r["version"], "promoted": r["promoted"],
-                             "reasons": r["reasons"],
-                             "forecast_slope": (r.get("forecast") or {}).get("slope")}
-                         for v, r in result.items()}
-        return out
-
-    def _export_gauges(self) -> None:
-        if self.gauges is None:
-            return
-        from jobs.analyze import analytics_dir, gauge_values
-
-        path = analytics_dir(self.settings) / "latest.json"
-        if path.exists():
-            for name, tags, value in gauge_values(json.loads(path.read_text())):
-                self.gauges[name].set(value, tags=tags)
-
-    def write_state(self, now: float) -> None:
-        write_json(self.dir / "state.json", {
-            "updated": now,
-            "running": {k: {"id": i, "start": s} for k, (i, s) in self.logic.running.items()},
-            "next_due": {k: self.logic.next_due(k) for k in KINDS},
-            "intervals": self.logic.intervals})
-
-    def step(self, now: float) -> None:
-        self.poll(now)
-        for kind in self.logic.due(now):
-            try:
-                self.submit(kind, now)
-            except Exception:  # the Jobs API may be briefly away; the next step retries
-                log.exception("submit failed kind=%s", kind)
-        self.write_state(now)
-
-
-def _analytics_cycle(settings: Settings) -> None:
-    import pyarrow as pa
-
-    from jobs.analyze import cycle
-
-    cycle(settings)
-    pa.default_memory_pool().release_unused()  # a long-lived process: hand back the frames
-
-
-def _actor_class():
+def _actor_class() -> Any:
     import ray
 
     @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.1)
@@ -233,8 +30,6 @@ def _actor_class():
         def __init__(self, settings: Settings, dashboard_url: str) -> None:
             from ray.job_submission import JobSubmissionClient
             from ray.util.metrics import Gauge
-
-            from jobs.analyze import GAUGE_NAMES
 
             setup_logging()
             gauges = {n: Gauge(f"reco_analytics_{n}", description=n, tag_keys=("variant",))
@@ -260,8 +55,6 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     settings = Settings()
     import ray
-
-    from backend.raycluster import init_ray, job_env
 
     dashboard_url = init_ray(settings).dashboard_url  # the Jobs API of the cluster we run on
     actor = _actor_class().options(runtime_env={"env_vars": job_env(settings)}).remote(

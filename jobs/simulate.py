@@ -19,13 +19,13 @@ from urllib.parse import urlparse
 
 import httpx
 
-from backend import catalog
+from backend.core.errors import BadRequest
+from backend.core.files import write_json
+from backend.core.logs import setup_logging
+from backend.core.settings import Settings
+from backend.data import catalog
 from backend.data.movielens import load as load_movielens
-from backend.errors import BadRequest
-from backend.files import write_json
-from backend.logs import setup_logging
-from backend.settings import Settings
-from backend.simulation import SimulatorLogic
+from backend.ml.simulation import SimulatorLogic
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +131,17 @@ def simulate(settings: Settings, rps: float | None = None, duration: float | Non
     base = loopback_url(url or cfg.url or f"http://127.0.0.1:{settings.serve.port}")
     ml = load_movielens(settings.data_cache)
     logic = SimulatorLogic(ml.ratings, catalog.load_catalog(settings, ml.items), ml.users, cfg)
-    out_dir = settings.var_dir / "sim"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    layout = settings.layout
+    layout.sim.mkdir(parents=True, exist_ok=True)
     sim = Simulation(settings, logic, base, api_key(settings))
-    write_json(out_dir / "ground_truth.json", logic.ground_truth())  # before traffic: bots known
+    write_json(layout.ground_truth, logic.ground_truth())  # before traffic: bots known
     log.info("simulation started url=%s rps=%s duration=%s seed=%s bots=%d", sim.url, cfg.rps,
              cfg.duration, cfg.seed, len(logic.bots))
     t0 = time.time()
     summary = asyncio.run(sim.run(cfg.rps, cfg.duration))
     summary |= {"seed": cfg.seed, "rps": cfg.rps, "started": t0}
-    write_json(out_dir / "ground_truth.json", logic.ground_truth())  # with the released items
-    write_json(out_dir / "last_run.json", summary)
+    write_json(layout.ground_truth, logic.ground_truth())  # with the released items
+    write_json(layout.last_sim_run, summary)
     log.info("simulation finished summary=%s", json.dumps(summary))
     return summary
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.settings import Settings
+from backend.core.settings import Settings
 from registry.signing import ensure_keys
 from registry.store import Registry, RegistryError
 

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backend.errors import RecoError
-from backend.files import atomic_write
-from backend.hashing import sha256_file
-from backend.recommenders import Recommender
+from backend.core.errors import RecoError
+from backend.core.files import atomic_write
+from backend.core.hashing import sha256_file
+from backend.ml.recommenders import Recommender
 from registry import signing
 
 MANIFEST, SIGNATURE, ALIASES, DECISIONS = (

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from backend.settings import Settings
+from backend.core.settings import Settings
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from backend.hashing import sha256_file
+from backend.core.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 

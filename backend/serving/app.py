@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -23,14 +23,20 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from backend.errors import RecoError
-from backend.events import MAX_ID, RatingEvent, RecoEvent, WatchEvent
+from backend.core.errors import RecoError
+from backend.core.settings import Settings
+from backend.data.events import MAX_ID, RatingEvent, RecoEvent, WatchEvent
+from backend.data.kafka import EventProducer, claim_spool
+from backend.data.movielens import load
+from backend.serving.auth import ApiKeys
+from backend.serving.coalesce import Coalescer
 from backend.serving.hotpath import hot_request
+from backend.serving.leases import Leases
+from backend.serving.recolog import LogShipper
+from backend.serving.router import RouterLogic
 from backend.serving.state import ServingStateLogic, replica_delta, take_replica_delta
-from backend.settings import Settings
-
-if TYPE_CHECKING:
-    from backend.kafka import EventProducer
+from backend.serving.variant import VariantLogic
+from registry import open_registry
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
@@ -187,9 +193,6 @@ class DiversityRequest(BaseModel):
 class VariantDeployment:
     def __init__(self, settings: Settings, variant: str,
                  state: DeploymentHandle | None = None) -> None:
-        from backend.serving.variant import VariantLogic
-        from registry import open_registry
-
         self.logic = VariantLogic(open_registry(settings), variant)
         self.state = state  # variant B: follows the shared run-time knobs
         self._generation = -1
@@ -285,8 +288,6 @@ class RecoLogDeployment:
     recolog.py), with its own spool for when the broker is away."""
 
     def __init__(self, settings: Settings, state: DeploymentHandle) -> None:
-        from backend.kafka import EventProducer, claim_spool
-
         self.replica = serve.get_replica_context().replica_id.unique_id
         spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", self.replica)
         # a produce request per batch, not per record
@@ -330,14 +331,6 @@ class Ingress:
     def __init__(self, settings: Settings, variant_a: DeploymentHandle,
                  variant_b: DeploymentHandle, state: DeploymentHandle,
                  reco_log: DeploymentHandle) -> None:
-        from backend.data.movielens import load
-        from backend.kafka import EventProducer, claim_spool
-        from backend.serving.auth import ApiKeys
-        from backend.serving.coalesce import Coalescer
-        from backend.serving.leases import Leases
-        from backend.serving.recolog import LogShipper
-        from backend.serving.router import RouterLogic
-
         self.settings = settings
         cfg = settings.serve
         self.variants = {"A": variant_a, "B": variant_b}
@@ -516,8 +509,6 @@ class Ingress:
 
     @api.get("/models")
     async def models(self, request: Request) -> dict[str, Any]:
-        from registry import open_registry
-
         await self._guard_request(request, "admin")
         reg = open_registry(self.settings)
         return {v: {"aliases": reg.aliases(v), "versions": reg.versions(v)}
@@ -526,15 +517,12 @@ class Ingress:
     @api.post("/admin/promote")
     async def admin_promote(self, request: Request, body: PromoteRequest) -> dict[str, Any]:
         """Verify, then make `version` production; variants pick it up on their next poll."""
-        from registry import open_registry
 
         await self._guard_request(request, "admin")
         return open_registry(self.settings).promote(body.variant, body.version)
 
     @api.post("/admin/rollback")
     async def admin_rollback(self, request: Request, body: RollbackRequest) -> dict[str, Any]:
-        from registry import open_registry
-
         await self._guard_request(request, "admin")
         return open_registry(self.settings).rollback(body.variant)
 

@@ -11,6 +11,8 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from backend.core.settings import ApiKeySpec
+
 ROLES = ("client", "admin")
 
 
@@ -63,7 +65,6 @@ def ensure_local_keys(settings):  # -> Settings
     import os
     import secrets
 
-    from backend.settings import ApiKeySpec
 
     keys_dir = settings.registry.keys_dir
     keys_dir.mkdir(parents=True, exist_ok=True)

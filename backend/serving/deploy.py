@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
-from backend.raycluster import job_env
-from backend.settings import Settings
+from backend.core.errors import ConfigError
+from backend.core.runtime import job_env
+from backend.core.settings import Settings
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
 APP = "reco"
@@ -43,7 +44,6 @@ def deploy(settings: Settings, dashboard_url: str, path: Path = CONFIG) -> dict[
     import subprocess
     import sys
 
-    from backend.errors import ConfigError
 
     cfg = effective_config(settings, path)
     out_path = settings.run_dir / "serve_config.deployed.yaml"

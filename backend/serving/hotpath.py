@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backend.events import MAX_ID
+from backend.data.events import MAX_ID
 
 
 def hot_request(scope: dict[str, Any]) -> tuple[int, int] | None:

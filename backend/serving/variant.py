@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from backend.recommenders import Recommender
+from backend.ml.recommenders import Recommender
 from registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)

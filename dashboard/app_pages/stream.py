@@ -3,6 +3,7 @@
 import pandas as pd
 import streamlit as st
 
+from backend.data.lake import Lake
 from dashboard import charts, data
 
 st.title("Stream")
@@ -10,8 +11,6 @@ st.title("Stream")
 
 @st.fragment(run_every=data.REFRESH)
 def body() -> None:
-    from backend.lake import Lake
-
     s = data.settings()
     stats = Lake(s.lake_root).stats()
     frame = pd.DataFrame([{"topic": t, "value": st_["rows"]} for t, st_ in stats.items()])

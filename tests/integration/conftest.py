@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from backend.broker import EmbeddedBroker
-from backend.kafka import ensure_topics
-from backend.lake import Lake
-from backend.raycluster import RayHead, ray_env
-from backend.settings import Settings
+from backend.core.runtime import ray_env
+from backend.core.settings import Settings
+from backend.data.kafka import ensure_topics
+from backend.data.lake import Lake
+from backend.ops.broker import EmbeddedBroker
+from backend.ops.raycluster import RayHead
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

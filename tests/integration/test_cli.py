@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def reco(platform, *args: str, timeout: float = 600):
-    return platform.run(sys.executable, "-m", "backend.cli", *args, timeout=timeout)
+    return platform.run(sys.executable, "-m", "backend.ops.cli", *args, timeout=timeout)
 
 
 def test_broker_start_is_idempotent_and_stop_stops(platform):
@@ -38,7 +38,7 @@ def test_broker_start_is_idempotent_and_stop_stops(platform):
 
 
 def test_broker_refuses_non_loopback(platform):
-    out = platform.run(sys.executable, "-m", "backend.cli", "broker", "start",
+    out = platform.run(sys.executable, "-m", "backend.ops.cli", "broker", "start",
                        RECO_KAFKA__EMBEDDED_HOST="0.0.0.0")
     assert out.returncode != 0 and "loopback" in (out.stderr + out.stdout)
 
@@ -83,7 +83,7 @@ def test_bootstrap_lands_all_movielens_ratings(platform, movielens_wheel):
 def test_ray_job_submit_needs_the_token(ray_head):
     """Token auth on the head `reco up` starts: `ray job submit` without the token is refused
     (CVE-2023-48022: unauthenticated job submission), with it the job runs."""
-    from backend.raycluster import ray_env
+    from backend.core.runtime import ray_env
     from tests.integration.conftest import _clean_env
 
     ray_cli = str(Path(sys.executable).with_name("ray"))

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
-from backend.kafka import EventProducer, ensure_topics
+from backend.data.kafka import EventProducer, ensure_topics
 
 pytestmark = pytest.mark.integration
 TS = "2024-03-01T12:00:00Z"
@@ -65,7 +65,7 @@ def topic_values(platform) -> list[bytes]:
     without a group until a poll comes back empty: no end offsets on this broker)."""
     from kafka import TopicPartition
 
-    from backend.kafka import consumer
+    from backend.data.kafka import consumer
 
     c = consumer(platform.settings.kafka, group_id=None, enable_auto_commit=False)
     parts = [TopicPartition(t, p) for t in ("events.rating", "events.watch", "events.reco")
@@ -109,7 +109,7 @@ def test_mixed_stream_lands_distinct_valid_and_dead_letters_the_rest(platform, t
     lines.write_text("2024-03-01T12:00:00,7,GET /rate/33=4\n"
                      "2024-03-01T12:00:05,7,GET /data/m/33/12.mpg\n"
                      "2024-03-01T12:00:09,7,GET /rate/33=oops\n")
-    out = platform.run(sys.executable, "-m", "backend.cli", "produce", str(lines))
+    out = platform.run(sys.executable, "-m", "backend.ops.cli", "produce", str(lines))
     assert out.returncode == 0 and "produced=2 unparseable=1" in out.stdout, out.stderr
 
     platform.ingest_once()
@@ -153,11 +153,11 @@ def test_mixed_stream_lands_distinct_valid_and_dead_letters_the_rest(platform, t
     # topics, where the ingest job would validate them again (a second `ingest --once` of the
     # same group right after the first one sometimes never sees the group drained: see the
     # closing note, so the replay is checked on the topics)
-    listing = platform.run(sys.executable, "-m", "backend.cli", "dlq", "list")
+    listing = platform.run(sys.executable, "-m", "backend.ops.cli", "dlq", "list")
     assert listing.returncode == 0 and f"{m_invalid + 1}  total" in listing.stdout
     assert "malformed JSON" in listing.stdout
     before = topic_values(platform)
-    out = platform.run(sys.executable, "-m", "backend.cli", "dlq", "replay", "--contains",
+    out = platform.run(sys.executable, "-m", "backend.ops.cli", "dlq", "replay", "--contains",
                        "malformed JSON", "--yes")
     assert out.returncode == 0 and "replayed 6 dead letters" in out.stdout, out.stderr
     replayed = Counter(topic_values(platform)) - Counter(before)
@@ -235,7 +235,7 @@ def test_events_carry_utc_times_in_lake(platform):
 
 
 def _ingest_actor_pids() -> list[int]:
-    from backend.broker import cmdlines
+    from backend.ops.procs import cmdlines
 
     return [pid for pid, cmd in cmdlines() if cmd.startswith("ray::IngestActor")]
 

@@ -25,11 +25,11 @@ from schemathesis.checks import (
 )
 from scipy.stats import binomtest
 
-from backend.broker import EmbeddedBroker
-from backend.kafka import ensure_topics
-from backend.recommenders import DiversityKNN, ItemKNN
+from backend.core.settings import Settings
+from backend.data.kafka import ensure_topics
+from backend.ml.recommenders import DiversityKNN, ItemKNN
+from backend.ops.broker import EmbeddedBroker
 from backend.serving.auth import digest
-from backend.settings import Settings
 from registry import open_registry
 from tests.conftest import free_port
 from tests.integration.conftest import ROOT, _clean_env
@@ -52,7 +52,7 @@ def served(tmp_path_factory, ray_head):
         "RECO_SERVE__PER_MINUTE": "20", "RECO_SERVE__RELOAD_SECONDS": "1",
         "RECO_SERVE__INGRESS_REPLICAS": "2",
     } | {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")}
-    from backend.raycluster import ray_env
+    from backend.core.runtime import ray_env
 
     env |= ray_env(ray_head.settings)
     settings = Settings(var_dir=var, kafka={"embedded_port": int(env["RECO_KAFKA__EMBEDDED_PORT"])})
@@ -64,7 +64,7 @@ def served(tmp_path_factory, ray_head):
         data = dataset()
         for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
             registry.promote(variant, registry.register(variant, model.fit(*data), {}, {}))
-        out = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "start"], env=env,
+        out = subprocess.run([sys.executable, "-m", "backend.ops.cli", "serve", "start"], env=env,
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings,
@@ -260,7 +260,7 @@ def test_promoted_version_served_and_each_tampering_refused(served, tmp_path):
         refused = [line for line in metrics.splitlines()
                    if line.startswith('reco_model_refused{variant="A"}')]
         assert refused and float(refused[0].rsplit(" ", 1)[1]) >= 1, attack
-        out = subprocess.run([sys.executable, "-m", "backend.cli", "models", "verify", "A",
+        out = subprocess.run([sys.executable, "-m", "backend.ops.cli", "models", "verify", "A",
                               bad], env=served["env"], cwd=ROOT, capture_output=True,
                              text=True, timeout=120)
         assert out.returncode != 0 and bad in out.stdout + out.stderr, (attack, out.stdout)
@@ -292,8 +292,8 @@ def test_admin_promote_and_rollback(served):
 
 def test_simulator_closes_the_loop_through_the_api(served, movielens_wheel):
     """Simulated users over HTTP -> Kafka -> ingest -> lake -> analytics snapshot."""
+    from backend.data.lake import Lake
     from backend.data.movielens import WHEEL_NAME
-    from backend.lake import Lake
 
     settings = served["settings"]
     settings.data_cache.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,7 @@ def test_simulator_closes_the_loop_through_the_api(served, movielens_wheel):
         assert out.returncode == 0, out.stderr[-3000:]
         return out
 
-    sim = run("-m", "backend.cli", "simulate", "--rps", "8", "--duration", "12", "--seed", "5")
+    sim = run("-m", "backend.ops.cli", "simulate", "--rps", "8", "--duration", "12", "--seed", "5")
     summary = json.loads(sim.stdout.strip().splitlines()[-1])
     assert summary["visits"] >= 60 and summary["errors"] == 0
     assert summary["status"].get("/recommend 200", 0) == summary["visits"]
@@ -323,7 +323,7 @@ def test_simulator_closes_the_loop_through_the_api(served, movielens_wheel):
     assert lake.count("events.watch") >= summary["status"]["/watch 202"]
     assert lake.count("events.rating") >= summary["status"].get("/rate 202", 0) > 0
 
-    out = run("-m", "backend.cli", "analyze", "--once")
+    out = run("-m", "backend.ops.cli", "analyze", "--once")
     assert json.loads(out.stdout.strip().splitlines()[-1])["counts"]["recommendations"] > 0
     snap = json.loads((settings.var_dir / "analytics" / "latest.json").read_text())
     assert snap["counts"]["watches"] > 0 and snap["counts"]["catalog"] >= 1682
@@ -427,7 +427,7 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
     Prometheus), retrains on an interval; the first retrain crashes before promoting (a
     failpoint) and leaves production untouched, the next one promotes or refuses with reasons,
     and the two never overlap."""
-    from backend.files import read_jsonl
+    from backend.core.files import read_jsonl
 
     settings, registry = served["settings"], served["registry"]
     before = {v: registry.aliases(v)["production"] for v in ("A", "B")}
@@ -481,7 +481,7 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
 
 
 def _replica_pids(deployment: str) -> list[int]:
-    from backend.broker import cmdlines
+    from backend.ops.procs import cmdlines
 
     return [pid for pid, cmd in cmdlines()
             if cmd.startswith(f"ray::ServeReplica:reco:{deployment}")]
@@ -587,10 +587,10 @@ def test_broker_outage_during_simulated_traffic(served):
     the broker returns every write the API accepted is in the lake exactly once: the
     simulator's event ids against the lake's (records in flight at the freeze reach Kafka and
     the spool both; the ingest dedupe keeps one)."""
-    from backend import catalog
+    from backend.data import catalog
+    from backend.data.lake import Lake
     from backend.data.movielens import load as load_movielens
-    from backend.lake import Lake
-    from backend.simulation import SimulatorLogic
+    from backend.ml.simulation import SimulatorLogic
     from jobs.simulate import Simulation
 
     broker, settings = served["broker"], served["settings"]

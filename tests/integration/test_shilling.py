@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from backend.data.movielens import load
-from backend.evaluation import build_interactions
-from backend.metrics import spam
-from backend.recommenders import ItemKNN
+from backend.ml.evaluation import build_interactions
+from backend.ml.metrics import spam
+from backend.ml.recommenders import ItemKNN
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

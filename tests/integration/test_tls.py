@@ -13,9 +13,9 @@ import pytest
 from kafka import KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from backend.broker import EmbeddedBroker
-from backend.kafka import EventProducer, consumer, ensure_topics
-from backend.settings import Settings
+from backend.core.settings import Settings
+from backend.data.kafka import EventProducer, consumer, ensure_topics
+from backend.ops.broker import EmbeddedBroker
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -7,16 +7,16 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from backend.analytics import AnalyticsLogic, RecoLog
-from backend.metrics.fairness import top_share
-from backend.metrics.ranking import (
+from backend.analytics.engine import AnalyticsLogic, RecoLog
+from backend.core.settings import AnalyticsSettings
+from backend.ml.metrics.fairness import top_share
+from backend.ml.metrics.ranking import (
     catalog_coverage,
     exposure_counts,
     gini,
     intra_list_diversity,
 )
-from backend.recommenders.base import item_features
-from backend.settings import AnalyticsSettings
+from backend.ml.recommenders.base import item_features
 
 END = pd.Timestamp("2024-03-01T12:00:00Z")
 ITEMS = pd.DataFrame({"item_id": np.arange(1, 21),

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from backend.metrics import abtest, fairness, feedback, ops, spam
-from backend.metrics.ranking import aplt, catalog_coverage, exposure_counts, gini
+from backend.ml.metrics import abtest, fairness, feedback, ops, spam
+from backend.ml.metrics.ranking import aplt, catalog_coverage, exposure_counts, gini
 
 # A shared example for the published definitions: catalog of 5 items, three lists.
 LISTS = [[1, 2], [1, 3], [1, 2]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.configdoc import render, rows
-from backend.settings import Settings
+from backend.core.settings import Settings
+from backend.ops.configdoc import render, rows
 
 
 def test_configuration_reference_matches_settings():

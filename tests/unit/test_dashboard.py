@@ -12,9 +12,9 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from backend.analytics import AnalyticsLogic
-from backend.files import append_jsonl
-from backend.settings import AnalyticsSettings
+from backend.analytics.engine import AnalyticsLogic
+from backend.core.files import append_jsonl
+from backend.core.settings import AnalyticsSettings
 from dashboard import charts, data
 from tests.conftest import free_port
 from tests.unit.test_analytics_engine import END, ITEMS, USERS, make_log
@@ -40,9 +40,9 @@ RETRAIN_RUN = {"kind": "retrain", "id": "reco-retrain-1", "start": 1.7e9, "end":
 
 def lake_fixture(root: Path) -> None:
     """Ratings in the last minutes and three dead letters, written as the ingest job would."""
-    from backend.batch import validate
-    from backend.events import DlqEvent, RatingEvent
-    from backend.lake import Lake
+    from backend.data.batch import validate
+    from backend.data.events import DlqEvent, RatingEvent
+    from backend.data.lake import Lake
 
     def landed(model, recs):
         frame = validate(model, recs).valid.drop(columns="_pos")
@@ -61,8 +61,8 @@ def lake_fixture(root: Path) -> None:
 @pytest.fixture
 def var(tmp_path, monkeypatch):
     """A var dir with one snapshot and a registry; the API port has nobody on it."""
-    from backend.recommenders import DiversityKNN, ItemKNN
-    from backend.settings import Settings
+    from backend.core.settings import Settings
+    from backend.ml.recommenders import DiversityKNN, ItemKNN
     from registry import open_registry
     from tests.unit.test_recommenders import dataset
 
@@ -179,7 +179,7 @@ def test_event_rates_and_request_rate_are_computed_not_typed():
 
 
 def test_demo_captions_and_stitching_commands():
-    from backend.demo import ffmpeg_commands, srt
+    from backend.ops.demo import ffmpeg_commands, srt
 
     text = srt([("Overview", 0, 8), ("Fairness", 8, 16)])
     assert text.startswith("1\n00:00:00,000 --> 00:00:08,000\nOverview\n\n2\n00:00:08,000")

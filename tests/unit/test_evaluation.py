@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from backend.evaluation import build_interactions, evaluate, temporal_split
-from backend.recommenders import ItemKNN
-from backend.settings import TrainSettings
-from jobs.retrain import gate
+from backend.core.settings import TrainSettings
+from backend.ml.evaluation import build_interactions, evaluate, temporal_split
+from backend.ml.recommenders import ItemKNN
+from backend.training.retrain import gate
 from tests.unit.test_recommenders import dataset
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from backend.batch import validate
-from backend.events import (
+from backend.data.batch import validate
+from backend.data.events import (
     EVENT_MODELS,
     LineFormatError,
     RatingEvent,

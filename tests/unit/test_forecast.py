@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from backend.forecast import forecast_gini_slope
-from backend.settings import SimSettings, TrainSettings
-from jobs.retrain import gate
+from backend.core.settings import SimSettings, TrainSettings
+from backend.ml.forecast import forecast_gini_slope
+from backend.training.retrain import gate
 from tests.unit.test_simulation import NOW, world
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.indexing import dense_index
+from backend.ml.indexing import dense_index
 
 
 @pytest.mark.parametrize("values, extra", [

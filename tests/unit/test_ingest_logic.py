@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from backend.ingest import IngestLogic, Message
-from backend.lake import Lake
+from backend.data.ingest import IngestLogic, Message
+from backend.data.lake import Lake
 
 
 def rating(**kw):

@@ -5,9 +5,9 @@ import uuid
 import pandas as pd
 import pytest
 
-from backend.batch import validate
-from backend.events import RatingEvent
-from backend.lake import Lake
+from backend.data.batch import validate
+from backend.data.events import RatingEvent
+from backend.data.lake import Lake
 
 
 def rating_frame(n: int, offset: int = 0) -> pd.DataFrame:

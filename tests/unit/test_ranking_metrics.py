@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from backend.metrics.ranking import (
+from backend.ml.metrics.ranking import (
     aplt,
     average_precision_at_k,
     catalog_coverage,

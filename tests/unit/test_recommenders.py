@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend.recommenders import MODELS, DiversityKNN, ItemKNN, Recommender
+from backend.ml.recommenders import MODELS, DiversityKNN, ItemKNN, Recommender
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 
@@ -115,7 +115,7 @@ def test_diversity_knobs_change_lists_at_run_time(data):
 def test_take_rows_is_scipys_row_indexing():
     import scipy.sparse as sp
 
-    from backend.recommenders.base import take_rows
+    from backend.ml.recommenders.base import take_rows
 
     m = sp.random(30, 12, density=0.3, format="csr", dtype=np.float32, random_state=3)
     m.data[m.indptr[4]:m.indptr[5]] = 0  # an empty row

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from backend.recommenders import ItemKNN, Popularity
+from backend.ml.recommenders import ItemKNN, Popularity
 from registry import Registry, RegistryError, open_registry
 from registry.signing import ensure_keys
 from tests.unit.test_recommenders import dataset

@@ -7,8 +7,8 @@ import os
 import threading
 from types import SimpleNamespace
 
-from backend.files import read_jsonl
-from jobs.schedule import Scheduler, SchedulerLogic, result_path
+from backend.core.files import read_jsonl
+from backend.scheduling.scheduler import Scheduler, SchedulerLogic
 
 
 def test_due_and_never_two_of_a_kind():
@@ -71,7 +71,7 @@ def test_scheduler_records_outcomes_and_production(settings):
     sched.step(t0 + 61)
     assert [i.split("-")[1] for i, _ in jobs.submitted] == ["retrain"]  # analytics: no job
     retrain_id, entry = jobs.submitted[0]
-    assert entry.endswith(f"-m jobs.retrain --result {result_path(settings, retrain_id)}")
+    assert entry.endswith(f"-m jobs.retrain --result {settings.layout.retrain_result(retrain_id)}")
     assert entry.startswith("nice -n 19 ")
     state = json.loads((settings.var_dir / "schedule" / "state.json").read_text())
     assert set(state["running"]) == {"retrain", "analyze"}

@@ -159,8 +159,8 @@ def test_writes_health_sums_live_replicas_and_forgets_gone_ones():
 def test_local_keys_are_private_random_and_registered_by_digest(tmp_path):
     import stat
 
+    from backend.core.settings import Settings
     from backend.serving.auth import digest, ensure_local_keys
-    from backend.settings import Settings
 
     s = ensure_local_keys(Settings(var_dir=tmp_path))
     keys_dir = tmp_path / "keys"

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from backend.settings import Settings
+from backend.core.settings import Settings
 
 
 def test_defaults_live_under_var(settings):
@@ -63,7 +63,7 @@ def test_serve_config_is_a_valid_serve_config_and_gets_the_settings(tmp_path):
 
 def test_job_env_forwards_settings_but_never_secrets(settings, monkeypatch):
     """Ray logs every runtime_env in plain text: secrets stay out of it."""
-    from backend.raycluster import job_env
+    from backend.core.runtime import job_env
 
     monkeypatch.setenv("RECO_KAFKA__PARTITIONS", "6")
     monkeypatch.setenv("RECO_SIM__API_KEY", "sim-secret")
@@ -102,7 +102,7 @@ def test_haproxy_wrapper_pins_the_side_listeners_to_the_api_host(settings, tmp_p
     import shutil
     import subprocess
 
-    from backend.raycluster import haproxy_dir, haproxy_wrapper, serve_env
+    from backend.ops.raycluster import haproxy_dir, haproxy_wrapper, serve_env
 
     try:
         wrapper = haproxy_wrapper(settings)

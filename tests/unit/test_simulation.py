@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backend.errors import BadRequest
-from backend.settings import SimSettings
-from backend.simulation import SimulatorLogic
+from backend.core.errors import BadRequest
+from backend.core.settings import SimSettings
+from backend.ml.simulation import SimulatorLogic
 from jobs.simulate import loopback_url
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.kafka import EventProducer, Spool
+from backend.data.kafka import EventProducer, Spool
 from tests.conftest import free_port
 
 
@@ -45,7 +45,7 @@ def test_claim_spool_adopts_the_files_of_gone_processes_only(tmp_path):
     import fcntl
     import os
 
-    from backend.kafka import claim_spool
+    from backend.data.kafka import claim_spool
 
     parent = tmp_path / "serve"
     gone, alive = parent / "gone", parent / "alive"

