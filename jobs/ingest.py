@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from typing import Any
 
 import ray
 
@@ -47,8 +48,9 @@ class _Metrics:
         self.latency.observe(delta.batch_seconds)
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.25, max_concurrency=2)
 class IngestActor:
+    """One partition worker as a Ray actor (options in `start`: restarted when it dies)."""
+
     def __init__(self, settings: Settings, worker_id: int) -> None:
         setup_logging()
         # below the API's replicas: ingest tolerates seconds of delay (it pauses anyway),
@@ -72,8 +74,10 @@ class IngestActor:
 def start(settings: Settings, actors: int | None = None) -> tuple[list, list]:
     """Create the actors and start their loops; returns (actor handles, run refs)."""
     n = actors or settings.ingest.actors or settings.kafka.partitions
-    actor = IngestActor.options(runtime_env={"env_vars": job_env(settings)})
-    workers = [actor.remote(settings, i) for i in range(n)]
+    actor = ray.remote(IngestActor).options(
+        max_restarts=-1, max_task_retries=-1, num_cpus=0.25, max_concurrency=2,
+        runtime_env={"env_vars": job_env(settings)})
+    workers: list[Any] = [actor.remote(settings, i) for i in range(n)]  # Ray actor handles
     log.info("ingest started actors=%d lake=%s", n, settings.lake_root)
     return workers, [w.run.remote() for w in workers]
 

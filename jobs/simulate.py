@@ -45,6 +45,7 @@ def api_key(settings: Settings) -> str | None:
     """The simulator's client key: settings/env first, else `var/keys/sim.key` (0600)."""
     if settings.sim.api_key is not None:
         return settings.sim.api_key.get_secret_value()
+    assert settings.registry.keys_dir is not None  # Settings fills it in
     path = settings.registry.keys_dir / "sim.key"
     return path.read_text().strip() if path.exists() else None
 
@@ -113,7 +114,8 @@ class Simulation:
                 await slots.acquire()
                 task = asyncio.create_task(self.visit(client, self.logic.next_user()))
                 tasks.add(task)
-                task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _t: slots.release())
                 n += 1
             await asyncio.gather(*tasks)
         return {"visits": self.visits, "seconds": round(loop.time() - start, 2),

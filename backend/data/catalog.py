@@ -40,5 +40,5 @@ def load_catalog(settings: Settings, base: pd.DataFrame | None = None) -> pd.Dat
     if new.empty:
         return base
     new = new[~new["item_id"].isin(base["item_id"])]
-    new = new.assign(year=pd.array(new["year"], dtype="Int64"))
+    new = new.assign(year=new["year"].astype("Int64"))
     return pd.concat([base, new], ignore_index=True)

@@ -201,13 +201,13 @@ def field_specs(model: type[BaseModel]) -> list[FieldSpec]:
 def _type_ok(kind: str, s: pd.Series) -> pd.Series:
     t = s.map(type)
     if kind == "int":
-        return t.eq(int)
+        return t.isin([int])
     if kind == "float":
         ok = t.isin([int, float])
         vals = pd.to_numeric(s.where(ok), errors="coerce").astype("float64")
         return ok & vals.abs().lt(float("inf"))
     if kind in ("str", "datetime"):
-        return t.eq(str)
+        return t.isin([str])
     raise ValueError(kind)
 
 
@@ -219,12 +219,13 @@ def _checks(spec: FieldSpec) -> list[pa.Check]:
     """
     if spec.kind == "list_int":
         item = spec.item
-        assert item is not None
+        assert item is not None and item.ge is not None and item.le is not None
+        lo, hi = item.ge, item.le
 
         def _list_ok(s: pd.Series) -> pd.Series:
             def one(v: Any) -> bool:
                 return type(v) is list and (spec.max_length is None or len(v) <= spec.max_length) \
-                    and all(type(x) is int and item.ge <= x <= item.le for x in v)
+                    and all(type(x) is int and lo <= x <= hi for x in v)
             return s.map(one).astype(bool)
 
         return [pa.Check(_list_ok, name=f"list of ints in [{item.ge}, {item.le}], "

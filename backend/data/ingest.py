@@ -184,7 +184,9 @@ class _OnAssign(ConsumerRebalanceListener):
             # a new (empty, restarted) broker: its offsets restart at 0 and any offset
             # committed before we noticed may have skipped records; read it all again,
             # the dedupe makes that safe
-            self.worker._consumer.seek_to_beginning(*assigned)
+            consumer = self.worker._consumer
+            assert consumer is not None  # `assigned` came from it
+            consumer.seek_to_beginning(*assigned)
 
 
 class PartitionWorker:

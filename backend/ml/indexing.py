@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 
 def dense_index(values: np.ndarray, extra: np.ndarray | None = None,
@@ -29,11 +30,9 @@ def dense_index(values: np.ndarray, extra: np.ndarray | None = None,
     return ids, np.searchsorted(ids, values)
 
 
-def incidence(users: np.ndarray, items: np.ndarray):  # -> (user ids, scipy csr_matrix)
+def incidence(users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
     """0/1 users x items matrix of (user, item) pairs, repeats counted once; row i is user
     `ids[i]` (sorted). What the set-similarity measures (Jaccard, DegSim) work on."""
-    import scipy.sparse as sp
-
     ids, rows = dense_index(np.asarray(users, dtype=np.int64))
     _, cols = dense_index(np.asarray(items, dtype=np.int64))
     shape = (len(ids), int(cols.max()) + 1 if len(cols) else 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,7 +51,7 @@ class HiddenPreferences:
         cols = np.searchsorted(self.item_ids, ratings["item_id"])
         m = sp.csr_matrix((resid.to_numpy(), (rows, cols)),
                           shape=(len(self.user_ids), len(self.item_ids)))
-        u, s, vt = svds(m, k=min(rank, min(m.shape) - 1), random_state=int(rng.integers(1e9)))
+        u, s, vt = svds(m, k=min(rank, min(m.shape) - 1), random_state=int(rng.integers(10**9)))
         p, q = u * np.sqrt(s), vt.T * np.sqrt(s)
         pred = np.einsum("ij,ij->i", p[rows], q[cols])
         scale = float(np.std(resid) / max(np.std(pred), 1e-9))
@@ -158,8 +159,9 @@ class SimulatorLogic:
         each filler item's mean so the profile looks ordinary."""
         done = self.bot_rated.setdefault(int(bot), set())
         ts = now.isoformat()
-        out = [{"user_id": int(bot), "item_id": int(t), "rating": 5, "ts": ts}
-               for t in self.targets if int(t) not in done]
+        out: list[dict[str, Any]] = [
+            {"user_id": int(bot), "item_id": int(t), "rating": 5, "ts": ts}
+            for t in self.targets if int(t) not in done]
         fresh = [int(i) for i in self.filler_pool if int(i) not in done]
         fillers = self.rng.permutation(fresh)[: self.cfg.bot_fillers]
         for item in fillers:

@@ -14,11 +14,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend.core.errors import ConfigError
 from backend.core.runtime import job_env, ray_env
 from backend.core.settings import Settings
 from backend.ops.procs import cmdlines, port_open
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +198,7 @@ class RayHead:
         shutil.rmtree(haproxy_dir(self.settings), ignore_errors=True)
         return True
 
-    def job_client(self):  # -> JobSubmissionClient; ray's import is slow, keep it lazy
+    def job_client(self) -> JobSubmissionClient:  # ray's import is slow: keep it lazy
         os.environ.update(ray_env(self.settings))
         from ray.job_submission import JobSubmissionClient
 

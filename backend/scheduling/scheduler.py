@@ -51,7 +51,7 @@ class SchedulerLogic:
     def resume(cls, intervals: dict[str, float], runs: list[dict], now: float
                ) -> SchedulerLogic:
         """Carry on from the recorded runs: a restart does not retrain early."""
-        last = {}
+        last: dict[str, float] = {}
         for run in runs:
             last[run["kind"]] = max(last.get(run["kind"], 0.0), float(run["start"]))
         return cls(intervals, now, last)

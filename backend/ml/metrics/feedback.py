@@ -102,8 +102,8 @@ def starvation(rates: Mapping[str, float], max_ratio: float = 1.3) -> dict:
     tail with a seen head is an infinite ratio, reported as None and flagged)."""
     head, tail = rates.get("head", 0.0), rates.get("tail", 0.0)
     if tail > 0:
+        flagged = head / tail > max_ratio
         ratio: float | None = head / tail
-        flagged = ratio > max_ratio
     else:
         ratio, flagged = None, head > 0
     return {"head_tail_ratio": ratio, "starved": bool(flagged), "limit": max_ratio}

@@ -42,7 +42,7 @@ def average_precision_at_k(recs: Sequence[int], relevant: set[int], k: int = 10)
 
 def catalog_coverage(lists: Iterable[Sequence[int]], catalog_size: int) -> float:
     """Share of the catalog that appears in at least one list (Ge et al. 2010)."""
-    shown = set()
+    shown: set[int] = set()
     for recs in lists:
         shown.update(recs)
     return len(shown) / catalog_size if catalog_size else 0.0
