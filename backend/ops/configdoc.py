@@ -12,7 +12,7 @@ from backend.core.settings import Settings
 
 HEADER = """# Configuration reference
 
-Generated from `backend/settings.py` by `reco config-doc`; do not edit by hand (a test checks
+Generated from `backend/core/settings.py` by `reco config-doc`; do not edit by hand (a test checks
 that this file matches the code). Every setting is an environment variable with the `RECO_`
 prefix; nested sections use `__` (for example `RECO_KAFKA__PARTITIONS=6`). Secrets (API
 keys, SASL passwords) are never given here in clear: API keys are configured by their SHA-256
