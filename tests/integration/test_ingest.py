@@ -234,10 +234,22 @@ def test_events_carry_utc_times_in_lake(platform):
     assert len(frame) == 1 and str(frame["ts"].dt.tz) == "UTC"
 
 
-def _ingest_actor_pids() -> list[int]:
+def _ingest_actor_pids(platform) -> list[int]:
+    """Ingest actors on this test's Ray head only (its session: `ray start` runs as a session
+    leader), not those of another suite on the same machine."""
+    import os
+
     from backend.ops.procs import cmdlines
 
-    return [pid for pid, cmd in cmdlines() if cmd.startswith("ray::IngestActor")]
+    sid = platform.head.pgid()
+    pids = []
+    for pid, cmd in cmdlines():
+        try:
+            if cmd.startswith("ray::IngestActor") and os.getsid(pid) == sid:
+                pids.append(pid)
+        except OSError:  # gone meanwhile
+            pass
+    return pids
 
 
 @pytest.mark.slow
@@ -269,7 +281,7 @@ def test_repeated_kill_9_of_ingest_actors_and_job_loses_and_duplicates_nothing(p
     kills = 0
     while sender.is_alive():
         time.sleep(rng.uniform(3, 7))
-        pids = _ingest_actor_pids()
+        pids = _ingest_actor_pids(platform)
         if kills == 3:  # the whole job once: driver and actors
             os.killpg(job.pid, signal.SIGKILL)
             for pid in pids:

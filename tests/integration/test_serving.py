@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -40,7 +41,9 @@ CLIENT, ADMIN = "client-key-for-tests", "admin-key-for-tests"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, ray_head):
+def serving_app(tmp_path_factory, ray_head):
+    """The app, started once per module (a Serve start costs a minute or more); tests get it
+    through `served`, which first puts back what earlier tests changed."""
     var = tmp_path_factory.mktemp("serve") / "var"
     port = free_port()
     keys = {"sim": {"sha256": digest(CLIENT), "role": "client", "per_minute": 100000},
@@ -67,8 +70,12 @@ def served(tmp_path_factory, ray_head):
         out = subprocess.run([sys.executable, "-m", "backend.ops.cli", "serve", "start"], env=env,
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
-        yield {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings,
+        app = {"url": f"http://127.0.0.1:{port}", "registry": registry, "settings": settings,
                "broker": broker, "env": env, "head": ray_head}
+        health = get(app, "/health").json()
+        app["baseline"] = {"split": health["split"], "salt": health["salt"],
+                           "versions": {v: registry.aliases(v)["production"] for v in "AB"}}
+        yield app
     finally:
         subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(); "
                         "serve.shutdown()"], env=env, cwd=ROOT, capture_output=True,
@@ -79,6 +86,98 @@ def served(tmp_path_factory, ray_head):
 def get(served, path, key=None, **params):
     headers = {"X-API-Key": key} if key else {}
     return httpx.get(served["url"] + path, params=params, headers=headers, timeout=30)
+
+
+B_KNOBS = {k: DiversityKNN().params[k] for k in DiversityKNN.RUNTIME}  # Model B's defaults
+
+
+def restore(app: dict, timeout: float = 120) -> None:
+    """Put back what a test may change and not undo (or undo only when it passes): the split,
+    the fixture's production versions, Model B's run-time knobs; then wait until every
+    variant serves them and writes are healthy (no spool left from a broker outage)."""
+    base, registry = app["baseline"], app["registry"]
+    for variant, version in base["versions"].items():
+        if registry.aliases(variant).get("production") != version:
+            registry.promote(variant, version)
+    health = get(app, "/health").json()
+    if (health["split"], health["salt"]) != (base["split"], base["salt"]):
+        r = httpx.post(app["url"] + "/admin/split", headers={"X-API-Key": ADMIN}, timeout=30,
+                       json={"split": base["split"], "salt": base["salt"]})
+        assert r.status_code == 200, r.text
+        time.sleep(2)  # the other ingress replica applies it within a push period (1 s)
+    runtime = health["variants"]["B"]["runtime"]
+    if any(runtime.get(k, v) != v for k, v in B_KNOBS.items()):
+        r = httpx.post(app["url"] + "/admin/diversity", json=B_KNOBS, timeout=30,
+                       headers={"X-API-Key": ADMIN})
+        assert r.status_code == 200, r.text
+    deadline, good = time.monotonic() + timeout, 0
+    while good < 2:  # two answers in a row: both ingress replicas, as a rule
+        health = get(app, "/health").json()
+        runtime = health["variants"]["B"]["runtime"]
+        good = good + 1 if (
+            health["status"] == "ok" and health["split"] == base["split"]
+            and all(health["variants"][v]["version"] == version
+                    for v, version in base["versions"].items())
+            and all(runtime.get(k, v) == v for k, v in B_KNOBS.items())) else 0
+        if not good:
+            assert time.monotonic() < deadline, f"the app did not return to its baseline: {health}"
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def served(serving_app):
+    """The module's app as the fixture deployed it, whatever ran before."""
+    restore(serving_app)
+    return serving_app
+
+
+@pytest.fixture(scope="module")
+def movielens_cache(serving_app, movielens_wheel):
+    """MovieLens in the app's data cache: the simulator, the retrain and the outage test's
+    traffic read it."""
+    from backend.data.movielens import WHEEL_NAME
+
+    cache = serving_app["settings"].data_cache
+    cache.mkdir(parents=True, exist_ok=True)
+    shutil.copy(movielens_wheel, cache / WHEEL_NAME)
+    return cache
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """What the simulated traffic left: the two commands' outputs and the files as they were
+    right after (later tests' analytics runs replace the snapshot)."""
+
+    simulate: subprocess.CompletedProcess
+    analyze: subprocess.CompletedProcess
+    truth: str
+    snapshot: str
+
+
+@pytest.fixture(scope="module")
+def simulated(serving_app, movielens_cache) -> Simulated:
+    """Simulated users over HTTP -> Kafka -> `ingest --once` -> lake -> `analyze --once`,
+    once per module: the simulator test checks each step; the dashboard and the scheduler
+    tests need the lake, the catalog and the snapshot it leaves."""
+    restore(serving_app)  # both variants get traffic, writes are healthy
+    settings = serving_app["settings"]
+    env = serving_app["env"] | {
+        "RECO_SIM__API_KEY": CLIENT, "RECO_SIM__NEW_ITEM_EVERY": "3",
+        "RECO_SIM__BOT_SHARE": "0.05", "RECO_ANALYTICS__WINDOW_MINUTES": "30"}
+
+    def run(*args, timeout=300):
+        out = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
+                             text=True, timeout=timeout)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    sim = run("-m", "backend.ops.cli", "simulate", "--rps", "8", "--duration", "12", "--seed", "5")
+    truth = (settings.var_dir / "sim" / "ground_truth.json").read_text()
+    time.sleep(2)  # the ingress flushes its producer every second
+    run("-m", "jobs.ingest", "--once")
+    out = run("-m", "backend.ops.cli", "analyze", "--once")
+    return Simulated(sim, out, truth,
+                     (settings.var_dir / "analytics" / "latest.json").read_text())
 
 
 def test_split_is_sticky_and_proportional(served):
@@ -290,42 +389,28 @@ def test_admin_promote_and_rollback(served):
     assert r.status_code == 200 and r.json()["production"] == before
 
 
-def test_simulator_closes_the_loop_through_the_api(served, movielens_wheel):
-    """Simulated users over HTTP -> Kafka -> ingest -> lake -> analytics snapshot."""
+def test_simulator_closes_the_loop_through_the_api(served, simulated):
+    """Simulated users over HTTP -> Kafka -> ingest -> lake -> analytics snapshot (the steps
+    run in the `simulated` fixture, once per module; their outputs are checked here)."""
     from backend.data.lake import Lake
-    from backend.data.movielens import WHEEL_NAME
 
     settings = served["settings"]
-    settings.data_cache.mkdir(parents=True, exist_ok=True)
-    shutil.copy(movielens_wheel, settings.data_cache / WHEEL_NAME)
-    env = served["env"] | {"RECO_SIM__API_KEY": CLIENT, "RECO_SIM__NEW_ITEM_EVERY": "3",
-                           "RECO_SIM__BOT_SHARE": "0.05", "RECO_ANALYTICS__WINDOW_MINUTES": "30"}
-
-    def run(*args, timeout=300):
-        out = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
-                             text=True, timeout=timeout)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return out
-
-    sim = run("-m", "backend.ops.cli", "simulate", "--rps", "8", "--duration", "12", "--seed", "5")
+    sim, out = simulated.simulate, simulated.analyze
     summary = json.loads(sim.stdout.strip().splitlines()[-1])
     assert summary["visits"] >= 60 and summary["errors"] == 0
     assert summary["status"].get("/recommend 200", 0) == summary["visits"]
     assert set(summary["status"]) <= {"/recommend 200", "/watch 202", "/rate 202"}
     assert summary["status"].get("/watch 202", 0) > 0 and summary["released"] >= 3
-    truth = json.loads((settings.var_dir / "sim" / "ground_truth.json").read_text())
+    truth = json.loads(simulated.truth)
     assert truth["bots"] and len(truth["released"]) == summary["released"]
 
-    time.sleep(2)  # the ingress flushes its producer every second
-    run("-m", "jobs.ingest", "--once")
     lake = Lake(settings.lake_root)
     assert lake.count("events.reco") >= summary["visits"]
     assert lake.count("events.watch") >= summary["status"]["/watch 202"]
     assert lake.count("events.rating") >= summary["status"].get("/rate 202", 0) > 0
 
-    out = run("-m", "backend.ops.cli", "analyze", "--once")
     assert json.loads(out.stdout.strip().splitlines()[-1])["counts"]["recommendations"] > 0
-    snap = json.loads((settings.var_dir / "analytics" / "latest.json").read_text())
+    snap = json.loads(simulated.snapshot)
     assert snap["counts"]["watches"] > 0 and snap["counts"]["catalog"] >= 1682
     for v in ("A", "B"):
         assert 0 < snap["fairness"][v]["coverage"] <= 1
@@ -334,14 +419,14 @@ def test_simulator_closes_the_loop_through_the_api(served, movielens_wheel):
     assert snap["sla"]["probes"] == 1 and snap["sla"]["uptime"] == 1.0
     assert snap["ab"]["winner"]["reason"]
 
-
 DASHBOARD_PAGES = {"": "Overview", "fairness": "Fairness", "feedback": "Feedback loops",
                    "security": "Security", "abtest": "A/B test", "models": "Models",
                    "stream": "Stream"}
 
 
+@pytest.mark.usefixtures("simulated")
 def test_dashboard_in_a_real_browser(served):
-    """Every page in headless Chromium on the data the simulator test left; the split control
+    """Every page in headless Chromium on the simulated traffic's data; the split control
     and a rollback act through the API. Screenshots go to var/screens/."""
     from playwright.sync_api import sync_playwright
 
@@ -422,6 +507,7 @@ def test_dashboard_in_a_real_browser(served):
             served["registry"].promote("A", before["production"])
 
 
+@pytest.mark.usefixtures("simulated")  # the lake to train and analyse, MovieLens, a catalog
 def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
     """The scheduler as a Ray job on the real head: analytics every few seconds (gauges reach
     Prometheus), retrains on an interval; the first retrain crashes before promoting (a
@@ -480,11 +566,21 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
             time.sleep(1)
 
 
-def _replica_pids(deployment: str) -> list[int]:
+def _replica_pids(served, deployment: str) -> list[int]:
+    """The deployment's replica processes on this module's Ray head only (its session: `ray
+    start` runs as a session leader), not those of another suite on the same machine."""
     from backend.ops.procs import cmdlines
 
+    sid = served["head"].pgid()
     return [pid for pid, cmd in cmdlines()
-            if cmd.startswith(f"ray::ServeReplica:reco:{deployment}")]
+            if cmd.startswith(f"ray::ServeReplica:reco:{deployment}") and _sid(pid) == sid]
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:  # gone meanwhile
+        return None
 
 
 def test_a_killed_variant_replica_is_replaced_under_load(served):
@@ -496,7 +592,7 @@ def test_a_killed_variant_replica_is_replaced_under_load(served):
 
     health = get(served, "/health").json()
     router = RouterLogic(split=health["split"], salt=health["salt"])
-    victim = _replica_pids("VariantA")[0]
+    victim = _replica_pids(served, "VariantA")[0]
     results: list[tuple[int, int, str | None]] = []
 
     async def load(rps: float = 20, seconds: float = 30) -> None:
@@ -523,7 +619,7 @@ def test_a_killed_variant_replica_is_replaced_under_load(served):
     wrong = [r for r in results if r[1] == 200 and r[2] != router.assign(r[0])]
     assert not wrong, wrong[:10]
     deadline = time.monotonic() + 60
-    while not (pids := _replica_pids("VariantA")) or victim in pids:
+    while not (pids := _replica_pids(served, "VariantA")) or victim in pids:
         assert time.monotonic() < deadline, "no replacement replica"
         time.sleep(1)
     assert get(served, "/health").json()["variants"]["A"]["version"]
@@ -577,8 +673,9 @@ def test_every_write_and_admin_route_refuses_missing_or_wrong_keys(served):
     assert logs.stdout == "", logs.stdout
 
 
+@pytest.mark.usefixtures("movielens_cache")
 def test_broker_outage_during_simulated_traffic(served):
-    """Last in this module. While the simulator drives the API, the broker becomes
+    """While the simulator drives the API, the broker becomes
     unreachable: its process is frozen (SIGSTOP), so connections hang and requests time out,
     as with a partitioned or hung broker, and its log survives, as a real Kafka broker's
     would (the embedded one keeps its log in memory, so a restart would lose what was not yet
