@@ -63,8 +63,8 @@ def time_snapshot(n: int, items: pd.DataFrame, users: pd.DataFrame) -> dict:
         snap = logic.snapshot(RecoLog.from_table(table), watch, rating, items, users, END)
         runs.append(time.perf_counter() - t0)
     return {"events": n, "watches": len(watch), "seconds": round(min(runs), 3),
-            "in_window": snap["counts"]["recommendations"],
-            "coverage_all": round(snap["fairness"]["all"]["coverage"], 4)}
+            "in_window": snap.counts.recommendations,
+            "coverage_all": round(snap.fairness["all"].coverage, 4)}
 
 
 def main() -> None:

@@ -132,7 +132,7 @@ class Arm:
         settings = Settings(var_dir=self.settings.var_dir, serve={"port": self.port},
                             analytics={"window_minutes": self.args.duration / 60 + 0.5})
         snap = analyze_once(settings)
-        fair, tail = snap["fairness"]["all"], snap["tail"]["all"]
+        fair, tail = snap.fairness["all"], snap.tail["all"]
         served = self.served_version()
         train = self.reco("train")
         promoted = any(line.startswith(f"{self.name} ") and line.endswith("promoted")
@@ -143,12 +143,12 @@ class Arm:
                 raise RuntimeError("the promoted version was not picked up")
             time.sleep(1)
         return {"cycle": i, "visits": summary["visits"], "model": served,
-                "recommendations": snap["counts"]["recommendations"],
-                "gini": fair["gini"], "top10_share": fair["top10_share"],
-                "coverage": fair["coverage"], "head_tail_ratio": tail["head_tail_ratio"],
-                "tail_rate": tail["rates"]["tail"],
-                "homogenization": snap["echo"]["homogenization"],
-                "spam_flagged": len(snap["spam"]["flagged"]["combined"]),
+                "recommendations": snap.counts.recommendations,
+                "gini": fair.gini, "top10_share": fair.top10_share,
+                "coverage": fair.coverage, "head_tail_ratio": tail.head_tail_ratio,
+                "tail_rate": tail.rates.tail,
+                "homogenization": snap.echo.homogenization,
+                "spam_flagged": len(snap.spam.flagged.combined),
                 "retrain": train.strip().splitlines()}
 
 

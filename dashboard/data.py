@@ -1,20 +1,24 @@
 """What the pages read: analytics snapshots, the registry, the API's /health and /metrics.
 
-Loaders are cached for a few seconds (`st.cache_data(ttl=...)`); the frame builders below them
-are pure functions of a snapshot, unit-tested without Streamlit. Nothing here computes a
-metric: every figure comes from the analyze job's snapshots or the API.
+Loaders are cached for a few seconds (`st.cache_data(ttl=...)`); snapshots load as typed
+`Snapshot` models (`backend.analytics.snapshot`), and the frame builders below them are pure
+functions of one, unit-tested without Streamlit. Nothing here computes a metric: every figure
+comes from the analyze job's snapshots or the API.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
 import streamlit as st
+from pydantic import ValidationError
 
+from backend.analytics.snapshot import Snapshot
 from backend.core.files import read_jsonl
 from backend.core.layout import StoreLayout
 from backend.core.settings import Settings
@@ -23,6 +27,7 @@ from backend.data.lake import Lake
 from registry import open_registry
 
 REFRESH = "5s"
+log = logging.getLogger(__name__)
 RANGES = {"15 min": 15, "1 hour": 60, "6 hours": 360, "24 hours": 1440, "7 days": 10080}
 
 
@@ -42,24 +47,30 @@ def api_url() -> str:
 
 
 @st.cache_data(ttl=5)
-def latest_snapshot(var_dir: str) -> dict[str, Any] | None:
-    path = StoreLayout(root=Path(var_dir)).latest_snapshot
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def latest_snapshot(var_dir: str) -> Snapshot | None:
+    return load_snapshot(StoreLayout(root=Path(var_dir)).latest_snapshot)
 
 
 @st.cache_data(ttl=5)
-def snapshot_history(var_dir: str, limit: int = 96) -> list[dict[str, Any]]:
+def snapshot_history(var_dir: str, limit: int = 96) -> list[Snapshot]:
     files = sorted(StoreLayout(root=Path(var_dir)).snapshots.glob("*.json"))[-limit:]
-    out = []
-    for f in files:
-        try:
-            out.append(json.loads(f.read_text()))
-        except (OSError, ValueError):  # a snapshot being replaced: next refresh
-            continue
-    return out
+    return [snap for f in files if (snap := load_snapshot(f)) is not None]
+
+
+def load_snapshot(path: Path) -> Snapshot | None:
+    """The snapshot in `path`; None when there is none yet, it is being replaced (the next
+    refresh reads it), or it was written in a shape this version cannot read (skipped with a
+    warning: the pages show the snapshots they can read)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    try:
+        return Snapshot.model_validate_json(text)
+    except ValidationError as exc:  # also a torn or non-JSON file
+        log.warning("snapshot skipped path=%s errors=%d first=%s", path, exc.error_count(),
+                    exc.errors()[0]["msg"])
+        return None
 
 
 @st.cache_data(ttl=5)
@@ -161,7 +172,10 @@ def quarantine(var_dir: str) -> list[int]:
 
 
 def admin_key() -> str | None:
-    path = settings().registry.keys_dir / "operator.key"
+    keys = settings().registry.keys_dir  # Settings() sets it (var/keys by default)
+    if keys is None:
+        return None
+    path = keys / "operator.key"
     return path.read_text().strip() if path.exists() else None
 
 
@@ -182,70 +196,86 @@ def admin_post(route: str, body: dict[str, Any]) -> tuple[int, Any]:
 
 # -- pure frame builders (snapshot -> DataFrame) ---------------------------------------------
 
-def fairness_frame(snap: dict[str, Any]) -> pd.DataFrame:
+def fmt(value: float | None, spec: str = ".4f", missing: str = "-") -> str:
+    """A figure for a metric tile; `missing` when the snapshot has none (not enough data)."""
+    return missing if value is None else format(value, spec)
+
+
+def fairness_frame(snap: Snapshot) -> pd.DataFrame:
     rows = []
-    for v, f in snap.get("fairness", {}).items():
-        for metric in ("coverage", "gini", "top10_share", "exposure_gini", "diversity"):
-            if f.get(metric) is not None:
-                rows.append({"variant": v, "metric": metric, "value": f[metric]})
+    for v, f in snap.fairness.items():
+        figures = {"coverage": f.coverage, "gini": f.gini, "top10_share": f.top10_share,
+                   "exposure_gini": f.exposure_gini, "diversity": f.diversity}
+        rows += [{"variant": v, "metric": metric, "value": value}
+                 for metric, value in figures.items() if value is not None]
     return pd.DataFrame(rows, columns=["variant", "metric", "value"])
 
 
-def segment_frame(snap: dict[str, Any]) -> pd.DataFrame:
+def segment_frame(snap: Snapshot) -> pd.DataFrame:
     rows = [{"variant": v, "dimension": dim, "segment": seg, "diversity": val}
-            for v, f in snap.get("fairness", {}).items()
-            for dim, segs in f.get("diversity_by_segment", {}).items()
+            for v, f in snap.fairness.items()
+            for dim, segs in f.diversity_by_segment.items()
             for seg, val in segs.items()]
     return pd.DataFrame(rows, columns=["variant", "dimension", "segment", "diversity"])
 
 
-def echo_frame(snap: dict[str, Any]) -> pd.DataFrame:
-    echo = snap.get("echo", {})
+def echo_frame(snap: Snapshot) -> pd.DataFrame:
     rows = []
-    for v, e in echo.items():
-        if not isinstance(e, dict) or "gini" not in e:
-            continue
-        for metric in ("gini", "top10_share"):
-            for i, value in enumerate(e[metric]):
-                if value is not None:
-                    rows.append({"variant": v, "window": i, "metric": metric,
-                                 "value": value})
+    for v, e in snap.echo.variants.items():
+        for metric, values in (("gini", e.gini), ("top10_share", e.top10_share)):
+            rows += [{"variant": v, "window": i, "metric": metric, "value": value}
+                     for i, value in enumerate(values) if value is not None]
     return pd.DataFrame(rows, columns=["variant", "window", "metric", "value"])
 
 
-def tail_frame(snap: dict[str, Any]) -> pd.DataFrame:
-    rows = [{"variant": v, "group": g, "rate": r}
-            for v, t in snap.get("tail", {}).items() for g, r in t.get("rates", {}).items()]
+def tail_frame(snap: Snapshot) -> pd.DataFrame:
+    rows = [{"variant": v, "group": group, "rate": rate}
+            for v, t in snap.tail.items()
+            for group, rate in (("head", t.rates.head), ("mid", t.rates.mid),
+                                ("tail", t.rates.tail))]
     return pd.DataFrame(rows, columns=["variant", "group", "rate"])
 
 
-def arms_frame(snap: dict[str, Any]) -> pd.DataFrame:
+def arms_frame(snap: Snapshot) -> pd.DataFrame:
     rows = []
-    for v, a in snap.get("ab", {}).get("arms", {}).items():
-        lo, hi = a.get("watch_through_ci") or (None, None)
-        rows.append({"variant": v, "users": a["users"], "requests": a["requests"],
-                     "recommended": a["recommended_items"], "watches": a["watches"],
-                     "watch_through": a["watch_through"], "wt_low": lo, "wt_high": hi,
-                     "ratings": a["ratings"], "mean_rating": a["mean_rating"]})
+    for v, a in snap.ab.arms.items():
+        lo, hi = a.watch_through_ci
+        rows.append({"variant": v, "users": a.users, "requests": a.requests,
+                     "recommended": a.recommended_items, "watches": a.watches,
+                     "watch_through": a.watch_through, "wt_low": lo, "wt_high": hi,
+                     "ratings": a.ratings, "mean_rating": a.mean_rating})
     return pd.DataFrame(rows, columns=["variant", "users", "requests", "recommended",
                                        "watches", "watch_through", "wt_low", "wt_high",
                                        "ratings", "mean_rating"])
 
 
-def sequential_frame(snap: dict[str, Any]) -> pd.DataFrame:
-    series = snap.get("ab", {}).get("sequential", {}).get("series", [])
+def sequential_frame(snap: Snapshot) -> pd.DataFrame:
+    series = snap.ab.sequential.series if snap.ab.sequential is not None else []
     return pd.DataFrame({"look": range(1, len(series) + 1), "p_value": series})
 
 
-def history_frame(history: list[dict[str, Any]]) -> pd.DataFrame:
+def spam_users_frame(snap: Snapshot) -> pd.DataFrame:
+    """The loudest raters of the window (columns: user_id, count, flagged, rdma, degsim,
+    burst)."""
+    rows = [{"user_id": u.user_id, "count": u.count, "flagged": u.combined, "rdma": u.rdma,
+             "degsim": u.degsim, "burst": u.burst} for u in snap.spam.users]
+    return pd.DataFrame(rows, columns=["user_id", "count", "flagged", "rdma", "degsim",
+                                       "burst"])
+
+
+def detector_frame(snap: Snapshot) -> pd.DataFrame:
+    """Users each spam detector flags (columns: detector, flagged)."""
+    rows = [{"detector": name, "flagged": len(users)}
+            for name, users in snap.spam.flagged.by_detector()]
+    return pd.DataFrame(rows, columns=["detector", "flagged"])
+
+
+def history_frame(history: list[Snapshot]) -> pd.DataFrame:
     """One row per snapshot and variant: the headline figures over time."""
-    rows = []
-    for snap in history:
-        end = snap.get("window", {}).get("end")
-        for v, f in snap.get("fairness", {}).items():
-            rows.append({"end": pd.Timestamp(end), "variant": v, "coverage": f["coverage"],
-                         "gini": f["gini"], "top10_share": f["top10_share"],
-                         "recommendations": snap["counts"]["recommendations"]})
+    rows = [{"end": pd.Timestamp(snap.window.end), "variant": v, "coverage": f.coverage,
+             "gini": f.gini, "top10_share": f.top10_share,
+             "recommendations": snap.counts.recommendations}
+            for snap in history for v, f in snap.fairness.items()]
     return pd.DataFrame(rows, columns=["end", "variant", "coverage", "gini", "top10_share",
                                        "recommendations"])
 

@@ -14,12 +14,13 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from backend.analytics.engine import AnalyticsLogic, RecoLog
+from backend.analytics.snapshot import Snapshot
 from backend.core.files import append_jsonl, read_jsonl, write_json
 from backend.core.settings import Settings
 from backend.data import catalog
@@ -29,7 +30,16 @@ from backend.data.movielens import load as load_movielens
 log = logging.getLogger(__name__)
 
 
-def probe(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
+class Probe(BaseModel):
+    """One health probe of the API (a line of `probes.jsonl`)."""
+
+    ts: str  # ISO 8601, UTC
+    ok: bool
+    detail: str | None  # the reported status, the HTTP status or the error's type
+    ms: float
+
+
+def probe(settings: Settings, timeout: float = 5.0) -> Probe:
     """One health probe of the API, appended to `probes.jsonl`: up = HTTP 200 and status ok
     or degraded (degraded still serves recommendations)."""
     url = f"http://{settings.serve.host}:{settings.serve.port}/health"
@@ -40,9 +50,9 @@ def probe(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
         detail = r.json().get("status") if r.status_code == 200 else f"http {r.status_code}"
     except (httpx.HTTPError, ValueError) as exc:
         ok, detail = False, type(exc).__name__
-    rec = {"ts": datetime.now(UTC).isoformat(), "ok": ok, "detail": detail,
-           "ms": round((time.perf_counter() - t0) * 1000, 2)}
-    append_jsonl(settings.layout.probes, rec)
+    rec = Probe(ts=datetime.now(UTC).isoformat(), ok=ok, detail=detail,
+                ms=round((time.perf_counter() - t0) * 1000, 2))
+    append_jsonl(settings.layout.probes, rec.model_dump(mode="json"))
     return rec
 
 
@@ -51,7 +61,7 @@ def read_probes(settings: Settings) -> pd.DataFrame:
                         columns=["ts", "ok", "detail", "ms"])
 
 
-def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> dict[str, Any]:
+def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> Snapshot:
     """Compute and write the snapshot of the window ending at `end` (default now)."""
     end = end or pd.Timestamp.now(tz="UTC")
     lake = Lake(settings.lake_root)
@@ -65,21 +75,22 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> dict[st
     t0 = time.perf_counter()
     snap = AnalyticsLogic(settings.analytics, settings.serve.split).snapshot(
         reco, watch, rating, items, users, end, read_probes(settings))
-    snap["compute_seconds"] = round(time.perf_counter() - t0, 3)
+    snap = snap.model_copy(update={"compute_seconds": round(time.perf_counter() - t0, 3)})
     layout = settings.layout
     layout.snapshots.mkdir(parents=True, exist_ok=True)
     stamp = end.strftime("%Y%m%dT%H%M%SZ")
-    write_json(layout.snapshot(stamp), snap)
-    write_json(layout.latest_snapshot, snap)
-    flagged = snap["spam"]["flagged"]["combined"]
+    body = snap.model_dump(mode="json")
+    write_json(layout.snapshot(stamp), body)
+    write_json(layout.latest_snapshot, body)
+    flagged = snap.spam.flagged.combined
     if flagged:
         update_quarantine(settings, flagged, stamp)
     log.info("snapshot written end=%s recommendations=%d flagged=%d seconds=%s", stamp,
-             snap["counts"]["recommendations"], len(flagged), snap["compute_seconds"])
+             snap.counts.recommendations, len(flagged), snap.compute_seconds)
     return snap
 
 
-def cycle(settings: Settings) -> dict[str, Any]:
+def cycle(settings: Settings) -> Snapshot:
     """One analytics cycle: probe the API, then write the snapshot of the window ending now."""
     probe(settings)
     return analyze_once(settings)
@@ -94,39 +105,42 @@ def update_quarantine(settings: Settings, users: list[int], stamp: str) -> None:
                   "source": "combined spam flag (robust RDMA and volume outlier)"})
 
 
-GAUGES = {  # gauge name -> path in the snapshot, per variant where {v} appears
-    "coverage": ("fairness", "{v}", "coverage"),
-    "gini": ("fairness", "{v}", "gini"),
-    "top10_share": ("fairness", "{v}", "top10_share"),
-    "exposure_gini": ("fairness", "{v}", "exposure_gini"),
-    "diversity": ("fairness", "{v}", "diversity"),
-    "head_tail_ratio": ("tail", "{v}", "head_tail_ratio"),
-    "echo_gini_slope": ("echo", "{v}", "gini_trend", "slope"),
-}
+VARIANT_GAUGES = ("coverage", "gini", "top10_share", "exposure_gini", "diversity",
+                  "head_tail_ratio", "echo_gini_slope")
+GAUGE_NAMES = (*VARIANT_GAUGES, "watch_through", "ab_p_value", "spam_flagged", "uptime")
 
 
-GAUGE_NAMES = (*GAUGES, "watch_through", "ab_p_value", "spam_flagged", "uptime")
+class GaugeValue(BaseModel):
+    """One headline figure as a Prometheus gauge sample, tagged with its variant."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    variant: str
+    value: float
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {"variant": self.variant}
 
 
-def gauge_values(snap: dict) -> list[tuple[str, dict[str, str], float]]:
-    """(name, tags, value) for every headline figure present in the snapshot."""
-    out = []
-    for v in snap.get("fairness", {}):
-        for name, path in GAUGES.items():
-            node: Any = snap
-            for key in path:
-                node = node.get(key.format(v=v)) if isinstance(node, dict) else None
-            if isinstance(node, (int, float)):
-                out.append((name, {"variant": v}, float(node)))
-    for v, arm in snap.get("ab", {}).get("arms", {}).items():
-        if arm.get("watch_through") is not None:
-            out.append(("watch_through", {"variant": v}, float(arm["watch_through"])))
-    p = snap.get("ab", {}).get("sequential", {}).get("p_value")
-    if p is not None:
-        out.append(("ab_p_value", {"variant": "all"}, float(p)))
-    out.append(("spam_flagged", {"variant": "all"},
-                float(len(snap.get("spam", {}).get("flagged", {}).get("combined", [])))))
-    up = snap.get("sla", {}).get("uptime")
-    if up is not None:
-        out.append(("uptime", {"variant": "all"}, float(up)))
+def gauge_values(snap: Snapshot) -> list[GaugeValue]:
+    """Every headline figure present in the snapshot (a None figure exports no sample)."""
+    out: list[GaugeValue] = []
+    for v, f in snap.fairness.items():
+        tail, echo = snap.tail.get(v), snap.echo.variants.get(v)
+        figures = (f.coverage, f.gini, f.top10_share, f.exposure_gini, f.diversity,
+                   tail.head_tail_ratio if tail else None,
+                   echo.gini_trend.slope if echo else None)
+        out += [GaugeValue(name=name, variant=v, value=x)
+                for name, x in zip(VARIANT_GAUGES, figures, strict=True) if x is not None]
+    out += [GaugeValue(name="watch_through", variant=v, value=arm.watch_through)
+            for v, arm in snap.ab.arms.items() if arm.watch_through is not None]
+    if snap.ab.sequential is not None and snap.ab.sequential.p_value is not None:
+        out.append(GaugeValue(name="ab_p_value", variant="all",
+                              value=snap.ab.sequential.p_value))
+    out.append(GaugeValue(name="spam_flagged", variant="all",
+                          value=len(snap.spam.flagged.combined)))
+    if snap.sla.uptime is not None:
+        out.append(GaugeValue(name="uptime", variant="all", value=snap.sla.uptime))
     return out

@@ -281,7 +281,8 @@ def analyze(once: bool) -> None:
         s = _settings()
         probe(s)
         snap = analyze_once(s)
-        click.echo(json.dumps({k: snap[k] for k in ("window", "counts", "compute_seconds")}))
+        click.echo(json.dumps(snap.model_dump(mode="json",
+                                              include={"window", "counts", "compute_seconds"})))
         return
     analyze_job.main([])
 

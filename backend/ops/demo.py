@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.analytics.snapshot import Snapshot
 from backend.core.settings import Settings
 from backend.ops.platform import health
 
@@ -148,9 +149,9 @@ def record(settings: Settings, out: Path | None = None) -> dict:
         attack.update(json.loads(summary.strip().splitlines()[-1]))
         time.sleep(3)  # the last events land
         _reco(settings, "analyze", "--once")
-        snap = json.loads(settings.layout.latest_snapshot.read_text())
+        snap = Snapshot.model_validate_json(settings.layout.latest_snapshot.read_text())
         truth = json.loads(settings.layout.ground_truth.read_text())
-        flagged = set(snap["spam"]["flagged"]["combined"])
+        flagged = set(snap.spam.flagged.combined)
         attack.update(flagged=len(flagged), bots_flagged=len(flagged & set(truth["bots"])))
         page.reload()
         page.get_by_role("heading", name="Security").first.wait_for(timeout=60_000)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.analytics.cycle import cycle, gauge_values
+from backend.analytics.snapshot import Snapshot
 from backend.core.files import append_jsonl, read_jsonl, write_json
 from backend.core.runtime import job_env
 from backend.core.settings import Settings
@@ -181,8 +182,8 @@ class Scheduler:
 
         path = self.layout.latest_snapshot
         if path.exists():
-            for name, tags, value in gauge_values(json.loads(path.read_text())):
-                self.gauges[name].set(value, tags=tags)
+            for g in gauge_values(Snapshot.model_validate_json(path.read_text())):
+                self.gauges[g.name].set(g.value, tags=g.tags)
 
     def write_state(self, now: float) -> None:
         write_json(self.layout.schedule_state, {

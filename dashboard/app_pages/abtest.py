@@ -11,21 +11,21 @@ st.title("A/B test")
 def body() -> None:
     s = data.settings()
     snap = data.latest_snapshot(str(s.var_dir))
-    if snap is None or not snap["ab"].get("arms"):
+    if snap is None or not snap.ab.arms:
         st.info("No arms yet: run `reco simulate` and `reco analyze --once`.")
         return
-    ab = snap["ab"]
+    ab = snap.ab
     arms = data.arms_frame(snap)
     st.dataframe(arms, hide_index=True)
-    if "winner" in ab:
-        w = ab["winner"]
-        st.metric("winner", w["variant"] or "none yet", help=w["reason"])
+    w, seq, wt_test, srm = ab.winner, ab.sequential, ab.watch_through_test, ab.srm
+    if w is not None and seq is not None and wt_test is not None and srm is not None:
+        st.metric("winner", w.variant or "none yet", help=w.reason)
         cols = st.columns(3)
-        cols[0].metric("always-valid p", f"{ab['sequential']['p_value']:.4f}",
+        cols[0].metric("always-valid p", data.fmt(seq.p_value),
                        help="mSPRT (Johari et al. 2017): safe to read at any time")
-        cols[1].metric("z-test p (watch-through)", f"{ab['watch_through_test']['p_value']:.4f}")
-        cols[2].metric("SRM", "mismatch" if ab["srm"]["mismatch"] else "ok",
-                       help=f"chi-square p = {ab['srm']['p_value']:.4f} against the split")
+        cols[1].metric("z-test p (watch-through)", f"{wt_test.p_value:.4f}")
+        cols[2].metric("SRM", "mismatch" if srm.mismatch else "ok",
+                       help=f"chi-square p = {data.fmt(srm.p_value)} against the split")
         st.altair_chart(charts.p_value_line(data.sequential_frame(snap), s.analytics.alpha))
     st.altair_chart(charts.interval_bars(arms.dropna(subset=["watch_through"])))
 

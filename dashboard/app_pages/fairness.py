@@ -11,32 +11,31 @@ st.title("Fairness")
 def body() -> None:
     s = data.settings()
     snap = data.latest_snapshot(str(s.var_dir))
-    if snap is None or not snap.get("fairness"):
+    if snap is None or not snap.fairness:
         st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
         return
-    for v, f in snap["fairness"].items():
-        req = f["requirements"]
+    for v, f in snap.fairness.items():
+        req = f.requirements
         cols = st.columns(4)
-        cols[0].metric(f"{v}: catalog coverage", f"{f['coverage']:.3f}",
+        cols[0].metric(f"{v}: catalog coverage", f"{f.coverage:.3f}",
                        help=f"share of the catalog recommended at least once; requirement "
-                            f">= {req['coverage']['min']}")
-        cols[1].metric(f"{v}: Gini", f"{f['gini']:.3f}",
+                            f">= {req.coverage.min}")
+        cols[1].metric(f"{v}: Gini", f"{f.gini:.3f}",
                        help="RecBole Gini of recommendation counts over the whole catalog")
-        cols[2].metric(f"{v}: top-10 share", f"{f['top10_share']:.3f}",
+        cols[2].metric(f"{v}: top-10 share", f"{f.top10_share:.3f}",
                        help="share of all slots taken by the 10 most recommended items")
-        failed = [k for k, r in req.items() if not r["pass"]]
+        failed = req.failed()
         cols[3].metric(f"{v}: requirements", "FAIL" if failed else "pass",
-                       help=f"coverage >= {req['coverage']['min']} "
+                       help=f"coverage >= {req.coverage.min} "
                             f"({'fails' if 'coverage' in failed else 'holds'}); diversity "
-                            f"parity gap < {req['parity']['max']} (gap "
-                            f"{req['parity']['value']:.3f}, "
+                            f"parity gap < {req.parity.max} (gap {req.parity.value:.3f}, "
                             f"{'fails' if 'parity' in failed else 'holds'})")
     st.altair_chart(charts.metric_bars(data.fairness_frame(snap), "exposure per variant"))
     history = data.in_range(data.history_frame(data.snapshot_history(str(s.var_dir))),
                             data.range_minutes())
     if len(history) > 1:
-        cols = st.columns(2)
-        for col, metric in zip(cols, ("coverage", "gini"), strict=True):
+        pair = st.columns(2)
+        for col, metric in zip(pair, ("coverage", "gini"), strict=True):
             col.altair_chart(charts.history_lines(history, metric), use_container_width=True)
     seg = data.segment_frame(snap)
     if seg.empty:

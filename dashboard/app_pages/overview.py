@@ -38,20 +38,20 @@ def body() -> None:
         st.info("No analytics snapshot yet: the analyze job writes one per interval "
                 "(`reco analyze --once`), and `reco simulate` drives traffic.")
         return
-    sla = snap["sla"]
-    minutes = snap["window"]["minutes"]
+    sla, window = snap.sla, snap.window
+    minutes = window.minutes
     cols = st.columns(4)
-    cols[0].metric("uptime", "-" if sla["uptime"] is None else f"{sla['uptime']:.1%}",
+    cols[0].metric("uptime", data.fmt(sla.uptime, ".1%"),
                    help="share of /health probes answered (ok or degraded) in the window")
-    cols[1].metric("recommendations/s", f"{snap['counts']['recommendations'] / (minutes * 60):.2f}",
+    cols[1].metric("recommendations/s", f"{snap.counts.recommendations / (minutes * 60):.2f}",
                    help="recommendations logged per second over the analytics window")
-    cols[2].metric("error rate", "-" if sla["error_rate"] is None
-                   else f"{sla['error_rate']:.1%}", help="failed health probes")
-    cols[3].metric("window", f"{minutes:g} min", help=f"ends {snap['window']['end']}")
+    cols[2].metric("error rate", data.fmt(sla.error_rate, ".1%"), help="failed health probes")
+    cols[3].metric("window", f"{minutes:g} min", help=f"ends {window.end}")
     target = s.analytics.sla_p95_ms
-    cols = st.columns(3)
-    for col, v in zip(cols, ("A", "B", "all"), strict=True):
-        p95 = sla["latency_ms"].get(v, {}).get("p95")
+    per_variant = st.columns(3)
+    for col, v in zip(per_variant, ("A", "B", "all"), strict=True):
+        latency = sla.latency_ms.get(v)
+        p95 = latency.p95 if latency else None
         col.metric(f"p95 latency {v}", "-" if p95 is None else f"{p95:.1f} ms",
                    delta=None if p95 is None else f"{target - p95:+.1f} ms to SLA",
                    help=f"95th percentile of logged latency; objective {target:g} ms")

@@ -1,6 +1,5 @@
 """Rating spam, the quarantine, dead letters, auth failures and rate limiting."""
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data
@@ -14,21 +13,19 @@ def body() -> None:
     snap = data.latest_snapshot(str(s.var_dir))
     prom = data.prometheus()
     if snap is not None:
-        sp = snap["spam"]
+        sp = snap.spam
         cols = st.columns(3)
-        cols[0].metric("raters in window", sp["raters"])
-        cols[1].metric("flagged (combined)", len(sp["flagged"]["combined"]),
+        cols[0].metric("raters in window", sp.raters)
+        cols[1].metric("flagged (combined)", len(sp.flagged.combined),
                        help="a volume outlier (robust z of count or burst > 3.5) whose "
                             "profile is also abnormal (RDMA or DegSim)")
         cols[2].metric("quarantined users", len(data.quarantine(str(s.var_dir))),
                        help="left out of every retrain until an operator releases them")
-        users = pd.DataFrame(sp.get("users", []))
-        if not users.empty and sp.get("three_sigma_line") is not None:
-            users["flagged"] = users["combined"]
-            st.altair_chart(charts.rating_counts(users, sp["three_sigma_line"]),
+        users = data.spam_users_frame(snap)
+        if not users.empty and sp.three_sigma_line is not None:
+            st.altair_chart(charts.rating_counts(users, sp.three_sigma_line),
                             use_container_width=True)
-        st.dataframe(pd.DataFrame([{"detector": k, "flagged": len(v)}
-                                   for k, v in sp["flagged"].items()]), hide_index=True)
+        st.dataframe(data.detector_frame(snap), hide_index=True)
     else:
         st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
     dlq = data.dead_letters(str(s.lake_root), str(s.lake_cache))

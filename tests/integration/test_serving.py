@@ -26,6 +26,7 @@ from schemathesis.checks import (
 )
 from scipy.stats import binomtest
 
+from backend.analytics.snapshot import Snapshot
 from backend.core.settings import Settings
 from backend.data.kafka import ensure_topics
 from backend.ml.recommenders import DiversityKNN, ItemKNN
@@ -410,14 +411,16 @@ def test_simulator_closes_the_loop_through_the_api(served, simulated):
     assert lake.count("events.rating") >= summary["status"].get("/rate 202", 0) > 0
 
     assert json.loads(out.stdout.strip().splitlines()[-1])["counts"]["recommendations"] > 0
-    snap = json.loads(simulated.snapshot)
-    assert snap["counts"]["watches"] > 0 and snap["counts"]["catalog"] >= 1682
+    snap = Snapshot.model_validate_json(simulated.snapshot)
+    assert snap.counts.watches > 0 and snap.counts.catalog >= 1682
     for v in ("A", "B"):
-        assert 0 < snap["fairness"][v]["coverage"] <= 1
-        assert snap["ab"]["arms"][v]["recommended_items"] > 0
-        assert snap["sla"]["latency_ms"][v]["p99"] > 0
-    assert snap["sla"]["probes"] == 1 and snap["sla"]["uptime"] == 1.0
-    assert snap["ab"]["winner"]["reason"]
+        assert 0 < snap.fairness[v].coverage <= 1
+        assert snap.ab.arms[v].recommended_items > 0
+        p99 = snap.sla.latency_ms[v].p99
+        assert p99 is not None and p99 > 0
+    assert snap.sla.probes == 1 and snap.sla.uptime == 1.0
+    assert snap.ab.winner is not None and snap.ab.winner.reason
+
 
 DASHBOARD_PAGES = {"": "Overview", "fairness": "Fairness", "feedback": "Feedback loops",
                    "security": "Security", "abtest": "A/B test", "models": "Models",
@@ -431,7 +434,8 @@ def test_dashboard_in_a_real_browser(served):
     from playwright.sync_api import sync_playwright
 
     settings = served["settings"]
-    snap = json.loads((settings.var_dir / "analytics" / "latest.json").read_text())
+    snap = Snapshot.model_validate_json(
+        (settings.var_dir / "analytics" / "latest.json").read_text())
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "streamlit_app.py"),
@@ -464,7 +468,7 @@ def test_dashboard_in_a_real_browser(served):
                 page.screenshot(path=str(screens / f"{path or 'overview'}.png"), full_page=True)
             # a headline figure equals the snapshot's
             page.goto(f"{base}/fairness")
-            coverage = f"{snap['fairness']['A']['coverage']:.3f}"
+            coverage = f"{snap.fairness['A'].coverage:.3f}"
             page.get_by_text(coverage).first.wait_for(timeout=30_000)
             # the split control changes the experiment through the admin API
             page.goto(f"{base}/abtest")

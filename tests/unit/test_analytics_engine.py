@@ -58,30 +58,31 @@ def test_snapshot_matches_list_metrics():
     for v in ("A", "B"):
         lists = in_win.loc[in_win["variant"] == v, "items"].tolist()
         counts = exposure_counts(lists, catalog)
-        got = snap["fairness"][v]
-        assert got["coverage"] == pytest.approx(catalog_coverage(lists, 20))
-        assert got["gini"] == pytest.approx(gini(counts))
-        assert got["top10_share"] == pytest.approx(top_share(counts))
+        got = snap.fairness[v]
+        assert got.coverage == pytest.approx(catalog_coverage(lists, 20))
+        assert got.gini == pytest.approx(gini(counts))
+        assert got.top10_share == pytest.approx(top_share(counts))
         # the vectorised list diversity, averaged per user then over users
         per_user = in_win[in_win["variant"] == v].groupby("user_id")["items"].apply(
             lambda s: intra_list_diversity(s.tolist(), feats))
-        assert got["diversity"] == pytest.approx(
+        assert got.diversity == pytest.approx(
             np.mean([intra_list_diversity([x], feats) for x in lists]))
         genders = USERS.set_index("user_id")["gender"]
         want = per_user.groupby(per_user.index.map(genders)).mean().to_dict()
-        assert got["diversity_by_segment"]["gender"] == pytest.approx(want)
-    assert snap["counts"]["recommendations"] == len(in_win)
-    assert snap["counts"]["watches"] == 3 and snap["counts"]["ratings"] == 2
+        assert got.diversity_by_segment["gender"] == pytest.approx(want)
+    assert snap.counts.recommendations == len(in_win)
+    assert snap.counts.watches == 3 and snap.counts.ratings == 2
     # A only ever recommends items 1..10: half the catalog at most
-    assert snap["fairness"]["A"]["coverage"] <= 0.5 < snap["fairness"]["B"]["coverage"]
-    assert not snap["fairness"]["A"]["requirements"]["coverage"]["pass"]
-    assert snap["tail"]["A"]["rates"]["tail"] < snap["tail"]["B"]["rates"]["tail"]
-    assert len(snap["echo"]["all"]["gini"]) == 2
-    ab = snap["ab"]
-    assert ab["arms"]["A"]["watches"] == 1 + 1 and ab["arms"]["B"]["watches"] == 1  # users 1,3 odd
-    assert 0 <= ab["srm"]["p_value"] <= 1 and ab["winner"]["variant"] is None
-    assert snap["sla"]["latency_ms"]["A"]["p50"] is not None
-    assert snap["drift"]["rating_hist_now"] == [0, 0, 1, 0, 1]
+    assert snap.fairness["A"].coverage <= 0.5 < snap.fairness["B"].coverage
+    assert not snap.fairness["A"].requirements.coverage.passed
+    assert snap.tail["A"].rates.tail < snap.tail["B"].rates.tail
+    assert len(snap.echo.variants["all"].gini) == 2
+    ab = snap.ab
+    assert ab.arms["A"].watches == 1 + 1 and ab.arms["B"].watches == 1  # users 1,3 odd
+    assert ab.srm is not None and ab.srm.p_value is not None and 0 <= ab.srm.p_value <= 1
+    assert ab.winner is not None and ab.winner.variant is None
+    assert snap.sla.latency_ms["A"].p50 is not None
+    assert snap.drift.rating_hist_now == [0, 0, 1, 0, 1]
 
 
 def test_empty_lake_gives_an_empty_but_valid_snapshot():
@@ -94,6 +95,6 @@ def test_empty_lake_gives_an_empty_but_valid_snapshot():
     empty_r = empty_w.assign(rating=[])
     snap = AnalyticsLogic(AnalyticsSettings()).snapshot(RecoLog.from_table(table), empty_w,
                                                         empty_r, ITEMS, USERS, END)
-    assert snap["counts"]["recommendations"] == 0
-    assert snap["fairness"]["all"]["coverage"] == 0.0
-    assert "winner" not in snap["ab"]
+    assert snap.counts.recommendations == 0
+    assert snap.fairness["all"].coverage == 0.0
+    assert snap.ab.winner is None

@@ -13,6 +13,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from backend.analytics.engine import AnalyticsLogic
+from backend.analytics.snapshot import Snapshot
 from backend.core.files import append_jsonl
 from backend.core.settings import AnalyticsSettings
 from dashboard import charts, data
@@ -22,7 +23,7 @@ from tests.unit.test_analytics_engine import END, ITEMS, USERS, make_log
 PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "app_pages"
 
 
-def snapshot() -> dict:
+def snapshot() -> Snapshot:
     _, log, watch, rating = make_log()
     return AnalyticsLogic(AnalyticsSettings(window_minutes=60, echo_windows=2)).snapshot(
         log, watch, rating, ITEMS, USERS, END)
@@ -70,7 +71,7 @@ def var(tmp_path, monkeypatch):
     out = tmp_path / "analytics"
     (out / "snapshots").mkdir(parents=True)
     for path in (out / "latest.json", out / "snapshots" / "20240301T120000Z.json"):
-        path.write_text(json.dumps(snap))
+        path.write_text(snap.model_dump_json())
     monkeypatch.setenv("RECO_VAR_DIR", str(tmp_path))
     monkeypatch.setenv("RECO_SERVE__PORT", str(free_port()))
     registry = open_registry(Settings(var_dir=tmp_path), signer=True)
@@ -108,15 +109,15 @@ def test_pages_say_what_to_start_when_there_is_no_data(tmp_path, monkeypatch):
 
 
 def test_overview_figures_match_the_snapshot(var):
-    snap = json.loads((var / "analytics" / "latest.json").read_text())
+    snap = Snapshot.model_validate_json((var / "analytics" / "latest.json").read_text())
     at = AppTest.from_file(str(PAGES / "overview.py"), default_timeout=60).run()
     shown = {m.label: m.value for m in at.metric}
-    minutes = snap["window"]["minutes"]
+    minutes = snap.window.minutes
     assert shown["recommendations/s"] == \
-        f"{snap['counts']['recommendations'] / (minutes * 60):.2f}"
+        f"{snap.counts.recommendations / (minutes * 60):.2f}"
     at = AppTest.from_file(str(PAGES / "fairness.py"), default_timeout=60).run()
     shown = {m.label: m.value for m in at.metric}
-    assert shown["A: catalog coverage"] == f"{snap['fairness']['A']['coverage']:.3f}"
+    assert shown["A: catalog coverage"] == f"{snap.fairness['A'].coverage:.3f}"
 
 
 def test_chart_builders_return_valid_specs():
@@ -186,3 +187,38 @@ def test_demo_captions_and_stitching_commands():
     video, gif = ffmpeg_commands(Path("/f"), Path("/o"))
     assert video[-1] == "/o/demo.mp4" and "-framerate" in video and "libx264" in video
     assert gif[-1] == "/o/preview.gif"
+
+
+def test_loaders_return_typed_snapshots_and_skip_unreadable_files(var):
+    out = var / "analytics"
+    snap = data.latest_snapshot(str(var))
+    assert isinstance(snap, Snapshot) and snap == snapshot()
+    body = json.loads((out / "latest.json").read_text())
+    # a file of an older run (echo variants inline, no compute_seconds) still loads
+    older = body | {"echo": {k: v for k, v in body["echo"].items() if k != "variants"}
+                    | body["echo"]["variants"]}
+    (out / "snapshots" / "20240301T110000Z.json").write_text(json.dumps(older))
+    (out / "snapshots" / "20240301T113000Z.json").write_text('{"window": {"end": "x"}}')
+    (out / "snapshots" / "20240301T114500Z.json").write_text('{"window": ')  # torn
+    history = data.snapshot_history(str(var))
+    assert history == [snap, snap]  # the older file and the fixture; the others skipped
+    assert data.history_frame(history)["variant"].tolist() == ["A", "B", "all"] * 2
+    (out / "latest.json").write_text("{}")
+    st.cache_data.clear()
+    assert data.latest_snapshot(str(var)) is None
+
+
+def test_frame_builders_read_the_snapshot():
+    snap = snapshot()
+    tail = data.tail_frame(snap).set_index(["variant", "group"])["rate"]
+    assert tail["A", "tail"] == snap.tail["A"].rates.tail and len(tail) == 9
+    arms = data.arms_frame(snap).set_index("variant")
+    assert arms.loc["B", "watch_through"] == snap.ab.arms["B"].watch_through
+    assert arms.loc["A", "wt_low"] == snap.ab.arms["A"].watch_through_ci[0]
+    echo = data.echo_frame(snap)
+    assert len(echo) == 2 * 2 * 3  # two windows, two metrics, three variants
+    users = data.spam_users_frame(snap)
+    assert users["user_id"].tolist() == [u.user_id for u in snap.spam.users]
+    detectors = data.detector_frame(snap)
+    assert detectors["detector"].tolist()[-1] == "combined"
+    assert data.fmt(None) == "-" and data.fmt(0.25, ".1%") == "25.0%"

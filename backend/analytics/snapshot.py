@@ -1,0 +1,293 @@
+"""The analytics snapshot contract: one section model per figure family.
+
+`AnalyticsLogic.snapshot` builds a `Snapshot`; the cycle writes `model_dump(mode="json")` to
+`var/analytics/` and the scheduler's gauges and the dashboard read it back with
+`Snapshot.model_validate_json`. A figure the window holds too little data for is None (the
+"not enough data" of the pages), never NaN: `Figure` turns NaN and infinities into None.
+Models ignore keys they do not know, so a newer writer does not break an older reader; the
+one change of shape, the echo chamber's per-variant series now under `echo.variants`, is
+read from older files too (see `Echo`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+
+def _finite_or_none(value: object) -> object:
+    """NaN and infinities are "not enough data" (None); anything else is validated as is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+Figure = Annotated[float | None, BeforeValidator(_finite_or_none)]
+"""A figure that may be missing: None when the window holds too little data for it."""
+
+VariantName = str
+"""A variant ("A", "B") or "all" (every response in the window)."""
+
+
+class Section(BaseModel):
+    """Base of every snapshot model: immutable, unknown keys ignored, JSON keys as written."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
+
+# -- window and counts -----------------------------------------------------------------------
+
+class Window(Section):
+    start: str  # UTC, as str(pd.Timestamp): "2024-03-01 11:00:00+00:00"
+    end: str
+    minutes: float
+
+
+class Counts(Section):
+    recommendations: int  # responses in the window
+    recommended_items: int  # items over those responses
+    watches: int
+    ratings: int
+    users: int  # users with a recommendation in the window
+    catalog: int
+
+
+# -- fairness ----------------------------------------------------------------------------------
+
+class MinRequirement(Section):
+    value: float
+    min: float
+    passed: bool = Field(validation_alias="pass", serialization_alias="pass")
+
+
+class MaxRequirement(Section):
+    value: float
+    max: float
+    passed: bool = Field(validation_alias="pass", serialization_alias="pass")
+
+
+class Requirements(Section):
+    coverage: MinRequirement  # catalog coverage >= min
+    parity: MaxRequirement  # largest diversity parity gap < max
+
+    def failed(self) -> list[str]:
+        """Names of the requirements that fail (empty: every one holds)."""
+        return [name for name, req in (("coverage", self.coverage), ("parity", self.parity))
+                if not req.passed]
+
+
+class Fairness(Section):
+    """Exposure fairness of one variant's served lists."""
+
+    coverage: float
+    gini: float
+    top10_share: float
+    exposure_gini: float
+    diversity: Figure  # mean intra-list diversity; None without lists of 2+ featured items
+    diversity_by_segment: dict[str, dict[str, float]]  # dimension -> segment -> diversity
+    parity_gap: dict[str, float]  # dimension -> max - min over its known segments
+    requirements: Requirements
+
+
+# -- long tail ---------------------------------------------------------------------------------
+
+class GroupRates(Section):
+    """Share of each popularity group's items recommended at least once."""
+
+    head: float
+    mid: float
+    tail: float
+
+
+class Tail(Section):
+    rates: GroupRates
+    head_tail_ratio: Figure  # None when no tail item was shown
+    starved: bool
+    limit: float
+
+
+# -- feedback loop / echo chamber --------------------------------------------------------------
+
+class Trend(Section):
+    """Least-squares slope per window with its 95% interval (None under 3 windows)."""
+
+    slope: float
+    ci_low: Figure
+    ci_high: Figure
+    windows: int
+    detected: bool
+
+
+class EchoSeries(Section):
+    """Concentration per window of one variant, oldest first (None: a window without data)."""
+
+    gini: list[Figure]
+    top10_share: list[Figure]
+    gini_trend: Trend
+    top10_trend: Trend
+
+
+class Echo(Section):
+    """The feedback-loop section: concentration trends per variant, homogenisation."""
+
+    windows: int
+    variants: dict[VariantName, EchoSeries]
+    homogenization: float
+    homogenization_by_variant: dict[str, float]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_legacy_variants(cls, data: Any) -> Any:
+        """Snapshots written before the typed contract kept each variant's series next to
+        `windows` and `homogenization` (`echo.A`); they now sit under `echo.variants`."""
+        if isinstance(data, dict) and "variants" not in data:
+            fixed = {"windows", "homogenization", "homogenization_by_variant"}
+            data = {**{k: v for k, v in data.items() if k in fixed},
+                    "variants": {k: v for k, v in data.items() if k not in fixed}}
+        return data
+
+
+# -- spam ----------------------------------------------------------------------------------
+
+class SpamFlags(Section):
+    """User ids each detector flags in the window; `combined` is what gets quarantined."""
+
+    three_sigma: list[int] = Field(default_factory=list)
+    robust_count: list[int] = Field(default_factory=list)
+    robust_rdma: list[int] = Field(default_factory=list)
+    robust_degsim: list[int] = Field(default_factory=list)
+    robust_burst: list[int] = Field(default_factory=list)
+    combined: list[int] = Field(default_factory=list)
+
+    def by_detector(self) -> list[tuple[str, list[int]]]:
+        """(detector, flagged users) in the order above."""
+        return [(name, list(getattr(self, name))) for name in type(self).model_fields]
+
+
+class SpamUser(Section):
+    user_id: int
+    count: int
+    rdma: float
+    degsim: Figure  # None when DegSim was not computed for the user (a sampled window)
+    burst: int
+    combined: bool
+
+
+class Spam(Section):
+    raters: int
+    flagged: SpamFlags
+    three_sigma_line: Figure  # mean + 3 std of ratings per user; None without raters
+    users: list[SpamUser]  # the loudest raters, most ratings first
+
+
+# -- experiment (A/B) ----------------------------------------------------------------------
+
+class Arm(Section):
+    """One arm: its users are those whose latest recommendation in the window it served."""
+
+    requests: int
+    users: int
+    recommended_items: int
+    watches: int
+    watch_through: Figure  # watches / recommended items; None without recommendations
+    watch_through_ci: tuple[float, float]  # Wilson 95%
+    ratings: int
+    mean_rating: Figure
+    mean_rating_ci: tuple[Figure, Figure]  # Student t 95%; None under 2 ratings
+
+
+class ProportionTest(Section):
+    """Two-proportion z-test of B - A."""
+
+    diff: float
+    z: float
+    p_value: float
+    ci_low: float
+    ci_high: float
+
+
+class WelchTest(Section):
+    """Welch's t-test of B - A."""
+
+    diff: float
+    t: float
+    df: float
+    p_value: float
+    ci_low: float
+    ci_high: float
+
+
+class SampleRatio(Section):
+    """Chi-square check of users per arm against the configured split."""
+
+    chi2: Figure
+    p_value: Figure
+    mismatch: bool
+
+
+class Sequential(Section):
+    """Always-valid (mSPRT) p-value of the watch-through difference, per look."""
+
+    p_value: Figure
+    series: list[float]
+
+
+class Winner(Section):
+    variant: str | None  # None: no winner yet, `reason` says why
+    reason: str
+    leader: str
+
+
+class Experiment(Section):
+    """The A/B section; the tests and the verdict need both arms A and B (else None)."""
+
+    arms: dict[VariantName, Arm]
+    watch_through_test: ProportionTest | None = None
+    rating_test: WelchTest | None = None
+    srm: SampleRatio | None = None
+    sequential: Sequential | None = None
+    winner: Winner | None = None
+
+
+# -- SLA and drift -------------------------------------------------------------------------
+
+class Latency(Section):
+    p50: Figure
+    p95: Figure
+    p99: Figure
+
+
+class Sla(Section):
+    latency_ms: dict[VariantName, Latency]
+    probes: int  # health probes in the window
+    uptime: Figure  # None without probes
+    error_rate: Figure
+
+
+class Drift(Section):
+    """The window against everything before it ("the training window")."""
+
+    rating_psi: Figure
+    popularity_psi: Figure
+    rating_hist_train: list[int]  # ratings 1..5
+    rating_hist_now: list[int]
+
+
+# -- the snapshot ----------------------------------------------------------------------------
+
+class Snapshot(Section):
+    """Every figure for the window [window.start, window.end)."""
+
+    window: Window
+    counts: Counts
+    fairness: dict[VariantName, Fairness]
+    tail: dict[VariantName, Tail]
+    echo: Echo
+    spam: Spam
+    ab: Experiment
+    sla: Sla
+    drift: Drift
+    compute_seconds: float | None = None  # set by the cycle that wrote it

@@ -1,0 +1,29 @@
+"""Spam section: the rating-spam detectors (`backend.ml.metrics.spam`) over the window's
+ratings; the users the combined flag catches go to the quarantine the retrain job reads."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from backend.analytics.snapshot import Spam, SpamFlags, SpamUser
+from backend.core.settings import AnalyticsSettings
+from backend.ml.metrics import spam as detectors
+
+LOUDEST = 300  # raters listed with their features (the dashboard's scatter)
+
+
+def compute(cfg: AnalyticsSettings, ratings: pd.DataFrame, top: int = LOUDEST) -> Spam:
+    """Flags of every detector, the three-sigma line, and the `top` loudest raters."""
+    flags = detectors.detect(ratings, cfg.spam_z, cfg.spam_bucket)
+    if flags.empty:
+        return Spam(raters=0, flagged=SpamFlags(), three_sigma_line=None, users=[])
+    loudest = flags.sort_values("count", ascending=False).head(top)
+    flagged = {c: sorted(int(u) for u in flags.index[flags[c].astype(bool)])
+               for c in SpamFlags.model_fields}
+    return Spam(
+        raters=len(flags), flagged=SpamFlags.model_validate(flagged),
+        three_sigma_line=float(flags["count"].mean() + 3 * flags["count"].std(ddof=0)),
+        users=[SpamUser(user_id=int(r["user_id"]), count=int(r["count"]), rdma=float(r["rdma"]),
+                        degsim=None if pd.isna(r["degsim"]) else float(r["degsim"]),
+                        burst=int(r["burst"]), combined=bool(r["combined"]))
+               for _, r in loudest.reset_index().iterrows()])

@@ -1,0 +1,191 @@
+"""The inputs every snapshot component shares: the reco log in columnar form and one window
+of it, with the flattened-item arrays computed once.
+
+The reco log stays as flat item ids plus list offsets (Arrow's layout), so a window of a
+million responses is counted with `bincount`s, not Python loops.
+
+Attribution choices (documented in docs/architecture.md):
+- a user belongs to the variant of their latest recommendation in the window (assignment is
+  sticky, so this is their arm);
+- the "training window" for drift is everything before the current window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from backend.ml.indexing import dense_index
+
+NO_TIMES = np.zeros(0, "datetime64[us]")
+
+
+@dataclass
+class RecoLog:
+    """The `events.reco` log in columnar form: one entry per response, items flattened."""
+
+    ts: np.ndarray  # datetime64[us] (UTC), per response
+    user: np.ndarray  # int64, per response
+    code: np.ndarray  # int32 variant code per response, into `names`
+    names: list[str]  # variant names
+    latency: np.ndarray  # float, per response
+    offsets: np.ndarray  # int64, len = responses + 1
+    items: np.ndarray  # int64, flattened
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> RecoLog:
+        items = table.column("items").combine_chunks() if table.num_rows else \
+            pa.array([], pa.list_(pa.int64()))
+        code, names = _encode(table.column("variant"))
+        return cls(
+            ts=utc_naive(table.column("ts")),
+            user=table.column("user_id").to_numpy().astype(np.int64),
+            code=code, names=names,
+            latency=table.column("latency_ms").to_numpy().astype(np.float64),
+            offsets=(items.offsets.to_numpy().astype(np.int64) if len(items)
+                     else np.zeros(1, np.int64)),
+            items=items.values.to_numpy().astype(np.int64) if len(items) else
+            np.zeros(0, np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def arm(self, name: str) -> np.ndarray:
+        """Mask of the responses served by variant `name`."""
+        return self.code == (self.names.index(name) if name in self.names else -1)
+
+
+@dataclass(frozen=True)
+class ArmExposure:
+    """Per catalog position: how often an arm recommended the item, and the position-weighted
+    exposure 1 / log2(rank + 1) of those slots (fairness and tail both read it)."""
+
+    counts: np.ndarray
+    weighted: np.ndarray
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """The window [start, end) of the log and the lake events, computed once per snapshot.
+
+    Times are naive datetime64[us] in UTC (numpy has no time zones)."""
+
+    start: np.datetime64
+    end: np.datetime64
+    length: np.timedelta64
+    in_win: np.ndarray  # per response: inside the window
+    lengths: np.ndarray  # per response: its number of items
+    row: np.ndarray  # per flattened item: its response
+    positions: np.ndarray  # per flattened item: 0-based rank in its list
+    catalog: np.ndarray  # sorted item ids: the catalog plus any recommended id
+    item_idx: np.ndarray  # per flattened item: position in `catalog`
+    variants: list[str]  # sorted variants with a response in the window
+    arm: pd.Series  # user_id -> variant of their latest recommendation in the window
+    watch: pd.DataFrame  # every watch, with `watch_ts`
+    rating: pd.DataFrame  # every rating, with `rating_ts`
+    watch_ts: np.ndarray
+    rating_ts: np.ndarray
+
+    @classmethod
+    def of(cls, reco: RecoLog, watch: pd.DataFrame, rating: pd.DataFrame,
+           items: pd.DataFrame, minutes: float, end: pd.Timestamp) -> LogWindow:
+        length = np.timedelta64(int(minutes * 60e6), "us")
+        t_end = naive(end)
+        t_start = t_end - length
+        lengths = np.diff(reco.offsets)
+        row = np.repeat(np.arange(len(reco)), lengths)  # response of each flattened item
+        catalog, item_idx = dense_index(reco.items, items["item_id"].to_numpy(dtype=np.int64))
+        in_win = (reco.ts >= t_start) & (reco.ts < t_end)
+        codes = np.unique(reco.code[in_win])
+        return cls(
+            start=t_start, end=t_end, length=length, in_win=in_win, lengths=lengths, row=row,
+            positions=np.arange(len(reco.items)) - reco.offsets[:-1][row],
+            catalog=catalog, item_idx=item_idx,
+            variants=sorted(reco.names[c] for c in codes),
+            arm=arm_of_users(reco, in_win), watch=watch, rating=rating,
+            watch_ts=naive_series(watch["ts"]) if len(watch) else NO_TIMES,
+            rating_ts=naive_series(rating["ts"]) if len(rating) else NO_TIMES)
+
+    def during(self, ts: np.ndarray) -> np.ndarray:
+        """Mask of the times inside the window."""
+        return (ts >= self.start) & (ts < self.end)
+
+    @cached_property
+    def watch_in(self) -> pd.DataFrame:
+        return self.watch[self.during(self.watch_ts)]
+
+    @cached_property
+    def rating_in(self) -> pd.DataFrame:
+        return self.rating[self.during(self.rating_ts)]
+
+    @cached_property
+    def watch_upto(self) -> pd.DataFrame:
+        """Every watch before the window's end (the window and its past)."""
+        return self.watch[self.watch_ts < self.end]
+
+    @cached_property
+    def rating_upto(self) -> pd.DataFrame:
+        return self.rating[self.rating_ts < self.end]
+
+    def mask(self, reco: RecoLog, variant: str) -> np.ndarray:
+        """Responses in the window served by `variant` ("all": every variant)."""
+        return self.in_win if variant == "all" else self.in_win & reco.arm(variant)
+
+    def exposure(self, mask: np.ndarray) -> ArmExposure:
+        """Recommendation counts and position-weighted exposure of the responses in `mask`."""
+        sel = mask[self.row]
+        idx = self.item_idx[sel]
+        return ArmExposure(
+            counts=np.bincount(idx, minlength=len(self.catalog)).astype(float),
+            weighted=np.bincount(idx, weights=1.0 / np.log2(self.positions[sel] + 2.0),
+                                 minlength=len(self.catalog)))
+
+
+def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    enc = pc.dictionary_encode(column).combine_chunks()
+    if len(enc) == 0:
+        return np.zeros(0, np.int32), []
+    return (enc.indices.to_numpy(zero_copy_only=False).astype(np.int32),
+            [str(x) for x in enc.dictionary.to_pylist()])
+
+
+def utc_naive(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """UTC timestamps as naive datetime64[us] (numpy has no time zones)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return np.asarray(arr.cast(pa.timestamp("us")).to_numpy(zero_copy_only=False))
+
+
+def naive(ts: pd.Timestamp) -> np.datetime64:
+    """One timestamp as naive UTC datetime64."""
+    return (ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts).to_datetime64()
+
+
+def naive_series(ts: pd.Series) -> np.ndarray:
+    """A column of timestamps as naive UTC datetime64[us]."""
+    s = pd.to_datetime(ts, utc=True)
+    return s.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+
+
+def positions(catalog: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in the sorted `catalog`, whether the catalog holds the id) per item."""
+    idx = np.searchsorted(catalog, items)
+    known = idx < len(catalog)
+    known[known] = catalog[idx[known]] == items[known]
+    return idx, known
+
+
+def arm_of_users(reco: RecoLog, mask: np.ndarray) -> pd.Series:
+    """Each user's variant (index user_id) = that of their latest recommendation in `mask`."""
+    idx = np.flatnonzero(mask)
+    if len(idx) == 0:
+        return pd.Series(dtype=object)
+    order = idx[np.argsort(reco.ts[idx], kind="stable")][::-1]  # newest first
+    users, first = np.unique(reco.user[order], return_index=True)
+    names = np.asarray(reco.names, dtype=object)
+    return pd.Series(names[reco.code[order[first]]], index=users)

@@ -1,0 +1,43 @@
+"""Spam section: the detectors' flags over the window's ratings, the loudest raters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backend.analytics import spam
+from backend.core.settings import AnalyticsSettings
+from backend.ml.metrics.spam import detect
+from tests.unit.analytics_cases import ratings
+
+CFG = AnalyticsSettings()
+
+
+def attack() -> list[tuple[float, int, int, int]]:
+    """40 honest users rating a few items over the hour; 3 bots pushing 30 items at 5."""
+    rng = np.random.default_rng(0)
+    rows = [(float(rng.uniform(1, 59)), u, int(i), int(rng.integers(1, 6)))
+            for u in range(1, 41) for i in rng.choice(np.arange(1, 200), 4, replace=False)]
+    rows += [(2.0, bot, item, 5) for bot in (901, 902, 903) for item in range(100, 130)]
+    return rows
+
+
+def test_no_ratings_no_raters():
+    out = spam.compute(CFG, ratings([]))
+    assert out.raters == 0 and out.three_sigma_line is None and out.users == []
+    assert all(users == [] for _, users in out.flagged.by_detector())
+
+
+def test_flags_line_and_loudest_raters():
+    frame = ratings(attack())
+    out = spam.compute(CFG, frame, top=5)
+    flags = detect(frame, CFG.spam_z, CFG.spam_bucket)
+    assert out.raters == 43
+    assert set(out.flagged.combined) == {901, 902, 903}
+    for name, users in out.flagged.by_detector():
+        assert users == sorted(flags.index[flags[name]].tolist()), name
+    assert out.three_sigma_line == pytest.approx(
+        flags["count"].mean() + 3 * flags["count"].std(ddof=0))
+    assert len(out.users) == 5 and [u.count for u in out.users[:3]] == [30, 30, 30]
+    assert {u.user_id for u in out.users[:3]} == {901, 902, 903}
+    assert all(u.combined == (u.user_id > 900) for u in out.users)

@@ -1,0 +1,43 @@
+"""The window every snapshot component shares: masks, flattened items, arms, exposure."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tests.unit.analytics_cases import reco_log, watches, window
+
+
+def test_window_masks_items_and_arms():
+    reco = reco_log([(90, 1, "A", [1, 2]),  # before the window
+                     (30, 1, "B", [3]),  # user 1's latest in the window: B
+                     (50, 1, "A", [4, 5, 6]),
+                     (10, 2, "A", [9])])  # item 9 is not in the catalog: added to it
+    win = window(reco, watches([(5, 1, 3), (70, 2, 1)]))
+    assert win.in_win.tolist() == [False, True, True, True]
+    assert win.lengths.tolist() == [2, 1, 3, 1]
+    assert win.row.tolist() == [0, 0, 1, 2, 2, 2, 3]
+    assert win.positions.tolist() == [0, 1, 0, 0, 1, 2, 0]
+    assert win.catalog.tolist() == [1, 2, 3, 4, 5, 6, 9]
+    assert win.catalog[win.item_idx].tolist() == reco.items.tolist()
+    assert win.variants == ["A", "B"]
+    assert win.arm.to_dict() == {1: "B", 2: "A"}
+    assert len(win.watch_in) == 1 and len(win.watch_upto) == 2
+    assert win.mask(reco, "A").tolist() == [False, False, True, True]
+    assert win.mask(reco, "all").tolist() == win.in_win.tolist()
+
+
+def test_exposure_counts_slots_and_discounts_by_rank():
+    reco = reco_log([(10, 1, "A", [1, 2]), (20, 2, "A", [2, 1]), (30, 3, "B", [3])])
+    win = window(reco)
+    exp = win.exposure(win.mask(reco, "A"))
+    assert exp.counts.tolist() == [2, 2, 0, 0, 0, 0]
+    # item 1 at ranks 1 and 2, item 2 at ranks 2 and 1: 1 + 1/log2(3) each
+    assert np.allclose(exp.weighted[:2], 1 + 1 / math.log2(3)) and exp.weighted[2:].sum() == 0
+
+
+def test_an_empty_log_gives_an_empty_window():
+    win = window(reco_log([]))
+    assert len(win.in_win) == 0 and win.variants == [] and win.arm.empty
+    assert win.exposure(win.in_win).counts.tolist() == [0.0] * 6
