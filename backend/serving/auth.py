@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import secrets
 from dataclasses import dataclass
 
-from backend.core.settings import ApiKeySpec
+from backend.core.settings import ApiKeySpec, Settings
 
 ROLES = ("client", "admin")
 
@@ -59,14 +61,11 @@ LOCAL_KEYS = {  # name -> (role, per-minute limit): the keys `reco up` makes for
 }
 
 
-def ensure_local_keys(settings):  # -> Settings
+def ensure_local_keys(settings: Settings) -> Settings:
     """Create `var/keys/<name>.key` (0600, random) for the local clients unless they exist,
     and return settings whose serve.api_keys also hold their digests (configured keys win)."""
-    import os
-    import secrets
-
-
     keys_dir = settings.registry.keys_dir
+    assert keys_dir is not None  # Settings fills it in
     keys_dir.mkdir(parents=True, exist_ok=True)
     api_keys = dict(settings.serve.api_keys)
     for name, (role, per_minute) in LOCAL_KEYS.items():

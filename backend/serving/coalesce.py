@@ -12,28 +12,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 Req = TypeVar("Req")
+Res = TypeVar("Res")
 
 
-class Coalescer(Generic[Req]):
-    def __init__(self, call: Callable[[list[Req]], Awaitable[Sequence[Any]]],
+class Coalescer(Generic[Req, Res]):
+    def __init__(self, call: Callable[[list[Req]], Awaitable[Sequence[Res]]],
                  max_inflight: int = 2, max_batch: int = 64) -> None:
         if max_inflight < 1 or max_batch < 1:
             raise ValueError("max_inflight and max_batch must be at least 1")
         self.call = call
         self.max_inflight = max_inflight
         self.max_batch = max_batch
-        self._queue: list[tuple[Req, asyncio.Future]] = []
+        self._queue: list[tuple[Req, asyncio.Future[Res]]] = []
         self._inflight = 0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0  # downstream calls made, and requests they carried
         self.requests = 0
 
-    async def submit(self, request: Req) -> Any:
+    async def submit(self, request: Req) -> Res:
         """The downstream result for `request` (or its exception)."""
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
         self._queue.append((request, fut))
         self._dispatch()
         return await fut
@@ -46,7 +47,7 @@ class Coalescer(Generic[Req]):
             self._tasks.add(task)  # keep a reference until done
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[Req, asyncio.Future]]) -> None:
+    async def _run(self, batch: list[tuple[Req, asyncio.Future[Res]]]) -> None:
         self.calls += 1
         self.requests += len(batch)
         try:

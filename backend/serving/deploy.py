@@ -9,6 +9,9 @@ to `var/run/serve_config.deployed.yaml` (0600: it names the key digests) and han
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ APP = "reco"
 
 
 def effective_config(settings: Settings, path: Path = CONFIG) -> dict[str, Any]:
-    cfg = yaml.safe_load(path.read_text())
+    cfg: dict[str, Any] = yaml.safe_load(path.read_text())
     cfg["http_options"] = (cfg.get("http_options") or {}) | {
         "host": settings.serve.host, "port": settings.serve.port}
     app = next(a for a in cfg["applications"] if a["name"] == APP)
@@ -40,11 +43,6 @@ def effective_config(settings: Settings, path: Path = CONFIG) -> dict[str, Any]:
 def deploy(settings: Settings, dashboard_url: str, path: Path = CONFIG) -> dict[str, Any]:
     """`serve deploy` the effective config to the cluster whose Ray dashboard (Jobs and Serve
     REST API) is at `dashboard_url`; returns the config. Non-blocking, like `serve deploy`."""
-    import os
-    import subprocess
-    import sys
-
-
     cfg = effective_config(settings, path)
     out_path = settings.run_dir / "serve_config.deployed.yaml"
     settings.run_dir.mkdir(parents=True, exist_ok=True)

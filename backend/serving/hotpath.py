@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from backend.data.events import MAX_ID
 
 
-def hot_request(scope: dict[str, Any]) -> tuple[int, int] | None:
+def hot_request(scope: Mapping[str, Any]) -> tuple[int, int] | None:
     """(user_id, k) of a well-formed `GET /recommend/{user_id}[?k=N]`, else None."""
     path, root = scope["path"], scope.get("root_path") or ""
     if root and path.startswith(root):

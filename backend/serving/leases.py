@@ -20,7 +20,7 @@ class Leases:
         self.acquire = acquire  # client -> (tokens granted, Retry-After when none)
         self.max_clients = max_clients
         self._tokens: dict[str, int] = {}
-        self._pending: dict[str, asyncio.Future] = {}
+        self._pending: dict[str, asyncio.Future[tuple[int, int]]] = {}
 
     async def take(self, client: str) -> int:
         """Spend one of `client`'s tokens: 0 when allowed, else Retry-After seconds."""

@@ -10,7 +10,11 @@ and `LogShipper` hands the list to the RecoLog deployment, which produces it, on
 `fallback` record by record (the ingress's own producer, and its spool; a batch that times
 out and still arrives is a duplicate, which the ingest's event_id dedupe drops), and so does
 a record that finds `max_buffer` queued (RecoLog stuck): nothing is dropped, and memory
-stays bounded. Plain asyncio: unit-tested without Ray.
+stays bounded.
+
+`RecoLogLogic` is what the RecoLog deployment does with a shipped batch (produce it) and
+about once a second (push its producer's health, `ProducerGauges`, which the ingress replicas
+push for their own producers too). Plain asyncio: unit-tested without Ray.
 """
 
 from __future__ import annotations
@@ -18,10 +22,54 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
+
+from backend.serving.metrics import replica_delta, take_replica_delta
 
 log = logging.getLogger(__name__)
 Record = dict[str, Any]
+PUSH_SECONDS = 1.0  # how often a replica pushes metrics and reads the shared experiment
+
+
+class _Spool(Protocol):
+    @property
+    def depth(self) -> int: ...
+
+
+class Producer(Protocol):
+    """What serving uses of `backend.data.kafka.EventProducer` (a fake in unit tests)."""
+
+    @property
+    def spool(self) -> _Spool: ...
+
+    @property
+    def degraded(self) -> bool: ...
+
+    @property
+    def spooled(self) -> int: ...
+
+    def send(self, topic: str, event: Any) -> None: ...
+
+    def close(self, timeout: float) -> None: ...
+
+
+class ProducerGauges:
+    """One replica's producer health into its metric delta: spool depth, degraded, and the
+    events spooled since the last push as produce errors."""
+
+    def __init__(self, producer: Producer, replica: str) -> None:
+        self.producer = producer
+        self.replica = replica
+        self.pushed = 0  # producer.spooled at the last push
+
+    def push(self) -> None:
+        delta, spooled = replica_delta(), self.producer.spooled
+        delta.set("reco_spool_depth", {"replica": self.replica}, float(self.producer.spool.depth))
+        delta.set("reco_broker_degraded", {"replica": self.replica},
+                  float(self.producer.degraded))
+        if spooled > self.pushed:
+            delta.inc("reco_kafka_produce_errors_total", {}, spooled - self.pushed)
+        self.pushed = spooled
 
 
 class LogShipper:
@@ -36,7 +84,7 @@ class LogShipper:
         self.max_buffer = max_buffer
         self.timeout = timeout
         self._buffer: list[Record] = []
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.shipped = 0  # records handed over, and records that took the fallback
         self.fell_back = 0
 
@@ -81,3 +129,50 @@ class LogShipper:
             self._task.cancel()
             self._task = None
         await self.flush()
+
+
+class RecoLogLogic:
+    """The RecoLog deployment: produces the ingress replicas' reco log to events.reco, batches
+    at a time, and pushes its producer's health to the shared state (`record`)."""
+
+    TOPIC = "events.reco"
+
+    def __init__(self, producer: Producer, replica: str,
+                 record: Callable[[dict[str, Any]], Awaitable[Any]],
+                 period: float = PUSH_SECONDS) -> None:
+        self.producer = producer
+        self.gauges = ProducerGauges(producer, replica)
+        self.record = record
+        self.period = period
+        self._pusher: asyncio.Task[None] | None = None
+
+    def write(self, records: list[Record]) -> int:
+        """Records are `RecoEvent.to_record()` dicts, validated where they were made."""
+        self.start()
+        for record in records:
+            self.producer.send(self.TOPIC, record)
+        return len(records)
+
+    def start(self) -> None:
+        """Start pushing (on the running loop), once."""
+        if self._pusher is None:
+            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
+
+    async def push(self) -> None:
+        """This replica's spool depth and broker state, for /health and /metrics."""
+        self.gauges.push()
+        await self.record(take_replica_delta().as_payload())
+
+    async def _push_loop(self) -> None:
+        while True:
+            try:
+                await self.push()
+            except Exception:  # the state replica restarting: try again next period
+                log.warning("push to the serving state failed", exc_info=True)
+            await asyncio.sleep(self.period)
+
+    def close(self) -> None:
+        if self._pusher is not None:
+            self._pusher.cancel()
+            self._pusher = None
+        self.producer.close(timeout=5)

@@ -21,6 +21,7 @@ class VariantLogic:
         self.version: str | None = None
         self.refused: dict[str, str] = {}  # version -> why it was not loaded
         self.runtime: dict[str, Any] = {}
+        self.generation = -1  # of the shared run-time knobs last followed
         self.reload()
 
     def reload(self) -> bool:
@@ -50,6 +51,13 @@ class VariantLogic:
         self.runtime = dict(runtime)
         if self.model is not None and hasattr(self.model, "set_params") and runtime:
             self.model.set_params(**runtime)
+
+    def follow(self, shared: dict[str, Any]) -> None:
+        """The shared experiment config (ServingState's `config()`): its run-time knobs, once
+        per change (`generation`), so that every replica of the variant applies them."""
+        if shared["generation"] != self.generation and shared["b_runtime"]:
+            self.configure(shared["b_runtime"])
+        self.generation = shared["generation"]
 
     def recommend(self, user_id: int, k: int) -> dict[str, Any]:
         return self.recommend_batch([(user_id, k)])[0]

@@ -39,7 +39,7 @@ def test_serve_config_validates_against_serves_schema():
     cfg = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(cfg)
     app = schema.applications[0]
-    assert app.import_path == "backend.serving.app:build_app"
+    assert app.import_path == "backend.serving.builder:build_app"
     scaled = {d["name"]: d for d in cfg["applications"][0]["deployments"]}
     for name in ("VariantA", "VariantB"):
         auto = scaled[name]["autoscaling_config"]

@@ -94,3 +94,53 @@ def test_a_ship_that_hangs_times_out_into_the_fallback():
 
     local, shipper = asyncio.run(scenario())
     assert local == [{"n": 1}] and shipper.fell_back == 1
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+        self.spool = type("Spool", (), {"depth": 0})()
+        self.degraded = False
+        self.spooled = 0
+        self.closed = False
+
+    def send(self, topic: str, event: dict) -> None:
+        self.sent.append((topic, event))
+
+    def close(self, timeout: float) -> None:
+        self.closed = True
+
+
+def test_reco_log_produces_batches_and_pushes_its_producers_health():
+    from backend.serving.metrics import MetricsLogic, take_replica_delta
+    from backend.serving.recolog import RecoLogLogic
+
+    async def scenario():
+        take_replica_delta()
+        producer, pushed, sums = Producer(), [], MetricsLogic()
+        failing = [True]
+
+        async def record(payload: dict) -> None:
+            if failing[0]:  # the state replica restarting: the next period tries again
+                failing[0] = False
+                raise ConnectionError("state away")
+            pushed.append(payload)
+            sums.merge(payload)
+
+        logic = RecoLogLogic(producer, "recolog-1", record, period=0.01)
+        assert logic.write([{"n": 1}, {"n": 2}]) == 2  # also starts the pusher
+        producer.spool.depth, producer.degraded, producer.spooled = 3, True, 5
+        await asyncio.sleep(0.05)
+        producer.spooled = 7
+        await asyncio.sleep(0.05)
+        logic.close()
+        return producer, pushed, sums
+
+    producer, pushed, sums = asyncio.run(scenario())
+    assert producer.sent == [("events.reco", {"n": 1}), ("events.reco", {"n": 2})]
+    assert producer.closed and len(pushed) >= 2
+    assert sums.fresh_gauges("reco_spool_depth") == [3.0]
+    assert sums.fresh_gauges("reco_broker_degraded") == [1.0]
+    # produce errors count increments: the 5 went with the push that failed (a delta is
+    # taken once), the 2 since arrived with the next push
+    assert dict(sums.counters)[("reco_kafka_produce_errors_total", ())] == 2

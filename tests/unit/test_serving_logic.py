@@ -104,7 +104,7 @@ def test_experiment_config_survives_replica_restarts():
 def test_metrics_sum_replicas_and_render_prometheus_text():
     from prometheus_client.parser import text_string_to_metric_families
 
-    from backend.serving.state import MetricsDelta, MetricsLogic
+    from backend.serving.metrics import MetricsDelta, MetricsLogic
 
     total = MetricsLogic()
     for replica in ("r1", "r2"):
@@ -136,7 +136,8 @@ def test_metrics_sum_replicas_and_render_prometheus_text():
 
 
 def test_writes_health_sums_live_replicas_and_forgets_gone_ones():
-    from backend.serving.state import MetricsDelta, ServingStateLogic
+    from backend.serving.metrics import MetricsDelta
+    from backend.serving.state import ServingStateLogic
 
     now = [0.0]
     state = ServingStateLogic(100, {}, 0.5, "s", clock=lambda: now[0])
@@ -195,3 +196,39 @@ def test_only_well_formed_plain_recommend_takes_the_hot_path(path, query, expect
              "root_path": ""}
     assert hot_request(scope) == expected
     assert hot_request(scope | {"method": "POST"}) is None
+
+
+def test_exposition_comes_from_a_collector_with_the_metrics_types_and_names():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from backend.serving.metrics import COUNTERS, GAUGES, MetricsDelta, MetricsLogic
+
+    total = MetricsLogic()
+    d = MetricsDelta()
+    d.inc("reco_requests_total", {"route": "/health", "status": "200", "variant": ""})
+    d.inc("reco_kafka_produce_errors_total", {}, 3)
+    d.observe(0.02, {"variant": "B"})
+    d.set("reco_broker_degraded", {"replica": "r1"}, 1)
+    total.merge(d.as_payload())
+    text = total.render()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    # counters keep their `_total` sample names; no `_created` series
+    assert {n: f.type for n, f in families.items()} == (
+        {n.removesuffix("_total"): "counter" for n in COUNTERS}
+        | {"reco_request_latency_seconds": "histogram"} | {n: "gauge" for n in GAUGES})
+    assert "_created" not in text
+    for name in COUNTERS:
+        assert f"# TYPE {name} counter" in text
+    [errors] = families["reco_kafka_produce_errors"].samples
+    assert (errors.name, errors.labels, errors.value) == ("reco_kafka_produce_errors_total",
+                                                          {}, 3)
+    buckets = [s for s in families["reco_request_latency_seconds"].samples
+               if s.name.endswith("_bucket")]
+    assert [s.labels["le"] for s in buckets] == ["0.001", "0.0025", "0.005", "0.01", "0.025",
+                                                 "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+                                                 "+Inf"]
+    assert [s.value for s in buckets] == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert all(s.labels["variant"] == "B" for s in buckets)
+    [degraded] = families["reco_broker_degraded"].samples
+    assert degraded.labels == {"replica": "r1"} and degraded.value == 1
+    assert families["reco_rate_limited"].samples == []  # declared, none counted yet

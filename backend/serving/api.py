@@ -1,0 +1,231 @@
+"""The HTTP API: FastAPI routes over an `IngressLogic`, the request-metrics and hot-path
+middlewares, and the one error handler.
+
+`create_api(current)` builds the app; `current()` gives the `IngressLogic` that answers (in
+unit tests, one with fakes injected). The `Ingress` deployment serves `api`, built here at
+import, as Serve's ingress, and makes its logic this process's (`answer_with`).
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.core.errors import RecoError
+from backend.data.events import MAX_ID, RatingEvent, WatchEvent
+from backend.serving.hotpath import hot_request
+from backend.serving.ingress import IngressLogic
+from backend.serving.metrics import replica_delta
+from backend.serving.schemas import (
+    Accepted,
+    AliasesResponse,
+    DiversityRequest,
+    ErrorBody,
+    HealthResponse,
+    ModelsResponse,
+    PromoteRequest,
+    RecommendResponse,
+    RollbackRequest,
+    RuntimeKnobs,
+    SplitRequest,
+    SplitResponse,
+)
+
+# one documented error shape for 422, always JSON (FastAPI's default documents only its own
+# field-error list, in the route's media type: schemathesis found both mismatches)
+_ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+HOT_ROUTE = SimpleNamespace(path="/recommend/{user_id}")  # what the metrics read of a route
+
+
+def error_response(exc: RecoError) -> JSONResponse:
+    """A RecoError as HTTP: its status, headers and `{"detail": ...}`."""
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+async def guard(logic: IngressLogic, request: Request, needs: str | None) -> None:
+    await logic.guard(request.headers.get("x-api-key"),
+                      request.client.host if request.client else None,
+                      int(request.headers.get("content-length") or 0), needs)
+
+
+class RequestMetrics:
+    """Counts every response by route, status and variant, and times /recommend by variant.
+    Plain ASGI (Starlette's BaseHTTPMiddleware costs a task and a stream per request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+        state = scope.setdefault("state", {})
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:  # the client went away first (nginx's and Serve's 499)
+            if status == 500:
+                status = 499
+            raise
+        finally:
+            delta = replica_delta()
+            path = getattr(scope.get("route"), "path", "unmatched")
+            variant = state.get("variant", "")
+            delta.inc("reco_requests_total", {"route": path, "status": str(status),
+                                              "variant": variant})
+            if variant and status != 499:  # answered: its latency is a user's
+                delta.observe(time.perf_counter() - t0, {"variant": variant})
+
+
+class HotPath:
+    """`GET /recommend/{user_id}` straight to the ingress logic, past FastAPI's routing,
+    dependency solving and response classes (a quarter of the ingress's Python profile
+    samples). Only a well-formed request takes it: anything else, and every error of input,
+    goes through FastAPI, so the route, its OpenAPI entry and its errors stay FastAPI's."""
+
+    def __init__(self, app: ASGIApp, current: Callable[[], IngressLogic]) -> None:
+        self.app = app
+        self.current = current
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = hot_request(scope) if scope["type"] == "http" else None
+        headers = dict(scope["headers"]) if hot is not None else {}
+        if hot is None or b"content-length" in headers:  # a GET with a body: FastAPI judges
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = HOT_ROUTE
+        logic = self.current()
+        client = scope.get("client")
+        try:
+            await logic.guard(headers.get(b"x-api-key", b"").decode("latin-1") or None,
+                              client[0] if client else None, 0, None)
+            r = await logic.recommend(scope.setdefault("state", {}), *hot)
+        except RecoError as exc:  # the app's one error handler answers, as for any route
+            await error_response(exc)(scope, receive, send)
+            return
+        body = ",".join(map(str, r["items"])).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
+    """The app, its routes answered by `current()`."""
+    api = FastAPI(title="Movie recommender", version="0.1.0", responses={
+        422: {"model": ErrorBody, "description": "invalid input", "content": _ERROR_JSON}})
+
+    @api.exception_handler(RecoError)
+    async def reco_error(_request: Request, exc: RecoError) -> JSONResponse:
+        return error_response(exc)
+
+    # Starlette wraps the last added outermost: the metrics see the hot path's responses too
+    api.add_middleware(HotPath, current=current)
+    api.add_middleware(RequestMetrics)
+
+    @api.get("/recommend")
+    async def recommend_json(request: Request, user_id: int = Query(ge=1, le=MAX_ID),
+                             k: int = Query(10, ge=1, le=100)) -> RecommendResponse:
+        logic = current()
+        await guard(logic, request, None)
+        return logic.titled(await logic.recommend(request.scope["state"], user_id, k))
+
+    @api.get("/recommend/{user_id}", response_class=PlainTextResponse)
+    async def recommend_plain(request: Request, user_id: int,
+                              k: int = Query(10, ge=1, le=100)) -> str:
+        if not 1 <= user_id <= MAX_ID:
+            raise RecoError(f"user_id must be within 1..{MAX_ID}", status_code=422)
+        logic = current()
+        await guard(logic, request, None)
+        r = await logic.recommend(request.scope["state"], user_id, k)
+        return ",".join(str(i) for i in r["items"])
+
+    @api.post("/rate", status_code=202)
+    async def rate(request: Request, event: RatingEvent) -> Accepted:
+        logic = current()
+        await guard(logic, request, "client")
+        return logic.accept("events.rating", event)
+
+    @api.post("/watch", status_code=202)
+    async def watch(request: Request, event: WatchEvent) -> Accepted:
+        logic = current()
+        await guard(logic, request, "client")
+        return logic.accept("events.watch", event)
+
+    @api.get("/health")
+    async def health() -> HealthResponse:
+        """Model versions per variant; writes degraded when any live replica spools (the
+        replicas' spool figures arrive through the shared state, this one's directly)."""
+        return await current().health()
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text, summed over every ingress replica (pushed about once a second)."""
+        return PlainTextResponse(await current().metrics_text(),
+                                 media_type="text/plain; version=0.0.4")
+
+    @api.get("/models")
+    async def models(request: Request) -> ModelsResponse:
+        logic = current()
+        await guard(logic, request, "admin")
+        return logic.models()
+
+    @api.post("/admin/promote")
+    async def admin_promote(request: Request, body: PromoteRequest) -> AliasesResponse:
+        """Verify, then make `version` production; variants pick it up on their next poll."""
+        logic = current()
+        await guard(logic, request, "admin")
+        return logic.promote(body.variant, body.version)
+
+    @api.post("/admin/rollback")
+    async def admin_rollback(request: Request, body: RollbackRequest) -> AliasesResponse:
+        logic = current()
+        await guard(logic, request, "admin")
+        return logic.rollback(body.variant)
+
+    @api.post("/admin/diversity")
+    async def admin_diversity(request: Request, body: DiversityRequest) -> RuntimeKnobs:
+        """Change Model B's strengths on every B replica (applied within a second)."""
+        logic = current()
+        await guard(logic, request, "admin")
+        return await logic.set_diversity(body.model_dump(exclude_none=True))
+
+    @api.post("/admin/split")
+    async def admin_split(request: Request, body: SplitRequest) -> SplitResponse:
+        """Change the experiment for every replica (through the shared state)."""
+        logic = current()
+        await guard(logic, request, "admin")
+        return await logic.set_split(body.split, body.salt)
+
+    return api
+
+
+# This process's ingress logic (one Ingress replica per process). Kept in this importable
+# module and reached through functions: Serve pickles `api` by value (its route closures
+# too), and a function pickled by reference finds the module's one global in the replica.
+_answering: list[IngressLogic] = []
+
+
+def answer_with(logic: IngressLogic) -> None:
+    """Make `logic` the one `api` answers with (the Ingress deployment, as it starts)."""
+    _answering[:] = [logic]
+
+
+def answering() -> IngressLogic:
+    return _answering[0]
+
+
+api = create_api(answering)

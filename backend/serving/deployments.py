@@ -1,0 +1,184 @@
+"""The Serve deployments: each wires one Ray-free logic class to Serve (handles, replica ids,
+background loops, `user_config`) and holds nothing else.
+
+- `VariantDeployment` -> `VariantLogic` (variant.py): one model variant, hot-swapped;
+- `ServingState` -> `ServingStateLogic` (state.py): exactly one; leases, experiment, metrics;
+- `RecoLogDeployment` -> `RecoLogLogic` (recolog.py): produces the reco log;
+- `Ingress` -> `IngressLogic` (ingress.py), serving the FastAPI app of api.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import RayServeException
+from ray.serve.handle import DeploymentHandle
+
+from backend.core.settings import Settings
+from backend.data.kafka import EventProducer, claim_spool
+from backend.serving import api as http
+from backend.serving.ingress import IngressLogic, SharedState, VariantCalls, load_titles
+from backend.serving.recolog import PUSH_SECONDS, RecoLogLogic
+from backend.serving.state import ServingStateLogic
+from backend.serving.variant import VariantLogic
+from registry import open_registry
+
+log = logging.getLogger(__name__)
+
+
+def _replica_id() -> str:
+    """This replica's id (its spool's name); Serve's local testing mode, which runs every
+    deployment in the calling process, has no replica context: a unique one then."""
+    try:
+        return str(serve.get_replica_context().replica_id.unique_id)
+    except RayServeException:
+        return f"local-{uuid.uuid4().hex[:8]}"
+
+
+@serve.deployment(name="Variant", num_replicas=1, ray_actor_options={"num_cpus": 0.25})
+class VariantDeployment:
+    def __init__(self, settings: Settings, variant: str,
+                 state: DeploymentHandle[Any] | None = None) -> None:
+        self.logic = VariantLogic(open_registry(settings), variant)
+        self.state = state  # variant B: follows the shared run-time knobs
+        self._follower: asyncio.Task[None] | None = None
+        self._period = settings.serve.reload_seconds
+        threading.Thread(target=self._reload_loop, daemon=True).start()
+
+    def _reload_loop(self) -> None:
+        while True:
+            time.sleep(self._period)
+            try:
+                self.logic.reload()
+            except Exception:  # keep serving the current version whatever the reload hit
+                log.exception("reload failed variant=%s", self.logic.variant)
+
+    async def _follow(self, state: DeploymentHandle[Any]) -> None:
+        """Apply the shared run-time knobs (admin endpoint or a new user_config) within a
+        second, on every replica of this variant."""
+        while True:
+            await asyncio.sleep(PUSH_SECONDS)
+            try:
+                self.logic.follow(await state.config.remote())
+            except Exception:  # the state replica restarting: next period
+                log.warning("reading the shared knobs failed", exc_info=True)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """`user_config` (called at start and on every change): applied here, and shared so
+        that every replica of the variant applies it; starts following the shared knobs."""
+        runtime = config.get("runtime", {})
+        self.logic.configure(runtime)
+        if self.state is None:
+            return
+        if runtime:
+            await self.state.deployed_runtime.remote(runtime)
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow(self.state))
+
+    # async: Serve runs a sync method in a worker thread, and the hand-off (and the threads
+    # anyio starts) cost the replica several times the model's 0.2-0.4 ms
+    async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        return self.logic.recommend_batch(requests)
+
+    async def status(self) -> dict[str, Any]:
+        return self.logic.status()
+
+
+@serve.deployment(name="ServingState", num_replicas=1, max_ongoing_requests=1000,
+                  ray_actor_options={"num_cpus": 0.1})
+class ServingState:
+    """Exactly one: rate-limit leases, the experiment, metric sums (see state.py). Methods
+    are async so they run on the replica's loop, not in a worker thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        cfg = settings.serve
+        self.logic = ServingStateLogic(
+            cfg.per_minute, {f"key:{n}": k.per_minute for n, k in cfg.api_keys.items()
+                             if k.per_minute}, cfg.split, cfg.salt)
+
+    async def acquire(self, client: str) -> tuple[int, int]:
+        return self.logic.acquire(client)
+
+    async def record(self, payload: dict[str, Any]) -> None:
+        self.logic.record(payload)
+
+    async def render(self, extra: list[Any] | None = None) -> str:
+        return self.logic.render(extra)
+
+    async def config(self) -> dict[str, Any]:
+        return self.logic.config()
+
+    async def writes_health(self) -> dict[str, Any]:
+        return self.logic.writes_health()
+
+    async def deployed(self, split: float, salt: str) -> dict[str, Any]:
+        return self.logic.deployed(split, salt)
+
+    async def set_config(self, split: float | None, salt: str | None,
+                         b_runtime: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.logic.set_config(split, salt, b_runtime)
+
+    async def deployed_runtime(self, runtime: dict[str, Any]) -> dict[str, Any]:
+        return self.logic.deployed_runtime(runtime)
+
+
+@serve.deployment(name="RecoLog", num_replicas=1, max_ongoing_requests=64,
+                  ray_actor_options={"num_cpus": 0.1})
+class RecoLogDeployment:
+    """Produces the ingress replicas' reco log to events.reco, batches at a time (see
+    recolog.py), with its own spool for when the broker is away."""
+
+    def __init__(self, settings: Settings, state: DeploymentHandle[Any]) -> None:
+        replica = _replica_id()
+        spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", replica)
+        # a produce request per batch, not per record
+        kafka = settings.kafka.model_copy(update={"linger_ms": settings.serve.log_linger_ms})
+        self.logic = RecoLogLogic(EventProducer(kafka, spool), replica, state.record.remote)
+
+    async def write(self, records: list[dict[str, Any]]) -> int:
+        return self.logic.write(records)
+
+    async def check_health(self) -> None:  # Serve calls it every few seconds
+        self.logic.start()
+
+    async def __del__(self) -> None:
+        self.logic.close()
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
+@serve.ingress(http.api)
+class Ingress:
+    """The HTTP ingress: api.py's routes and hot path answer through `self.logic`."""
+
+    def __init__(self, settings: Settings, variant_a: DeploymentHandle[Any],
+                 variant_b: DeploymentHandle[Any], state: DeploymentHandle[Any],
+                 reco_log: DeploymentHandle[Any]) -> None:
+        replica = _replica_id()
+        spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", replica)
+        variants = {v: VariantCalls(h.recommend_batch.remote, h.status.remote)
+                    for v, h in (("A", variant_a), ("B", variant_b))}
+        shared = SharedState(
+            acquire=state.acquire.remote, record=state.record.remote,
+            config=state.config.remote, deployed=state.deployed.remote,
+            set_config=state.set_config.remote, writes_health=state.writes_health.remote,
+            render=state.render.remote)
+        self.logic = IngressLogic(
+            settings.serve, variants, shared, reco_log.write.remote,
+            EventProducer(settings.kafka, spool),  # writes; the reco log's fallback
+            replica, functools.partial(open_registry, settings),
+            titles=load_titles(settings.data_cache), retry_on=(RayActorError,))
+        http.answer_with(self.logic)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        await self.logic.reconfigure(config)
+
+    async def __del__(self) -> None:
+        await self.logic.close()

@@ -1,0 +1,278 @@
+"""What the ingress does with a request, without Ray: guard, route, coalesce, log.
+
+`IngressLogic` authenticates, authorises and rate-limits (`guard`), assigns the user's variant
+(`RouterLogic`, sticky), coalesces concurrent requests into one call per variant
+(`Coalescer`), logs every recommendation (`LogShipper`, its own producer the fallback) and
+counts into the replica's metric delta, pushed to the shared state about once a second. What
+it calls is injected: the variants' and the shared state's methods (a Serve handle's
+`.remote`s in the `Ingress` deployment, plain coroutines in unit tests), the producer and the
+registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backend.core.errors import RecoError
+from backend.core.settings import ServeSettings
+from backend.data.events import RatingEvent, RecoEvent, WatchEvent
+from backend.data.movielens import load
+from backend.serving.auth import ApiKeys, Principal
+from backend.serving.coalesce import Coalescer
+from backend.serving.leases import Leases
+from backend.serving.metrics import replica_delta, take_replica_delta
+from backend.serving.recolog import PUSH_SECONDS, LogShipper, Producer, ProducerGauges, Record
+from backend.serving.router import RouterLogic
+from backend.serving.schemas import (
+    Accepted,
+    AliasesResponse,
+    HealthResponse,
+    ModelsResponse,
+    RecommendedItem,
+    RecommendResponse,
+    RuntimeKnobs,
+    SplitResponse,
+    VariantStatus,
+    VariantVersions,
+)
+from registry import Registry
+
+log = logging.getLogger(__name__)
+MAX_BODY = 16 * 1024
+Batch = list[tuple[int, int]]  # (user_id, k) per request
+
+
+@dataclass(frozen=True)
+class VariantCalls:
+    """A variant deployment's methods (see `VariantDeployment`)."""
+
+    recommend_batch: Callable[[Batch], Awaitable[list[dict[str, Any]]]]
+    status: Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class SharedState:
+    """The ServingState deployment's methods the ingress calls (see `ServingStateLogic`)."""
+
+    acquire: Callable[[str], Awaitable[tuple[int, int]]]
+    record: Callable[[dict[str, Any]], Awaitable[Any]]
+    config: Callable[[], Awaitable[dict[str, Any]]]
+    deployed: Callable[[float, str], Awaitable[dict[str, Any]]]
+    set_config: Callable[[float | None, str | None, dict[str, Any] | None],
+                         Awaitable[dict[str, Any]]]
+    writes_health: Callable[[], Awaitable[dict[str, Any]]]
+    render: Callable[[list[Any]], Awaitable[str]]
+
+
+def load_titles(data_cache: Path) -> dict[int, str]:
+    """Item titles from the MovieLens cache; none without one (answers carry no titles
+    rather than not coming at all)."""
+    try:
+        items = load(data_cache).items
+        return dict(zip(items["item_id"].tolist(), items["title"].tolist(), strict=True))
+    except Exception:
+        log.warning("MovieLens items unavailable; recommendations carry no titles")
+        return {}
+
+
+class IngressLogic:
+    def __init__(self, cfg: ServeSettings, variants: Mapping[str, VariantCalls],
+                 state: SharedState, ship: Callable[[list[Record]], Awaitable[Any]],
+                 producer: Producer, replica: str, registry: Callable[[], Registry],
+                 titles: Mapping[int, str] | None = None,
+                 retry_on: tuple[type[BaseException], ...] = (),
+                 period: float = PUSH_SECONDS) -> None:
+        """`ship`: hands a batch of reco-log records to the RecoLog deployment; `producer`:
+        this replica's own (the writes, and the reco log's fallback); `retry_on`: errors
+        after which a variant call is made once more (a replica lost mid-call: Serve routes
+        the retry to a live one)."""
+        self.variants = dict(variants)
+        self.state = state
+        self.producer = producer
+        self.registry = registry
+        self.titles = dict(titles or {})
+        self.retry_on = retry_on
+        self.period = period
+        self.router = RouterLogic(cfg.split, cfg.salt)
+        self.keys = ApiKeys({n: (k.sha256, k.role) for n, k in cfg.api_keys.items()})
+        self.leases = Leases(state.acquire)
+        self.batches: dict[str, Coalescer[tuple[int, int], dict[str, Any]]] = {
+            v: Coalescer(functools.partial(self.call_variant, v),
+                                     cfg.coalesce_inflight, cfg.coalesce_max_batch)
+                        for v in self.variants}
+        self.reco_log = LogShipper(ship, functools.partial(producer.send, "events.reco"),
+                                   interval=cfg.log_linger_ms / 1000)
+        self.gauges = ProducerGauges(producer, replica)
+        self.generation = -1  # of the shared experiment config applied here
+        self._pusher: asyncio.Task[None] | None = None
+
+    # -- the experiment ------------------------------------------------------------------
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """A deployed `user_config`: applied here now, and through the shared state on every
+        replica within a push period (unless it is the config already deployed)."""
+        self.router.reconfigure(config)
+        self.apply(await self.state.deployed(self.router.split, self.router.salt))
+
+    def apply(self, shared: dict[str, Any]) -> None:
+        """The shared experiment config, if it changed since it was last applied here."""
+        if shared["generation"] != self.generation:
+            self.router.reconfigure({"split": shared["split"], "salt": shared["salt"]})
+            self.generation = shared["generation"]
+
+    async def push(self) -> None:
+        """Push this replica's metric delta; pick up experiment changes."""
+        self.gauges.push()
+        delta = take_replica_delta()
+        if not delta.empty():
+            await self.state.record(delta.as_payload())
+        self.apply(await self.state.config())
+
+    async def _push_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            try:
+                await self.push()
+            except Exception:  # the state replica restarting: try again next period
+                log.warning("push to the serving state failed", exc_info=True)
+
+    async def close(self) -> None:
+        """Shutting down: the reco log still queued leaves, and the producer drains."""
+        if self._pusher is not None:
+            self._pusher.cancel()
+            self._pusher = None
+        await self.reco_log.close()
+        self.producer.close(timeout=5)
+
+    # -- guard ---------------------------------------------------------------------------
+
+    async def guard(self, presented: str | None, host: str | None, length: int,
+                    needs: str | None) -> Principal | None:
+        """Authenticate, authorise and rate-limit; raises RecoError with the HTTP status.
+        `needs`: the role the operation needs (None: anyone, rate-limited by address)."""
+        if self._pusher is None:
+            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
+        if length > MAX_BODY:
+            raise RecoError(f"body of {length} bytes exceeds {MAX_BODY}", status_code=413)
+        principal = self.keys.authenticate(presented)
+        if needs is not None:
+            if principal is None:
+                replica_delta().inc("reco_auth_failures_total", {"status": "401"})
+                raise RecoError("missing or unknown API key (header X-API-Key)",
+                                status_code=401)
+            if not self.keys.allowed(principal, needs):
+                replica_delta().inc("reco_auth_failures_total", {"status": "403"})
+                raise RecoError(f"this key may not do {needs} operations", status_code=403)
+        client = f"key:{principal.name}" if principal is not None else f"ip:{host or 'unknown'}"
+        retry_after = await self.leases.take(client)
+        if retry_after:
+            replica_delta().inc("reco_rate_limited_total", {"client": client.split(":")[0]})
+            raise RecoError("rate limit exceeded", status_code=429,
+                            headers={"Retry-After": str(retry_after)})
+        return principal
+
+    # -- recommendations -----------------------------------------------------------------
+
+    async def call_variant(self, variant: str, requests: Batch) -> list[dict[str, Any]]:
+        """One call for a batch of concurrent requests (see coalesce.py)."""
+        call = self.variants[variant].recommend_batch
+        try:
+            return await call(requests)
+        except self.retry_on as exc:  # to a live (or the replacement) replica
+            log.warning("variant replica lost variant=%s error=%s retrying=1", variant,
+                        type(exc).__name__)
+            return await call(requests)
+
+    async def recommend(self, state: dict[str, Any], user_id: int, k: int) -> dict[str, Any]:
+        """The variant's answer with `request_id` and `user_id`; logged. `state`: the
+        request's ASGI scope state, where the request metrics find the variant."""
+        t0 = time.perf_counter()
+        variant = self.router.assign(user_id)
+        state["variant"] = variant
+        result = await self.batches[variant].submit((user_id, k))
+        replica_delta().set("reco_model_info", {"variant": variant,
+                                                "version": str(result["model_version"])}, 1.0)
+        latency = (time.perf_counter() - t0) * 1000
+        request_id = str(uuid.uuid4())
+        self.reco_log.add(RecoEvent(  # shipped in batches to RecoLog, which produces it
+            request_id=request_id, user_id=user_id, variant=variant,
+            model_version=result["model_version"], items=result["items"],
+            latency_ms=latency).to_record())
+        return result | {"request_id": request_id, "user_id": user_id}
+
+    def titled(self, r: dict[str, Any]) -> RecommendResponse:
+        """`recommend`'s answer with the items' titles. Built without validation: every field
+        comes from this replica or its variant (FastAPI serialises an instance as it is)."""
+        title = self.titles.get
+        return RecommendResponse.model_construct(
+            request_id=r["request_id"], user_id=r["user_id"], variant=r["variant"],
+            model_version=r["model_version"],
+            items=[RecommendedItem.model_construct(item_id=i, title=title(i))
+                   for i in r["items"]])
+
+    # -- writes --------------------------------------------------------------------------
+
+    def accept(self, topic: str, event: RatingEvent | WatchEvent) -> Accepted:
+        """A rating or watch event into `topic` (or the spool, with the broker away)."""
+        self.producer.send(topic, event)
+        return Accepted(event_id=event.event_id)
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def health(self) -> HealthResponse:
+        """Model versions per variant; writes degraded when any live replica spools (the
+        replicas' spool figures arrive through the shared state, this one's directly)."""
+        variants = {v: VariantStatus.model_validate(await c.status())
+                    for v, c in self.variants.items()}
+        serving = all(s.version for s in variants.values())
+        try:
+            shared = await self.state.writes_health()
+        except Exception:  # the state replica restarting: answer from this replica alone
+            shared = {"spool_depth": 0, "degraded_replicas": 0}
+        depth = max(shared["spool_depth"], self.producer.spool.depth)
+        degraded = self.producer.degraded or shared["degraded_replicas"] > 0 or depth > 0
+        return HealthResponse(status="ok" if serving and not degraded else "degraded",
+                              variants=variants, broker_degraded=degraded, spool_depth=depth,
+                              split=self.router.split, salt=self.router.salt)
+
+    async def metrics_text(self) -> str:
+        """Prometheus text, summed over every replica, with each variant's refused versions
+        read now."""
+        extra = []
+        for v, c in self.variants.items():
+            refused = (await c.status()).get("refused") or {}
+            extra.append(["reco_model_refused", [["variant", v]], float(len(refused))])
+        return await self.state.render(extra)
+
+    def models(self) -> ModelsResponse:
+        reg = self.registry()
+        return ModelsResponse({v: VariantVersions(aliases=reg.aliases(v),
+                                                  versions=reg.versions(v))
+                               for v in reg.variants()})
+
+    def promote(self, variant: str, version: str) -> AliasesResponse:
+        """Verify, then make `version` production; variants pick it up on their next poll."""
+        return AliasesResponse(self.registry().promote(variant, version))
+
+    def rollback(self, variant: str) -> AliasesResponse:
+        return AliasesResponse(self.registry().rollback(variant))
+
+    async def set_diversity(self, knobs: dict[str, Any]) -> RuntimeKnobs:
+        """Change Model B's strengths on every B replica (applied within a second)."""
+        if not knobs:
+            raise RecoError("give at least one of mmr_lambda, exploration, tail_slots",
+                            status_code=422)
+        return RuntimeKnobs((await self.state.set_config(None, None, knobs))["b_runtime"])
+
+    async def set_split(self, split: float | None, salt: str | None) -> SplitResponse:
+        """Change the experiment for every replica (through the shared state)."""
+        self.apply(await self.state.set_config(split, salt, None))
+        return SplitResponse(split=self.router.split, salt=self.router.salt)

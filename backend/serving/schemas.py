@@ -1,0 +1,120 @@
+"""The HTTP API's request and response models, and the application builder's arguments.
+
+The response models document (in the OpenAPI schema) and type what the handlers return; each
+serialises to exactly the JSON the API answered with before they existed, so their fields
+keep those names, that order and those value types (`float | int` where a knob may be
+either and its JSON keeps what it was given).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+Knob = float | int  # an int stays an int in JSON, a float a float
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx: a message, or FastAPI's list of field errors for request validation."""
+
+    detail: str | list[dict[str, Any]]
+
+
+class AppArgs(BaseModel):
+    """What `build_app` needs; everything else comes from `Settings` in the replicas."""
+
+    split: float = Field(0.5, ge=0, le=1)
+    salt: str = "exp-1"
+    b_runtime: dict[str, float] = {}
+    ingress_replicas: int = Field(1, ge=1)
+
+
+# -- requests -------------------------------------------------------------------------------
+
+class RollbackRequest(BaseModel):
+    variant: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+
+
+class PromoteRequest(RollbackRequest):
+    version: str = Field(pattern=r"^v\d{1,8}$")
+
+
+class SplitRequest(BaseModel):
+    split: float | None = Field(None, ge=0, le=1)
+    salt: str | None = Field(None, min_length=1, max_length=64)
+
+
+class DiversityRequest(BaseModel):
+    """Model B's run-time strengths (see DiversityKNN)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mmr_lambda: float | None = Field(None, ge=0, le=1)
+    exploration: float | None = Field(None, ge=0, le=5)
+    tail_slots: int | None = Field(None, ge=0, le=100)
+
+
+# -- responses ------------------------------------------------------------------------------
+
+class RecommendedItem(BaseModel):
+    item_id: int
+    title: str | None
+
+
+class RecommendResponse(BaseModel):
+    """`GET /recommend`: the ranked items with their titles (null without a data cache)."""
+
+    request_id: str
+    user_id: int
+    variant: str
+    model_version: str
+    items: list[RecommendedItem]
+
+
+class Accepted(BaseModel):
+    """`POST /rate`, `POST /watch`: the event is on its way to Kafka (or the spool)."""
+
+    event_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class VariantStatus(BaseModel):
+    """One variant as served: its version, the versions it refused and why, its knobs."""
+
+    variant: str
+    version: str | None
+    refused: dict[str, str]
+    runtime: dict[str, Knob]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    variants: dict[str, VariantStatus]
+    broker_degraded: bool
+    spool_depth: int
+    split: float
+    salt: str
+
+
+class VariantVersions(BaseModel):
+    aliases: dict[str, str]
+    versions: list[str]
+
+
+class ModelsResponse(RootModel[dict[str, VariantVersions]]):
+    """`GET /models`: per variant, its aliases (production, previous) and versions."""
+
+
+class AliasesResponse(RootModel[dict[str, str]]):
+    """`POST /admin/promote`, `POST /admin/rollback`: the variant's aliases afterwards."""
+
+
+class RuntimeKnobs(RootModel[dict[str, Knob]]):
+    """`POST /admin/diversity`: Model B's run-time strengths now in force."""
+
+
+class SplitResponse(BaseModel):
+    """`POST /admin/split`: the experiment now in force."""
+
+    split: float
+    salt: str

@@ -1,0 +1,136 @@
+"""The HTTP API over an IngressLogic with fakes, without Ray: the hot path, the routes, the one
+error shape, the request metrics and the OpenAPI operations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from backend.serving.api import create_api
+from backend.serving.metrics import take_replica_delta
+from backend.serving.router import RouterLogic
+from tests.unit.test_ingress_logic import ADMIN, CLIENT, Rig
+
+
+def call(rig: Rig, *requests: tuple[str, str, dict[str, Any]]) -> list[httpx.Response]:
+    """Each (method, path, httpx keyword arguments) through the app, in order."""
+    app = create_api(lambda: rig.logic)
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            out = [await client.request(m, p, **kw) for m, p, kw in requests]
+        await rig.logic.close()
+        return out
+
+    return asyncio.run(scenario())
+
+
+def key(k: str) -> dict[str, Any]:
+    return {"headers": {"X-API-Key": k}}
+
+
+def test_hot_path_and_fastapi_route_answer_the_same_plain_text():
+    with Rig() as rig:
+        hot, routed = call(rig, ("GET", "/recommend/7", {"params": {"k": 3}, **key(CLIENT)}),
+                           ("GET", "/recommend/7", {"params": {"k": 3, "x": 1}, **key(CLIENT)}))
+        variant = RouterLogic(0.5, "exp-1").assign(7)
+        for r in (hot, routed):
+            assert r.status_code == 200 and r.text == "700,701,702"
+            assert r.headers["content-type"] == "text/plain; charset=utf-8"
+        requests = {ls: v for (n, ls), v in take_replica_delta().counters.items()
+                    if n == "reco_requests_total"}
+        assert requests == {(("route", "/recommend/{user_id}"), ("status", "200"),
+                             ("variant", variant)): 2.0}
+
+
+def test_json_recommendation_body():
+    with Rig() as rig:
+        rig.logic.titles = {100: "Heat (1995)"}
+        r, = call(rig, ("GET", "/recommend", {"params": {"user_id": 1, "k": 2}, **key(CLIENT)}))
+        body = r.json()
+        assert r.status_code == 200 and list(body) == ["request_id", "user_id", "variant",
+                                                       "model_version", "items"]
+        assert body["items"] == [{"item_id": 100, "title": "Heat (1995)"},
+                                 {"item_id": 101, "title": None}]
+        assert (body["user_id"], body["model_version"]) == (1, "v0001")
+
+
+def test_every_refusal_is_json_detail_with_its_status():
+    with Rig() as rig:
+        rating = {"user_id": 1, "item_id": 2, "rating": 4}
+        out = call(rig,
+                   ("GET", "/recommend/0", key(CLIENT)),  # FastAPI's route: out of range
+                   ("GET", "/recommend/5", {"params": {"k": 500}, **key(CLIENT)}),
+                   ("GET", "/nowhere", {}),
+                   ("POST", "/rate", {"json": rating}),
+                   ("POST", "/rate", {"json": rating, **key("wrong")}),
+                   ("GET", "/models", key(CLIENT)),
+                   ("POST", "/admin/diversity", {"json": {}, **key(ADMIN)}),
+                   ("POST", "/admin/diversity", {"json": {"bogus": 1}, **key(ADMIN)}),
+                   ("POST", "/rate", {"content": json.dumps(rating).encode() + b" " * 20000,
+                                      "headers": {"X-API-Key": CLIENT,
+                                                  "content-type": "application/json"}}))
+        assert [r.status_code for r in out] == [422, 422, 404, 401, 401, 403, 422, 422, 413]
+        for r in out:
+            assert r.headers["content-type"] == "application/json" and r.json()["detail"]
+        assert "admin" in out[5].json()["detail"]
+        requests = {dict(ls)["route"] for (n, ls) in take_replica_delta().counters
+                    if n == "reco_requests_total"}
+        assert "unmatched" in requests and "/rate" in requests
+
+
+def test_the_rate_limit_refuses_on_the_hot_path_as_on_the_routes():
+    with Rig() as rig:  # anonymous: 3 a minute
+        out = call(rig, *[("GET", "/recommend/3", {})] * 3,
+                   ("GET", "/recommend/3", {}), ("GET", "/recommend", {"params": {"user_id": 3}}))
+        assert [r.status_code for r in out] == [200, 200, 200, 429, 429]
+        for r in out[3:]:
+            assert int(r.headers["Retry-After"]) >= 1 and r.json()["detail"]
+            assert r.headers["content-type"] == "application/json"
+
+
+def test_writes_and_admin_routes():
+    with Rig() as rig:
+        out = call(rig, ("POST", "/rate", {"json": {"user_id": 1, "item_id": 2, "rating": 4},
+                                           **key(CLIENT)}),
+                   ("POST", "/watch", {"json": {"user_id": 1, "item_id": 2, "minutes": 10.0},
+                                       **key(CLIENT)}),
+                   ("POST", "/admin/split", {"json": {"split": 1.0}, **key(ADMIN)}),
+                   ("POST", "/admin/diversity", {"json": {"tail_slots": 5}, **key(ADMIN)}),
+                   ("GET", "/health", {}),
+                   ("GET", "/metrics", {}))
+        rate, watch, split, diversity, health, metrics = out
+        assert (rate.status_code, watch.status_code) == (202, 202)
+        assert rate.json()["status"] == "accepted" and list(rate.json()) == ["event_id",
+                                                                            "status"]
+        assert [t for t, _ in rig.producer.sent] == ["events.rating", "events.watch"]
+        assert split.json() == {"split": 1.0, "salt": "exp-1"}
+        assert diversity.content == b'{"tail_slots":5}'
+        assert health.json()["split"] == 1.0 and health.json()["status"] == "ok"
+        assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+        assert "# TYPE reco_requests_total counter" in metrics.text
+
+
+def test_openapi_lists_every_operation_with_its_models():
+    spec = create_api(lambda: None).openapi()  # type: ignore[arg-type, return-value]
+    ops = {f"{m.upper()} {p}": o["operationId"] for p, ms in spec["paths"].items()
+           for m, o in ms.items()}
+    assert ops == {
+        "GET /recommend": "recommend_json_recommend_get",
+        "GET /recommend/{user_id}": "recommend_plain_recommend__user_id__get",
+        "POST /rate": "rate_rate_post", "POST /watch": "watch_watch_post",
+        "GET /health": "health_health_get", "GET /metrics": "metrics_metrics_get",
+        "GET /models": "models_models_get",
+        "POST /admin/promote": "admin_promote_admin_promote_post",
+        "POST /admin/rollback": "admin_rollback_admin_rollback_post",
+        "POST /admin/diversity": "admin_diversity_admin_diversity_post",
+        "POST /admin/split": "admin_split_admin_split_post"}
+    ok = spec["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"] == {"$ref": "#/components/schemas/HealthResponse"}
+    error = spec["paths"]["/rate"]["post"]["responses"]["422"]["content"]
+    assert json.dumps(error) == json.dumps(
+        {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}})
