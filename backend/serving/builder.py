@@ -9,7 +9,8 @@ Run-time knobs arrive through `user_config` (`reconfigure`): the split and salt 
 ingress, the diversity strengths on variant B.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Serve reads build_app's parameter annotation as a
+# class to validate the config's args into AppArgs (a string would hand it the raw dict).
 
 from ray.serve import Application
 from ray.serve.deployment import Deployment

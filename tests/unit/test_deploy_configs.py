@@ -47,6 +47,25 @@ def test_serve_config_validates_against_serves_schema():
         assert auto["target_ongoing_requests"] > 0
 
 
+def test_the_builder_gets_its_args_validated_into_appargs(monkeypatch, tmp_path):
+    """Serve validates the config's args into the builder's annotated model (its typed
+    builder); the graph binds without a cluster."""
+    import pydantic
+    import pytest
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from backend.serving.builder import build_app
+
+    monkeypatch.setenv("RECO_VAR_DIR", str(tmp_path / "var"))
+    app = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]
+    built = call_user_app_builder_with_args_if_necessary(build_app, app["args"] | {
+        "b_runtime": {"tail_slots": 3}})
+    assert isinstance(built, Application)
+    with pytest.raises(pydantic.ValidationError):
+        call_user_app_builder_with_args_if_necessary(build_app, {"split": 2})
+
+
 def test_dockerfile_passes_hadolint():
     import subprocess
     import sys
