@@ -511,7 +511,7 @@ class Ingress:
     async def models(self, request: Request) -> dict[str, Any]:
         await self._guard_request(request, "admin")
         reg = open_registry(self.settings)
-        return {v: {"aliases": reg.aliases(v), "versions": reg.versions(v)}
+        return {v: {"aliases": reg.aliases(v).named(), "versions": reg.versions(v)}
                 for v in reg.variants()}
 
     @api.post("/admin/promote")
@@ -519,12 +519,12 @@ class Ingress:
         """Verify, then make `version` production; variants pick it up on their next poll."""
 
         await self._guard_request(request, "admin")
-        return open_registry(self.settings).promote(body.variant, body.version)
+        return open_registry(self.settings).promote(body.variant, body.version).named()
 
     @api.post("/admin/rollback")
     async def admin_rollback(self, request: Request, body: RollbackRequest) -> dict[str, Any]:
         await self._guard_request(request, "admin")
-        return open_registry(self.settings).rollback(body.variant)
+        return open_registry(self.settings).rollback(body.variant).named()
 
     @api.post("/admin/diversity")
     async def admin_diversity(self, request: Request, body: DiversityRequest) -> dict[str, Any]:
