@@ -86,7 +86,7 @@ def prepare(var: Path) -> Settings:
     registry = open_registry(settings, signer=True)
     for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
         registry.promote(variant, registry.register(variant, model.fit(inter, ml.items,
-                                                                        ml.users), {}, {}))
+                                                                        ml.users)))
     return settings
 
 

@@ -24,7 +24,7 @@ from backend.core.layout import StoreLayout
 from backend.core.settings import Settings
 from backend.data.events import EVENT_MODELS
 from backend.data.lake import Lake
-from registry import open_registry
+from registry import Manifest, open_registry
 
 REFRESH = "5s"
 log = logging.getLogger(__name__)
@@ -102,20 +102,22 @@ def registry_versions(var_dir: str) -> pd.DataFrame:
     for variant in reg.variants():
         aliases = reg.aliases(variant)
         for version in reg.versions(variant):
+            manifest: Manifest | None = None
             try:
-                manifest = reg.verify(variant, version)
-                signed, why = True, ""
+                manifest, why = reg.verify(variant, version), ""
             except Exception as exc:  # shown as a refused version, with its reason
-                manifest, signed, why = {}, False, getattr(exc, "detail", str(exc))
-            metrics = manifest.get("metrics", {})
-            prov = manifest.get("provenance", {})
+                why = getattr(exc, "detail", str(exc))
+            metrics = manifest.metrics if manifest else None
+            prov = manifest.provenance if manifest else None
             rows.append({"variant": variant, "version": version,
-                         "alias": ",".join(a for a, v in aliases.items() if v == version),
-                         "signature": "valid" if signed else f"REFUSED: {why}",
-                         "ndcg": metrics.get("ndcg"), "coverage": metrics.get("coverage"),
-                         "gini": metrics.get("gini"), "rows": prov.get("rows"),
-                         "git": str(prov.get("git_sha", ""))[:10],
-                         "created": manifest.get("created_at")})
+                         "alias": ",".join(aliases.tags(version)),
+                         "signature": "valid" if manifest else f"REFUSED: {why}",
+                         "ndcg": metrics.ndcg if metrics else None,
+                         "coverage": metrics.coverage if metrics else None,
+                         "gini": metrics.gini if metrics else None,
+                         "rows": prov.rows if prov else None,
+                         "git": prov.git_sha[:10] if prov else "",
+                         "created": manifest.created_at.isoformat() if manifest else None})
     return pd.DataFrame(rows)
 
 

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     init_ray(settings)
     result = retrain(settings)
     if args.result:
-        write_json(args.result, result)
-    log.info("retrain finished result=%s", json.dumps(result, default=str))
+        write_json(args.result, result.model_dump())
+    log.info("retrain finished result=%s", json.dumps(result.model_dump(), default=str))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backend.core.settings import Settings
+from registry.manifest import Aliases, Decision, Manifest, Provenance
 from registry.signing import ensure_keys
 from registry.store import Registry, RegistryError
 
@@ -15,4 +16,5 @@ def open_registry(settings: Settings, signer: bool = False) -> Registry:
     return Registry(reg.root, reg.public_key, private)
 
 
-__all__ = ["Registry", "RegistryError", "open_registry"]
+__all__ = ["Aliases", "Decision", "Manifest", "Provenance", "Registry", "RegistryError",
+           "open_registry"]

@@ -15,27 +15,31 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from backend.core.errors import RecoError
 from backend.core.files import atomic_write
 from backend.core.hashing import sha256_file
 from backend.ml.recommenders import Recommender
+from backend.ml.results import OfflineMetrics
 from registry import signing
+from registry.manifest import (
+    ALIAS_NAMES,
+    Aliases,
+    Decision,
+    FileDigest,
+    Manifest,
+    Provenance,
+    canonical_json,
+)
 
 MANIFEST, SIGNATURE, ALIASES, DECISIONS = (
     "manifest.json", "manifest.sig", "aliases.json", "decisions.jsonl")
-ALIAS_NAMES = ("production", "candidate", "previous")
 
 
 class RegistryError(RecoError):
     """A version that must not be used: unsigned, tampered, missing, or an unknown name."""
 
     status_code = 409
-
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 class Registry:
@@ -46,9 +50,10 @@ class Registry:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def register(self, variant: str, model: Recommender, provenance: dict[str, Any],
-                 metrics: dict[str, float]) -> str:
-        """Save, hash, sign and publish a new version; returns its name."""
+    def register(self, variant: str, model: Recommender, provenance: Provenance | None = None,
+                 metrics: OfflineMetrics | None = None) -> str:
+        """Save, hash, sign and publish a new version; returns its name. Without provenance
+        or metrics (a model fitted outside the retrain pipeline) they are stored empty."""
         if self.private_key is None:
             raise RegistryError("no signing key configured: this registry is read-only")
         base = self.root / variant
@@ -57,14 +62,12 @@ class Registry:
         version = f"v{max(existing, default=0) + 1:04d}"
         tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
         files = model.save(tmp)
-        manifest = {
-            "variant": variant, "version": version, "kind": model.kind,
-            "created_at": datetime.now(UTC).isoformat(),
-            "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                      for p in sorted(files)},
-            "params": model.params, "metrics": metrics, "provenance": provenance,
-        }
-        payload = _canonical(manifest)
+        manifest = Manifest(
+            variant=variant, version=version, kind=model.kind, created_at=datetime.now(UTC),
+            files={p.name: FileDigest(sha256=sha256_file(p), bytes=p.stat().st_size)
+                   for p in sorted(files)},
+            params=model.params, metrics=metrics, provenance=provenance)
+        payload = manifest.canonical()
         (tmp / MANIFEST).write_bytes(payload)
         (tmp / SIGNATURE).write_bytes(
             signing.sign(signing.load_private(self.private_key), payload))
@@ -72,46 +75,48 @@ class Registry:
         self.set_alias(variant, "candidate", version)
         return version
 
-    def aliases(self, variant: str) -> dict[str, str]:
+    def aliases(self, variant: str) -> Aliases:
         path = self.root / variant / ALIASES
-        return json.loads(path.read_text()) if path.exists() else {}
+        return Aliases.model_validate_json(path.read_bytes()) if path.exists() else Aliases()
+
+    def _write_aliases(self, variant: str, aliases: Aliases) -> None:
+        atomic_write(self.root / variant / ALIASES, canonical_json(aliases.named()))
 
     def set_alias(self, variant: str, alias: str, version: str | None) -> None:
         if alias not in ALIAS_NAMES:
             raise RegistryError(f"unknown alias {alias!r}")
-        aliases = self.aliases(variant)
-        if version is None:
-            aliases.pop(alias, None)
-        else:
-            aliases[alias] = version
-        atomic_write(self.root / variant / ALIASES, _canonical(aliases))
+        self._write_aliases(variant, self.aliases(variant).model_copy(update={alias: version}))
 
-    def promote(self, variant: str, version: str) -> dict[str, str]:
+    def promote(self, variant: str, version: str) -> Aliases:
         """Make a verified version production; the old production becomes `previous`."""
         self.verify(variant, version)
         aliases = self.aliases(variant)
-        if aliases.get("production") != version:
-            if aliases.get("production"):
-                aliases["previous"] = aliases["production"]
-            aliases["production"] = version
-        if aliases.get("candidate") == version:
-            aliases.pop("candidate")
-        atomic_write(self.root / variant / ALIASES, _canonical(aliases))
+        production, previous, candidate = aliases.production, aliases.previous, aliases.candidate
+        if production != version:
+            if production:
+                previous = production
+            production = version
+        if candidate == version:
+            candidate = None
+        aliases = Aliases(candidate=candidate, previous=previous, production=production)
+        self._write_aliases(variant, aliases)
         return aliases
 
-    def rollback(self, variant: str) -> dict[str, str]:
+    def rollback(self, variant: str) -> Aliases:
         """Swap production and previous (after verifying previous)."""
         aliases = self.aliases(variant)
-        previous = aliases.get("previous")
+        previous = aliases.previous
         if not previous:
             raise RegistryError(f"{variant}: no previous version to roll back to")
         self.verify(variant, previous)
-        aliases["previous"], aliases["production"] = aliases["production"], previous
-        atomic_write(self.root / variant / ALIASES, _canonical(aliases))
+        aliases = aliases.model_copy(update={"previous": aliases.production,
+                                             "production": previous})
+        self._write_aliases(variant, aliases)
         return aliases
 
-    def record_decision(self, variant: str, decision: dict[str, Any]) -> None:
-        line = json.dumps({"at": datetime.now(UTC).isoformat()} | decision, sort_keys=True)
+    def record_decision(self, variant: str, decision: Decision) -> None:
+        line = json.dumps({"at": datetime.now(UTC).isoformat()} | decision.model_dump(),
+                          sort_keys=True)
         with open(self.root / variant / DECISIONS, "a") as fh:
             fh.write(line + "\n")
 
@@ -134,14 +139,15 @@ class Registry:
             return version
         return ref
 
-    def manifest(self, variant: str, ref: str) -> dict[str, Any]:
+    def manifest(self, variant: str, ref: str) -> Manifest:
         """The manifest as stored (unverified: use `verify` before trusting it)."""
+        where = f"{variant}/{ref}"
         path = self.root / variant / self.resolve(variant, ref) / MANIFEST
         if not path.exists():
-            raise RegistryError(f"{variant}/{ref}: no such version")
-        return json.loads(path.read_bytes())
+            raise RegistryError(f"{where}: no such version")
+        return _parse(where, path.read_bytes())
 
-    def verify(self, variant: str, ref: str) -> dict[str, Any]:
+    def verify(self, variant: str, ref: str) -> Manifest:
         """The manifest if signature and every file check out; RegistryError saying why not."""
         version = self.resolve(variant, ref)
         folder = self.root / variant / version
@@ -156,23 +162,31 @@ class Registry:
         if not signing.valid(signing.load_public(self.public_key), payload, signature):
             raise RegistryError(f"{where}: manifest signature does not verify with "
                                 f"{self.public_key.name}")
-        manifest = json.loads(payload)
-        if manifest.get("variant") != variant or manifest.get("version") != version:
-            raise RegistryError(f"{where}: manifest names {manifest.get('variant')}/"
-                                f"{manifest.get('version')}")
-        listed = set(manifest["files"])
+        manifest = _parse(where, payload)
+        if manifest.variant != variant or manifest.version != version:
+            raise RegistryError(f"{where}: manifest names {manifest.variant}/"
+                                f"{manifest.version}")
+        listed = set(manifest.files)
         present = {p.name for p in folder.iterdir()} - {MANIFEST, SIGNATURE}
         if present - listed:
             raise RegistryError(f"{where}: unexpected files {sorted(present - listed)}")
         if listed - present:
             raise RegistryError(f"{where}: missing files {sorted(listed - present)}")
-        for name, meta in manifest["files"].items():
-            if sha256_file(folder / name) != meta["sha256"]:
+        for name, meta in manifest.files.items():
+            if sha256_file(folder / name) != meta.sha256:
                 raise RegistryError(f"{where}: {name} does not match its digest")
         return manifest
 
-    def load(self, variant: str, ref: str = "production") -> tuple[Recommender, dict[str, Any]]:
+    def load(self, variant: str, ref: str = "production") -> tuple[Recommender, Manifest]:
         """Verify, then deserialise. Never loads an unverified file."""
         manifest = self.verify(variant, ref)
-        folder = self.root / variant / manifest["version"]
+        folder = self.root / variant / manifest.version
         return Recommender.load(folder), manifest
+
+
+def _parse(where: str, payload: bytes) -> Manifest:
+    """The manifest model of stored bytes (json.loads: NaN metrics as Python writes them)."""
+    try:
+        return Manifest.model_validate(json.loads(payload))
+    except ValueError as exc:  # not JSON, or not a manifest (pydantic's ValidationError)
+        raise RegistryError(f"{where}: manifest does not parse ({exc})") from None

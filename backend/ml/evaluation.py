@@ -24,6 +24,7 @@ from backend.ml.metrics.ranking import (
 )
 from backend.ml.recommenders import Recommender
 from backend.ml.recommenders.models import long_tail_mask
+from backend.ml.results import OfflineMetrics
 
 COLUMNS = ["user_id", "item_id", "ts", "rating", "watched"]
 
@@ -58,29 +59,31 @@ def temporal_split(frame: pd.DataFrame, test_fraction: float = 0.2,
 
 
 def evaluate(model: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int = 10,
-             tail_share: float = 0.8) -> dict[str, float]:
+             tail_share: float = 0.8) -> OfflineMetrics:
     """Accuracy and beyond-accuracy metrics of `model` (fitted on `train`) on `test`."""
-    relevant = {int(u): set(g.tolist()) for u, g in test.groupby("user_id")["item_id"]}
+    relevant: dict[int, set[int]] = {}
+    for u, i in zip(test["user_id"].tolist(), test["item_id"].tolist(), strict=True):
+        relevant.setdefault(int(u), set()).add(int(i))
     users = sorted(relevant)
     lists = model.recommend_many(users, k)
     recs = [lists[u] for u in users]
     catalog = model.item_ids
     pop_counts = train.groupby("item_id").size()
+    popularity = dict(zip(pop_counts.index.tolist(), pop_counts.tolist(), strict=True))
     tail_idx = long_tail_mask(
         pop_counts.reindex(catalog, fill_value=0).to_numpy(dtype=float), tail_share)
     features = {} if model.features is None else {
         int(i): model.features[j] for j, i in enumerate(catalog)}
-    exposure = exposure_counts(recs, catalog)
-    return {
-        "k": k,
-        "users": len(users),
-        "ndcg": float(np.mean([ndcg_at_k(lists[u], relevant[u], k) for u in users])),
-        "recall": float(np.mean([recall_at_k(lists[u], relevant[u], k) for u in users])),
-        "map": float(np.mean([average_precision_at_k(lists[u], relevant[u], k)
-                              for u in users])),
-        "coverage": catalog_coverage(recs, len(catalog)),
-        "gini": gini(exposure),
-        "novelty": novelty(recs, pop_counts.to_dict(), train["user_id"].nunique()),
-        "ild": intra_list_diversity(recs, features) if features else math.nan,
-        "aplt": aplt(recs, set(catalog[tail_idx].tolist())),
-    }
+    exposure = exposure_counts(recs, catalog.tolist())
+    return OfflineMetrics(
+        k=k,
+        users=len(users),
+        ndcg=float(np.mean([ndcg_at_k(lists[u], relevant[u], k) for u in users])),
+        recall=float(np.mean([recall_at_k(lists[u], relevant[u], k) for u in users])),
+        map=float(np.mean([average_precision_at_k(lists[u], relevant[u], k) for u in users])),
+        coverage=catalog_coverage(recs, len(catalog)),
+        gini=gini(exposure),
+        novelty=novelty(recs, popularity, train["user_id"].nunique()),
+        ild=intra_list_diversity(recs, features) if features else math.nan,
+        aplt=aplt(recs, set(catalog[tail_idx].tolist())),
+    )

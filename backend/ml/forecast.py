@@ -25,6 +25,7 @@ from backend.ml.evaluation import COLUMNS
 from backend.ml.metrics.feedback import trend
 from backend.ml.metrics.ranking import gini
 from backend.ml.recommenders import Recommender
+from backend.ml.results import FeedbackForecast
 from backend.ml.simulation import SimulatorLogic
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 def forecast_gini_slope(make_model: Callable[[], Recommender], interactions: pd.DataFrame,
                         items: pd.DataFrame, users: pd.DataFrame, ml_ratings: pd.DataFrame,
                         sim: SimSettings, steps: int, visits: int, k: int,
-                        limit: float) -> dict:
+                        limit: float) -> FeedbackForecast:
     """Forecast of the candidate's exposure-Gini slope over `steps` retrain cycles of
     `visits` simulated visits each; `exceeds` is True when the slope is above `limit`."""
     logic = SimulatorLogic(ml_ratings, items, users, sim.model_copy(update={"bot_share": 0.0}))
@@ -64,9 +65,9 @@ def forecast_gini_slope(make_model: Callable[[], Recommender], interactions: pd.
             frame = frame.drop_duplicates(["user_id", "item_id"], keep="first")
             model = make_model().fit(frame, items, users)
     t = trend(ginis, limit)
-    out = {"steps": steps, "visits_per_step": visits, "gini": [round(g, 5) for g in ginis],
-           "slope": t.slope, "ci_low": t.ci_low, "ci_high": t.ci_high, "limit": limit,
-           "exceeds": bool(t.slope > limit)}
-    log.info("forecast slope=%.5f limit=%s exceeds=%s gini=%s", t.slope, limit,
-             out["exceeds"], out["gini"])
+    out = FeedbackForecast(steps=steps, visits_per_step=visits,
+                           gini=[round(g, 5) for g in ginis], slope=t.slope, ci_low=t.ci_low,
+                           ci_high=t.ci_high, limit=limit, exceeds=bool(t.slope > limit))
+    log.info("forecast slope=%.5f limit=%s exceeds=%s gini=%s", t.slope, limit, out.exceeds,
+             out.gini)
     return out

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from backend.core.errors import RecoError
 from backend.core.logs import setup_logging
 from backend.core.settings import Settings
+
+if TYPE_CHECKING:
+    from registry import Registry
 
 
 def _settings() -> Settings:
@@ -250,11 +254,10 @@ def train() -> None:
     s = _settings()
     init_ray(s)
     for variant, r in retrain(s).items():
-        m = r["metrics"]
-        verdict = "promoted" if r["promoted"] else "refused: " + "; ".join(r["reasons"])
-        click.echo(f"{variant} {r['version']}: ndcg@{m['k']}={m['ndcg']:.4f} "
-                   f"recall={m['recall']:.4f} coverage={m['coverage']:.3f} "
-                   f"gini={m['gini']:.3f} -> {verdict}")
+        m = r.metrics
+        verdict = "promoted" if r.promoted else "refused: " + "; ".join(r.reasons)
+        click.echo(f"{variant} {r.version}: ndcg@{m.k}={m.ndcg:.4f} recall={m.recall:.4f} "
+                   f"coverage={m.coverage:.3f} gini={m.gini:.3f} -> {verdict}")
 
 
 @main.command()
@@ -289,36 +292,16 @@ def analyze(once: bool) -> None:
 
 @main.command()
 def evaluate() -> None:
-    """Evaluate the production models and a popularity baseline on the lake's temporal split."""
-    from backend.data.lake import Lake
-    from backend.data.movielens import load
-    from backend.ml.evaluation import build_interactions, temporal_split
-    from backend.ml.evaluation import evaluate as run_eval
-    from backend.ml.recommenders import MODELS, Popularity
-    from backend.training.retrain import quarantined
-    from registry import open_registry
+    """Evaluate the production models and a popularity baseline on the lake's temporal split
+    (the retrain pipeline's training set and evaluation)."""
+    from backend.training.dataset import evaluate_production
 
-    s = _settings()
-    lake = Lake(s.lake_root)
-    inter = build_interactions(lake.read("events.rating"), lake.read("events.watch"),
-                               quarantined(s))
-    train, test = temporal_split(inter, s.train.test_fraction)
-    ml = load(s.data_cache)
-    reg = open_registry(s)
-    candidates = {"popularity": Popularity()}
-    for variant in reg.variants():
-        manifest = reg.verify(variant, "production")
-        candidates[f"{variant} {manifest['version']}"] = MODELS[manifest["kind"]](
-            **manifest["params"])
-    click.echo(f"{'model':<16}" + "".join(f"{c:>10}" for c in
-                                           ("ndcg", "recall", "map", "coverage", "gini",
-                                            "novelty", "aplt")))
-    for name, model in candidates.items():
-        m = run_eval(model.fit(train, ml.items, ml.users), train, test, s.train.k,
-                     s.train.tail_share)
-        click.echo(f"{name:<16}" + "".join(f"{m[c]:>10.4f}" for c in
-                                           ("ndcg", "recall", "map", "coverage", "gini",
-                                            "novelty", "aplt")))
+    columns = ("ndcg", "recall", "map", "coverage", "gini", "novelty", "aplt")
+    scored = evaluate_production(_settings())
+    click.echo(f"{'model':<16}" + "".join(f"{c:>10}" for c in columns))
+    for row in scored:
+        values = row.metrics.model_dump()
+        click.echo(f"{row.name:<16}" + "".join(f"{values[c]:>10.4f}" for c in columns))
 
 
 @main.group()
@@ -326,7 +309,7 @@ def models() -> None:
     """The signed model registry."""
 
 
-def _registry(signer: bool = False):
+def _registry(signer: bool = False) -> Registry:
     from registry import open_registry
 
     return open_registry(_settings(), signer=signer)
@@ -338,17 +321,19 @@ def models_list() -> None:
     for variant in reg.variants():
         aliases = reg.aliases(variant)
         for version in reg.versions(variant):
-            tags = ",".join(a for a, v in aliases.items() if v == version)
-            m = reg.manifest(variant, version)["metrics"]
-            click.echo(f"{variant} {version} {tags or '-':<22} ndcg={m.get('ndcg', 0):.4f} "
-                       f"coverage={m.get('coverage', 0):.3f} gini={m.get('gini', 0):.3f}")
+            tags = ",".join(aliases.tags(version))
+            m = reg.manifest(variant, version).metrics  # None: registered without metrics
+            ndcg, coverage, gini = (m.ndcg, m.coverage, m.gini) if m else (0, 0, 0)
+            click.echo(f"{variant} {version} {tags or '-':<22} ndcg={ndcg:.4f} "
+                       f"coverage={coverage:.3f} gini={gini:.3f}")
 
 
 @models.command("show")
 @click.argument("variant")
 @click.argument("ref", default="production")
 def models_show(variant: str, ref: str) -> None:
-    click.echo(json.dumps(_registry().manifest(variant, ref), indent=2))
+    click.echo(json.dumps(_registry().manifest(variant, ref).model_dump(), indent=2,
+                          sort_keys=True))
 
 
 @models.command("verify")
@@ -375,13 +360,13 @@ def models_verify(variant: str | None, ref: str | None) -> None:
 @click.argument("variant")
 @click.argument("version")
 def models_promote(variant: str, version: str) -> None:
-    click.echo(json.dumps(_registry().promote(variant, version)))
+    click.echo(json.dumps(_registry().promote(variant, version).named()))
 
 
 @models.command("rollback")
 @click.argument("variant")
 def models_rollback(variant: str) -> None:
-    click.echo(json.dumps(_registry().rollback(variant)))
+    click.echo(json.dumps(_registry().rollback(variant).named()))
 
 
 # -- serving ------------------------------------------------------------------------------

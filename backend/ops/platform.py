@@ -192,14 +192,14 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool =
         echo(f"lake {topic}: rows={st['rows']} newest={st['newest_ts']}")
 
     registry = open_registry(settings)
-    if not all(registry.aliases(v).get("production") for v in ("A", "B")):
+    if not all(registry.aliases(v).production for v in ("A", "B")):
         echo("models: training the first signed versions")
         from backend.training.retrain import retrain  # first start only: spare `reco status`
 
         for variant, r in retrain(settings).items():
-            echo(f"models: {variant} {r['version']} promoted={r['promoted']} {r['reasons']}")
+            echo(f"models: {variant} {r.version} promoted={r.promoted} {r.reasons}")
     for variant in registry.variants():
-        echo(f"models: {variant} production={registry.aliases(variant).get('production')}")
+        echo(f"models: {variant} production={registry.aliases(variant).production}")
     if _api_health(settings) == "down":
         start_serving(settings, head, echo)
     else:
@@ -266,7 +266,7 @@ def _api_health(settings: Settings) -> object:
 
 def _production_models(settings: Settings) -> dict[str, str | None]:
     registry = open_registry(settings)
-    return {v: registry.aliases(v).get("production") for v in registry.variants()}
+    return {v: registry.aliases(v).production for v in registry.variants()}
 
 
 def _schedule(settings: Settings) -> dict[str, object]:

@@ -31,6 +31,7 @@ from backend.analytics.snapshot import Snapshot
 from backend.core.files import append_jsonl, read_jsonl, write_json
 from backend.core.runtime import job_env
 from backend.core.settings import Settings
+from backend.training.result import RetrainResult
 from registry import open_registry
 
 log = logging.getLogger(__name__)
@@ -163,16 +164,16 @@ class Scheduler:
 
     def _retrain_outcome(self, job_id: str) -> dict[str, Any]:
         path = self.layout.retrain_result(job_id)
-        result = json.loads(path.read_text()) if path.exists() else None
+        result = (RetrainResult.model_validate(json.loads(path.read_text()))
+                  if path.exists() else None)  # json.loads: NaN metrics as the job wrote them
         registry = open_registry(self.settings)
-        out: dict[str, Any] = {"production": {v: registry.aliases(v).get("production")
+        out: dict[str, Any] = {"production": {v: registry.aliases(v).production
                                               for v in registry.variants()}}
         if result is None:
             out["error"] = "the retrain job ended without a result; production is unchanged"
             return out
-        out["result"] = {v: {"version": r["version"], "promoted": r["promoted"],
-                             "reasons": r["reasons"],
-                             "forecast_slope": (r.get("forecast") or {}).get("slope")}
+        out["result"] = {v: {"version": r.version, "promoted": r.promoted, "reasons": r.reasons,
+                             "forecast_slope": None if r.forecast is None else r.forecast.slope}
                          for v, r in result.items()}
         return out
 

@@ -254,16 +254,16 @@ class IngressLogic:
 
     def models(self) -> ModelsResponse:
         reg = self.registry()
-        return ModelsResponse({v: VariantVersions(aliases=reg.aliases(v),
+        return ModelsResponse({v: VariantVersions(aliases=reg.aliases(v).named(),
                                                   versions=reg.versions(v))
                                for v in reg.variants()})
 
     def promote(self, variant: str, version: str) -> AliasesResponse:
         """Verify, then make `version` production; variants pick it up on their next poll."""
-        return AliasesResponse(self.registry().promote(variant, version))
+        return AliasesResponse(self.registry().promote(variant, version).named())
 
     def rollback(self, variant: str) -> AliasesResponse:
-        return AliasesResponse(self.registry().rollback(variant))
+        return AliasesResponse(self.registry().rollback(variant).named())
 
     async def set_diversity(self, knobs: dict[str, Any]) -> RuntimeKnobs:
         """Change Model B's strengths on every B replica (applied within a second)."""

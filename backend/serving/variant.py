@@ -27,7 +27,7 @@ class VariantLogic:
     def reload(self) -> bool:
         """Load the production alias if it changed; returns True when a new version serves."""
         try:
-            wanted = self.registry.aliases(self.variant).get("production")
+            wanted = self.registry.aliases(self.variant).production
         except (OSError, ValueError) as exc:
             log.error("aliases unreadable variant=%s error=%s", self.variant, exc)
             return False
@@ -42,7 +42,7 @@ class VariantLogic:
             return False
         if self.runtime and hasattr(model, "set_params"):
             model.set_params(**self.runtime)
-        self.model, self.version = model, manifest["version"]
+        self.model, self.version = model, manifest.version
         log.info("serving variant=%s version=%s", self.variant, self.version)
         return True
 

@@ -1,2 +1,3 @@
-"""Layer 5, training: the retrain pipeline (read the lake, quarantine spam, fit, evaluate,
-forecast, register, gate, promote) shared by the retrain job, `reco train` and `reco evaluate`."""
+"""Layer 5, training: the training set of the lake and offline evaluation on it (`dataset`,
+shared by the retrain pipeline and `reco evaluate`), the retrain pipeline (fit, evaluate,
+forecast, register, gate, promote: `retrain`) and what it reports (`result`)."""

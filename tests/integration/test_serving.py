@@ -67,7 +67,7 @@ def serving_app(tmp_path_factory, ray_head):
         registry = open_registry(settings, signer=True)
         data = dataset()
         for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
-            registry.promote(variant, registry.register(variant, model.fit(*data), {}, {}))
+            registry.promote(variant, registry.register(variant, model.fit(*data)))
         out = subprocess.run([sys.executable, "-m", "backend.ops.cli", "serve", "start"], env=env,
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
@@ -332,7 +332,7 @@ def _tamper(registry, attack: str, version: str, tmp) -> None:
         foreign, _ = ensure_keys(tmp / "other-keys")
         rogue = Registry(registry.root, registry.public_key, foreign)
         shutil.rmtree(folder)
-        assert rogue.register("A", ItemKNN(neighbours=7).fit(*dataset()), {}, {}) == version
+        assert rogue.register("A", ItemKNN(neighbours=7).fit(*dataset())) == version
 
 
 def test_promoted_version_served_and_each_tampering_refused(served, tmp_path):
@@ -340,14 +340,14 @@ def test_promoted_version_served_and_each_tampering_refused(served, tmp_path):
     production alias as an attacker would, are refused at load (health and the
     reco_model_refused alert metric) and by `reco models verify`; the good one keeps serving."""
     registry = served["registry"]
-    v2 = registry.register("A", ItemKNN(neighbours=10).fit(*dataset()), {}, {})
+    v2 = registry.register("A", ItemKNN(neighbours=10).fit(*dataset()))
     registry.promote("A", v2)
     deadline = time.monotonic() + 30
     while get(served, "/health").json()["variants"]["A"]["version"] != v2:
         assert time.monotonic() < deadline, "new version not picked up within 30 s"
         time.sleep(0.5)
     for attack in ("flip_byte", "edit_manifest", "extra_file", "foreign_key"):
-        bad = registry.register("A", ItemKNN(neighbours=5).fit(*dataset()), {}, {})
+        bad = registry.register("A", ItemKNN(neighbours=5).fit(*dataset()))
         _tamper(registry, attack, bad, tmp_path)
         registry.set_alias("A", "production", bad)  # bypassing promote, which verifies
         deadline = time.monotonic() + 30
@@ -371,8 +371,8 @@ def test_promoted_version_served_and_each_tampering_refused(served, tmp_path):
 
 def test_admin_promote_and_rollback(served):
     registry = served["registry"]
-    before = registry.aliases("B")["production"]
-    version = registry.register("B", DiversityKNN(tail_slots=1).fit(*dataset()), {}, {})
+    before = registry.aliases("B").production
+    version = registry.register("B", DiversityKNN(tail_slots=1).fit(*dataset()))
     post = lambda path, body, key=ADMIN: httpx.post(  # noqa: E731
         served["url"] + path, json=body, headers={"X-API-Key": key}, timeout=30)
     assert post("/admin/promote", {"variant": "B", "version": version}, CLIENT
@@ -490,7 +490,7 @@ def test_dashboard_in_a_real_browser(served):
             registry = served["registry"]
             for neighbours in (12, 13):  # two good versions: the previous one verifies
                 registry.promote("A", registry.register("A", ItemKNN(
-                    neighbours=neighbours).fit(*dataset()), {}, {}))
+                    neighbours=neighbours).fit(*dataset())))
             before = registry.aliases("A")
             page.goto(f"{base}/models")
             page.get_by_role("button", name="roll back to previous").click()
@@ -500,15 +500,15 @@ def test_dashboard_in_a_real_browser(served):
                 page.screenshot(path=str(screens / "models-rollback-failed.png"), full_page=True)
                 alerts = page.locator('[data-testid="stAlert"]').all_inner_texts()
                 raise AssertionError(f"rollback did not succeed: {alerts}") from None
-            assert registry.aliases("A")["production"] == before.get("previous")
+            assert registry.aliases("A").production == before.previous
             browser.close()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         httpx.post(served["url"] + "/admin/split", json={"split": 0.5},
                    headers={"X-API-Key": ADMIN}, timeout=30)
-        if "before" in locals() and before.get("production"):
-            served["registry"].promote("A", before["production"])
+        if "before" in locals() and before.production:
+            served["registry"].promote("A", before.production)
 
 
 @pytest.mark.usefixtures("simulated")  # the lake to train and analyse, MovieLens, a catalog
@@ -520,7 +520,7 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
     from backend.core.files import read_jsonl
 
     settings, registry = served["settings"], served["registry"]
-    before = {v: registry.aliases(v)["production"] for v in ("A", "B")}
+    before = {v: registry.aliases(v).production for v in ("A", "B")}
     env = {k: v for k, v in served["env"].items() if k.startswith("RECO_")} | {
         "RECO_SCHEDULE__RETRAIN_INTERVAL": "12", "RECO_SCHEDULE__ANALYZE_INTERVAL": "5",
         "RECO_FAILPOINTS": "retrain.before_promote=1",
@@ -553,7 +553,7 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
             expected = r["version"] if r["promoted"] else before[v]
             assert ok["production"][v] == expected
             manifest = registry.verify(v, r["version"])
-            assert manifest["provenance"]["feedback_forecast"]["steps"] == 5
+            assert manifest.provenance.feedback_forecast.steps == 5
         analyses = [r for r in read_jsonl(runs_file) if r["kind"] == "analyze"]
         assert analyses and all(r["outcome"] == "SUCCEEDED" for r in analyses)
         state = json.loads((settings.var_dir / "schedule" / "state.json").read_text())

@@ -76,7 +76,7 @@ def var(tmp_path, monkeypatch):
     monkeypatch.setenv("RECO_SERVE__PORT", str(free_port()))
     registry = open_registry(Settings(var_dir=tmp_path), signer=True)
     for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
-        registry.promote(variant, registry.register(variant, model.fit(*dataset()), {}, {}))
+        registry.promote(variant, registry.register(variant, model.fit(*dataset())))
     lake_fixture(tmp_path / "lake")
     append_jsonl(tmp_path / "schedule" / "runs.jsonl", RETRAIN_RUN)
     st.cache_data.clear()

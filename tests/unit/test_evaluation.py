@@ -6,6 +6,7 @@ import pandas as pd
 from backend.core.settings import TrainSettings
 from backend.ml.evaluation import build_interactions, evaluate, temporal_split
 from backend.ml.recommenders import ItemKNN
+from backend.ml.results import OfflineMetrics
 from backend.training.retrain import gate
 from tests.unit.test_recommenders import dataset
 
@@ -41,17 +42,22 @@ def test_temporal_split_holds_out_each_users_latest_fifth():
 def test_evaluate_reports_every_metric_in_range():
     inter, items, users = dataset()
     train, test = temporal_split(inter, 0.25)
-    m = evaluate(ItemKNN().fit(train, items, users), train, test, k=5)
+    m = evaluate(ItemKNN().fit(train, items, users), train, test, k=5).model_dump()
     for key in ("ndcg", "recall", "map", "coverage", "gini", "ild", "aplt"):
         assert 0.0 <= m[key] <= 1.0, key
-    assert m["users"] == test["user_id"].nunique() and m["novelty"] > 0
+    assert m["users"] == test["user_id"].nunique() and m["novelty"] > 0 and m["k"] == 5
+
+
+def metrics(ndcg: float, coverage: float = 0.3, gini: float = 0.8) -> OfflineMetrics:
+    return OfflineMetrics(k=10, users=50, ndcg=ndcg, recall=0.1, map=0.1, coverage=coverage,
+                          gini=gini, novelty=5.0, ild=0.5, aplt=0.2)
 
 
 def test_gates():
     cfg = TrainSettings(ndcg_tolerance=0.01, min_coverage=0.1, max_gini=0.9)
-    good = {"ndcg": 0.20, "coverage": 0.3, "gini": 0.8}
+    good = metrics(0.20)
     assert gate(good, None, cfg) == []
-    assert gate(good, {"ndcg": 0.205}, cfg) == []
-    worse = gate(good, {"ndcg": 0.22}, cfg)
+    assert gate(good, metrics(0.205), cfg) == []
+    worse = gate(good, metrics(0.22), cfg)
     assert len(worse) == 1 and "NDCG" in worse[0]
-    assert len(gate({"ndcg": 0.2, "coverage": 0.05, "gini": 0.95}, None, cfg)) == 2
+    assert len(gate(metrics(0.2, coverage=0.05, gini=0.95), None, cfg)) == 2

@@ -7,6 +7,7 @@ import pandas as pd
 from backend.core.settings import SimSettings, TrainSettings
 from backend.ml.forecast import forecast_gini_slope
 from backend.training.retrain import gate
+from tests.unit.test_evaluation import metrics
 from tests.unit.test_simulation import NOW, world
 
 
@@ -42,13 +43,13 @@ def _run(model_cls):
 
 def test_narrowing_model_is_forecast_to_concentrate_and_refused():
     out = _run(_Narrowing)
-    assert out["exceeds"] and out["slope"] > 0.05
-    assert out["gini"] == sorted(out["gini"])
-    reasons = gate({"ndcg": 0.2, "coverage": 0.5, "gini": 0.5}, None, TrainSettings(), out)
+    assert out.exceeds and out.slope > 0.05
+    assert out.gini == sorted(out.gini)
+    reasons = gate(metrics(0.2, coverage=0.5, gini=0.5), None, TrainSettings(), out)
     assert reasons and "forecast Gini slope" in reasons[0]
 
 
 def test_steady_model_passes():
     out = _run(_Fake)
-    assert not out["exceeds"] and out["slope"] <= 0.01 and len(out["gini"]) == 4
-    assert gate({"ndcg": 0.2, "coverage": 0.5, "gini": 0.5}, None, TrainSettings(), out) == []
+    assert not out.exceeds and out.slope <= 0.01 and len(out.gini) == 4
+    assert gate(metrics(0.2, coverage=0.5, gini=0.5), None, TrainSettings(), out) == []

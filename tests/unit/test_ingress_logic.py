@@ -454,7 +454,7 @@ def test_registry_operations_answer_with_the_variants_aliases(tmp_path):
         promoted = rig.logic.promote("A", v2).model_dump()
         assert promoted["production"] == v2 and promoted["previous"] == v1
         assert rig.logic.models().model_dump() == {
-            "A": {"aliases": registry.aliases("A"), "versions": [v1, v2]}}
+            "A": {"aliases": registry.aliases("A").named(), "versions": [v1, v2]}}
         assert rig.logic.rollback("A").model_dump()["production"] == v1
         with pytest.raises(RecoError) as caught:
             rig.logic.promote("A", "v0099")

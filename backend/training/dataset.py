@@ -1,0 +1,96 @@
+"""The training set of the lake, built one way for the retrain pipeline and `reco evaluate`:
+ratings and watches (Ray Data when Ray is initialised) -> interactions without the quarantined
+users -> the per-user temporal split, with the catalog (MovieLens plus released items) and the
+users; and the offline evaluation of a model, or of the production models, on that split."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+
+from backend.core.settings import Settings, TrainSettings
+from backend.data.catalog import load_catalog
+from backend.data.lake import Lake
+from backend.data.movielens import load as load_movielens
+from backend.ml.evaluation import build_interactions, evaluate, temporal_split
+from backend.ml.recommenders import MODELS, Popularity, Recommender
+from backend.ml.results import OfflineMetrics
+from backend.training.result import Scored
+from registry import open_registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Everything a fit and its evaluation read; `history` is MovieLens' own ratings (the
+    simulator's hidden tastes, for the feedback-loop forecast)."""
+
+    lake: Lake
+    quarantine: frozenset[int]
+    interactions: pd.DataFrame
+    train: pd.DataFrame
+    test: pd.DataFrame
+    items: pd.DataFrame
+    users: pd.DataFrame
+    history: pd.DataFrame
+
+
+def read_events(lake: Lake, topic: str, columns: list[str]) -> pd.DataFrame:
+    """A topic's columns from the lake, through Ray Data when this process runs on Ray."""
+    import ray
+
+    files = lake.files(topic)
+    if ray.is_initialized() and files:
+        frame: pd.DataFrame = ray.data.read_parquet(
+            [str(f) for f in files], columns=columns).to_pandas()
+        return frame
+    return lake.read(topic, columns=columns)
+
+
+def quarantined(settings: Settings) -> set[int]:
+    """Users the analytics side flagged as spam (`var/analytics/quarantine.json`)."""
+    path = settings.layout.quarantine
+    return set(json.loads(path.read_text()).get("users", [])) if path.exists() else set()
+
+
+def load_training_set(settings: Settings) -> TrainingSet:
+    """The lake's interactions (spam quarantined), split by `train.test_fraction`; raises
+    RuntimeError when the lake holds nothing to train on."""
+    lake = Lake(settings.lake_root)
+    quarantine = quarantined(settings)
+    inter = build_interactions(
+        read_events(lake, "events.rating", ["user_id", "item_id", "rating", "ts"]),
+        read_events(lake, "events.watch", ["user_id", "item_id", "ts"]), quarantine)
+    if inter.empty:
+        raise RuntimeError("the lake holds no ratings or watches yet: nothing to train on")
+    ml = load_movielens(settings.data_cache)
+    items = load_catalog(settings, ml.items)  # MovieLens plus released items: cold start
+    train, test = temporal_split(inter, settings.train.test_fraction)
+    log.info("training set rows=%d train=%d test=%d items=%d quarantined=%d", len(inter),
+             len(train), len(test), len(items), len(quarantine))
+    return TrainingSet(lake=lake, quarantine=frozenset(quarantine), interactions=inter,
+                       train=train, test=test, items=items, users=ml.users,
+                       history=ml.ratings)
+
+
+def evaluate_model(model: Recommender, data: TrainingSet, cfg: TrainSettings) -> OfflineMetrics:
+    """Fit `model` on the split's train part, evaluate it on the test part at `cfg.k`."""
+    fitted = model.fit(data.train, data.items, data.users)
+    return evaluate(fitted, data.train, data.test, cfg.k, cfg.tail_share)
+
+
+def evaluate_production(settings: Settings) -> list[Scored]:
+    """A popularity baseline and each variant's verified production version, refitted with
+    its registered parameters on the split's train part and evaluated on its test part."""
+    data = load_training_set(settings)
+    registry = open_registry(settings)
+    candidates: dict[str, Recommender] = {"popularity": Popularity()}
+    for variant in registry.variants():
+        manifest = registry.verify(variant, "production")
+        candidates[f"{variant} {manifest.version}"] = MODELS[manifest.kind](**manifest.params)
+    return [Scored(name=name, metrics=evaluate_model(model, data, settings.train))
+            for name, model in candidates.items()]
