@@ -29,6 +29,7 @@ status: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # Debian packages the tests use: chromium for the browser test (Playwright drives it; it
 # downloads no browser), stunnel4 for the broker's TLS front

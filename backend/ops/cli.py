@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
 from backend.core.errors import RecoError
 from backend.core.logs import setup_logging
 from backend.core.settings import Settings
-
-if TYPE_CHECKING:
-    from registry import Registry
+from backend.ops import cli_models
 
 
 def _settings() -> Settings:
@@ -242,22 +239,7 @@ def produce(source) -> None:
     click.echo(f"produced={sent} unparseable={bad}")
 
 
-# -- models -------------------------------------------------------------------------------
-
-
-@main.command()
-def train() -> None:
-    """Retrain A and B from the lake, evaluate, register signed candidates, gate, promote."""
-    from backend.core.runtime import init_ray
-    from backend.training.retrain import retrain
-
-    s = _settings()
-    init_ray(s)
-    for variant, r in retrain(s).items():
-        m = r.metrics
-        verdict = "promoted" if r.promoted else "refused: " + "; ".join(r.reasons)
-        click.echo(f"{variant} {r.version}: ndcg@{m.k}={m.ndcg:.4f} recall={m.recall:.4f} "
-                   f"coverage={m.coverage:.3f} gini={m.gini:.3f} -> {verdict}")
+# -- simulate, analyze ----------------------------------------------------------------
 
 
 @main.command()
@@ -288,88 +270,6 @@ def analyze(once: bool) -> None:
                                               include={"window", "counts", "compute_seconds"})))
         return
     analyze_job.main([])
-
-
-@main.command()
-def evaluate() -> None:
-    """Evaluate the production models and a popularity baseline on the lake's temporal split
-    (the retrain pipeline's training set and evaluation)."""
-    from backend.training.dataset import evaluate_production
-
-    columns = ("ndcg", "recall", "map", "coverage", "gini", "novelty", "aplt")
-    scored = evaluate_production(_settings())
-    click.echo(f"{'model':<16}" + "".join(f"{c:>10}" for c in columns))
-    for row in scored:
-        values = row.metrics.model_dump()
-        click.echo(f"{row.name:<16}" + "".join(f"{values[c]:>10.4f}" for c in columns))
-
-
-@main.group()
-def models() -> None:
-    """The signed model registry."""
-
-
-def _registry(signer: bool = False) -> Registry:
-    from registry import open_registry
-
-    return open_registry(_settings(), signer=signer)
-
-
-@models.command("list")
-def models_list() -> None:
-    reg = _registry()
-    for variant in reg.variants():
-        aliases = reg.aliases(variant)
-        for version in reg.versions(variant):
-            tags = ",".join(aliases.tags(version))
-            m = reg.manifest(variant, version).metrics  # None: registered without metrics
-            ndcg, coverage, gini = (m.ndcg, m.coverage, m.gini) if m else (0, 0, 0)
-            click.echo(f"{variant} {version} {tags or '-':<22} ndcg={ndcg:.4f} "
-                       f"coverage={coverage:.3f} gini={gini:.3f}")
-
-
-@models.command("show")
-@click.argument("variant")
-@click.argument("ref", default="production")
-def models_show(variant: str, ref: str) -> None:
-    click.echo(json.dumps(_registry().manifest(variant, ref).model_dump(), indent=2,
-                          sort_keys=True))
-
-
-@models.command("verify")
-@click.argument("variant", required=False)
-@click.argument("ref", required=False)
-def models_verify(variant: str | None, ref: str | None) -> None:
-    """Verify signatures and digests; exit status 1 if anything fails."""
-    from registry import RegistryError
-
-    reg = _registry()
-    failed = 0
-    for v in [variant] if variant else reg.variants():
-        for version in [ref] if ref else reg.versions(v):
-            try:
-                reg.verify(v, version)
-                click.echo(f"ok     {v}/{version}")
-            except RegistryError as exc:
-                failed += 1
-                click.echo(f"FAILED {exc.detail}")
-    sys.exit(1 if failed else 0)
-
-
-@models.command("promote")
-@click.argument("variant")
-@click.argument("version")
-def models_promote(variant: str, version: str) -> None:
-    click.echo(json.dumps(_registry().promote(variant, version).named()))
-
-
-@models.command("rollback")
-@click.argument("variant")
-def models_rollback(variant: str) -> None:
-    click.echo(json.dumps(_registry().rollback(variant).named()))
-
-
-# -- serving ------------------------------------------------------------------------------
 
 
 @main.group("serve")
@@ -474,6 +374,10 @@ def status() -> None:
     from backend.ops import platform
 
     click.echo(json.dumps(platform.status(_settings()), indent=2, default=str))
+
+
+for _command in (cli_models.train, cli_models.evaluate, cli_models.models):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":
