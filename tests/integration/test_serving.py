@@ -75,7 +75,7 @@ def serving_app(tmp_path_factory, ray_head):
                "broker": broker, "env": env, "head": ray_head}
         health = get(app, "/health").json()
         app["baseline"] = {"split": health["split"], "salt": health["salt"],
-                           "versions": {v: registry.aliases(v)["production"] for v in "AB"}}
+                           "versions": {v: registry.aliases(v).production for v in "AB"}}
         yield app
     finally:
         subprocess.run([sys.executable, "-c", "import ray; from ray import serve; ray.init(); "
