@@ -199,7 +199,12 @@ class RayHead:
         return True
 
     def job_client(self) -> JobSubmissionClient:  # ray's import is slow: keep it lazy
-        os.environ.update(ray_env(self.settings))
+        """A job client carrying the token itself: Ray reads RAY_AUTH_MODE once per process, so
+        setting the environment here is too late if anything in this process touched Ray."""
+        env = ray_env(self.settings)
+        os.environ.update(env)
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.dashboard_url)
+        token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+        return JobSubmissionClient(self.dashboard_url,
+                                   headers={"Authorization": f"Bearer {token}"})

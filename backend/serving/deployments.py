@@ -180,5 +180,8 @@ class Ingress:
     async def reconfigure(self, config: dict[str, Any]) -> None:
         await self.logic.reconfigure(config)
 
+    async def check_health(self) -> None:  # Serve calls it every few seconds
+        self.logic.start()
+
     async def __del__(self) -> None:
         await self.logic.close()

@@ -121,12 +121,19 @@ class IngressLogic:
         replica within a push period (unless it is the config already deployed)."""
         self.router.reconfigure(config)
         self.apply(await self.state.deployed(self.router.split, self.router.salt))
+        self.start()
 
     def apply(self, shared: dict[str, Any]) -> None:
         """The shared experiment config, if it changed since it was last applied here."""
         if shared["generation"] != self.generation:
             self.router.reconfigure({"split": shared["split"], "salt": shared["salt"]})
             self.generation = shared["generation"]
+
+    def start(self) -> None:
+        """Start pushing (on the running loop), once: from the deployed config and Serve's
+        health checks, so a replica that has not served yet still follows split changes."""
+        if self._pusher is None:
+            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
 
     async def push(self) -> None:
         """Push this replica's metric delta; pick up experiment changes."""
@@ -158,8 +165,7 @@ class IngressLogic:
                     needs: str | None) -> Principal | None:
         """Authenticate, authorise and rate-limit; raises RecoError with the HTTP status.
         `needs`: the role the operation needs (None: anyone, rate-limited by address)."""
-        if self._pusher is None:
-            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
+        self.start()
         if length > MAX_BODY:
             raise RecoError(f"body of {length} bytes exceeds {MAX_BODY}", status_code=413)
         principal = self.keys.authenticate(presented)

@@ -35,7 +35,14 @@ def ray_head(tmp_path_factory):
     settings = Settings(var_dir=var, ray=ports | {"num_cpus": 4}, serve={
         "haproxy_metrics_port": free_port(), "haproxy_stats_port": free_port()})
     head = RayHead(settings)
-    head.start()
+    with pytest.MonkeyPatch.context() as mp:  # Serve's fallback proxy: 8500 unless told, which
+        # another suite's Serve on this machine may hold (the head's processes keep the env)
+        mp.setenv("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))
+        try:
+            head.start()
+        except BaseException:  # `ray start` timing out leaves the head's processes running
+            head.stop()
+            raise
     yield head
     head.stop()
 

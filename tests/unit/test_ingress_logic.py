@@ -338,6 +338,28 @@ def test_a_split_change_on_one_replica_reaches_the_other_through_the_shared_stat
     assert changed == "0.0/exp-1/0.5" and set(variants) == {"B"}
 
 
+def test_a_replica_that_has_not_served_follows_a_split_change_from_its_own_push_loop():
+    one = Rig()
+    two = Rig(state=one.state)
+    two.logic.period = 0.01
+
+    async def scenario() -> tuple[float, float]:
+        await two.logic.reconfigure({"split": 0.5, "salt": "exp-1"})  # deployed, no request yet
+        await one.logic.set_split(0.0, None)
+        before = two.logic.router.split
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if two.logic.router.split != before:
+                break
+        after = two.logic.router.split
+        for rig in (one, two):
+            await rig.logic.close()
+        return before, after
+
+    with one, two:
+        assert run(scenario()) == (0.5, 0.0)
+
+
 def test_a_replica_restarting_with_the_deployed_config_does_not_undo_an_admin_change():
     with Rig() as rig:
         async def scenario() -> float:
