@@ -24,6 +24,7 @@ from backend.core.layout import StoreLayout
 from backend.core.settings import Settings
 from backend.data.events import EVENT_MODELS
 from backend.data.lake import Lake
+from backend.serving.schemas import HealthResponse
 from registry import Manifest, open_registry
 
 REFRESH = "5s"
@@ -74,10 +75,12 @@ def load_snapshot(path: Path) -> Snapshot | None:
 
 
 @st.cache_data(ttl=5)
-def health() -> dict[str, Any] | None:
+def health() -> HealthResponse | None:
+    """The API's /health, typed; None when it does not answer or answers something else."""
     try:
-        return httpx.get(api_url() + "/health", timeout=3).json()
-    except (httpx.HTTPError, ValueError):
+        return HealthResponse.model_validate_json(
+            httpx.get(api_url() + "/health", timeout=3).content)
+    except (httpx.HTTPError, ValidationError):
         return None
 
 

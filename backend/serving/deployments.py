@@ -1,6 +1,9 @@
 """The Serve deployments: each wires one Ray-free logic class to Serve (handles, replica ids,
 background loops, `user_config`) and holds nothing else.
 
+Records cross deployments as plain dicts (`model_dump()` on the way out, `model_validate` on
+the way in, here), so the logic classes see only the typed models of schemas.py.
+
 - `VariantDeployment` -> `VariantLogic` (variant.py): one model variant, hot-swapped;
 - `ServingState` -> `ServingStateLogic` (state.py): exactly one; leases, experiment, metrics;
 - `RecoLogDeployment` -> `RecoLogLogic` (recolog.py): produces the reco log;
@@ -15,8 +18,10 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import RayServeException
@@ -26,12 +31,36 @@ from backend.core.settings import Settings
 from backend.data.kafka import EventProducer, claim_spool
 from backend.serving import api as http
 from backend.serving.ingress import IngressLogic, SharedState, VariantCalls, load_titles
+from backend.serving.metrics import Gauge, MetricsPayload
 from backend.serving.recolog import PUSH_SECONDS, RecoLogLogic
+from backend.serving.schemas import (
+    Knob,
+    SharedExperiment,
+    VariantAnswer,
+    VariantStatus,
+    WritesHealth,
+)
 from backend.serving.state import ServingStateLogic
 from backend.serving.variant import VariantLogic
 from registry import open_registry
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+def _typed(model: type[M], call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[M]]:
+    """A handle method whose dict answer is validated into `model`."""
+    async def typed(*args: Any) -> M:
+        return model.model_validate(await call(*args))
+    return typed
+
+
+def _pushing(call: Callable[[dict[str, Any]], Awaitable[Any]]
+             ) -> Callable[[MetricsPayload], Awaitable[None]]:
+    """A handle's `record`, sent the payload as a plain dict."""
+    async def push(payload: MetricsPayload) -> None:
+        await call(payload.model_dump())
+    return push
 
 
 def _replica_id() -> str:
@@ -67,7 +96,7 @@ class VariantDeployment:
         while True:
             await asyncio.sleep(PUSH_SECONDS)
             try:
-                self.logic.follow(await state.config.remote())
+                self.logic.follow(SharedExperiment.model_validate(await state.config.remote()))
             except Exception:  # the state replica restarting: next period
                 log.warning("reading the shared knobs failed", exc_info=True)
 
@@ -85,11 +114,11 @@ class VariantDeployment:
 
     # async: Serve runs a sync method in a worker thread, and the hand-off (and the threads
     # anyio starts) cost the replica several times the model's 0.2-0.4 ms
-    async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        return self.logic.recommend_batch(requests)
+    async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[VariantAnswer]:
+        return self.logic.recommend_batch(requests)  # TypedDicts: plain dicts already
 
     async def status(self) -> dict[str, Any]:
-        return self.logic.status()
+        return self.logic.status().model_dump()
 
 
 @serve.deployment(name="ServingState", num_replicas=1, max_ongoing_requests=1000,
@@ -108,26 +137,26 @@ class ServingState:
         return self.logic.acquire(client)
 
     async def record(self, payload: dict[str, Any]) -> None:
-        self.logic.record(payload)
+        self.logic.record(MetricsPayload.model_validate(payload))
 
-    async def render(self, extra: list[Any] | None = None) -> str:
+    async def render(self, extra: list[Gauge] | None = None) -> str:
         return self.logic.render(extra)
 
     async def config(self) -> dict[str, Any]:
-        return self.logic.config()
+        return self.logic.config().model_dump()
 
     async def writes_health(self) -> dict[str, Any]:
-        return self.logic.writes_health()
+        return self.logic.writes_health().model_dump()
 
     async def deployed(self, split: float, salt: str) -> dict[str, Any]:
-        return self.logic.deployed(split, salt)
+        return self.logic.deployed(split, salt).model_dump()
 
     async def set_config(self, split: float | None, salt: str | None,
-                         b_runtime: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.logic.set_config(split, salt, b_runtime)
+                         b_runtime: dict[str, Knob] | None = None) -> dict[str, Any]:
+        return self.logic.set_config(split, salt, b_runtime).model_dump()
 
-    async def deployed_runtime(self, runtime: dict[str, Any]) -> dict[str, Any]:
-        return self.logic.deployed_runtime(runtime)
+    async def deployed_runtime(self, runtime: dict[str, Knob]) -> dict[str, Any]:
+        return self.logic.deployed_runtime(runtime).model_dump()
 
 
 @serve.deployment(name="RecoLog", num_replicas=1, max_ongoing_requests=64,
@@ -141,7 +170,8 @@ class RecoLogDeployment:
         spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", replica)
         # a produce request per batch, not per record
         kafka = settings.kafka.model_copy(update={"linger_ms": settings.serve.log_linger_ms})
-        self.logic = RecoLogLogic(EventProducer(kafka, spool), replica, state.record.remote)
+        self.logic = RecoLogLogic(EventProducer(kafka, spool), replica,
+                                  _pushing(state.record.remote))
 
     async def write(self, records: list[dict[str, Any]]) -> int:
         return self.logic.write(records)
@@ -163,12 +193,15 @@ class Ingress:
                  reco_log: DeploymentHandle[Any]) -> None:
         replica = _replica_id()
         spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", replica)
-        variants = {v: VariantCalls(h.recommend_batch.remote, h.status.remote)
+        variants = {v: VariantCalls(h.recommend_batch.remote,
+                                    _typed(VariantStatus, h.status.remote))
                     for v, h in (("A", variant_a), ("B", variant_b))}
         shared = SharedState(
-            acquire=state.acquire.remote, record=state.record.remote,
-            config=state.config.remote, deployed=state.deployed.remote,
-            set_config=state.set_config.remote, writes_health=state.writes_health.remote,
+            acquire=state.acquire.remote, record=_pushing(state.record.remote),
+            config=_typed(SharedExperiment, state.config.remote),
+            deployed=_typed(SharedExperiment, state.deployed.remote),
+            set_config=_typed(SharedExperiment, state.set_config.remote),
+            writes_health=_typed(WritesHealth, state.writes_health.remote),
             render=state.render.remote)
         self.logic = IngressLogic(
             settings.serve, variants, shared, reco_log.write.remote,

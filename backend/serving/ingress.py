@@ -28,20 +28,25 @@ from backend.data.movielens import load
 from backend.serving.auth import ApiKeys, Principal
 from backend.serving.coalesce import Coalescer
 from backend.serving.leases import Leases
-from backend.serving.metrics import replica_delta, take_replica_delta
+from backend.serving.metrics import Gauge, MetricsPayload, replica_delta, take_replica_delta
 from backend.serving.recolog import PUSH_SECONDS, LogShipper, Producer, ProducerGauges, Record
 from backend.serving.router import RouterLogic
 from backend.serving.schemas import (
     Accepted,
     AliasesResponse,
+    AnsweredRequest,
     HealthResponse,
+    Knob,
     ModelsResponse,
     RecommendedItem,
     RecommendResponse,
     RuntimeKnobs,
+    SharedExperiment,
     SplitResponse,
+    VariantAnswer,
     VariantStatus,
     VariantVersions,
+    WritesHealth,
 )
 from registry import Registry
 
@@ -54,8 +59,8 @@ Batch = list[tuple[int, int]]  # (user_id, k) per request
 class VariantCalls:
     """A variant deployment's methods (see `VariantDeployment`)."""
 
-    recommend_batch: Callable[[Batch], Awaitable[list[dict[str, Any]]]]
-    status: Callable[[], Awaitable[dict[str, Any]]]
+    recommend_batch: Callable[[Batch], Awaitable[list[VariantAnswer]]]
+    status: Callable[[], Awaitable[VariantStatus]]
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,13 @@ class SharedState:
     """The ServingState deployment's methods the ingress calls (see `ServingStateLogic`)."""
 
     acquire: Callable[[str], Awaitable[tuple[int, int]]]
-    record: Callable[[dict[str, Any]], Awaitable[Any]]
-    config: Callable[[], Awaitable[dict[str, Any]]]
-    deployed: Callable[[float, str], Awaitable[dict[str, Any]]]
-    set_config: Callable[[float | None, str | None, dict[str, Any] | None],
-                         Awaitable[dict[str, Any]]]
-    writes_health: Callable[[], Awaitable[dict[str, Any]]]
-    render: Callable[[list[Any]], Awaitable[str]]
+    record: Callable[[MetricsPayload], Awaitable[None]]
+    config: Callable[[], Awaitable[SharedExperiment]]
+    deployed: Callable[[float, str], Awaitable[SharedExperiment]]
+    set_config: Callable[[float | None, str | None, dict[str, Knob] | None],
+                         Awaitable[SharedExperiment]]
+    writes_health: Callable[[], Awaitable[WritesHealth]]
+    render: Callable[[list[Gauge]], Awaitable[str]]
 
 
 def load_titles(data_cache: Path) -> dict[int, str]:
@@ -104,7 +109,7 @@ class IngressLogic:
         self.router = RouterLogic(cfg.split, cfg.salt)
         self.keys = ApiKeys({n: (k.sha256, k.role) for n, k in cfg.api_keys.items()})
         self.leases = Leases(state.acquire)
-        self.batches: dict[str, Coalescer[tuple[int, int], dict[str, Any]]] = {
+        self.batches: dict[str, Coalescer[tuple[int, int], VariantAnswer]] = {
             v: Coalescer(functools.partial(self.call_variant, v),
                                      cfg.coalesce_inflight, cfg.coalesce_max_batch)
                         for v in self.variants}
@@ -123,11 +128,11 @@ class IngressLogic:
         self.apply(await self.state.deployed(self.router.split, self.router.salt))
         self.start()
 
-    def apply(self, shared: dict[str, Any]) -> None:
+    def apply(self, shared: SharedExperiment) -> None:
         """The shared experiment config, if it changed since it was last applied here."""
-        if shared["generation"] != self.generation:
-            self.router.reconfigure({"split": shared["split"], "salt": shared["salt"]})
-            self.generation = shared["generation"]
+        if shared.generation != self.generation:
+            self.router.reconfigure({"split": shared.split, "salt": shared.salt})
+            self.generation = shared.generation
 
     def start(self) -> None:
         """Start pushing (on the running loop), once: from the deployed config and Serve's
@@ -187,7 +192,7 @@ class IngressLogic:
 
     # -- recommendations -----------------------------------------------------------------
 
-    async def call_variant(self, variant: str, requests: Batch) -> list[dict[str, Any]]:
+    async def call_variant(self, variant: str, requests: Batch) -> list[VariantAnswer]:
         """One call for a batch of concurrent requests (see coalesce.py)."""
         call = self.variants[variant].recommend_batch
         try:
@@ -197,7 +202,7 @@ class IngressLogic:
                         type(exc).__name__)
             return await call(requests)
 
-    async def recommend(self, state: dict[str, Any], user_id: int, k: int) -> dict[str, Any]:
+    async def recommend(self, state: dict[str, Any], user_id: int, k: int) -> AnsweredRequest:
         """The variant's answer with `request_id` and `user_id`; logged. `state`: the
         request's ASGI scope state, where the request metrics find the variant."""
         t0 = time.perf_counter()
@@ -212,9 +217,9 @@ class IngressLogic:
             request_id=request_id, user_id=user_id, variant=variant,
             model_version=result["model_version"], items=result["items"],
             latency_ms=latency).to_record())
-        return result | {"request_id": request_id, "user_id": user_id}
+        return AnsweredRequest(**result, request_id=request_id, user_id=user_id)
 
-    def titled(self, r: dict[str, Any]) -> RecommendResponse:
+    def titled(self, r: AnsweredRequest) -> RecommendResponse:
         """`recommend`'s answer with the items' titles. Built without validation: every field
         comes from this replica or its variant (FastAPI serialises an instance as it is)."""
         title = self.titles.get
@@ -236,15 +241,14 @@ class IngressLogic:
     async def health(self) -> HealthResponse:
         """Model versions per variant; writes degraded when any live replica spools (the
         replicas' spool figures arrive through the shared state, this one's directly)."""
-        variants = {v: VariantStatus.model_validate(await c.status())
-                    for v, c in self.variants.items()}
+        variants = {v: await c.status() for v, c in self.variants.items()}
         serving = all(s.version for s in variants.values())
         try:
             shared = await self.state.writes_health()
         except Exception:  # the state replica restarting: answer from this replica alone
-            shared = {"spool_depth": 0, "degraded_replicas": 0}
-        depth = max(shared["spool_depth"], self.producer.spool.depth)
-        degraded = self.producer.degraded or shared["degraded_replicas"] > 0 or depth > 0
+            shared = WritesHealth()
+        depth = max(shared.spool_depth, self.producer.spool.depth)
+        degraded = self.producer.degraded or shared.degraded_replicas > 0 or depth > 0
         return HealthResponse(status="ok" if serving and not degraded else "degraded",
                               variants=variants, broker_degraded=degraded, spool_depth=depth,
                               split=self.router.split, salt=self.router.salt)
@@ -252,10 +256,10 @@ class IngressLogic:
     async def metrics_text(self) -> str:
         """Prometheus text, summed over every replica, with each variant's refused versions
         read now."""
-        extra = []
+        extra: list[Gauge] = []
         for v, c in self.variants.items():
-            refused = (await c.status()).get("refused") or {}
-            extra.append(["reco_model_refused", [["variant", v]], float(len(refused))])
+            refused = (await c.status()).refused
+            extra.append(("reco_model_refused", [("variant", v)], float(len(refused))))
         return await self.state.render(extra)
 
     def models(self) -> ModelsResponse:
@@ -271,12 +275,12 @@ class IngressLogic:
     def rollback(self, variant: str) -> AliasesResponse:
         return AliasesResponse(self.registry().rollback(variant).named())
 
-    async def set_diversity(self, knobs: dict[str, Any]) -> RuntimeKnobs:
+    async def set_diversity(self, knobs: dict[str, Knob]) -> RuntimeKnobs:
         """Change Model B's strengths on every B replica (applied within a second)."""
         if not knobs:
             raise RecoError("give at least one of mmr_lambda, exploration, tail_slots",
                             status_code=422)
-        return RuntimeKnobs((await self.state.set_config(None, None, knobs))["b_runtime"])
+        return RuntimeKnobs((await self.state.set_config(None, None, knobs)).b_runtime)
 
     async def set_split(self, split: float | None, salt: str | None) -> SplitResponse:
         """Change the experiment for every replica (through the shared state)."""

@@ -13,7 +13,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
@@ -22,6 +21,7 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
+from pydantic import BaseModel
 
 Labels = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, Labels]  # (metric name, sorted label pairs)
@@ -46,6 +46,19 @@ GAUGES = {
                            ("variant",)),
 }
 REPLICA_GAUGES = ("reco_spool_depth", "reco_broker_degraded")  # forgotten when not refreshed
+
+
+Pairs = list[tuple[str, str]]
+Gauge = tuple[str, Pairs, float]  # name, labels, value
+
+
+class MetricsPayload(BaseModel):
+    """A pushed delta: (name, labels, value) counters and gauges, (labels, bucket counts,
+    sum) latencies."""
+
+    counters: list[tuple[str, Pairs, float]] = []
+    latency: list[tuple[Pairs, list[float], float]] = []
+    gauges: list[Gauge] = []
 
 
 def _new_counts() -> list[float]:
@@ -78,11 +91,11 @@ class MetricsDelta:
     def empty(self) -> bool:
         return not (self.counters or self.latency or self.gauges)
 
-    def as_payload(self) -> dict[str, Any]:
-        return {"counters": [[n, list(map(list, ls)), v] for (n, ls), v in self.counters.items()],
-                "latency": [[list(map(list, ls)), c, self.latency_sum[ls]]
-                            for ls, c in self.latency.items()],
-                "gauges": [[n, list(map(list, ls)), v] for (n, ls), v in self.gauges.items()]}
+    def as_payload(self) -> MetricsPayload:
+        return MetricsPayload(
+            counters=[(n, list(ls), v) for (n, ls), v in self.counters.items()],
+            latency=[(list(ls), c, self.latency_sum[ls]) for ls, c in self.latency.items()],
+            gauges=[(n, list(ls), v) for (n, ls), v in self.gauges.items()])
 
 
 # This process's request metrics since the last push. Kept here, in an importable module, and
@@ -102,7 +115,7 @@ def take_replica_delta() -> MetricsDelta:
     return delta
 
 
-def _labels(pairs: Any) -> Labels:
+def _labels(pairs: Pairs) -> Labels:
     return tuple((str(k), str(v)) for k, v in pairs)
 
 
@@ -132,16 +145,16 @@ class MetricsLogic:
         return {k: v for k, v in self.gauges.items() if k[0] not in REPLICA_GAUGES
                 or now - self.stamps.get(k, now) <= self.ttl}
 
-    def merge(self, payload: dict[str, Any]) -> None:
-        for name, labels, v in payload.get("counters", []):
+    def merge(self, payload: MetricsPayload) -> None:
+        for name, labels, v in payload.counters:
             self.counters[(name, _labels(labels))] += v
-        for labels, counts, total in payload.get("latency", []):
+        for labels, counts, total in payload.latency:
             series = _labels(labels)
             mine = self.latency.setdefault(series, _new_counts())
             for i, c in enumerate(counts):
                 mine[i] += c
             self.latency_sum[series] += total
-        for name, labels, v in payload.get("gauges", []):
+        for name, labels, v in payload.gauges:
             key = (name, _labels(labels))
             if name == "reco_model_info":  # one version per variant: drop the old one
                 variant = dict(key[1]).get("variant")

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from backend.serving.metrics import replica_delta, take_replica_delta
+from backend.serving.metrics import MetricsPayload, replica_delta, take_replica_delta
 
 log = logging.getLogger(__name__)
 Record = dict[str, Any]
@@ -138,7 +138,7 @@ class RecoLogLogic:
     TOPIC = "events.reco"
 
     def __init__(self, producer: Producer, replica: str,
-                 record: Callable[[dict[str, Any]], Awaitable[Any]],
+                 record: Callable[[MetricsPayload], Awaitable[None]],
                  period: float = PUSH_SECONDS) -> None:
         self.producer = producer
         self.gauges = ProducerGauges(producer, replica)

@@ -1,4 +1,5 @@
-"""The HTTP API's request and response models, and the application builder's arguments.
+"""The HTTP API's request and response models, the application builder's arguments, and the
+records the deployments exchange.
 
 The response models document (in the OpenAPI schema) and type what the handlers return; each
 serialises to exactly the JSON the API answered with before they existed, so their fields
@@ -8,7 +9,7 @@ either and its JSON keeps what it was given).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -118,3 +119,41 @@ class SplitResponse(BaseModel):
 
     split: float
     salt: str
+
+
+# -- between deployments: plain dicts on the wire (deployments.py dumps and validates) -------
+
+class SharedExperiment(BaseModel):
+    """The experiment every replica follows (ServingState's config); `generation` counts
+    its changes, so a replica applies each one once."""
+
+    model_config = ConfigDict(frozen=True)
+
+    split: float
+    salt: str
+    b_runtime: dict[str, Knob] = {}
+    generation: int = 0
+
+
+class WritesHealth(BaseModel):
+    """Spool depth and degraded replicas, summed over the live ingress replicas."""
+
+    spool_depth: int = 0
+    degraded_replicas: int = 0
+
+
+class VariantAnswer(TypedDict):
+    """A variant's answer to one (user_id, k): a TypedDict, not a model, as it is made once
+    per request on the hot path."""
+
+    items: list[int]
+    variant: str
+    model_version: str
+    model_ms: float
+
+
+class AnsweredRequest(VariantAnswer):
+    """The ingress's answer before titles: the variant's, with the request's identity."""
+
+    request_id: str
+    user_id: int

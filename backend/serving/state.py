@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
-from backend.serving.metrics import MetricsLogic
+from backend.serving.metrics import Gauge, MetricsLogic, MetricsPayload
 from backend.serving.ratelimit import RateLimiterLogic
+from backend.serving.schemas import Knob, SharedExperiment, WritesHealth
 
 
 class ServingStateLogic:
@@ -28,10 +28,9 @@ class ServingStateLogic:
                  salt: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.limiter = RateLimiterLogic(per_minute=per_minute, overrides=overrides, clock=clock)
         self.metrics = MetricsLogic(clock)
-        self.experiment: dict[str, Any] = {"split": split, "salt": salt, "b_runtime": {},
-                                           "generation": 0}
-        self._deployed: dict[str, Any] = {"split": split, "salt": salt}
-        self._deployed_runtime: dict[str, Any] = {}
+        self.experiment = SharedExperiment(split=split, salt=salt)
+        self._deployed: tuple[float, str] = (split, salt)
+        self._deployed_runtime: dict[str, Knob] = {}
 
     def acquire(self, client: str) -> tuple[int, int]:
         """A lease of up to `lease_size` tokens of `client`'s bucket: (granted, Retry-After
@@ -44,20 +43,20 @@ class ServingStateLogic:
             granted += 1
         return granted, (0 if granted else retry)
 
-    def record(self, payload: dict[str, Any]) -> None:
+    def record(self, payload: MetricsPayload) -> None:
         """A replica's pushed `MetricsDelta.as_payload()`."""
         self.metrics.merge(payload)
 
-    def render(self, extra: list[Any] | None = None) -> str:
-        """/metrics text; `extra`: [name, [[label, value], ...], value] gauges the scraping
+    def render(self, extra: list[Gauge] | None = None) -> str:
+        """/metrics text; `extra`: (name, [(label, value), ...], value) gauges the scraping
         replica read just now (its variants' refused versions)."""
         return self.metrics.render({(n, tuple((str(k), str(v)) for k, v in ls)): float(x)
                                     for n, ls, x in (extra or [])})
 
-    def writes_health(self) -> dict[str, Any]:
-        """Spool depth and degraded replicas summed over the live ingress replicas."""
-        return {"spool_depth": int(sum(self.metrics.fresh_gauges("reco_spool_depth"))),
-                "degraded_replicas": int(sum(self.metrics.fresh_gauges("reco_broker_degraded")))}
+    def writes_health(self) -> WritesHealth:
+        return WritesHealth(
+            spool_depth=int(sum(self.metrics.fresh_gauges("reco_spool_depth"))),
+            degraded_replicas=int(sum(self.metrics.fresh_gauges("reco_broker_degraded"))))
 
     def lease_size(self, client: str) -> int:
         """Tokens handed out per lease: small against the limit, so that leases parked in
@@ -65,19 +64,19 @@ class ServingStateLogic:
         limit = self.limiter.overrides.get(client, self.limiter.per_minute)
         return max(1, min(50, int(limit // 100)))
 
-    def config(self) -> dict[str, Any]:
-        return {**self.experiment, "b_runtime": dict(self.experiment["b_runtime"])}
+    def config(self) -> SharedExperiment:
+        return self.experiment
 
-    def deployed(self, split: float, salt: str) -> dict[str, Any]:
+    def deployed(self, split: float, salt: str) -> SharedExperiment:
         """A replica reports its `user_config`. Only a config that differs from the last one
         deployed changes the experiment: a replica that merely (re)starts with the deployed
         config must not undo a change made since through the admin endpoint."""
-        if {"split": split, "salt": salt} != self._deployed:
-            self._deployed = {"split": split, "salt": salt}
+        if (split, salt) != self._deployed:
+            self._deployed = (split, salt)
             return self.set_config(split, salt)
         return self.config()
 
-    def deployed_runtime(self, runtime: dict[str, Any]) -> dict[str, Any]:
+    def deployed_runtime(self, runtime: dict[str, Knob]) -> SharedExperiment:
         """Variant B reports its `user_config` runtime knobs; same rule as `deployed`."""
         if runtime != self._deployed_runtime:
             self._deployed_runtime = dict(runtime)
@@ -85,12 +84,10 @@ class ServingStateLogic:
         return self.config()
 
     def set_config(self, split: float | None = None, salt: str | None = None,
-                   b_runtime: dict[str, Any] | None = None) -> dict[str, Any]:
-        if split is not None:
-            self.experiment["split"] = float(split)
-        if salt is not None:
-            self.experiment["salt"] = salt
-        if b_runtime:
-            self.experiment["b_runtime"] = self.experiment["b_runtime"] | dict(b_runtime)
-        self.experiment["generation"] += 1
-        return self.config()
+                   b_runtime: dict[str, Knob] | None = None) -> SharedExperiment:
+        now = self.experiment
+        self.experiment = SharedExperiment(
+            split=now.split if split is None else float(split),
+            salt=now.salt if salt is None else salt,
+            b_runtime=now.b_runtime | dict(b_runtime or {}), generation=now.generation + 1)
+        return self.experiment

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from backend.ml.recommenders import Recommender
+from backend.serving.schemas import Knob, SharedExperiment, VariantAnswer, VariantStatus
 from registry import Registry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ class VariantLogic:
         self.model: Recommender | None = None
         self.version: str | None = None
         self.refused: dict[str, str] = {}  # version -> why it was not loaded
-        self.runtime: dict[str, Any] = {}
+        self.runtime: dict[str, Knob] = {}
         self.generation = -1  # of the shared run-time knobs last followed
         self.reload()
 
@@ -46,27 +46,27 @@ class VariantLogic:
         log.info("serving variant=%s version=%s", self.variant, self.version)
         return True
 
-    def configure(self, runtime: dict[str, Any]) -> None:
+    def configure(self, runtime: dict[str, Knob]) -> None:
         """Run-time knobs (Model B's diversity strengths), kept across reloads."""
         self.runtime = dict(runtime)
         if self.model is not None and hasattr(self.model, "set_params") and runtime:
             self.model.set_params(**runtime)
 
-    def follow(self, shared: dict[str, Any]) -> None:
+    def follow(self, shared: SharedExperiment) -> None:
         """The shared experiment config (ServingState's `config()`): its run-time knobs, once
         per change (`generation`), so that every replica of the variant applies them."""
-        if shared["generation"] != self.generation and shared["b_runtime"]:
-            self.configure(shared["b_runtime"])
-        self.generation = shared["generation"]
+        if shared.generation != self.generation and shared.b_runtime:
+            self.configure(shared.b_runtime)
+        self.generation = shared.generation
 
-    def recommend(self, user_id: int, k: int) -> dict[str, Any]:
+    def recommend(self, user_id: int, k: int) -> VariantAnswer:
         return self.recommend_batch([(user_id, k)])[0]
 
-    def recommend_batch(self, requests: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    def recommend_batch(self, requests: list[tuple[int, int]]) -> list[VariantAnswer]:
         """One answer per (user_id, k), all from the same version (one vectorised scoring per
         distinct k: the ingress coalesces concurrent requests into one call)."""
         model, version = self.model, self.version  # a reload may swap them meanwhile
-        if model is None:
+        if model is None or version is None:
             raise RegistryError(f"variant {self.variant} has no verified production model")
         t0 = time.perf_counter()
         by_k: dict[int, list[int]] = {}
@@ -74,9 +74,9 @@ class VariantLogic:
             by_k.setdefault(int(k), []).append(int(user_id))
         items = {k: model.recommend_many(users, k) for k, users in by_k.items()}
         ms = (time.perf_counter() - t0) * 1000
-        return [{"items": items[int(k)][int(u)], "variant": self.variant,
-                 "model_version": version, "model_ms": ms} for u, k in requests]
+        return [VariantAnswer(items=items[int(k)][int(u)], variant=self.variant,
+                              model_version=version, model_ms=ms) for u, k in requests]
 
-    def status(self) -> dict[str, Any]:
-        return {"variant": self.variant, "version": self.version, "refused": self.refused,
-                "runtime": self.runtime}
+    def status(self) -> VariantStatus:
+        return VariantStatus(variant=self.variant, version=self.version,
+                             refused=dict(self.refused), runtime=dict(self.runtime))

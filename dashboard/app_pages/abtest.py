@@ -34,7 +34,7 @@ body()
 
 st.subheader("Split")
 health = data.health()
-current = health["split"] if health else 0.5
+current = health.split if health else 0.5
 with st.form("split"):
     split = st.slider("share of users on A", 0.0, 1.0, float(current), 0.05)
     if st.form_submit_button("apply split"):

@@ -19,20 +19,20 @@ def body() -> None:
                  "`make up`.")
     else:
         cols = st.columns(4)
-        cols[0].metric("API", health["status"], help="ok, or degraded while events spool")
+        cols[0].metric("API", health.status, help="ok, or degraded while events spool")
         for col, v in zip(cols[1:3], ("A", "B"), strict=True):
-            st_v = health["variants"].get(v, {})
-            col.metric(f"variant {v} serves", st_v.get("version") or "nothing",
+            st_v = health.variants.get(v)
+            col.metric(f"variant {v} serves", (st_v and st_v.version) or "nothing",
                        help="verified production version; refused versions listed below")
-        cols[3].metric("spool depth", health["spool_depth"],
+        cols[3].metric("spool depth", health.spool_depth,
                        help="events waiting on disk for the broker")
         rate, st.session_state["req_scrape"] = data.request_rate(
             data.prometheus(), st.session_state.get("req_scrape"), time.time())
         st.metric("requests/s now", "measuring..." if rate is None else f"{rate:.1f}",
                   help="all API requests per second between the last two scrapes of "
                        "/metrics (reco_requests_total summed over routes and replicas)")
-        for v, st_v in health["variants"].items():
-            for version, why in (st_v.get("refused") or {}).items():
+        for v, served in health.variants.items():
+            for version, why in served.refused.items():
                 st.warning(f"variant {v} refused {version}: {why}")
     if snap is None:
         st.info("No analytics snapshot yet: the analyze job writes one per interval "

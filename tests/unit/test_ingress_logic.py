@@ -18,6 +18,7 @@ from backend.serving.auth import digest
 from backend.serving.ingress import IngressLogic, SharedState, VariantCalls
 from backend.serving.metrics import MetricsDelta, take_replica_delta
 from backend.serving.router import RouterLogic
+from backend.serving.schemas import VariantAnswer, VariantStatus
 from backend.serving.state import ServingStateLogic
 
 CLIENT, ADMIN = "client-secret", "admin-secret"
@@ -56,18 +57,18 @@ class Variant:
         self.fail = 0
         self.refused: dict[str, str] = {}
 
-    async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    async def recommend_batch(self, requests: list[tuple[int, int]]) -> list[VariantAnswer]:
         self.batches.append(list(requests))
         await self.gate.wait()
         if self.fail:
             self.fail -= 1
             raise ConnectionError("replica lost")
-        return [{"items": [u * 100 + i for i in range(k)], "variant": self.name,
-                 "model_version": self.version, "model_ms": 0.1} for u, k in requests]
+        return [VariantAnswer(items=[u * 100 + i for i in range(k)], variant=self.name,
+                              model_version=self.version, model_ms=0.1) for u, k in requests]
 
-    async def status(self) -> dict[str, Any]:
-        return {"variant": self.name, "version": self.version, "refused": self.refused,
-                "runtime": {}}
+    async def status(self) -> VariantStatus:
+        return VariantStatus(variant=self.name, version=self.version, refused=self.refused,
+                             runtime={})
 
     def calls(self) -> VariantCalls:
         return VariantCalls(self.recommend_batch, self.status)
@@ -449,7 +450,7 @@ def test_diversity_needs_a_knob_and_keeps_each_knobs_json_type():
         refused, knobs = run(scenario())
         assert refused.status_code == 422
         assert knobs == '{"tail_slots":5,"mmr_lambda":0.5}'
-        assert rig.state.config()["b_runtime"] == {"tail_slots": 5, "mmr_lambda": 0.5}
+        assert rig.state.config().b_runtime == {"tail_slots": 5, "mmr_lambda": 0.5}
 
 
 def test_writes_go_to_the_producer_and_are_acknowledged():

@@ -112,7 +112,7 @@ class Producer:
 
 
 def test_reco_log_produces_batches_and_pushes_its_producers_health():
-    from backend.serving.metrics import MetricsLogic, take_replica_delta
+    from backend.serving.metrics import MetricsLogic, MetricsPayload, take_replica_delta
     from backend.serving.recolog import RecoLogLogic
 
     async def scenario():
@@ -120,7 +120,7 @@ def test_reco_log_produces_batches_and_pushes_its_producers_health():
         producer, pushed, sums = Producer(), [], MetricsLogic()
         failing = [True]
 
-        async def record(payload: dict) -> None:
+        async def record(payload: MetricsPayload) -> None:
             if failing[0]:  # the state replica restarting: the next period tries again
                 failing[0] = False
                 raise ConnectionError("state away")

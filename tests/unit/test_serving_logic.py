@@ -87,24 +87,24 @@ def test_experiment_config_survives_replica_restarts():
     from backend.serving.state import ServingStateLogic
 
     state = ServingStateLogic(100, {}, split=0.5, salt="exp-1")
-    changed = state.set_config(split=0.8, salt=None)
+    changed = state.set_config(split=0.8, salt=None).model_dump()
     assert changed == {"split": 0.8, "salt": "exp-1", "b_runtime": {}, "generation": 1}
     # a replica (re)starting with the deployed user_config does not undo the admin change
-    assert state.deployed(0.5, "exp-1")["split"] == 0.8
+    assert state.deployed(0.5, "exp-1").split == 0.8
     # a new deployed config does apply
-    assert state.deployed(0.3, "exp-2") == {"split": 0.3, "salt": "exp-2", "b_runtime": {},
-                                            "generation": 2}
+    assert state.deployed(0.3, "exp-2").model_dump() == {
+        "split": 0.3, "salt": "exp-2", "b_runtime": {}, "generation": 2}
     # Model B's knobs: a deployed user_config, then an admin change on top of it
-    assert state.deployed_runtime({"mmr_lambda": 0.9})["b_runtime"] == {"mmr_lambda": 0.9}
-    assert state.set_config(b_runtime={"tail_slots": 4})["b_runtime"] == {
+    assert state.deployed_runtime({"mmr_lambda": 0.9}).b_runtime == {"mmr_lambda": 0.9}
+    assert state.set_config(b_runtime={"tail_slots": 4}).b_runtime == {
         "mmr_lambda": 0.9, "tail_slots": 4}
-    assert state.deployed_runtime({"mmr_lambda": 0.9})["b_runtime"]["tail_slots"] == 4
+    assert state.deployed_runtime({"mmr_lambda": 0.9}).b_runtime["tail_slots"] == 4
 
 
 def test_metrics_sum_replicas_and_render_prometheus_text():
     from prometheus_client.parser import text_string_to_metric_families
 
-    from backend.serving.metrics import MetricsDelta, MetricsLogic
+    from backend.serving.metrics import MetricsDelta, MetricsLogic, MetricsPayload
 
     total = MetricsLogic()
     for replica in ("r1", "r2"):
@@ -116,7 +116,7 @@ def test_metrics_sum_replicas_and_render_prometheus_text():
         d.observe(7.0, {"variant": "A"})
         d.set("reco_spool_depth", {"replica": replica}, 3)
         d.set("reco_model_info", {"variant": "A", "version": "v0001"}, 1)
-        total.merge(d.as_payload())
+        total.merge(MetricsPayload.model_validate(d.as_payload().model_dump()))  # as pushed
     d = MetricsDelta()
     d.set("reco_model_info", {"variant": "A", "version": "v0002"}, 1)
     total.merge(d.as_payload())
@@ -146,14 +146,14 @@ def test_writes_health_sums_live_replicas_and_forgets_gone_ones():
         d.set("reco_spool_depth", {"replica": replica}, depth)
         d.set("reco_broker_degraded", {"replica": replica}, degraded)
         state.metrics.merge(d.as_payload())
-    assert state.writes_health() == {"spool_depth": 5, "degraded_replicas": 1}
+    assert state.writes_health().model_dump() == {"spool_depth": 5, "degraded_replicas": 1}
     now[0] = 5.0
     d = MetricsDelta()
     d.set("reco_spool_depth", {"replica": "r2"}, 0)
     d.set("reco_broker_degraded", {"replica": "r2"}, 0)
     state.metrics.merge(d.as_payload())
     now[0] = 12.0  # r1 stopped pushing 12 s ago: gone
-    assert state.writes_health() == {"spool_depth": 0, "degraded_replicas": 0}
+    assert state.writes_health().model_dump() == {"spool_depth": 0, "degraded_replicas": 0}
     assert 'replica="r1"' not in state.metrics.render()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from backend.ml.recommenders import DiversityKNN
+from backend.serving.schemas import SharedExperiment
 from backend.serving.variant import VariantLogic
 from registry import RegistryError, open_registry
 from tests.unit.test_recommenders import dataset
@@ -24,7 +25,8 @@ def registry(settings):
 
 def test_without_a_production_version_nothing_is_served(registry):
     variant = VariantLogic(registry, "B")
-    assert variant.status() == {"variant": "B", "version": None, "refused": {}, "runtime": {}}
+    assert variant.status().model_dump() == {"variant": "B", "version": None, "refused": {},
+                                             "runtime": {}}
     with pytest.raises(RegistryError):
         variant.recommend(1, 3)
 
@@ -45,16 +47,20 @@ def test_a_promoted_version_is_picked_up_and_a_tampered_one_refused(registry, mo
     assert len(variant.recommend(5, 4)["items"]) == 4
 
 
+def shared(generation: int, b_runtime: dict[str, int]) -> SharedExperiment:
+    return SharedExperiment(split=0.5, salt="s", generation=generation, b_runtime=b_runtime)
+
+
 def test_shared_knobs_apply_once_per_generation_and_survive_a_reload(registry, model):
     registry.promote("B", registry.register("B", model, {}, {}))
     variant = VariantLogic(registry, "B")
-    variant.follow({"generation": 1, "b_runtime": {"tail_slots": 4}})
+    variant.follow(shared(1, {"tail_slots": 4}))
     assert variant.model.params["tail_slots"] == 4 and variant.generation == 1
     variant.model.set_params(tail_slots=1)  # a knob changed behind its back...
-    variant.follow({"generation": 1, "b_runtime": {"tail_slots": 4}})
+    variant.follow(shared(1, {"tail_slots": 4}))
     assert variant.model.params["tail_slots"] == 1  # ...is not re-applied without a change
-    variant.follow({"generation": 2, "b_runtime": {}})  # a split change: no knobs
+    variant.follow(shared(2, {}))  # a split change: no knobs
     assert variant.generation == 2 and variant.runtime == {"tail_slots": 4}
     registry.promote("B", registry.register("B", model, {}, {}))
     assert variant.reload() and variant.model.params["tail_slots"] == 4  # kept
-    assert variant.status()["runtime"] == {"tail_slots": 4}
+    assert variant.status().runtime == {"tail_slots": 4}
