@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/analytics.py
+	$(BIN)/python bench/abtest.py
 	$(BIN)/python bench/spam.py
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/serve.py
