@@ -37,7 +37,15 @@ DEBS := /usr/bin/chromium /usr/bin/stunnel4
 $(DEBS):
 	apt-get update && apt-get install -y chromium stunnel4
 
-test: $(STAMP) $(DEBS) lint
+# GrowthBook's gbstats in a venv of its own: the experiment statistics' reference (its pins
+# clash with ours; see tests/reference/README.md)
+REFENV := var/refenv/gbstats
+$(REFENV)/.installed: tests/reference/gbstats-requirements.txt
+	test -x $(REFENV)/bin/python || $(PY) -m venv $(REFENV)
+	$(REFENV)/bin/pip install --quiet --require-hashes --no-deps -r $<
+	touch $@
+
+test: $(STAMP) $(DEBS) $(REFENV)/.installed lint
 	$(BIN)/pytest
 
 test-slow: $(STAMP)

@@ -144,20 +144,21 @@ def _covariance(n: int, sx: float, sy: float, sxy: float) -> float:
 
 def cuped(control: tuple[Values, Values], treatment: tuple[Values, Values]
           ) -> tuple[AdjustedStat, AdjustedStat]:
-    """Both arms adjusted by one theta = pooled cov(post, pre) / pooled var(pre), each arm's
-    covariance weighted by its users (gbstats' `compute_theta`); (post, pre) per user."""
+    """Both arms adjusted by one theta = cov(post, pre) / var(pre) over both arms' users
+    together, the OLS slope (gbstats' `compute_theta`; 0 when either variance is 0, which
+    leaves the metric unadjusted); (post, pre) per user."""
     parts = []
     for post, pre in (control, treatment):
         y, x = np.asarray(post, dtype=float), np.asarray(pre, dtype=float)
         parts.append((MeanStat.of(y), MeanStat.of(x), float((y * x).sum())))
     n = sum(p[0].n for p in parts)
-    joint_pre = MeanStat(n, sum(p[1].sum for p in parts), sum(p[1].sum_squares for p in parts))
     joint_post = MeanStat(n, sum(p[0].sum for p in parts),
                           sum(p[0].sum_squares for p in parts))
+    joint_pre = MeanStat(n, sum(p[1].sum for p in parts), sum(p[1].sum_squares for p in parts))
     theta = 0.0
     if joint_pre.variance > 0 and joint_post.variance > 0:
-        cov = sum(_covariance(p[0].n, p[0].sum, p[1].sum, p[2]) * p[0].n for p in parts)
-        theta = cov / (joint_pre.variance * n)
+        cov = _covariance(n, joint_post.sum, joint_pre.sum, sum(p[2] for p in parts))
+        theta = cov / joint_pre.variance
     c, t = (AdjustedStat(post, pre, s, theta) for post, pre, s in parts)
     return c, t
 
@@ -196,8 +197,8 @@ def _difference(c: Stat, t: Stat, relative: bool) -> tuple[float, float] | None:
         base = c.unadjusted_mean
         if base == 0:
             return None
-        point = (t.mean - c.mean) / base
-        var = vt / base ** 2 + vc * t.mean ** 2 / base ** 4
+        point = (t.mean - c.mean) / base  # the variance takes unadjusted means, as gbstats
+        var = vt / base ** 2 + vc * t.unadjusted_mean ** 2 / base ** 4
     else:
         point, var = t.mean - c.mean, vt + vc
     return (point, var) if var > 0 else None
