@@ -37,6 +37,7 @@ class Probe(BaseModel):
     ok: bool
     detail: str | None  # the reported status, the HTTP status or the error's type
     ms: float
+    split: float | None = None  # A's share the API reported in force
 
 
 def probe(settings: Settings, timeout: float = 5.0) -> Probe:
@@ -44,14 +45,17 @@ def probe(settings: Settings, timeout: float = 5.0) -> Probe:
     or degraded (degraded still serves recommendations)."""
     url = f"http://{settings.serve.host}:{settings.serve.port}/health"
     t0 = time.perf_counter()
+    split = None
     try:
         r = httpx.get(url, timeout=timeout)
         ok = r.status_code == 200 and r.json().get("status") in ("ok", "degraded")
         detail = r.json().get("status") if r.status_code == 200 else f"http {r.status_code}"
+        if ok and isinstance(r.json().get("split"), int | float):
+            split = float(r.json()["split"])
     except (httpx.HTTPError, ValueError) as exc:
         ok, detail = False, type(exc).__name__
     rec = Probe(ts=datetime.now(UTC).isoformat(), ok=ok, detail=detail,
-                ms=round((time.perf_counter() - t0) * 1000, 2))
+                ms=round((time.perf_counter() - t0) * 1000, 2), split=split)
     append_jsonl(settings.layout.probes, rec.model_dump(mode="json"))
     return rec
 
@@ -61,8 +65,11 @@ def read_probes(settings: Settings) -> pd.DataFrame:
                         columns=["ts", "ok", "detail", "ms"])
 
 
-def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> Snapshot:
-    """Compute and write the snapshot of the window ending at `end` (default now)."""
+def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
+                 split: float | None = None) -> Snapshot:
+    """Compute and write the snapshot of the window ending at `end` (default now). `split`:
+    A's share in force, for the sample-ratio check (the API's, from `probe`); without it the
+    configured one."""
     end = end or pd.Timestamp.now(tz="UTC")
     lake = Lake(settings.lake_root)
     cache = settings.lake_cache  # each run reads the rows landed since the last one
@@ -73,7 +80,8 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> Snapsho
     ml = load_movielens(settings.data_cache)
     items, users = catalog.load_catalog(settings, ml.items), ml.users
     t0 = time.perf_counter()
-    snap = AnalyticsLogic(settings.analytics, settings.serve.split).snapshot(
+    split = settings.serve.split if split is None else split
+    snap = AnalyticsLogic(settings.analytics, split).snapshot(
         reco, watch, rating, items, users, end, read_probes(settings))
     snap = snap.model_copy(update={"compute_seconds": round(time.perf_counter() - t0, 3)})
     layout = settings.layout
@@ -92,8 +100,7 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None) -> Snapsho
 
 def cycle(settings: Settings) -> Snapshot:
     """One analytics cycle: probe the API, then write the snapshot of the window ending now."""
-    probe(settings)
-    return analyze_once(settings)
+    return analyze_once(settings, split=probe(settings).split)
 
 
 def update_quarantine(settings: Settings, users: list[int], stamp: str) -> None:

@@ -1,89 +1,140 @@
-"""Experiment (A/B) section: per-arm figures, the fixed-horizon tests, the sample-ratio check,
-the always-valid sequential p-value, and the verdict with its fairness guardrail.
+"""Experiment (A/B) section: per-arm figures over users, the tests of B against A at user
+level, the sample-ratio check against the split in force, the always-valid p-value, the
+Bayesian summary, and the verdict with its fairness guardrail.
 
-Attribution: a user belongs to the variant of their latest recommendation in the window;
-the watch-through rate of an arm = watches by its users / items it recommended in the
-window (see docs/architecture.md).
+The unit is the user (what the router randomises): a user belongs to the variant of their
+latest recommendation in the window; their recommended items are those that variant showed
+them, their watches and ratings those they made in the window. Watch-through is the ratio
+metric sum(watches) / sum(recommended) over an arm's users (delta method, lift.py); the
+rating metric is each rater's mean rating, compared by Welch (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from backend.analytics.snapshot import (
     Arm,
+    BayesSummary,
     Experiment,
     Fairness,
-    ProportionTest,
+    LiftTest,
     SampleRatio,
     Sequential,
     VariantName,
-    WelchTest,
     Winner,
 )
-from backend.analytics.window import NO_TIMES, LogWindow, RecoLog, naive_series
+from backend.analytics.window import LogWindow, RecoLog, naive_series
 from backend.core.settings import AnalyticsSettings
-from backend.ml.metrics import abtest
+from backend.ml.metrics import abtest, lift
 
 LOOKS = 12  # cumulative looks of the sequential test inside the window
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Users:
+    """One arm's users and their per-user figures (aligned arrays)."""
+
+    ids: np.ndarray
+    shown: np.ndarray  # items recommended to the user by the arm
+    watches: np.ndarray
+    rating_means: np.ndarray  # one per user who rated in the window
+
+    def ratio(self, upto: int | None = None) -> lift.RatioStat:
+        return lift.RatioStat.of(self.watches[:upto], self.shown[:upto])
+
+
+def arm_users(reco: RecoLog, win: LogWindow, variant: str, cutoff: np.datetime64 | None = None
+              ) -> Users:
+    """`variant`'s users with their figures up to `cutoff` (default: the window's end)."""
+    end = win.end if cutoff is None else cutoff
+    ids = np.sort(win.arm.index[win.arm.to_numpy() == variant].to_numpy(dtype=np.int64))
+    m = win.in_win & reco.arm(variant) & (reco.ts < end)
+    pos = np.searchsorted(ids, reco.user[m])
+    mine = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == reco.user[m])
+    shown = np.bincount(pos[mine], weights=win.lengths[m][mine], minlength=len(ids))
+    watches = _per_user(ids, win.watch_in, end)
+    rated = win.rating_in
+    if len(rated):
+        rated = rated[naive_series(rated["ts"]) < end]
+    means = rated[rated["user_id"].isin(ids)].groupby("user_id")["rating"].mean()
+    return Users(ids, shown, watches, means.to_numpy(dtype=float))
+
+
+def _per_user(ids: np.ndarray, events: pd.DataFrame, end: np.datetime64) -> np.ndarray:
+    """Events per user of `ids` (sorted) before `end`."""
+    if not len(events) or not len(ids):
+        return np.zeros(len(ids))
+    ts = naive_series(events["ts"])
+    users = events["user_id"].to_numpy(dtype=np.int64)[ts < end]
+    pos = np.searchsorted(ids, users)
+    ok = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == users)
+    return np.bincount(pos[ok], minlength=len(ids)).astype(float)
 
 
 def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
             fairness: dict[VariantName, Fairness]) -> Experiment:
     """Every arm's figures; with arms A and B, the tests of B against A and the verdict
-    (`fairness` holds each variant's guardrails)."""
-    watch_w, rating_w, arm = win.watch_in, win.rating_in, win.arm
-    w_arm = watch_w["user_id"].map(arm).to_numpy()
-    r_arm = rating_w["user_id"].map(arm).to_numpy()
-    users_per_arm = arm.value_counts()
-    values = rating_w["rating"].to_numpy(dtype=float)
+    (`split`: A's share in force; `fairness` holds each variant's guardrails)."""
     arms: dict[VariantName, Arm] = {}
-    ratings_of: dict[VariantName, np.ndarray] = {}
-    for v in sorted(set(arm.unique().tolist())):
-        m = win.in_win & reco.arm(v)
-        recommended = int(win.lengths[m].sum())
-        watches = int((w_arm == v).sum())
-        ratings = values[r_arm == v]
-        ratings_of[v] = ratings
+    users: dict[VariantName, Users] = {}
+    for v in sorted(set(win.arm.unique().tolist())):
+        u = users[v] = arm_users(reco, win, v)
+        r = u.ratio()
+        se = (r.variance / r.n) ** 0.5 if r.n >= 2 else None
+        wt = r.mean if r.d.sum else None
+        ratings_ci = abtest.mean_ci(u.rating_means.tolist())
         arms[v] = Arm(
-            requests=int(m.sum()), users=int(users_per_arm.get(v, 0)),
-            recommended_items=recommended, watches=watches,
-            watch_through=watches / recommended if recommended else None,
-            watch_through_ci=abtest.proportion_ci(min(watches, recommended), recommended),
-            ratings=len(ratings), mean_rating=float(ratings.mean()) if len(ratings) else None,
-            mean_rating_ci=abtest.mean_ci(ratings))
+            requests=int((win.in_win & reco.arm(v)).sum()), users=len(u.ids),
+            recommended_items=int(u.shown.sum()), watches=int(u.watches.sum()),
+            watch_through=wt,
+            watch_through_ci=(None, None) if se is None or wt is None else
+            (wt - Z95 * se, wt + Z95 * se),
+            ratings=int(win.rating_in["user_id"].isin(u.ids).sum()) if len(win.rating_in)
+            else 0,
+            mean_rating=float(u.rating_means.mean()) if len(u.rating_means) else None,
+            mean_rating_ci=ratings_ci)
     if not {"A", "B"} <= set(arms):
         return Experiment(arms=arms)
-    a, b = arms["A"], arms["B"]
-    wt_test = ProportionTest.model_validate(abtest.two_proportion_z(
-        min(b.watches, b.recommended_items), b.recommended_items,
-        min(a.watches, a.recommended_items), a.recommended_items))
-    srm = SampleRatio.model_validate(abtest.sample_ratio_mismatch([a.users, b.users],
-                                                                  [split, 1 - split]))
-    seq = sequential(cfg, reco, win, watch_w, w_arm)
-    return Experiment(
-        arms=arms, watch_through_test=wt_test,
-        rating_test=WelchTest.model_validate(abtest.welch_t(
-            _floats(ratings_of["B"]), _floats(ratings_of["A"]))),
-        srm=srm, sequential=seq, winner=verdict(cfg, wt_test, srm, seq, fairness))
+    a, b = users["A"], users["B"]
+    wt_test = lift_test("watch-through", a.ratio(), b.ratio(), cfg.alpha)
+    rating_test = lift_test("mean rating", lift.MeanStat.of(a.rating_means),
+                            lift.MeanStat.of(b.rating_means), cfg.alpha)
+    srm = SampleRatio.model_validate(
+        abtest.sample_ratio_mismatch([len(a.ids), len(b.ids)], [split, 1 - split])
+        | {"split": split})
+    seq = sequential(cfg, reco, win)
+    post = lift.bayesian(a.ratio(), b.ratio(), relative=True)
+    bayes = BayesSummary(chance_to_win=post.chance_to_win, risk_a=post.risk_control,
+                         risk_b=post.risk_treatment)
+    return Experiment(arms=arms, watch_through_test=wt_test, rating_test=rating_test, srm=srm,
+                      sequential=seq, bayes=bayes,
+                      winner=verdict(cfg, wt_test, srm, seq, fairness))
 
 
-def _floats(values: np.ndarray) -> Sequence[float]:
-    """A 1-d array where a metric is annotated Sequence[float] (it reads any array)."""
-    return cast("Sequence[float]", values)
+def lift_test(metric: str, a: lift.Stat, b: lift.Stat, alpha: float) -> LiftTest:
+    """The fixed-horizon test of B against A, absolute and relative."""
+    absolute = lift.fixed_horizon(a, b, relative=False, alpha=alpha)
+    relative = lift.fixed_horizon(a, b, relative=True, alpha=alpha)
+    return LiftTest(metric=metric, diff=absolute.estimate, ci_low=absolute.ci_low,
+                    ci_high=absolute.ci_high, relative=relative.estimate,
+                    relative_ci_low=relative.ci_low, relative_ci_high=relative.ci_high,
+                    p_value=absolute.p_value, reason=absolute.reason)
 
 
-def verdict(cfg: AnalyticsSettings, wt_test: ProportionTest, srm: SampleRatio,
+def verdict(cfg: AnalyticsSettings, wt_test: LiftTest, srm: SampleRatio,
             seq: Sequential, fairness: dict[VariantName, Fairness]) -> Winner:
     """The leader wins once the always-valid p is under alpha, the split holds and the
-    leader meets its fairness requirements."""
+    leader meets its fairness requirements; else the reason says which condition holds."""
+    if wt_test.diff is None:
+        return Winner(variant=None, reason="not enough data", leader=None)
     p = seq.p_value
     leader = "B" if wt_test.diff > 0 else "A"
-    failed = fairness[leader].requirements.failed()
+    failed = fairness[leader].requirements.failed() if leader in fairness else []
     if p is None or p >= cfg.alpha:
         variant, reason = None, "not significant yet (always-valid p >= alpha)"
     elif srm.mismatch:
@@ -95,32 +146,26 @@ def verdict(cfg: AnalyticsSettings, wt_test: ProportionTest, srm: SampleRatio,
     return Winner(variant=variant, reason=reason, leader=leader)
 
 
-def sequential(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow, watch_w: pd.DataFrame,
-               w_arm: np.ndarray, looks: int = LOOKS) -> Sequential:
-    """mSPRT p-value of the B - A watch-through difference over `looks` cumulative looks
-    inside the window (so it can be read at any time during the window)."""
-    start, lengths = win.start, win.lengths
+def sequential(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow,
+               looks: int = LOOKS) -> Sequential:
+    """The always-valid p-value of the relative watch-through lift over users, read at
+    `looks` cumulative cut-offs inside the window (each look sees only what had happened by
+    then); the running minimum, so it may be read at any look."""
     step = win.length / looks
-    m = (reco.ts >= start) & (reco.ts < win.end)
-    look = ((reco.ts[m] - start) // step).astype(np.int64)
-    w_ts = naive_series(watch_w["ts"]) if len(watch_w) else NO_TIMES
-    w_look = ((w_ts - start) // step).astype(np.int64) if len(w_ts) else \
-        np.zeros(0, np.int64)
-    n, s = {}, {}
-    for v in ("A", "B"):
-        arm_m = reco.arm(v)[m]
-        n[v] = np.cumsum(np.bincount(look[arm_m], weights=lengths[m][arm_m],
-                                     minlength=looks)[:looks])
-        s[v] = np.cumsum(np.bincount(w_look[w_arm == v], minlength=looks)[:looks])
-    diffs, variances = [], []
-    for k in range(looks):
-        na, nb = n["A"][k], n["B"][k]
-        if na == 0 or nb == 0:
-            diffs.append(0.0)
-            variances.append(0.0)
-            continue
-        pa_, pb = min(s["A"][k], na) / na, min(s["B"][k], nb) / nb
-        diffs.append(pb - pa_)
-        variances.append(pa_ * (1 - pa_) / na + pb * (1 - pb) / nb)
-    p = abtest.msprt_p_values(diffs, variances, cfg.msprt_tau2)
-    return Sequential(p_value=p[-1] if p else None, series=p)
+    ps: list[float | None] = []
+    last = lift.Lift(relative=True)
+    for k in range(1, looks + 1):
+        cutoff = win.start + step * k
+        a, b = (arm_users(reco, win, v, cutoff) for v in ("A", "B"))
+        last = lift.always_valid(_seen(a).ratio(), _seen(b).ratio(), relative=True,
+                                 alpha=cfg.alpha, tuning=cfg.sequential_tuning)
+        ps.append(last.p_value)
+    series = lift.running_min(ps)
+    return Sequential(p_value=series[-1] if series else None, series=series,
+                      ci_low=last.ci_low, ci_high=last.ci_high)
+
+
+def _seen(u: Users) -> Users:
+    """The users recommended something by the cut-off."""
+    keep = u.shown > 0
+    return Users(u.ids[keep], u.shown[keep], u.watches[keep], u.rating_means)

@@ -186,69 +186,78 @@ class Spam(Section):
 # -- experiment (A/B) ----------------------------------------------------------------------
 
 class Arm(Section):
-    """One arm: its users are those whose latest recommendation in the window it served."""
+    """One arm over its users: those whose latest recommendation in the window it served.
+    Each user counts once (the unit randomised): intervals are over users, not slots."""
 
     requests: int
     users: int
-    recommended_items: int
-    watches: int
-    watch_through: Figure  # watches / recommended items; None without recommendations
-    watch_through_ci: tuple[float, float]  # Wilson 95%
+    recommended_items: int  # to its users, by this arm
+    watches: int  # by its users
+    watch_through: Figure  # watches / recommended items over its users
+    watch_through_ci: tuple[Figure, Figure]  # delta method, 95%; None under 2 users
     ratings: int
-    mean_rating: Figure
-    mean_rating_ci: tuple[Figure, Figure]  # Student t 95%; None under 2 ratings
+    mean_rating: Figure  # the mean of its raters' mean ratings
+    mean_rating_ci: tuple[Figure, Figure]  # Student t over raters, 95%; None under 2
 
 
-class ProportionTest(Section):
-    """Two-proportion z-test of B - A."""
+class LiftTest(Section):
+    """B less A over users, fixed-horizon (Welch with the delta method for a ratio metric):
+    absolute, and relative to A. None throughout, with `reason`, where data is too thin."""
 
-    diff: float
-    z: float
-    p_value: float
-    ci_low: float
-    ci_high: float
-
-
-class WelchTest(Section):
-    """Welch's t-test of B - A."""
-
-    diff: float
-    t: float
-    df: float
-    p_value: float
-    ci_low: float
-    ci_high: float
+    metric: str
+    diff: Figure
+    ci_low: Figure
+    ci_high: Figure
+    relative: Figure
+    relative_ci_low: Figure
+    relative_ci_high: Figure
+    p_value: Figure
+    reason: str | None = None
 
 
 class SampleRatio(Section):
-    """Chi-square check of users per arm against the configured split."""
+    """Chi-square check of users per arm against the split in force (as /health reports)."""
 
     chi2: Figure
     p_value: Figure
     mismatch: bool
+    split: float | None = None  # A's expected share
 
 
 class Sequential(Section):
-    """Always-valid (mSPRT) p-value of the watch-through difference, per look."""
+    """Always-valid p-value (mSPRT / confidence sequence, lift.always_valid) of the relative
+    watch-through lift over users, per look, and its interval at the last look."""
 
     p_value: Figure
-    series: list[float]
+    series: list[Figure]
+    ci_low: Figure = None
+    ci_high: Figure = None
+
+
+class BayesSummary(Section):
+    """The relative watch-through lift's posterior (flat prior, as GrowthBook): the chance B
+    beats A, and the expected loss of keeping A or shipping B."""
+
+    chance_to_win: Figure
+    risk_a: Figure
+    risk_b: Figure
 
 
 class Winner(Section):
     variant: str | None  # None: no winner yet, `reason` says why
     reason: str
-    leader: str
+    leader: str | None
 
 
 class Experiment(Section):
     """The A/B section; the tests and the verdict need both arms A and B (else None)."""
 
     arms: dict[VariantName, Arm]
-    watch_through_test: ProportionTest | None = None
-    rating_test: WelchTest | None = None
+    watch_through_test: LiftTest | None = None
+    rating_test: LiftTest | None = None
     srm: SampleRatio | None = None
     sequential: Sequential | None = None
+    bayes: BayesSummary | None = None
     winner: Winner | None = None
 
 

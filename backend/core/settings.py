@@ -202,7 +202,9 @@ class AnalyticsSettings(BaseModel):
     starvation_ratio: float = Field(1.3, gt=0)
     spam_z: float = Field(3.5, gt=0)
     spam_bucket: str = "1min"
-    msprt_tau2: float = Field(1e-3, gt=0)
+    sequential_tuning: float = Field(
+        5000, gt=0, description="users (both arms) at which the always-valid interval is "
+        "narrowest (GrowthBook's sequential tuning parameter)")
     sla_p95_ms: float = Field(100.0, gt=0, description="p95 latency objective per variant")
     alpha: float = Field(0.05, gt=0, lt=1)
 

@@ -264,8 +264,7 @@ def analyze(once: bool) -> None:
 
     if once:
         s = _settings()
-        probe(s)
-        snap = analyze_once(s)
+        snap = analyze_once(s, split=probe(s).split)
         click.echo(json.dumps(snap.model_dump(mode="json",
                                               include={"window", "counts", "compute_seconds"})))
         return

@@ -20,12 +20,20 @@ def body() -> None:
     w, seq, wt_test, srm = ab.winner, ab.sequential, ab.watch_through_test, ab.srm
     if w is not None and seq is not None and wt_test is not None and srm is not None:
         st.metric("winner", w.variant or "none yet", help=w.reason)
-        cols = st.columns(3)
+        cols = st.columns(4)
         cols[0].metric("always-valid p", data.fmt(seq.p_value),
-                       help="mSPRT (Johari et al. 2017): safe to read at any time")
-        cols[1].metric("z-test p (watch-through)", f"{wt_test.p_value:.4f}")
-        cols[2].metric("SRM", "mismatch" if srm.mismatch else "ok",
-                       help=f"chi-square p = {data.fmt(srm.p_value)} against the split")
+                       help="over users (mSPRT, Johari et al. 2017): safe to read at any time")
+        cols[1].metric("watch-through lift B vs A", data.fmt(wt_test.relative, ".1%"),
+                       help="relative, over users (delta method); 95% interval "
+                            f"{data.fmt(wt_test.relative_ci_low, '.1%')} to "
+                            f"{data.fmt(wt_test.relative_ci_high, '.1%')}, fixed-horizon p "
+                            f"{data.fmt(wt_test.p_value)}")
+        win_b = ab.bayes.chance_to_win if ab.bayes else None
+        cols[2].metric("chance B beats A", data.fmt(win_b, ".0%"),
+                       help="posterior of the lift under a flat prior (as GrowthBook)")
+        cols[3].metric("SRM", "mismatch" if srm.mismatch else "ok",
+                       help=f"chi-square p = {data.fmt(srm.p_value)} against the split in "
+                            f"force ({data.fmt(srm.split, '.0%')} on A)")
         st.altair_chart(charts.p_value_line(data.sequential_frame(snap), s.analytics.alpha))
     st.altair_chart(charts.interval_bars(arms.dropna(subset=["watch_through"])))
 

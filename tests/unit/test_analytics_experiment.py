@@ -1,21 +1,24 @@
-"""Experiment section: per-arm figures, the tests of B against A, and the verdict."""
+"""Experiment section: per-arm figures over users, the user-level tests of B against A, the
+sample-ratio check against the split in force, and the verdict."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from backend.analytics import experiment
 from backend.analytics.snapshot import (
     Fairness,
+    LiftTest,
     MaxRequirement,
     MinRequirement,
-    ProportionTest,
     Requirements,
     SampleRatio,
     Sequential,
 )
 from backend.core.settings import AnalyticsSettings
-from backend.ml.metrics import abtest
+from backend.ml.metrics import lift
 from tests.unit.analytics_cases import ratings, reco_log, watches, window
 
 CFG = AnalyticsSettings(alpha=0.05)
@@ -28,7 +31,7 @@ def fair(passes: bool = True) -> Fairness:
                         parity=MaxRequirement(value=0.0, max=0.15, passed=True)))
 
 
-def test_arms_attribute_users_to_their_latest_variant():
+def test_arms_count_each_user_once_under_their_latest_variant():
     reco = reco_log([(50, 1, "B", [4]),  # user 1 moved to A since
                      (10, 1, "A", [1, 2]), (20, 3, "A", [3]), (15, 2, "B", [4, 5, 6])])
     watch = watches([(5, 1, 1), (4, 1, 2), (5, 2, 4), (70, 2, 5)])  # the last: before
@@ -36,21 +39,69 @@ def test_arms_attribute_users_to_their_latest_variant():
     out = experiment.compute(CFG, 0.5, reco, window(reco, watch, rating),
                              {"A": fair(), "B": fair()})
     a, b = out.arms["A"], out.arms["B"]
+    # A: users 1 and 3, shown 2 and 1 items by A; B: user 2 (user 1's B items are not B's)
     assert (a.requests, a.users, a.recommended_items, a.watches) == (2, 2, 3, 2)
-    assert (b.requests, b.users, b.recommended_items, b.watches) == (2, 1, 4, 1)
-    assert a.watch_through == pytest.approx(2 / 3) and b.watch_through == pytest.approx(1 / 4)
-    assert a.watch_through_ci == pytest.approx(abtest.proportion_ci(2, 3))
-    assert a.mean_rating == 4.5 and a.mean_rating_ci == pytest.approx(abtest.mean_ci([4, 5]))
-    assert b.ratings == 1 and b.mean_rating_ci == (None, None)  # one rating: no interval
-    assert out.srm == SampleRatio.model_validate(abtest.sample_ratio_mismatch([2, 1],
-                                                                             [0.5, 0.5]))
-    assert out.watch_through_test is not None and out.watch_through_test.diff == \
-        pytest.approx(1 / 4 - 2 / 3)
-    assert out.rating_test is not None and out.rating_test.p_value == 1.0  # B: one rating
-    seq = out.sequential
-    assert seq is not None and len(seq.series) == experiment.LOOKS
-    assert seq.series == sorted(seq.series, reverse=True) and seq.p_value == seq.series[-1]
-    assert out.winner is not None and out.winner.leader == "A"
+    assert (b.requests, b.users, b.recommended_items, b.watches) == (2, 1, 3, 1)
+    assert a.watch_through == pytest.approx(2 / 3) and b.watch_through == pytest.approx(1 / 3)
+    r = lift.RatioStat.of([2, 0], [2, 1])  # A's users: (watches, shown)
+    half = 1.959963984540054 * (r.variance / 2) ** 0.5
+    assert a.watch_through_ci == pytest.approx((2 / 3 - half, 2 / 3 + half))
+    assert b.watch_through_ci == (None, None)  # one user: no interval
+    assert a.mean_rating == 4.5 and a.ratings == 2 and a.mean_rating_ci == (None, None)
+    assert out.srm is not None and out.srm.split == 0.5
+    wt = out.watch_through_test
+    assert wt is not None and wt.diff is None and wt.reason == "not enough data"
+    assert out.winner is not None and out.winner.variant is None
+    assert out.winner.reason == "not enough data"
+
+
+def many_users(n: int = 60, rate_b: float = 0.5) -> tuple:
+    """`n` users per arm, one response each spread over the window, skewed list lengths;
+    users of B watch more of what they are shown."""
+    rng = np.random.default_rng(0)
+    rows, watch = [], []
+    for u in range(1, 2 * n + 1):
+        v = "A" if u % 2 else "B"
+        k = int(rng.integers(1, 6))
+        t = float(rng.uniform(1, 59))
+        rows.append((t, u, v, list(range(1, k + 1))))
+        p = 0.3 if v == "A" else rate_b
+        watch += [(t - 0.5, u, i) for i in range(1, k + 1) if rng.random() < p]
+    rating = ratings([(m, u, i, 1 + (u * i) % 5) for m, u, i in watch])
+    return reco_log(rows), watches(watch), rating
+
+
+def test_the_tests_are_user_level_and_the_srm_uses_the_split_in_force():
+    reco, watch, rating = many_users()
+    win = window(reco, watch, rating)
+    out = experiment.compute(CFG, 0.6, reco, win, {"A": fair(), "B": fair()})
+    a, b = (experiment.arm_users(reco, win, v) for v in "AB")
+    ref = lift.fixed_horizon(a.ratio(), b.ratio(), relative=False)
+    wt = out.watch_through_test
+    assert wt is not None and wt.diff == pytest.approx(ref.estimate)
+    assert wt.p_value == pytest.approx(ref.p_value)
+    assert wt.relative == pytest.approx(lift.fixed_horizon(a.ratio(), b.ratio()).estimate)
+    welch = stats.ttest_ind(b.rating_means, a.rating_means, equal_var=False)
+    assert out.rating_test is not None and out.rating_test.p_value == pytest.approx(
+        welch.pvalue)
+    chi = stats.chisquare([len(a.ids), len(b.ids)],
+                          [0.6 * (len(a.ids) + len(b.ids)), 0.4 * (len(a.ids) + len(b.ids))])
+    assert out.srm is not None and out.srm.split == 0.6
+    assert out.srm.p_value == pytest.approx(chi.pvalue)
+    assert out.bayes is not None and 0.5 < out.bayes.chance_to_win <= 1  # B watches more
+
+
+def test_each_look_sees_only_what_had_happened_by_then():
+    reco, watch, rating = many_users()
+    late = reco_log([(m, u, v, items) for m, u, v, items in
+                     [(2.0 * (i % 2) + 1, i, "A" if i % 2 else "B", [1, 2, 3])
+                      for i in range(1, 41)]])  # every response in the last 3 minutes
+    seq = experiment.sequential(CFG, late, window(late, watch, rating))
+    assert len(seq.series) == experiment.LOOKS
+    assert seq.series[:-1] == [None] * (experiment.LOOKS - 1) and seq.series[-1] is not None
+    full = experiment.sequential(CFG, reco, window(reco, watch, rating))
+    values = [p for p in full.series if p is not None]
+    assert values == sorted(values, reverse=True) and full.p_value == full.series[-1]
 
 
 def test_one_arm_has_figures_but_no_tests():
@@ -68,8 +119,9 @@ def test_one_arm_has_figures_but_no_tests():
     (0.01, False, True, "B", "significant and within the fairness guardrails"),
 ])
 def test_verdict(p, mismatch, passes, variant, reason):
-    z = ProportionTest(diff=0.02, z=2.5, p_value=0.01, ci_low=0.0, ci_high=0.04)
+    wt = LiftTest(metric="watch-through", diff=0.02, ci_low=0.0, ci_high=0.04, relative=0.1,
+                  relative_ci_low=0.0, relative_ci_high=0.2, p_value=0.01)
     srm = SampleRatio(chi2=0.1, p_value=0.5, mismatch=mismatch)
     seq = Sequential(p_value=p, series=[1.0, p or 1.0])
-    w = experiment.verdict(CFG, z, srm, seq, {"A": fair(), "B": fair(passes)})
+    w = experiment.verdict(CFG, wt, srm, seq, {"A": fair(), "B": fair(passes)})
     assert w.leader == "B" and w.variant == variant and w.reason.startswith(reason)
