@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,3 +39,17 @@ class RouterLogic:
 
     def assign(self, user_id: int) -> str:
         return "A" if self.bucket(user_id) < round(self.split * BUCKETS) else "B"
+
+
+def weighted_arm(bucket: int, weights: Sequence[tuple[str, float]]) -> str:
+    """The arm whose share of [0, BUCKETS) holds `bucket`: arms in their order, each share in
+    proportion to its weight (two arms (A, split), (B, 1 - split) give `RouterLogic.assign`)."""
+    total = sum(w for _, w in weights)
+    if not weights or total <= 0:
+        raise ValueError("weights must have a positive sum")
+    edge = 0.0
+    for name, w in weights:
+        edge += w / total * BUCKETS
+        if bucket < round(edge):
+            return name
+    return weights[-1][0]

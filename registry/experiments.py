@@ -1,0 +1,278 @@
+"""Experiments as records: an append-only audit log is the source of truth, and an
+experiment's state (arms, weights, allocation epochs, stop) is the fold of its events.
+
+Every change is an event with its actor (the key or account behind the admin call), when and
+what: starting an experiment, setting its weights, adding an arm, stopping it, and the
+operator actions that touch it from outside (a promotion, a split change through the admin
+API). Changing the weights or the arms opens a new allocation epoch: users are assigned with
+other weights from then on, so the analysis reads each epoch's users against that epoch's
+weights and never pools epochs as if one allocation had held throughout.
+
+Records live under `<registry>/experiments/audit.jsonl`, one JSON object per line, appended
+under an exclusive lock so that concurrent admin calls (several ingress replicas) interleave
+whole lines.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+
+from backend.core.errors import RecoError
+
+Action = Literal["start", "set_weights", "add_arm", "stop", "promote", "rollback", "split"]
+NAME = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+class ExperimentError(RecoError):
+    """A refused change: unknown experiment (404), a conflict with its state (409), or a
+    malformed one (422)."""
+
+    status_code = 409
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ArmSpec(_Frozen):
+    """An arm: a registry variant, at a pinned version or (None) its production alias."""
+
+    variant: str = Field(pattern=NAME)
+    version: str | None = Field(None, pattern=r"^v\d{1,8}$")
+
+
+class Guardrail(_Frozen):
+    """A metric an arm must keep within bounds to win (e.g. latency_p95_ms <= 100)."""
+
+    metric: str
+    max: float | None = None
+    min: float | None = None
+
+
+class ExperimentSpec(_Frozen):
+    """What starting an experiment fixes; `weights` per arm variant (normalised on use)."""
+
+    id: str = Field(pattern=NAME)
+    arms: list[ArmSpec] = Field(min_length=2)
+    control: str = Field(pattern=NAME)
+    salt: str = Field(min_length=1, max_length=64)
+    weights: dict[str, float]
+    primary_metric: str = "watch_through"
+    guardrails: list[Guardrail] = []
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, weights: dict[str, float]) -> dict[str, float]:
+        return check_weights(weights)
+
+
+def check_weights(weights: dict[str, float]) -> dict[str, float]:
+    if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError("weights must be non-negative with a positive sum")
+    return dict(weights)
+
+
+class AuditEvent(_Frozen):
+    """One line of the audit log."""
+
+    ts: datetime
+    actor: str
+    action: Action
+    experiment: str | None = None
+    detail: dict[str, JsonValue] = {}
+
+
+class Epoch(_Frozen):
+    """A stretch of an experiment under one allocation."""
+
+    number: int
+    start: datetime
+    weights: dict[str, float]
+
+
+class Experiment(_Frozen):
+    """An experiment's state, folded from its events."""
+
+    spec: ExperimentSpec
+    start: datetime
+    stop: datetime | None = None
+    epochs: list[Epoch]
+
+    @property
+    def running(self) -> bool:
+        return self.stop is None
+
+    @property
+    def epoch(self) -> Epoch:
+        return self.epochs[-1]
+
+    def weights_at(self, ts: datetime) -> Epoch:
+        """The epoch in force at `ts` (the first one before the experiment started)."""
+        current = self.epochs[0]
+        for e in self.epochs:
+            if e.start <= ts:
+                current = e
+        return current
+
+
+class ExperimentStore:
+    """The audit log and the experiments it records."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root) / "experiments"
+        self.log = self.root / "audit.jsonl"
+
+    # -- reading -------------------------------------------------------------------------
+
+    def events(self, experiment: str | None = None) -> list[AuditEvent]:
+        """The audit trail, oldest first (one experiment's, or everything)."""
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text(encoding="utf-8").splitlines():
+            try:
+                event = AuditEvent.model_validate_json(line)
+            except ValidationError:  # a torn last line (a crash mid-append)
+                continue
+            if experiment is None or event.experiment == experiment:
+                out.append(event)
+        return out
+
+    def experiments(self) -> dict[str, Experiment]:
+        return fold(self.events())
+
+    def get(self, experiment: str) -> Experiment:
+        found = self.experiments().get(experiment)
+        if found is None:
+            raise ExperimentError(f"no experiment {experiment!r}", status_code=404)
+        return found
+
+    def running(self) -> Experiment | None:
+        """The experiment serving now, if any (at most one runs at a time)."""
+        return next((e for e in self.experiments().values() if e.running), None)
+
+    # -- changes -------------------------------------------------------------------------
+
+    def start(self, spec: ExperimentSpec, actor: str) -> Experiment:
+        if spec.id in self.experiments():
+            raise ExperimentError(f"experiment {spec.id!r} exists (ids are never reused)")
+        live = self.running()
+        if live is not None:
+            raise ExperimentError(f"experiment {live.spec.id!r} is running: stop it first")
+        _check_arms(spec.arms, spec.weights, spec.control)
+        self._append(actor, "start", spec.id, {"spec": spec.model_dump(mode="json")})
+        return self.get(spec.id)
+
+    def set_weights(self, experiment: str, weights: dict[str, float], actor: str) -> Experiment:
+        exp = self._live(experiment)
+        try:
+            weights = check_weights(weights)
+        except ValueError as exc:
+            raise ExperimentError(str(exc), status_code=422) from None
+        _check_arms(exp.spec.arms, weights, exp.spec.control)
+        detail: dict[str, JsonValue] = {k: v for k, v in weights.items()}
+        self._append(actor, "set_weights", experiment, {"weights": detail})
+        return self.get(experiment)
+
+    def add_arm(self, experiment: str, arm: ArmSpec, weight: float, actor: str) -> Experiment:
+        exp = self._live(experiment)
+        if any(a.variant == arm.variant for a in exp.spec.arms):
+            raise ExperimentError(f"{arm.variant} is already an arm of {experiment}")
+        if weight <= 0:
+            raise ExperimentError("a new arm needs a positive weight", status_code=422)
+        self._append(actor, "add_arm", experiment,
+                     {"arm": arm.model_dump(mode="json"), "weight": weight})
+        return self.get(experiment)
+
+    def stop(self, experiment: str, actor: str) -> Experiment:
+        self._live(experiment)
+        self._append(actor, "stop", experiment, {})
+        return self.get(experiment)
+
+    def record(self, action: Action, actor: str, detail: dict[str, JsonValue]) -> AuditEvent:
+        """An operator action that concerns the running experiment from outside (promote,
+        rollback, split): audited under it, or with no experiment when none runs."""
+        live = self.running()
+        return self._append(actor, action, live.spec.id if live else None, detail)
+
+    def _live(self, experiment: str) -> Experiment:
+        exp = self.get(experiment)
+        if not exp.running:
+            raise ExperimentError(f"experiment {experiment!r} has stopped")
+        return exp
+
+    def _append(self, actor: str, action: Action, experiment: str | None,
+                detail: dict[str, JsonValue]) -> AuditEvent:
+        event = AuditEvent(ts=datetime.now(UTC), actor=actor, action=action,
+                           experiment=experiment, detail=detail)
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = (event.model_dump_json() + "\n").encode()
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)  # closing releases the lock
+        return event
+
+
+def _check_arms(arms: list[ArmSpec], weights: dict[str, float], control: str) -> None:
+    names = [a.variant for a in arms]
+    if len(set(names)) != len(names):
+        raise ExperimentError("an arm is listed twice", status_code=422)
+    if control not in names:
+        raise ExperimentError(f"control {control!r} is not an arm", status_code=422)
+    if set(weights) != set(names):
+        raise ExperimentError(f"weights must name exactly the arms {sorted(names)}",
+                              status_code=422)
+
+
+def fold(events: list[AuditEvent]) -> dict[str, Experiment]:
+    """Experiments as their events leave them (events of unknown experiments are kept in the
+    log but change nothing)."""
+    out: dict[str, Experiment] = {}
+    for ev in events:
+        exp = out.get(ev.experiment or "")
+        if ev.action == "start":
+            spec = ExperimentSpec.model_validate(ev.detail["spec"])
+            out[spec.id] = Experiment(spec=spec, start=ev.ts, epochs=[
+                Epoch(number=0, start=ev.ts, weights=spec.weights)])
+        elif exp is None:
+            continue
+        elif ev.action == "set_weights":
+            weights = {str(k): _number(v) for k, v in _mapping(ev.detail["weights"]).items()}
+            out[exp.spec.id] = _with_epoch(exp, ev.ts, weights)
+        elif ev.action == "add_arm":
+            arm = ArmSpec.model_validate(ev.detail["arm"])
+            weights = exp.epoch.weights | {arm.variant: float(_number(ev.detail["weight"]))}
+            spec = exp.spec.model_copy(update={"arms": [*exp.spec.arms, arm]})
+            out[exp.spec.id] = _with_epoch(exp.model_copy(update={"spec": spec}), ev.ts,
+                                           weights)
+        elif ev.action == "stop":
+            out[exp.spec.id] = exp.model_copy(update={"stop": ev.ts})
+    return out
+
+
+def _with_epoch(exp: Experiment, ts: datetime, weights: dict[str, float]) -> Experiment:
+    epoch = Epoch(number=exp.epoch.number + 1, start=ts, weights=weights)
+    return exp.model_copy(update={"epochs": [*exp.epochs, epoch]})
+
+
+def _mapping(value: JsonValue) -> dict[str, JsonValue]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected an object, got {json.dumps(value)}")
+    return value
+
+
+def _number(value: JsonValue) -> float:
+    if not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, got {json.dumps(value)}")
+    return float(value)
