@@ -26,7 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 from backend.core.errors import RecoError
 
-Action = Literal["start", "set_weights", "add_arm", "stop", "promote", "rollback", "split"]
+Action = Literal["start", "set_weights", "add_arm", "stop", "promote", "rollback", "split",
+                 "diversity"]
 NAME = r"^[A-Za-z0-9_-]{1,32}$"
 
 
@@ -197,8 +198,8 @@ class ExperimentStore:
         return self.get(experiment)
 
     def record(self, action: Action, actor: str, detail: dict[str, JsonValue]) -> AuditEvent:
-        """An operator action that concerns the running experiment from outside (promote,
-        rollback, split): audited under it, or with no experiment when none runs."""
+        """An operator action from outside the experiment's own changes (promote, rollback,
+        split, diversity): audited under the running experiment, or under none."""
         live = self.running()
         return self._append(actor, action, live.spec.id if live else None, detail)
 

@@ -12,7 +12,10 @@ import click
 from backend.core.settings import Settings
 
 if TYPE_CHECKING:
+    from pydantic import JsonValue
+
     from registry import Registry
+    from registry.experiments import Action
 
 
 def _settings() -> Settings:
@@ -104,13 +107,27 @@ def models_verify(variant: str | None, ref: str | None) -> None:
 @click.argument("variant")
 @click.argument("version")
 def models_promote(variant: str, version: str) -> None:
-    click.echo(json.dumps(_registry().promote(variant, version).named()))
+    """Verify, then make VERSION production (audited, as the admin API's promotions are)."""
+    aliases = _registry().promote(variant, version)
+    _audit("promote", {"variant": variant, "version": version})
+    click.echo(json.dumps(aliases.named()))
 
 
 @models.command("rollback")
 @click.argument("variant")
 def models_rollback(variant: str) -> None:
-    click.echo(json.dumps(_registry().rollback(variant).named()))
+    aliases = _registry().rollback(variant)
+    _audit("rollback", {"variant": variant, "version": aliases.production})
+    click.echo(json.dumps(aliases.named()))
+
+
+def _audit(action: Action, detail: dict[str, JsonValue]) -> None:
+    """An operator action from this machine's shell: the actor is the OS account."""
+    import getpass
+
+    from registry import open_experiments
+
+    open_experiments(_settings()).record(action, f"cli:{getpass.getuser()}", detail)
 
 
 # -- serving ------------------------------------------------------------------------------

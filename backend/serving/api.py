@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.core.errors import RecoError
 from backend.data.events import MAX_ID, RatingEvent, WatchEvent
+from backend.serving.auth import Principal
 from backend.serving.hotpath import hot_request
 from backend.serving.ingress import IngressLogic
 from backend.serving.metrics import replica_delta
@@ -47,10 +48,18 @@ def error_response(exc: RecoError) -> JSONResponse:
                         headers=exc.headers)
 
 
-async def guard(logic: IngressLogic, request: Request, needs: str | None) -> None:
-    await logic.guard(request.headers.get("x-api-key"),
-                      request.client.host if request.client else None,
-                      int(request.headers.get("content-length") or 0), needs)
+async def guard(logic: IngressLogic, request: Request, needs: str | None) -> Principal | None:
+    return await logic.guard(request.headers.get("x-api-key"),
+                             request.client.host if request.client else None,
+                             int(request.headers.get("content-length") or 0), needs)
+
+
+async def operator(logic: IngressLogic, request: Request) -> str:
+    """The admin key's name behind the call: the actor its audit record names."""
+    who = await guard(logic, request, "admin")
+    if who is None:  # guard refuses an admin call without a key; never reached
+        raise RecoError("missing or unknown API key (header X-API-Key)", status_code=401)
+    return f"key:{who.name}"
 
 
 class RequestMetrics:
@@ -187,28 +196,25 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
     async def admin_promote(request: Request, body: PromoteRequest) -> AliasesResponse:
         """Verify, then make `version` production; variants pick it up on their next poll."""
         logic = current()
-        await guard(logic, request, "admin")
-        return logic.promote(body.variant, body.version)
+        return logic.promote(body.variant, body.version, await operator(logic, request))
 
     @api.post("/admin/rollback")
     async def admin_rollback(request: Request, body: RollbackRequest) -> AliasesResponse:
         logic = current()
-        await guard(logic, request, "admin")
-        return logic.rollback(body.variant)
+        return logic.rollback(body.variant, await operator(logic, request))
 
     @api.post("/admin/diversity")
     async def admin_diversity(request: Request, body: DiversityRequest) -> RuntimeKnobs:
         """Change Model B's strengths on every B replica (applied within a second)."""
         logic = current()
-        await guard(logic, request, "admin")
-        return await logic.set_diversity(body.model_dump(exclude_none=True))
+        return await logic.set_diversity(body.model_dump(exclude_none=True),
+                                         await operator(logic, request))
 
     @api.post("/admin/split")
     async def admin_split(request: Request, body: SplitRequest) -> SplitResponse:
         """Change the experiment for every replica (through the shared state)."""
         logic = current()
-        await guard(logic, request, "admin")
-        return await logic.set_split(body.split, body.salt)
+        return await logic.set_split(body.split, body.salt, await operator(logic, request))
 
     return api
 

@@ -42,7 +42,7 @@ from backend.serving.schemas import (
 )
 from backend.serving.state import ServingStateLogic
 from backend.serving.variant import VariantLogic
-from registry import open_registry
+from registry import open_experiments, open_registry
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -207,6 +207,7 @@ class Ingress:
             settings.serve, variants, shared, reco_log.write.remote,
             EventProducer(settings.kafka, spool),  # writes; the reco log's fallback
             replica, functools.partial(open_registry, settings),
+            open_experiments(settings).record,
             titles=load_titles(settings.data_cache), retry_on=(RayActorError,))
         http.answer_with(self.logic)
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import JsonValue
+
 from backend.core.errors import RecoError
 from backend.core.settings import ServeSettings
 from backend.data.events import RatingEvent, RecoEvent, WatchEvent
@@ -49,10 +51,12 @@ from backend.serving.schemas import (
     WritesHealth,
 )
 from registry import Registry
+from registry.experiments import Action
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 Batch = list[tuple[int, int]]  # (user_id, k) per request
+Audit = Callable[[Action, str, dict[str, JsonValue]], object]  # ExperimentStore.record
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class IngressLogic:
     def __init__(self, cfg: ServeSettings, variants: Mapping[str, VariantCalls],
                  state: SharedState, ship: Callable[[list[Record]], Awaitable[Any]],
                  producer: Producer, replica: str, registry: Callable[[], Registry],
-                 titles: Mapping[int, str] | None = None,
+                 audit: Audit, titles: Mapping[int, str] | None = None,
                  retry_on: tuple[type[BaseException], ...] = (),
                  period: float = PUSH_SECONDS) -> None:
         """`ship`: hands a batch of reco-log records to the RecoLog deployment; `producer`:
@@ -103,6 +107,7 @@ class IngressLogic:
         self.state = state
         self.producer = producer
         self.registry = registry
+        self.audit = audit
         self.titles = dict(titles or {})
         self.retry_on = retry_on
         self.period = period
@@ -268,21 +273,31 @@ class IngressLogic:
                                                   versions=reg.versions(v))
                                for v in reg.variants()})
 
-    def promote(self, variant: str, version: str) -> AliasesResponse:
+    # operator actions: each is audited with its actor once it has taken effect
+
+    def promote(self, variant: str, version: str, actor: str) -> AliasesResponse:
         """Verify, then make `version` production; variants pick it up on their next poll."""
-        return AliasesResponse(self.registry().promote(variant, version).named())
+        aliases = self.registry().promote(variant, version)
+        self.audit("promote", actor, {"variant": variant, "version": version})
+        return AliasesResponse(aliases.named())
 
-    def rollback(self, variant: str) -> AliasesResponse:
-        return AliasesResponse(self.registry().rollback(variant).named())
+    def rollback(self, variant: str, actor: str) -> AliasesResponse:
+        aliases = self.registry().rollback(variant)
+        self.audit("rollback", actor, {"variant": variant, "version": aliases.production})
+        return AliasesResponse(aliases.named())
 
-    async def set_diversity(self, knobs: dict[str, Knob]) -> RuntimeKnobs:
+    async def set_diversity(self, knobs: dict[str, Knob], actor: str) -> RuntimeKnobs:
         """Change Model B's strengths on every B replica (applied within a second)."""
         if not knobs:
             raise RecoError("give at least one of mmr_lambda, exploration, tail_slots",
                             status_code=422)
-        return RuntimeKnobs((await self.state.set_config(None, None, knobs)).b_runtime)
+        shared = await self.state.set_config(None, None, knobs)
+        self.audit("diversity", actor, {"knobs": {k: v for k, v in knobs.items()}})
+        return RuntimeKnobs(shared.b_runtime)
 
-    async def set_split(self, split: float | None, salt: str | None) -> SplitResponse:
+    async def set_split(self, split: float | None, salt: str | None, actor: str
+                        ) -> SplitResponse:
         """Change the experiment for every replica (through the shared state)."""
         self.apply(await self.state.set_config(split, salt, None))
+        self.audit("split", actor, {"split": self.router.split, "salt": self.router.salt})
         return SplitResponse(split=self.router.split, salt=self.router.salt)

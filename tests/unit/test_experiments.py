@@ -104,3 +104,30 @@ def test_weighted_assignment_is_the_two_arm_router_and_follows_weights_over_n_ar
     expected = [40_000 * w / 4.0 for _, w in weights]
     assert stats.chisquare([got[n] for n, _ in weights], expected).pvalue > 0.001
     assert weighted_arm(BUCKETS - 1, weights) == "C" and weighted_arm(0, weights) == "A"
+
+
+def test_promotions_and_rollbacks_from_the_cli_are_audited_with_the_os_account(tmp_path):
+    import getpass
+
+    from click.testing import CliRunner
+
+    from backend.core.settings import Settings
+    from backend.ml.recommenders import Popularity
+    from backend.ops.cli import main
+    from registry import open_experiments, open_registry
+    from tests.unit.test_recommenders import dataset
+
+    settings = Settings(var_dir=tmp_path / "var")
+    registry = open_registry(settings, signer=True)
+    model = Popularity().fit(*dataset())
+    v1, v2 = (registry.register("A", model, {}, {}) for _ in range(2))
+    registry.promote("A", v1)
+    env = {"RECO_VAR_DIR": str(settings.var_dir)}
+    runner = CliRunner()
+    for args in (["models", "promote", "A", v2], ["models", "rollback", "A"],
+                 ["models", "promote", "A", "v0099"]):  # the last is refused: no record
+        runner.invoke(main, args, env=env)
+    trail = open_experiments(settings).events()
+    assert [(e.action, e.actor, e.detail) for e in trail] == [
+        ("promote", f"cli:{getpass.getuser()}", {"variant": "A", "version": v2}),
+        ("rollback", f"cli:{getpass.getuser()}", {"variant": "A", "version": v1})]

@@ -122,10 +122,12 @@ class Rig:
         self.variants = {"A": Variant("A"), "B": Variant("B")}
         self.sink = sink or Sink()
         self.producer = FakeProducer()
+        self.audits: list[tuple[str, str, dict[str, Any]]] = []
         self.logic = IngressLogic(
             self.cfg, {v: x.calls() for v, x in self.variants.items()},
             shared(self.state, self.down), self.sink, self.producer, "replica-1",
-            registry=_no_registry, titles={101: "Heat (1995)"}, retry_on=(ConnectionError,),
+            registry=_no_registry, audit=lambda *event: self.audits.append(event),
+            titles={101: "Heat (1995)"}, retry_on=(ConnectionError,),
             period=3600)
 
     def __enter__(self) -> Rig:
@@ -326,7 +328,7 @@ def test_a_split_change_on_one_replica_reaches_the_other_through_the_shared_stat
     async def scenario() -> tuple[str, list[str]]:
         await one.logic.reconfigure({"split": 0.5, "salt": "exp-1"})
         await two.logic.reconfigure({"split": 0.5, "salt": "exp-1"})
-        changed = await one.logic.set_split(0.0, None)
+        changed = await one.logic.set_split(0.0, None, "key:ops")
         before = two.logic.router.split
         await two.logic.push()  # its next push period
         variants = [(await two.logic.recommend({}, u, 1))["variant"] for u in range(1, 30)]
@@ -337,6 +339,8 @@ def test_a_split_change_on_one_replica_reaches_the_other_through_the_shared_stat
     with one, two:
         changed, variants = run(scenario())
     assert changed == "0.0/exp-1/0.5" and set(variants) == {"B"}
+    assert one.audits == [("split", "key:ops", {"split": 0.0, "salt": "exp-1"})]
+    assert two.audits == []
 
 
 def test_a_replica_that_has_not_served_follows_a_split_change_from_its_own_push_loop():
@@ -346,7 +350,7 @@ def test_a_replica_that_has_not_served_follows_a_split_change_from_its_own_push_
 
     async def scenario() -> tuple[float, float]:
         await two.logic.reconfigure({"split": 0.5, "salt": "exp-1"})  # deployed, no request yet
-        await one.logic.set_split(0.0, None)
+        await one.logic.set_split(0.0, None, "key:ops")
         before = two.logic.router.split
         for _ in range(200):
             await asyncio.sleep(0.01)
@@ -365,7 +369,7 @@ def test_a_replica_restarting_with_the_deployed_config_does_not_undo_an_admin_ch
     with Rig() as rig:
         async def scenario() -> float:
             await rig.logic.reconfigure({"split": 0.5})
-            await rig.logic.set_split(0.9, None)
+            await rig.logic.set_split(0.9, None, "key:ops")
             again = Rig(state=rig.state)  # a replica (re)starting with the same user_config
             await again.logic.reconfigure({"split": 0.5})
             await rig.logic.close()
@@ -442,8 +446,9 @@ def test_diversity_needs_a_knob_and_keeps_each_knobs_json_type():
     with Rig() as rig:
         async def scenario() -> tuple[RecoError, str]:
             with pytest.raises(RecoError) as caught:
-                await rig.logic.set_diversity({})
-            knobs = await rig.logic.set_diversity({"tail_slots": 5, "mmr_lambda": 0.5})
+                await rig.logic.set_diversity({}, "key:ops")
+            knobs = await rig.logic.set_diversity({"tail_slots": 5, "mmr_lambda": 0.5},
+                                                  "key:ops")
             await rig.logic.close()
             return caught.value, knobs.model_dump_json()
 
@@ -451,6 +456,8 @@ def test_diversity_needs_a_knob_and_keeps_each_knobs_json_type():
         assert refused.status_code == 422
         assert knobs == '{"tail_slots":5,"mmr_lambda":0.5}'
         assert rig.state.config().b_runtime == {"tail_slots": 5, "mmr_lambda": 0.5}
+        assert rig.audits == [("diversity", "key:ops",  # the refused call left no record
+                               {"knobs": {"tail_slots": 5, "mmr_lambda": 0.5}})]
 
 
 def test_writes_go_to_the_producer_and_are_acknowledged():
@@ -474,11 +481,13 @@ def test_registry_operations_answer_with_the_variants_aliases(tmp_path):
     v2 = registry.register("A", model, {}, {})
     with Rig() as rig:
         rig.logic.registry = lambda: registry
-        promoted = rig.logic.promote("A", v2).model_dump()
+        promoted = rig.logic.promote("A", v2, "key:ops").model_dump()
         assert promoted["production"] == v2 and promoted["previous"] == v1
         assert rig.logic.models().model_dump() == {
             "A": {"aliases": registry.aliases("A").named(), "versions": [v1, v2]}}
-        assert rig.logic.rollback("A").model_dump()["production"] == v1
+        assert rig.logic.rollback("A", "key:ops").model_dump()["production"] == v1
         with pytest.raises(RecoError) as caught:
-            rig.logic.promote("A", "v0099")
+            rig.logic.promote("A", "v0099", "key:ops")
         assert caught.value.status_code == 409
+        assert rig.audits == [("promote", "key:ops", {"variant": "A", "version": v2}),
+                              ("rollback", "key:ops", {"variant": "A", "version": v1})]
