@@ -25,7 +25,7 @@ from backend.core.settings import Settings
 from backend.data.events import EVENT_MODELS
 from backend.data.lake import Lake
 from backend.serving.schemas import HealthResponse
-from registry import Manifest, open_registry
+from registry import Manifest, open_experiments, open_registry
 
 REFRESH = "5s"
 log = logging.getLogger(__name__)
@@ -96,6 +96,17 @@ def prometheus() -> pd.DataFrame:
     rows = [{"name": s.name, **s.labels, "value": s.value}
             for fam in text_string_to_metric_families(text) for s in fam.samples]
     return pd.DataFrame(rows or [], columns=None if rows else ["name", "value"])
+
+
+@st.cache_data(ttl=10)
+def audit_frame(var_dir: str, last: int = 50) -> pd.DataFrame:
+    """The newest operator actions and experiment changes, newest first (columns: ts, actor,
+    action, experiment, detail)."""
+    events = open_experiments(settings()).events()[-last:][::-1]
+    return pd.DataFrame([{"ts": e.ts.isoformat(timespec="seconds"), "actor": e.actor,
+                          "action": e.action, "experiment": e.experiment or "",
+                          "detail": json.dumps(e.detail, sort_keys=True)} for e in events],
+                        columns=["ts", "actor", "action", "experiment", "detail"])
 
 
 @st.cache_data(ttl=10)

@@ -48,3 +48,11 @@ with st.form("split"):
     if st.form_submit_button("apply split"):
         status, body_ = data.admin_post("/admin/split", {"split": split})
         (st.success if status == 200 else st.error)(f"{status}: {body_}")
+
+st.subheader("Audit trail")
+trail = data.audit_frame(str(data.settings().var_dir))
+if trail.empty:
+    st.caption("No operator action recorded yet (promotions, rollbacks, split and knob "
+               "changes, experiment changes).")
+else:
+    st.dataframe(trail, hide_index=True)

@@ -222,3 +222,17 @@ def test_frame_builders_read_the_snapshot():
     detectors = data.detector_frame(snap)
     assert detectors["detector"].tolist()[-1] == "combined"
     assert data.fmt(None) == "-" and data.fmt(0.25, ".1%") == "25.0%"
+
+
+def test_ab_page_shows_the_audit_trail_newest_first(var):
+    from backend.core.settings import Settings
+    from registry import open_experiments
+
+    store = open_experiments(Settings())
+    store.record("split", "key:ops", {"split": 0.7, "salt": "exp-1"})
+    store.record("promote", "cli:root", {"variant": "A", "version": "v0001"})
+    at = AppTest.from_file(str(PAGES / "abtest.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    trail = at.dataframe[-1].value
+    assert list(trail["action"]) == ["promote", "split"]
+    assert list(trail["actor"]) == ["cli:root", "key:ops"]
