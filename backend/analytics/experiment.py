@@ -27,7 +27,7 @@ from backend.analytics.snapshot import (
     VariantName,
     Winner,
 )
-from backend.analytics.window import LogWindow, RecoLog, naive_series
+from backend.analytics.window import LogWindow, RecoLog
 from backend.core.settings import AnalyticsSettings
 from backend.ml.metrics import abtest, lift
 
@@ -36,44 +36,57 @@ Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
-class Users:
-    """One arm's users and their per-user figures (aligned arrays)."""
+class ArmUsers:
+    """One arm's users (sorted ids) and their figures, cumulative over the window's looks:
+    row k holds what had happened by the end of look k (the last row: the whole window)."""
 
     ids: np.ndarray
-    shown: np.ndarray  # items recommended to the user by the arm
-    watches: np.ndarray
+    shown: np.ndarray  # (looks, users): items recommended to the user by the arm
+    watches: np.ndarray  # (looks, users)
     rating_means: np.ndarray  # one per user who rated in the window
 
-    def ratio(self, upto: int | None = None) -> lift.RatioStat:
-        return lift.RatioStat.of(self.watches[:upto], self.shown[:upto])
+    def ratio(self, look: int = -1) -> lift.RatioStat:
+        """Watch-through over the users recommended something by the end of `look`."""
+        seen = self.shown[look] > 0
+        return lift.RatioStat.of(self.watches[look][seen], self.shown[look][seen])
 
 
-def arm_users(reco: RecoLog, win: LogWindow, variant: str, cutoff: np.datetime64 | None = None
-              ) -> Users:
-    """`variant`'s users with their figures up to `cutoff` (default: the window's end)."""
-    end = win.end if cutoff is None else cutoff
+def arm_users(reco: RecoLog, win: LogWindow, variant: str, looks: int = LOOKS) -> ArmUsers:
+    """`variant`'s users and their per-look figures, in one pass over the window."""
     ids = np.sort(win.arm.index[win.arm.to_numpy() == variant].to_numpy(dtype=np.int64))
-    m = win.in_win & reco.arm(variant) & (reco.ts < end)
-    pos = np.searchsorted(ids, reco.user[m])
-    mine = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == reco.user[m])
-    shown = np.bincount(pos[mine], weights=win.lengths[m][mine], minlength=len(ids))
-    watches = _per_user(ids, win.watch_in, end)
+    m = win.in_win & reco.arm(variant)
+    pos, ok = _positions(ids, reco.user[m])
+    shown = _cumulative(looks, len(ids), _look(win, reco.ts[m], looks)[ok], pos[ok],
+                        win.lengths[m][ok])
+    during = win.during(win.watch_ts)
+    wpos, wok = _positions(ids, win.watch["user_id"].to_numpy(dtype=np.int64)[during])
+    watches = _cumulative(looks, len(ids), _look(win, win.watch_ts[during], looks)[wok],
+                          wpos[wok], None)
     rated = win.rating_in
-    if len(rated):
-        rated = rated[naive_series(rated["ts"]) < end]
-    means = rated[rated["user_id"].isin(ids)].groupby("user_id")["rating"].mean()
-    return Users(ids, shown, watches, means.to_numpy(dtype=float))
+    means = rated[rated["user_id"].isin(ids)].groupby("user_id")["rating"].mean() \
+        if len(rated) else pd.Series(dtype=float)
+    return ArmUsers(ids, shown, watches, means.to_numpy(dtype=float))
 
 
-def _per_user(ids: np.ndarray, events: pd.DataFrame, end: np.datetime64) -> np.ndarray:
-    """Events per user of `ids` (sorted) before `end`."""
-    if not len(events) or not len(ids):
-        return np.zeros(len(ids))
-    ts = naive_series(events["ts"])
-    users = events["user_id"].to_numpy(dtype=np.int64)[ts < end]
+def _positions(ids: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's index in the sorted `ids`, and whether it is there at all."""
     pos = np.searchsorted(ids, users)
-    ok = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == users)
-    return np.bincount(pos[ok], minlength=len(ids)).astype(float)
+    ok = (pos < len(ids)) & (ids[np.minimum(pos, max(len(ids) - 1, 0))] == users) \
+        if len(ids) else np.zeros(len(users), bool)
+    return pos, ok
+
+
+def _look(win: LogWindow, ts: np.ndarray, looks: int) -> np.ndarray:
+    """The look (0-based) during which each time in the window falls."""
+    step = win.length / looks
+    return np.clip((ts - win.start) // step, 0, looks - 1).astype(np.int64)
+
+
+def _cumulative(looks: int, users: int, look: np.ndarray, pos: np.ndarray,
+                weights: np.ndarray | None) -> np.ndarray:
+    """(looks, users) sums of `weights` (counts without), cumulative over the looks."""
+    grid = np.bincount(look * users + pos, weights=weights, minlength=looks * users)
+    return grid.astype(float).reshape(looks, users).cumsum(axis=0)
 
 
 def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
@@ -81,7 +94,7 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
     """Every arm's figures; with arms A and B, the tests of B against A and the verdict
     (`split`: A's share in force; `fairness` holds each variant's guardrails)."""
     arms: dict[VariantName, Arm] = {}
-    users: dict[VariantName, Users] = {}
+    users: dict[VariantName, ArmUsers] = {}
     for v in sorted(set(win.arm.unique().tolist())):
         u = users[v] = arm_users(reco, win, v)
         r = u.ratio()
@@ -90,7 +103,7 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
         ratings_ci = abtest.mean_ci(u.rating_means.tolist())
         arms[v] = Arm(
             requests=int((win.in_win & reco.arm(v)).sum()), users=len(u.ids),
-            recommended_items=int(u.shown.sum()), watches=int(u.watches.sum()),
+            recommended_items=int(u.shown[-1].sum()), watches=int(u.watches[-1].sum()),
             watch_through=wt,
             watch_through_ci=(None, None) if se is None or wt is None else
             (wt - Z95 * se, wt + Z95 * se),
@@ -107,7 +120,7 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
     srm = SampleRatio.model_validate(
         abtest.sample_ratio_mismatch([len(a.ids), len(b.ids)], [split, 1 - split])
         | {"split": split})
-    seq = sequential(cfg, reco, win)
+    seq = sequential(cfg, a, b)
     post = lift.bayesian(a.ratio(), b.ratio(), relative=True)
     bayes = BayesSummary(chance_to_win=post.chance_to_win, risk_a=post.risk_control,
                          risk_b=post.risk_treatment)
@@ -146,26 +159,16 @@ def verdict(cfg: AnalyticsSettings, wt_test: LiftTest, srm: SampleRatio,
     return Winner(variant=variant, reason=reason, leader=leader)
 
 
-def sequential(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow,
-               looks: int = LOOKS) -> Sequential:
-    """The always-valid p-value of the relative watch-through lift over users, read at
-    `looks` cumulative cut-offs inside the window (each look sees only what had happened by
-    then); the running minimum, so it may be read at any look."""
-    step = win.length / looks
+def sequential(cfg: AnalyticsSettings, a: ArmUsers, b: ArmUsers) -> Sequential:
+    """The always-valid p-value of the relative watch-through lift over users, read at each
+    look inside the window (a look sees only what had happened by its end); the running
+    minimum, so it may be read at any look."""
     ps: list[float | None] = []
     last = lift.Lift(relative=True)
-    for k in range(1, looks + 1):
-        cutoff = win.start + step * k
-        a, b = (arm_users(reco, win, v, cutoff) for v in ("A", "B"))
-        last = lift.always_valid(_seen(a).ratio(), _seen(b).ratio(), relative=True,
-                                 alpha=cfg.alpha, tuning=cfg.sequential_tuning)
+    for k in range(len(a.shown)):
+        last = lift.always_valid(a.ratio(k), b.ratio(k), relative=True, alpha=cfg.alpha,
+                                 tuning=cfg.sequential_tuning)
         ps.append(last.p_value)
     series = lift.running_min(ps)
     return Sequential(p_value=series[-1] if series else None, series=series,
                       ci_low=last.ci_low, ci_high=last.ci_high)
-
-
-def _seen(u: Users) -> Users:
-    """The users recommended something by the cut-off."""
-    keep = u.shown > 0
-    return Users(u.ids[keep], u.shown[keep], u.watches[keep], u.rating_means)

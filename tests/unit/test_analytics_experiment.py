@@ -96,10 +96,19 @@ def test_each_look_sees_only_what_had_happened_by_then():
     late = reco_log([(m, u, v, items) for m, u, v, items in
                      [(2.0 * (i % 2) + 1, i, "A" if i % 2 else "B", [1, 2, 3])
                       for i in range(1, 41)]])  # every response in the last 3 minutes
-    seq = experiment.sequential(CFG, late, window(late, watch, rating))
+    win = window(late, watch, rating)
+    seq = experiment.sequential(CFG, *(experiment.arm_users(late, win, v) for v in "AB"))
     assert len(seq.series) == experiment.LOOKS
     assert seq.series[:-1] == [None] * (experiment.LOOKS - 1) and seq.series[-1] is not None
-    full = experiment.sequential(CFG, reco, window(reco, watch, rating))
+    win = window(reco, watch, rating)
+    a, b = (experiment.arm_users(reco, win, v) for v in "AB")
+    # look 6 of 12 (the window's first half): only the users recommended something by then,
+    # with only their watches by then
+    half = a.ratio(5)
+    first = (reco.ts < win.start + win.length / 2) & reco.arm("A")
+    assert half.n == len(np.unique(reco.user[first]))
+    assert half.d.sum == win.lengths[first].sum()
+    full = experiment.sequential(CFG, a, b)
     values = [p for p in full.series if p is not None]
     assert values == sorted(values, reverse=True) and full.p_value == full.series[-1]
 
