@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -28,7 +31,9 @@ from backend.core.errors import RecoError
 
 Action = Literal["start", "set_weights", "add_arm", "stop", "promote", "rollback", "split",
                  "diversity"]
+OperatorAction = Literal["promote", "rollback", "split", "diversity"]
 NAME = r"^[A-Za-z0-9_-]{1,32}$"
+log = logging.getLogger(__name__)
 
 
 class ExperimentError(RecoError):
@@ -136,93 +141,120 @@ class ExperimentStore:
         """The audit trail, oldest first (one experiment's, or everything)."""
         if not self.log.exists():
             return []
-        out = []
-        for line in self.log.read_text(encoding="utf-8").splitlines():
-            try:
-                event = AuditEvent.model_validate_json(line)
-            except ValidationError:  # a torn last line (a crash mid-append)
-                continue
-            if experiment is None or event.experiment == experiment:
-                out.append(event)
-        return out
+        return _parse(self.log.read_bytes(), experiment)
 
     def experiments(self) -> dict[str, Experiment]:
         return fold(self.events())
 
     def get(self, experiment: str) -> Experiment:
-        found = self.experiments().get(experiment)
-        if found is None:
-            raise ExperimentError(f"no experiment {experiment!r}", status_code=404)
-        return found
+        return _find(self.experiments(), experiment)
 
     def running(self) -> Experiment | None:
         """The experiment serving now, if any (at most one runs at a time)."""
-        return next((e for e in self.experiments().values() if e.running), None)
+        return _running(self.experiments())
 
-    # -- changes -------------------------------------------------------------------------
+    # -- changes: each reads, checks and appends under one exclusive lock ----------------
 
     def start(self, spec: ExperimentSpec, actor: str) -> Experiment:
-        if spec.id in self.experiments():
-            raise ExperimentError(f"experiment {spec.id!r} exists (ids are never reused)")
-        live = self.running()
-        if live is not None:
-            raise ExperimentError(f"experiment {live.spec.id!r} is running: stop it first")
-        _check_arms(spec.arms, spec.weights, spec.control)
-        self._append(actor, "start", spec.id, {"spec": spec.model_dump(mode="json")})
+        with self._locked() as (fd, now):
+            if spec.id in now:
+                raise ExperimentError(f"experiment {spec.id!r} exists (ids are never reused)")
+            live = _running(now)
+            if live is not None:
+                raise ExperimentError(f"experiment {live.spec.id!r} is running: stop it first")
+            _check_arms(spec.arms, spec.weights, spec.control)
+            self._append(fd, actor, "start", spec.id, {"spec": spec.model_dump(mode="json")})
         return self.get(spec.id)
 
     def set_weights(self, experiment: str, weights: dict[str, float], actor: str) -> Experiment:
-        exp = self._live(experiment)
         try:
             weights = check_weights(weights)
         except ValueError as exc:
             raise ExperimentError(str(exc), status_code=422) from None
-        _check_arms(exp.spec.arms, weights, exp.spec.control)
-        detail: dict[str, JsonValue] = {k: v for k, v in weights.items()}
-        self._append(actor, "set_weights", experiment, {"weights": detail})
+        with self._locked() as (fd, now):
+            exp = _live(now, experiment)
+            _check_arms(exp.spec.arms, weights, exp.spec.control)
+            detail: dict[str, JsonValue] = {k: v for k, v in weights.items()}
+            self._append(fd, actor, "set_weights", experiment, {"weights": detail})
         return self.get(experiment)
 
     def add_arm(self, experiment: str, arm: ArmSpec, weight: float, actor: str) -> Experiment:
-        exp = self._live(experiment)
-        if any(a.variant == arm.variant for a in exp.spec.arms):
-            raise ExperimentError(f"{arm.variant} is already an arm of {experiment}")
         if weight <= 0:
             raise ExperimentError("a new arm needs a positive weight", status_code=422)
-        self._append(actor, "add_arm", experiment,
-                     {"arm": arm.model_dump(mode="json"), "weight": weight})
+        with self._locked() as (fd, now):
+            exp = _live(now, experiment)
+            if any(a.variant == arm.variant for a in exp.spec.arms):
+                raise ExperimentError(f"{arm.variant} is already an arm of {experiment}")
+            self._append(fd, actor, "add_arm", experiment,
+                         {"arm": arm.model_dump(mode="json"), "weight": weight})
         return self.get(experiment)
 
     def stop(self, experiment: str, actor: str) -> Experiment:
-        self._live(experiment)
-        self._append(actor, "stop", experiment, {})
+        with self._locked() as (fd, now):
+            _live(now, experiment)
+            self._append(fd, actor, "stop", experiment, {})
         return self.get(experiment)
 
-    def record(self, action: Action, actor: str, detail: dict[str, JsonValue]) -> AuditEvent:
+    def record(self, action: OperatorAction, actor: str, detail: dict[str, JsonValue]
+               ) -> AuditEvent:
         """An operator action from outside the experiment's own changes (promote, rollback,
         split, diversity): audited under the running experiment, or under none."""
-        live = self.running()
-        return self._append(actor, action, live.spec.id if live else None, detail)
+        with self._locked() as (fd, now):
+            live = _running(now)
+            return self._append(fd, actor, action, live.spec.id if live else None, detail)
 
-    def _live(self, experiment: str) -> Experiment:
-        exp = self.get(experiment)
-        if not exp.running:
-            raise ExperimentError(f"experiment {experiment!r} has stopped")
-        return exp
+    @contextmanager
+    def _locked(self) -> Iterator[tuple[int, dict[str, Experiment]]]:
+        """The log open for appending under an exclusive lock, and the experiments it holds."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, size, 0) if size else b""
+            if data and not data.endswith(b"\n"):  # a torn last line: end it, lose no more
+                os.write(fd, b"\n")
+            yield fd, fold(_parse(data, None))
+        finally:
+            os.close(fd)  # closing releases the lock
 
-    def _append(self, actor: str, action: Action, experiment: str | None,
+    def _append(self, fd: int, actor: str, action: Action, experiment: str | None,
                 detail: dict[str, JsonValue]) -> AuditEvent:
         event = AuditEvent(ts=datetime.now(UTC), actor=actor, action=action,
                            experiment=experiment, detail=detail)
-        self.root.mkdir(parents=True, exist_ok=True)
-        line = (event.model_dump_json() + "\n").encode()
-        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)  # closing releases the lock
+        os.write(fd, (event.model_dump_json() + "\n").encode())
+        os.fsync(fd)
         return event
+
+
+def _parse(data: bytes, experiment: str | None) -> list[AuditEvent]:
+    out = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            event = AuditEvent.model_validate_json(line)
+        except ValidationError:  # a torn last line (a crash mid-append)
+            continue
+        if experiment is None or event.experiment == experiment:
+            out.append(event)
+    return out
+
+
+def _find(experiments: dict[str, Experiment], experiment: str) -> Experiment:
+    found = experiments.get(experiment)
+    if found is None:
+        raise ExperimentError(f"no experiment {experiment!r}", status_code=404)
+    return found
+
+
+def _running(experiments: dict[str, Experiment]) -> Experiment | None:
+    return next((e for e in experiments.values() if e.running), None)
+
+
+def _live(experiments: dict[str, Experiment], experiment: str) -> Experiment:
+    exp = _find(experiments, experiment)
+    if not exp.running:
+        raise ExperimentError(f"experiment {experiment!r} has stopped")
+    return exp
 
 
 def _check_arms(arms: list[ArmSpec], weights: dict[str, float], control: str) -> None:
@@ -237,29 +269,38 @@ def _check_arms(arms: list[ArmSpec], weights: dict[str, float], control: str) ->
 
 
 def fold(events: list[AuditEvent]) -> dict[str, Experiment]:
-    """Experiments as their events leave them (events of unknown experiments are kept in the
-    log but change nothing)."""
+    """Experiments as their events leave them. An event that cannot apply (an unknown
+    experiment, a malformed detail written by hand) changes nothing and is logged: one bad
+    line must not stop every later change."""
     out: dict[str, Experiment] = {}
     for ev in events:
-        exp = out.get(ev.experiment or "")
-        if ev.action == "start":
-            spec = ExperimentSpec.model_validate(ev.detail["spec"])
-            out[spec.id] = Experiment(spec=spec, start=ev.ts, epochs=[
-                Epoch(number=0, start=ev.ts, weights=spec.weights)])
-        elif exp is None:
-            continue
-        elif ev.action == "set_weights":
-            weights = {str(k): _number(v) for k, v in _mapping(ev.detail["weights"]).items()}
-            out[exp.spec.id] = _with_epoch(exp, ev.ts, weights)
-        elif ev.action == "add_arm":
-            arm = ArmSpec.model_validate(ev.detail["arm"])
-            weights = exp.epoch.weights | {arm.variant: float(_number(ev.detail["weight"]))}
-            spec = exp.spec.model_copy(update={"arms": [*exp.spec.arms, arm]})
-            out[exp.spec.id] = _with_epoch(exp.model_copy(update={"spec": spec}), ev.ts,
-                                           weights)
-        elif ev.action == "stop":
-            out[exp.spec.id] = exp.model_copy(update={"stop": ev.ts})
+        try:
+            _apply(out, ev)
+        except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("audit event skipped ts=%s action=%s experiment=%s error=%s",
+                        ev.ts.isoformat(), ev.action, ev.experiment, exc)
     return out
+
+
+def _apply(out: dict[str, Experiment], ev: AuditEvent) -> None:
+    exp = out.get(ev.experiment or "")
+    if ev.action == "start":
+        spec = ExperimentSpec.model_validate(ev.detail["spec"])
+        out[spec.id] = Experiment(spec=spec, start=ev.ts, epochs=[
+            Epoch(number=0, start=ev.ts, weights=spec.weights)])
+    elif exp is None:
+        return
+    elif ev.action == "set_weights":
+        weights = {str(k): _number(v) for k, v in _mapping(ev.detail["weights"]).items()}
+        out[exp.spec.id] = _with_epoch(exp, ev.ts, weights)
+    elif ev.action == "add_arm":
+        arm = ArmSpec.model_validate(ev.detail["arm"])
+        weights = exp.epoch.weights | {arm.variant: float(_number(ev.detail["weight"]))}
+        spec = exp.spec.model_copy(update={"arms": [*exp.spec.arms, arm]})
+        out[exp.spec.id] = _with_epoch(exp.model_copy(update={"spec": spec}), ev.ts,
+                                       weights)
+    elif ev.action == "stop":
+        out[exp.spec.id] = exp.model_copy(update={"stop": ev.ts})
 
 
 def _with_epoch(exp: Experiment, ts: datetime, weights: dict[str, float]) -> Experiment:

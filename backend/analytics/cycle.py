@@ -50,8 +50,9 @@ def probe(settings: Settings, timeout: float = 5.0) -> Probe:
         r = httpx.get(url, timeout=timeout)
         ok = r.status_code == 200 and r.json().get("status") in ("ok", "degraded")
         detail = r.json().get("status") if r.status_code == 200 else f"http {r.status_code}"
-        if ok and isinstance(r.json().get("split"), int | float):
-            split = float(r.json()["split"])
+        reported = r.json().get("split") if ok else None
+        if isinstance(reported, int | float) and not isinstance(reported, bool):
+            split = float(reported)
     except (httpx.HTTPError, ValueError) as exc:
         ok, detail = False, type(exc).__name__
     rec = Probe(ts=datetime.now(UTC).isoformat(), ok=ok, detail=detail,

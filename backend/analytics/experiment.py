@@ -2,15 +2,17 @@
 level, the sample-ratio check against the split in force, the always-valid p-value, the
 Bayesian summary, and the verdict with its fairness guardrail.
 
-The unit is the user (what the router randomises): a user belongs to the variant of their
-latest recommendation in the window; their recommended items are those that variant showed
-them, their watches and ratings those they made in the window. Watch-through is the ratio
+The unit is the user (what the router randomises): a user belongs to the one variant that
+served them in the window (users served by two, after a split change, are left out); their
+recommended items are those it showed them, their watches and ratings those they made from
+its first recommendation on. Watch-through is the ratio
 metric sum(watches) / sum(recommended) over an arm's users (delta method, lift.py); the
 rating metric is each rater's mean rating, compared by Welch (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +29,7 @@ from backend.analytics.snapshot import (
     VariantName,
     Winner,
 )
-from backend.analytics.window import LogWindow, RecoLog
+from backend.analytics.window import LogWindow, RecoLog, naive_series
 from backend.core.settings import AnalyticsSettings
 from backend.ml.metrics import abtest, lift
 
@@ -44,6 +46,7 @@ class ArmUsers:
     shown: np.ndarray  # (looks, users): items recommended to the user by the arm
     watches: np.ndarray  # (looks, users)
     rating_means: np.ndarray  # one per user who rated in the window
+    ratings: int  # the ratings behind them
 
     def ratio(self, look: int = -1) -> lift.RatioStat:
         """Watch-through over the users recommended something by the end of `look`."""
@@ -52,20 +55,32 @@ class ArmUsers:
 
 
 def arm_users(reco: RecoLog, win: LogWindow, variant: str, looks: int = LOOKS) -> ArmUsers:
-    """`variant`'s users and their per-look figures, in one pass over the window."""
-    ids = np.sort(win.arm.index[win.arm.to_numpy() == variant].to_numpy(dtype=np.int64))
+    """`variant`'s users and their per-look figures, in one pass over the window. A user
+    served by another arm too in the window (a split change moved them) belongs to neither:
+    their behaviour mixes both. Watches and ratings count from the user's first
+    recommendation by the arm in the window on (earlier ones answer something else)."""
     m = win.in_win & reco.arm(variant)
+    others = np.unique(reco.user[win.in_win & ~reco.arm(variant)])
+    ids = np.setdiff1d(np.unique(reco.user[m]), others)  # sorted
     pos, ok = _positions(ids, reco.user[m])
-    shown = _cumulative(looks, len(ids), _look(win, reco.ts[m], looks)[ok], pos[ok],
+    ts = reco.ts[m]
+    shown = _cumulative(looks, len(ids), _look(win, ts, looks)[ok], pos[ok],
                         win.lengths[m][ok])
+    first = np.full(len(ids), np.iinfo(np.int64).max)
+    np.minimum.at(first, pos[ok], ts[ok].astype(np.int64))
     during = win.during(win.watch_ts)
+    w_ts = win.watch_ts[during]
     wpos, wok = _positions(ids, win.watch["user_id"].to_numpy(dtype=np.int64)[during])
-    watches = _cumulative(looks, len(ids), _look(win, win.watch_ts[during], looks)[wok],
-                          wpos[wok], None)
+    wok &= w_ts.astype(np.int64) >= first[np.minimum(wpos, max(len(ids) - 1, 0))]
+    watches = _cumulative(looks, len(ids), _look(win, w_ts, looks)[wok], wpos[wok], None)
     rated = win.rating_in
-    means = rated[rated["user_id"].isin(ids)].groupby("user_id")["rating"].mean() \
-        if len(rated) else pd.Series(dtype=float)
-    return ArmUsers(ids, shown, watches, means.to_numpy(dtype=float))
+    means, count = pd.Series(dtype=float), 0
+    if len(rated):
+        rpos, rok = _positions(ids, rated["user_id"].to_numpy(dtype=np.int64))
+        r_ts = naive_series(rated["ts"]).astype(np.int64)
+        rok &= r_ts >= first[np.minimum(rpos, max(len(ids) - 1, 0))]
+        means, count = rated[rok].groupby("user_id")["rating"].mean(), int(rok.sum())
+    return ArmUsers(ids, shown, watches, means.to_numpy(dtype=float), count)
 
 
 def _positions(ids: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +110,7 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
     (`split`: A's share in force; `fairness` holds each variant's guardrails)."""
     arms: dict[VariantName, Arm] = {}
     users: dict[VariantName, ArmUsers] = {}
-    for v in sorted(set(win.arm.unique().tolist())):
+    for v in win.variants:
         u = users[v] = arm_users(reco, win, v)
         r = u.ratio()
         se = (r.variance / r.n) ** 0.5 if r.n >= 2 else None
@@ -107,8 +122,7 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
             watch_through=wt,
             watch_through_ci=(None, None) if se is None or wt is None else
             (wt - Z95 * se, wt + Z95 * se),
-            ratings=int(win.rating_in["user_id"].isin(u.ids).sum()) if len(win.rating_in)
-            else 0,
+            ratings=u.ratings,
             mean_rating=float(u.rating_means.mean()) if len(u.rating_means) else None,
             mean_rating_ci=ratings_ci)
     if not {"A", "B"} <= set(arms):
@@ -141,14 +155,23 @@ def lift_test(metric: str, a: lift.Stat, b: lift.Stat, alpha: float) -> LiftTest
 
 def verdict(cfg: AnalyticsSettings, wt_test: LiftTest, srm: SampleRatio,
             seq: Sequential, fairness: dict[VariantName, Fairness]) -> Winner:
-    """The leader wins once the always-valid p is under alpha, the split holds and the
-    leader meets its fairness requirements; else the reason says which condition holds."""
+    """The leader wins once the always-valid p is under alpha (the sign of the confidence
+    sequence's running intersection then says who leads), the split holds and the leader
+    meets its fairness requirements (missing figures fail); else the reason says which
+    condition holds it back."""
     if wt_test.diff is None:
         return Winner(variant=None, reason="not enough data", leader=None)
     p = seq.p_value
-    leader = "B" if wt_test.diff > 0 else "A"
-    failed = fairness[leader].requirements.failed() if leader in fairness else []
-    if p is None or p >= cfg.alpha:
+    significant = p is not None and p < cfg.alpha
+    if significant and seq.ci_low is not None and seq.ci_low > 0:
+        leader = "B"
+    elif significant and seq.ci_high is not None and seq.ci_high < 0:
+        leader = "A"
+    else:
+        leader = "B" if wt_test.diff > 0 else "A"
+    checks = fairness.get(leader)
+    failed = checks.requirements.failed() if checks is not None else ["no fairness figures"]
+    if not significant:
         variant, reason = None, "not significant yet (always-valid p >= alpha)"
     elif srm.mismatch:
         variant, reason = None, "sample ratio mismatch: the split is broken"
@@ -161,14 +184,18 @@ def verdict(cfg: AnalyticsSettings, wt_test: LiftTest, srm: SampleRatio,
 
 def sequential(cfg: AnalyticsSettings, a: ArmUsers, b: ArmUsers) -> Sequential:
     """The always-valid p-value of the relative watch-through lift over users, read at each
-    look inside the window (a look sees only what had happened by its end); the running
-    minimum, so it may be read at any look."""
+    look inside the window (a look sees only what had happened by its end): the running
+    minimum of the p-values and the running intersection of the intervals, so it may be
+    read at any look."""
     ps: list[float | None] = []
-    last = lift.Lift(relative=True)
+    low, high = -math.inf, math.inf
     for k in range(len(a.shown)):
-        last = lift.always_valid(a.ratio(k), b.ratio(k), relative=True, alpha=cfg.alpha,
+        look = lift.always_valid(a.ratio(k), b.ratio(k), relative=True, alpha=cfg.alpha,
                                  tuning=cfg.sequential_tuning)
-        ps.append(last.p_value)
+        ps.append(look.p_value)
+        if look.ci_low is not None and look.ci_high is not None:
+            low, high = max(low, look.ci_low), min(high, look.ci_high)
     series = lift.running_min(ps)
     return Sequential(p_value=series[-1] if series else None, series=series,
-                      ci_low=last.ci_low, ci_high=last.ci_high)
+                      ci_low=low if math.isfinite(low) else None,
+                      ci_high=high if math.isfinite(high) else None)

@@ -186,8 +186,8 @@ class Spam(Section):
 # -- experiment (A/B) ----------------------------------------------------------------------
 
 class Arm(Section):
-    """One arm over its users: those whose latest recommendation in the window it served.
-    Each user counts once (the unit randomised): intervals are over users, not slots."""
+    """One arm over its users: those it alone served in the window. Each user counts once
+    (the unit randomised): intervals are over users, not slots."""
 
     requests: int
     users: int
@@ -204,14 +204,14 @@ class LiftTest(Section):
     """B less A over users, fixed-horizon (Welch with the delta method for a ratio metric):
     absolute, and relative to A. None throughout, with `reason`, where data is too thin."""
 
-    metric: str
-    diff: Figure
-    ci_low: Figure
-    ci_high: Figure
-    relative: Figure
-    relative_ci_low: Figure
-    relative_ci_high: Figure
-    p_value: Figure
+    metric: str = "watch-through"  # defaults: snapshots written before these fields
+    diff: Figure = None
+    ci_low: Figure = None
+    ci_high: Figure = None
+    relative: Figure = None
+    relative_ci_low: Figure = None
+    relative_ci_high: Figure = None
+    p_value: Figure = None
     reason: str | None = None
 
 
@@ -226,7 +226,8 @@ class SampleRatio(Section):
 
 class Sequential(Section):
     """Always-valid p-value (mSPRT / confidence sequence, lift.always_valid) of the relative
-    watch-through lift over users, per look, and its interval at the last look."""
+    watch-through lift over users, per look (the running minimum), and the running
+    intersection of the confidence sequence (what every look so far allows)."""
 
     p_value: Figure
     series: list[Figure]

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from registry import Registry
-    from registry.experiments import Action
+    from registry.experiments import OperatorAction
 
 
 def _settings() -> Settings:
@@ -109,25 +109,28 @@ def models_verify(variant: str | None, ref: str | None) -> None:
 def models_promote(variant: str, version: str) -> None:
     """Verify, then make VERSION production (audited, as the admin API's promotions are)."""
     aliases = _registry().promote(variant, version)
+    click.echo(json.dumps(aliases.named()))  # done, whatever the audit write meets
     _audit("promote", {"variant": variant, "version": version})
-    click.echo(json.dumps(aliases.named()))
 
 
 @models.command("rollback")
 @click.argument("variant")
 def models_rollback(variant: str) -> None:
     aliases = _registry().rollback(variant)
-    _audit("rollback", {"variant": variant, "version": aliases.production})
     click.echo(json.dumps(aliases.named()))
+    _audit("rollback", {"variant": variant, "version": aliases.production})
 
 
-def _audit(action: Action, detail: dict[str, JsonValue]) -> None:
-    """An operator action from this machine's shell: the actor is the OS account."""
-    import getpass
+def _audit(action: OperatorAction, detail: dict[str, JsonValue]) -> None:
+    """An operator action from this machine's shell: the actor is the OS account the process
+    runs as (not $USER, which the caller sets)."""
+    import os
+    import pwd
 
     from registry import open_experiments
 
-    open_experiments(_settings()).record(action, f"cli:{getpass.getuser()}", detail)
+    actor = f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
+    open_experiments(_settings()).record(action, actor, detail)
 
 
 # -- serving ------------------------------------------------------------------------------

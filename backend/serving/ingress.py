@@ -12,6 +12,7 @@ registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -51,12 +52,12 @@ from backend.serving.schemas import (
     WritesHealth,
 )
 from registry import Registry
-from registry.experiments import Action
+from registry.experiments import OperatorAction
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
 Batch = list[tuple[int, int]]  # (user_id, k) per request
-Audit = Callable[[Action, str, dict[str, JsonValue]], object]  # ExperimentStore.record
+Audit = Callable[[OperatorAction, str, dict[str, JsonValue]], object]  # ExperimentStore.record
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class IngressLogic:
         self.gauges = ProducerGauges(producer, replica)
         self.generation = -1  # of the shared experiment config applied here
         self._pusher: asyncio.Task[None] | None = None
+        self._closed = False
 
     # -- the experiment ------------------------------------------------------------------
 
@@ -130,6 +132,7 @@ class IngressLogic:
         """A deployed `user_config`: applied here now, and through the shared state on every
         replica within a push period (unless it is the config already deployed)."""
         self.router.reconfigure(config)
+        self.generation = -1  # the shared config wins over this one unless this one is new
         self.apply(await self.state.deployed(self.router.split, self.router.salt))
         self.start()
 
@@ -142,7 +145,7 @@ class IngressLogic:
     def start(self) -> None:
         """Start pushing (on the running loop), once: from the deployed config and Serve's
         health checks, so a replica that has not served yet still follows split changes."""
-        if self._pusher is None:
+        if self._pusher is None and not self._closed:
             self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
 
     async def push(self) -> None:
@@ -163,8 +166,11 @@ class IngressLogic:
 
     async def close(self) -> None:
         """Shutting down: the reco log still queued leaves, and the producer drains."""
-        if self._pusher is not None:
-            self._pusher.cancel()
+        self._closed = True
+        if self._pusher is not None:  # on its own loop: Serve's local testing mode runs
+            # reconfigure and health checks on another thread's loop than requests
+            with contextlib.suppress(RuntimeError):  # that loop is closed already
+                self._pusher.get_loop().call_soon_threadsafe(self._pusher.cancel)
             self._pusher = None
         await self.reco_log.close()
         self.producer.close(timeout=5)
@@ -275,15 +281,24 @@ class IngressLogic:
 
     # operator actions: each is audited with its actor once it has taken effect
 
+    def _audit(self, action: OperatorAction, actor: str, detail: dict[str, JsonValue]) -> None:
+        """The action has happened: a failing audit write must not report it as failed (the
+        operator would repeat it), so it is logged as an error and counted instead."""
+        try:
+            self.audit(action, actor, detail)
+        except Exception:
+            replica_delta().inc("reco_audit_failures_total", {})
+            log.exception("audit write failed action=%s actor=%s", action, actor)
+
     def promote(self, variant: str, version: str, actor: str) -> AliasesResponse:
         """Verify, then make `version` production; variants pick it up on their next poll."""
         aliases = self.registry().promote(variant, version)
-        self.audit("promote", actor, {"variant": variant, "version": version})
+        self._audit("promote", actor, {"variant": variant, "version": version})
         return AliasesResponse(aliases.named())
 
     def rollback(self, variant: str, actor: str) -> AliasesResponse:
         aliases = self.registry().rollback(variant)
-        self.audit("rollback", actor, {"variant": variant, "version": aliases.production})
+        self._audit("rollback", actor, {"variant": variant, "version": aliases.production})
         return AliasesResponse(aliases.named())
 
     async def set_diversity(self, knobs: dict[str, Knob], actor: str) -> RuntimeKnobs:
@@ -292,12 +307,14 @@ class IngressLogic:
             raise RecoError("give at least one of mmr_lambda, exploration, tail_slots",
                             status_code=422)
         shared = await self.state.set_config(None, None, knobs)
-        self.audit("diversity", actor, {"knobs": {k: v for k, v in knobs.items()}})
+        await asyncio.to_thread(self._audit, "diversity", actor,
+                                {"knobs": {k: v for k, v in knobs.items()}})
         return RuntimeKnobs(shared.b_runtime)
 
     async def set_split(self, split: float | None, salt: str | None, actor: str
                         ) -> SplitResponse:
         """Change the experiment for every replica (through the shared state)."""
         self.apply(await self.state.set_config(split, salt, None))
-        self.audit("split", actor, {"split": self.router.split, "salt": self.router.salt})
+        await asyncio.to_thread(self._audit, "split", actor,
+                                {"split": self.router.split, "salt": self.router.salt})
         return SplitResponse(split=self.router.split, salt=self.router.salt)

@@ -35,6 +35,8 @@ COUNTERS = {  # name -> (help, label names)
     "reco_rate_limited_total": ("requests refused with 429, by client kind", ("client",)),
     "reco_auth_failures_total": ("requests refused with 401 or 403", ("status",)),
     "reco_kafka_produce_errors_total": ("events that went to the spool instead of Kafka", ()),
+    "reco_audit_failures_total": ("operator actions that took effect but whose audit record "
+                                  "could not be written", ()),
 }
 GAUGES = {
     "reco_model_info": ("model version each variant served last (value 1)",

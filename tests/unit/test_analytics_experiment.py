@@ -31,23 +31,26 @@ def fair(passes: bool = True) -> Fairness:
                         parity=MaxRequirement(value=0.0, max=0.15, passed=True)))
 
 
-def test_arms_count_each_user_once_under_their_latest_variant():
-    reco = reco_log([(50, 1, "B", [4]),  # user 1 moved to A since
-                     (10, 1, "A", [1, 2]), (20, 3, "A", [3]), (15, 2, "B", [4, 5, 6])])
-    watch = watches([(5, 1, 1), (4, 1, 2), (5, 2, 4), (70, 2, 5)])  # the last: before
-    rating = ratings([(5, 1, 1, 4), (4, 1, 2, 5), (5, 2, 4, 3)])
+def test_arms_count_each_user_once_and_leave_out_users_two_arms_served():
+    reco = reco_log([(50, 1, "B", [4]),  # user 1: moved to A since (a split change)
+                     (10, 1, "A", [1, 2]), (20, 3, "A", [3, 4]), (25, 4, "A", [5]),
+                     (15, 2, "B", [4, 5, 6])])
+    watch = watches([(5, 1, 1), (4, 1, 2), (5, 2, 4), (70, 2, 5),  # 70: before the window
+                     (30, 3, 9), (10, 3, 3), (20, 4, 5)])  # 30: before user 3's first
+    rating = ratings([(5, 1, 1, 4), (4, 1, 2, 5), (5, 2, 4, 3), (8, 3, 3, 2), (9, 4, 5, 4)])
     out = experiment.compute(CFG, 0.5, reco, window(reco, watch, rating),
                              {"A": fair(), "B": fair()})
     a, b = out.arms["A"], out.arms["B"]
-    # A: users 1 and 3, shown 2 and 1 items by A; B: user 2 (user 1's B items are not B's)
-    assert (a.requests, a.users, a.recommended_items, a.watches) == (2, 2, 3, 2)
+    # A: users 3 and 4 (2 and 1 items, 1 and 1 watches); B: user 2; user 1 in neither
+    assert (a.requests, a.users, a.recommended_items, a.watches) == (3, 2, 3, 2)
     assert (b.requests, b.users, b.recommended_items, b.watches) == (2, 1, 3, 1)
     assert a.watch_through == pytest.approx(2 / 3) and b.watch_through == pytest.approx(1 / 3)
-    r = lift.RatioStat.of([2, 0], [2, 1])  # A's users: (watches, shown)
+    r = lift.RatioStat.of([1, 1], [2, 1])  # A's users: (watches, shown)
     half = 1.959963984540054 * (r.variance / 2) ** 0.5
     assert a.watch_through_ci == pytest.approx((2 / 3 - half, 2 / 3 + half))
     assert b.watch_through_ci == (None, None)  # one user: no interval
-    assert a.mean_rating == 4.5 and a.ratings == 2 and a.mean_rating_ci == (None, None)
+    assert a.mean_rating == 3.0 and a.ratings == 2
+    assert a.mean_rating_ci == pytest.approx(stats.t.interval(0.95, 1, 3.0, 1.0))
     assert out.srm is not None and out.srm.split == 0.5
     wt = out.watch_through_test
     assert wt is not None and wt.diff is None and wt.reason == "not enough data"
@@ -96,7 +99,8 @@ def test_each_look_sees_only_what_had_happened_by_then():
     late = reco_log([(m, u, v, items) for m, u, v, items in
                      [(2.0 * (i % 2) + 1, i, "A" if i % 2 else "B", [1, 2, 3])
                       for i in range(1, 41)]])  # every response in the last 3 minutes
-    win = window(late, watch, rating)
+    late_watch = watches([(0.5, i, 1 + i % 3) for i in range(1, 41) if i % 3 or i % 4])
+    win = window(late, late_watch)
     seq = experiment.sequential(CFG, *(experiment.arm_users(late, win, v) for v in "AB"))
     assert len(seq.series) == experiment.LOOKS
     assert seq.series[:-1] == [None] * (experiment.LOOKS - 1) and seq.series[-1] is not None
@@ -108,9 +112,14 @@ def test_each_look_sees_only_what_had_happened_by_then():
     first = (reco.ts < win.start + win.length / 2) & reco.arm("A")
     assert half.n == len(np.unique(reco.user[first]))
     assert half.d.sum == win.lengths[first].sum()
+    mine = np.isin(watch["user_id"].to_numpy(), reco.user[first]) & (
+        win.watch_ts < win.start + win.length / 2)
+    assert half.m.sum == mine.sum()  # their watches by then only
     full = experiment.sequential(CFG, a, b)
-    values = [p for p in full.series if p is not None]
-    assert values == sorted(values, reverse=True) and full.p_value == full.series[-1]
+    looks = [lift.always_valid(a.ratio(k), b.ratio(k), alpha=CFG.alpha) for k in range(12)]
+    assert full.p_value == min(x.p_value for x in looks if x.p_value is not None)
+    assert full.ci_low == max(x.ci_low for x in looks if x.ci_low is not None)
+    assert full.ci_high == min(x.ci_high for x in looks if x.ci_high is not None)
 
 
 def test_one_arm_has_figures_but_no_tests():

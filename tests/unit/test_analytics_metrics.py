@@ -162,6 +162,11 @@ def test_srm_matches_scipy_chisquare():
         ref.pvalue)
     assert r["mismatch"]
     assert not abtest.sample_ratio_mismatch([505, 495], [0.5, 0.5])["mismatch"]
+    # a split of 1.0: every user on A is as expected, any on B is a mismatch
+    assert not abtest.sample_ratio_mismatch([500, 0], [1.0, 0.0])["mismatch"]
+    assert abtest.sample_ratio_mismatch([500, 3], [1.0, 0.0])["mismatch"]
+    three = abtest.sample_ratio_mismatch([300, 330, 0], [0.5, 0.5, 0.0])
+    assert three["p_value"] == pytest.approx(stats.chisquare([300, 330]).pvalue)
 
 
 def test_ops_measures():

@@ -92,6 +92,19 @@ def test_concurrent_appends_interleave_whole_lines_and_a_torn_line_is_skipped(tm
     with open(store.log, "a") as fh:
         fh.write('{"ts": "2026-')  # a crash mid-append
     assert Counter(e.actor for e in store.events()) == {f"t{i}": 50 for i in range(4)}
+    store.record("split", "after", {"n": 0})  # the next append is not lost with the tear
+    assert [e.actor for e in store.events()][-1] == "after"
+    assert len(store.events()) == 201
+
+
+def test_an_event_that_cannot_apply_is_skipped_and_later_changes_still_work(tmp_path):
+    store = ExperimentStore(tmp_path)
+    store.start(spec(), "x")
+    with open(store.log, "a") as fh:  # valid JSON, a malformed detail (written by hand)
+        fh.write('{"ts": "2026-12-02T00:00:00Z", "actor": "y", "action": "set_weights", '
+                 '"experiment": "exp-1", "detail": {"weights": "lots"}}\n')
+    exp = store.set_weights("exp-1", {"A": 0.7, "B": 0.3}, "x")
+    assert [e.weights for e in exp.epochs] == [{"A": 0.5, "B": 0.5}, {"A": 0.7, "B": 0.3}]
 
 
 def test_weighted_assignment_is_the_two_arm_router_and_follows_weights_over_n_arms():
@@ -107,7 +120,8 @@ def test_weighted_assignment_is_the_two_arm_router_and_follows_weights_over_n_ar
 
 
 def test_promotions_and_rollbacks_from_the_cli_are_audited_with_the_os_account(tmp_path):
-    import getpass
+    import os
+    import pwd
 
     from click.testing import CliRunner
 
@@ -126,8 +140,8 @@ def test_promotions_and_rollbacks_from_the_cli_are_audited_with_the_os_account(t
     runner = CliRunner()
     for args in (["models", "promote", "A", v2], ["models", "rollback", "A"],
                  ["models", "promote", "A", "v0099"]):  # the last is refused: no record
-        runner.invoke(main, args, env=env)
+        runner.invoke(main, args, env=env | {"USER": "someone-else", "LOGNAME": "x"})
     trail = open_experiments(settings).events()
     assert [(e.action, e.actor, e.detail) for e in trail] == [
-        ("promote", f"cli:{getpass.getuser()}", {"variant": "A", "version": v2}),
-        ("rollback", f"cli:{getpass.getuser()}", {"variant": "A", "version": v1})]
+        ("promote", f"cli:{pwd.getpwuid(os.geteuid()).pw_name}", {"variant": "A", "version": v2}),
+        ("rollback", f"cli:{pwd.getpwuid(os.geteuid()).pw_name}", {"variant": "A", "version": v1})]

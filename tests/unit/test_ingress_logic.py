@@ -491,3 +491,32 @@ def test_registry_operations_answer_with_the_variants_aliases(tmp_path):
         assert caught.value.status_code == 409
         assert rig.audits == [("promote", "key:ops", {"variant": "A", "version": v2}),
                               ("rollback", "key:ops", {"variant": "A", "version": v1})]
+
+
+def test_an_action_that_took_effect_is_not_reported_failed_when_its_audit_write_fails():
+    with Rig() as rig:
+        def broken(*event: object) -> None:
+            raise OSError("disk full")
+
+        rig.logic.audit = broken
+
+        async def scenario() -> float:
+            changed = await rig.logic.set_split(0.8, None, "key:ops")
+            await rig.logic.close()
+            return changed.split
+
+        assert run(scenario()) == 0.8 and rig.state.config().split == 0.8
+        delta = take_replica_delta()
+        assert delta.counters[("reco_audit_failures_total", ())] == 1
+
+
+def test_a_late_redeploy_of_the_same_config_keeps_the_admin_change_on_this_replica():
+    with Rig() as rig:
+        async def scenario() -> float:
+            await rig.logic.reconfigure({"split": 0.5})
+            await rig.logic.set_split(0.9, None, "key:ops")
+            await rig.logic.reconfigure({"split": 0.5})  # Serve re-sends the user_config
+            await rig.logic.close()
+            return rig.logic.router.split
+
+        assert run(scenario()) == 0.9

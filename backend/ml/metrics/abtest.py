@@ -62,6 +62,11 @@ def sample_ratio_mismatch(observed: Sequence[int], expected_shares: Sequence[flo
         return {"chi2": 0.0, "p_value": 1.0, "mismatch": False}
     exp = np.asarray(expected_shares, dtype=float)
     exp = exp / exp.sum() * total
-    chi2 = float(((obs - exp) ** 2 / exp).sum())
-    p = float(stats.chi2.sf(chi2, len(obs) - 1))
+    if (obs[exp == 0] > 0).any():  # units in an arm that should get none: broken outright
+        return {"chi2": float("inf"), "p_value": 0.0, "mismatch": True}
+    live = exp > 0
+    if live.sum() < 2:  # one arm expected: nothing to compare
+        return {"chi2": 0.0, "p_value": 1.0, "mismatch": False}
+    chi2 = float(((obs[live] - exp[live]) ** 2 / exp[live]).sum())
+    p = float(stats.chi2.sf(chi2, int(live.sum()) - 1))
     return {"chi2": chi2, "p_value": p, "mismatch": p < alpha}
