@@ -26,6 +26,7 @@ from backend.core.settings import Settings
 from backend.data import catalog
 from backend.data.lake import Lake
 from backend.data.movielens import load as load_movielens
+from registry import open_experiments
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     items, users = catalog.load_catalog(settings, ml.items), ml.users
     t0 = time.perf_counter()
     split = settings.serve.split if split is None else split
-    snap = AnalyticsLogic(settings.analytics, split).snapshot(
+    changes = [pd.Timestamp(e.ts) for e in open_experiments(settings).events()
+               if e.action == "split"]
+    snap = AnalyticsLogic(settings.analytics, split, changes).snapshot(
         reco, watch, rating, items, users, end, read_probes(settings))
     snap = snap.model_copy(update={"compute_seconds": round(time.perf_counter() - t0, 3)})
     layout = settings.layout

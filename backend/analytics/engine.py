@@ -9,6 +9,8 @@ and groups.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 
 from backend.analytics import drift, experiment, fairness, feedback, sla, spam, tail
@@ -20,11 +22,14 @@ __all__ = ["AnalyticsLogic", "RecoLog"]
 
 
 class AnalyticsLogic:
-    """Snapshots under one configuration; `split` is the A share the SRM check expects."""
+    """Snapshots under one configuration; `split` is the A share the SRM check expects, and
+    `split_changes` when it was changed (the audit trail's split events)."""
 
-    def __init__(self, cfg: AnalyticsSettings, split: float = 0.5) -> None:
+    def __init__(self, cfg: AnalyticsSettings, split: float = 0.5,
+                 split_changes: Sequence[pd.Timestamp] = ()) -> None:
         self.cfg = cfg
         self.split = split
+        self.split_changes = list(split_changes)
 
     def snapshot(self, reco: RecoLog, watch: pd.DataFrame, rating: pd.DataFrame,
                  items: pd.DataFrame, users: pd.DataFrame, end: pd.Timestamp,
@@ -46,6 +51,6 @@ class AnalyticsLogic:
             tail=tail.compute(cfg, win, exposure),
             echo=feedback.compute(cfg, reco, win),
             spam=spam.compute(cfg, win.rating_in),
-            ab=experiment.compute(cfg, self.split, reco, win, fair),
+            ab=experiment.compute(cfg, self.split, reco, win, fair, self.split_changes),
             sla=sla.compute(reco, win, probes),
             drift=drift.compute(win))

@@ -13,6 +13,7 @@ rating metric is each rater's mean rating, compared by Welch (see docs/architect
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,9 +106,11 @@ def _cumulative(looks: int, users: int, look: np.ndarray, pos: np.ndarray,
 
 
 def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
-            fairness: dict[VariantName, Fairness]) -> Experiment:
+            fairness: dict[VariantName, Fairness],
+            split_changes: Sequence[pd.Timestamp] = ()) -> Experiment:
     """Every arm's figures; with arms A and B, the tests of B against A and the verdict
-    (`split`: A's share in force; `fairness` holds each variant's guardrails)."""
+    (`split`: A's share in force; `split_changes`: when it changed; `fairness` holds each
+    variant's guardrails)."""
     arms: dict[VariantName, Arm] = {}
     users: dict[VariantName, ArmUsers] = {}
     for v in win.variants:
@@ -131,9 +134,7 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
     wt_test = lift_test("watch-through", a.ratio(), b.ratio(), cfg.alpha)
     rating_test = lift_test("mean rating", lift.MeanStat.of(a.rating_means),
                             lift.MeanStat.of(b.rating_means), cfg.alpha)
-    srm = SampleRatio.model_validate(
-        abtest.sample_ratio_mismatch([len(a.ids), len(b.ids)], [split, 1 - split])
-        | {"split": split})
+    srm = sample_ratio(win, len(a.ids), len(b.ids), split, split_changes)
     seq = sequential(cfg, a, b)
     post = lift.bayesian(a.ratio(), b.ratio(), relative=True)
     bayes = BayesSummary(chance_to_win=post.chance_to_win, risk_a=post.risk_control,
@@ -141,6 +142,20 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
     return Experiment(arms=arms, watch_through_test=wt_test, rating_test=rating_test, srm=srm,
                       sequential=seq, bayes=bayes,
                       winner=verdict(cfg, wt_test, srm, seq, fairness))
+
+
+def sample_ratio(win: LogWindow, users_a: int, users_b: int, split: float,
+                 split_changes: Sequence[pd.Timestamp]) -> SampleRatio:
+    """Users per arm against the split in force; not checked over a window the split changed
+    in (its users came under two allocations, which one split cannot describe)."""
+    start, end = pd.Timestamp(win.start, tz="UTC"), pd.Timestamp(win.end, tz="UTC")
+    changed = [t for t in split_changes if start <= t < end]
+    if changed:
+        return SampleRatio(chi2=None, p_value=None, mismatch=False, split=split,
+                           reason=f"not checked: the split changed at {max(changed)} inside "
+                                  "this window")
+    return SampleRatio.model_validate(
+        abtest.sample_ratio_mismatch([users_a, users_b], [split, 1 - split]) | {"split": split})
 
 
 def lift_test(metric: str, a: lift.Stat, b: lift.Stat, alpha: float) -> LiftTest:

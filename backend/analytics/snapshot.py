@@ -222,6 +222,7 @@ class SampleRatio(Section):
     p_value: Figure
     mismatch: bool
     split: float | None = None  # A's expected share
+    reason: str | None = None  # why it was not checked, when it was not
 
 
 class Sequential(Section):

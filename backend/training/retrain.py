@@ -25,7 +25,7 @@ from backend.ml.recommenders import DiversityKNN, ItemKNN, Recommender
 from backend.ml.results import FeedbackForecast, OfflineMetrics
 from backend.training.dataset import TrainingSet, evaluate_model, load_training_set
 from backend.training.result import RetrainResult
-from registry import Decision, Provenance, open_registry
+from registry import Decision, Provenance, open_experiments, open_registry
 from registry.manifest import LakeProvenance
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ def retrain(settings: Settings) -> RetrainResult:
         failpoint("retrain.before_promote")
         if not reasons:
             registry.promote(variant, version)
+            audit_promotion(settings, variant, version)
         decision = Decision(version=version, promoted=not reasons, reasons=reasons,
                             metrics=metrics, forecast=forecast)
         registry.record_decision(variant, decision)
@@ -128,3 +129,15 @@ def retrain(settings: Settings) -> RetrainResult:
                  metrics.coverage, metrics.gini, reasons)
         out[variant] = decision
     return RetrainResult(out)
+
+
+def audit_promotion(settings: Settings, variant: str, version: str) -> None:
+    """The gate's promotion in the operators' audit trail, as `job:retrain` (the decision
+    itself is in the registry's decisions.jsonl); a failed write is logged, not raised: the
+    version is production already."""
+    try:
+        open_experiments(settings).record("promote", "job:retrain",
+                                          {"variant": variant, "version": version})
+    except Exception:
+        log.exception("audit write failed action=promote actor=job:retrain variant=%s",
+                      variant)

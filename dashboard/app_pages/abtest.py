@@ -31,9 +31,10 @@ def body() -> None:
         win_b = ab.bayes.chance_to_win if ab.bayes else None
         cols[2].metric("chance B beats A", data.fmt(win_b, ".0%"),
                        help="posterior of the lift under a flat prior (as GrowthBook)")
-        cols[3].metric("SRM", "mismatch" if srm.mismatch else "ok",
-                       help=f"chi-square p = {data.fmt(srm.p_value)} against the split in "
-                            f"force ({data.fmt(srm.split, '.0%')} on A)")
+        cols[3].metric("SRM", "mismatch" if srm.mismatch else
+                       "not checked" if srm.reason else "ok",
+                       help=srm.reason or f"chi-square p = {data.fmt(srm.p_value)} against "
+                       f"the split in force ({data.fmt(srm.split, '.0%')} on A)")
         st.altair_chart(charts.p_value_line(data.sequential_frame(snap), s.analytics.alpha))
     st.altair_chart(charts.interval_bars(arms.dropna(subset=["watch_through"])))
 

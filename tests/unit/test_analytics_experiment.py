@@ -143,3 +143,18 @@ def test_verdict(p, mismatch, passes, variant, reason):
     seq = Sequential(p_value=p, series=[1.0, p or 1.0])
     w = experiment.verdict(CFG, wt, srm, seq, {"A": fair(), "B": fair(passes)})
     assert w.leader == "B" and w.variant == variant and w.reason.startswith(reason)
+
+
+def test_srm_is_not_checked_over_a_window_the_split_changed_in():
+    from tests.unit.analytics_cases import ago
+
+    reco, watch, rating = many_users()
+    win = window(reco, watch, rating)
+    skewed = experiment.compute(CFG, 0.9, reco, win, {"A": fair(), "B": fair()})
+    assert skewed.srm is not None and skewed.srm.mismatch  # 60/60 users against 90/10
+    during = experiment.compute(CFG, 0.9, reco, win, {"A": fair(), "B": fair()},
+                                [ago(90), ago(20)])
+    assert during.srm is not None and not during.srm.mismatch
+    assert during.srm.p_value is None and "changed" in (during.srm.reason or "")
+    before = experiment.compute(CFG, 0.9, reco, win, {"A": fair(), "B": fair()}, [ago(90)])
+    assert before.srm is not None and before.srm.mismatch

@@ -127,6 +127,11 @@ def test_retrain_registers_gates_promotes_and_reports_what_the_scheduler_reads(l
         assert registry.aliases(variant).production == first[variant].version
         lines = (registry.root / variant / "decisions.jsonl").read_text().splitlines()
         assert [json.loads(x)["promoted"] for x in lines] == [True, False]
+    # the gate's promotions (only) are in the operators' audit trail
+    from registry import open_experiments
+    assert sorted((e.actor, e.action, e.detail["variant"], e.detail["version"])
+                  for e in open_experiments(lake_settings).events()) == [
+        ("job:retrain", "promote", v, first[v].version) for v in ("A", "B")]
     # the --result file, as the retrain job writes it and the scheduler parses it
     path = lake_settings.layout.retrain_result("job-1")
     write_json(path, second.model_dump())
