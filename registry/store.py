@@ -123,8 +123,12 @@ class Registry:
     # -- reading ---------------------------------------------------------------------------
 
     def variants(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and
-                      not p.name.startswith(".")) if self.root.exists() else []
+        """Folders holding versions or aliases (not `experiments/`, the audit log beside)."""
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()
+                      and not p.name.startswith(".")
+                      and ((p / ALIASES).exists() or any(p.glob("v[0-9]*"))))
 
     def versions(self, variant: str) -> list[str]:
         base = self.root / variant

@@ -145,3 +145,16 @@ def test_promotions_and_rollbacks_from_the_cli_are_audited_with_the_os_account(t
     assert [(e.action, e.actor, e.detail) for e in trail] == [
         ("promote", f"cli:{pwd.getpwuid(os.geteuid()).pw_name}", {"variant": "A", "version": v2}),
         ("rollback", f"cli:{pwd.getpwuid(os.geteuid()).pw_name}", {"variant": "A", "version": v1})]
+
+
+def test_the_audit_log_beside_the_variants_is_not_a_variant(tmp_path):
+    from backend.core.settings import Settings
+    from backend.ml.recommenders import Popularity
+    from registry import open_experiments, open_registry
+    from tests.unit.test_recommenders import dataset
+
+    settings = Settings(var_dir=tmp_path / "var")
+    registry = open_registry(settings, signer=True)
+    registry.register("A", Popularity().fit(*dataset()), {}, {})
+    open_experiments(settings).record("split", "key:ops", {"split": 0.5})
+    assert registry.variants() == ["A"]
