@@ -63,6 +63,9 @@ def arm_users(reco: RecoLog, win: LogWindow, variant: str, looks: int = LOOKS) -
     m = win.in_win & reco.arm(variant)
     others = np.unique(reco.user[win.in_win & ~reco.arm(variant)])
     ids = np.setdiff1d(np.unique(reco.user[m]), others)  # sorted
+    if not len(ids):  # every user it served was served by another arm too
+        empty = np.zeros((looks, 0))
+        return ArmUsers(ids, empty, empty, np.zeros(0), 0)
     pos, ok = _positions(ids, reco.user[m])
     ts = reco.ts[m]
     shown = _cumulative(looks, len(ids), _look(win, ts, looks)[ok], pos[ok],

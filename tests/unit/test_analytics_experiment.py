@@ -158,3 +158,13 @@ def test_srm_is_not_checked_over_a_window_the_split_changed_in():
     assert during.srm.p_value is None and "changed" in (during.srm.reason or "")
     before = experiment.compute(CFG, 0.9, reco, win, {"A": fair(), "B": fair()}, [ago(90)])
     assert before.srm is not None and before.srm.mismatch
+
+
+def test_an_arm_whose_every_user_moved_has_no_users_and_no_figures():
+    reco = reco_log([(50, 1, "B", [4]), (10, 1, "A", [1, 2]), (20, 3, "A", [3])])
+    watch = watches([(5, 1, 1), (15, 3, 3)])
+    out = experiment.compute(CFG, 0.5, reco, window(reco, watch), {"A": fair(), "B": fair()})
+    b = out.arms["B"]
+    assert (b.requests, b.users, b.recommended_items, b.watches) == (1, 0, 0, 0)
+    assert b.watch_through is None and out.winner is not None
+    assert out.winner.reason == "not enough data"
