@@ -75,24 +75,22 @@ def arm_users(reco: RecoLog, win: LogWindow, variant: str, looks: int = LOOKS) -
     during = win.during(win.watch_ts)
     w_ts = win.watch_ts[during]
     wpos, wok = _positions(ids, win.watch["user_id"].to_numpy(dtype=np.int64)[during])
-    wok &= w_ts.astype(np.int64) >= first[np.minimum(wpos, max(len(ids) - 1, 0))]
+    wok &= w_ts.astype(np.int64) >= first[np.minimum(wpos, len(ids) - 1)]
     watches = _cumulative(looks, len(ids), _look(win, w_ts, looks)[wok], wpos[wok], None)
     rated = win.rating_in
     means, count = pd.Series(dtype=float), 0
     if len(rated):
         rpos, rok = _positions(ids, rated["user_id"].to_numpy(dtype=np.int64))
         r_ts = naive_series(rated["ts"]).astype(np.int64)
-        rok &= r_ts >= first[np.minimum(rpos, max(len(ids) - 1, 0))]
+        rok &= r_ts >= first[np.minimum(rpos, len(ids) - 1)]
         means, count = rated[rok].groupby("user_id")["rating"].mean(), int(rok.sum())
     return ArmUsers(ids, shown, watches, means.to_numpy(dtype=float), count)
 
 
 def _positions(ids: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's index in the sorted `ids`, and whether it is there at all."""
+    """Each user's index in the sorted, non-empty `ids`, and whether it is there at all."""
     pos = np.searchsorted(ids, users)
-    ok = (pos < len(ids)) & (ids[np.minimum(pos, max(len(ids) - 1, 0))] == users) \
-        if len(ids) else np.zeros(len(users), bool)
-    return pos, ok
+    return pos, (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == users)
 
 
 def _look(win: LogWindow, ts: np.ndarray, looks: int) -> np.ndarray:
