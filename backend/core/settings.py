@@ -8,6 +8,7 @@ embedded broker.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,12 +138,29 @@ class ApiKeySpec(BaseModel):
     per_minute: float | None = Field(None, gt=0, description="own rate limit")
 
 
+VARIANT_NAME = r"^[A-Za-z0-9_-]{1,32}$"
+
+
+class VariantSpec(BaseModel):
+    """A served variant: the recommender it trains (a `Recommender.kind`) and keyword
+    arguments over the ones TrainSettings gives that kind."""
+
+    model: Literal["item_knn", "diversity_knn", "als", "popularity"]
+    params: dict[str, float | int | bool] = {}
+
+
+def default_variants() -> dict[str, VariantSpec]:
+    return {"A": VariantSpec(model="item_knn"), "B": VariantSpec(model="diversity_knn")}
+
+
 class ServeSettings(BaseModel):
     host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:-]{1,253}$")
     port: int = 8000
     api_keys: dict[str, ApiKeySpec] = {}
     per_minute: float = Field(100.0, gt=0, description="rate limit for anyone without a key")
-    split: float = Field(0.5, ge=0, le=1, description="share of users served by variant A")
+    split: float = Field(0.5, ge=0, le=1, description=(
+        "with no experiment running, the share of users the first variant serves (the second "
+        "serves the rest; any others serve nobody until an experiment names them)"))
     salt: str = "exp-1"
     reload_seconds: float = Field(10.0, gt=0, description="how often variants look for a new "
                                                            "production version")
@@ -239,6 +257,9 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     kafka_bootstrap_servers: str | None = None
     dashboard_port: int = Field(8501, description="the Streamlit dashboard `reco up` starts")
+    variants: dict[str, VariantSpec] = Field(default_factory=default_variants, description=(
+        "the variants, in order, that the retrain job trains, the registry keeps and Serve "
+        "deploys (JSON, e.g. {\"A\": {\"model\": \"item_knn\"}, \"C\": {\"model\": \"als\"}})"))
     kafka: KafkaSettings = KafkaSettings()
     lake: LakeSettings = LakeSettings()
     ingest: IngestSettings = IngestSettings()
@@ -252,6 +273,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
+        bad = [v for v in self.variants if not re.fullmatch(VARIANT_NAME, v)]
+        if bad or not self.variants:
+            raise ValueError(f"variants need at least one name matching {VARIANT_NAME}; "
+                             f"refused {bad}")
         if self.kafka_bootstrap_servers:
             self.kafka.bootstrap_servers = self.kafka_bootstrap_servers
         if self.kafka.embedded and self.kafka.embedded_tls:

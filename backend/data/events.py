@@ -108,6 +108,9 @@ class RecoEvent(Event):
     model_version: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     items: Annotated[list[ItemId], Field(max_length=100)]
     latency_ms: Annotated[StrictFloat, Field(ge=0, le=600_000)]
+    # the experiment and allocation epoch the user was assigned under (None: none running)
+    experiment: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    epoch: Annotated[StrictInt, Field(ge=0, le=1_000_000)] | None = None
 
 
 class DlqEvent(Event):
@@ -306,7 +309,7 @@ def typed_frame(model: type[Event], frame: pd.DataFrame) -> pd.DataFrame:
     for s in field_specs(model):
         col = out[s.name]
         if s.kind == "int":
-            out[s.name] = col.astype("int64")
+            out[s.name] = col.astype("Int64" if s.nullable else "int64")
         elif s.kind == "float":
             out[s.name] = col.astype("float64")
         elif s.kind == "datetime":

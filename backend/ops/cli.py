@@ -14,7 +14,7 @@ import click
 from backend.core.errors import RecoError
 from backend.core.logs import setup_logging
 from backend.core.settings import Settings
-from backend.ops import cli_models
+from backend.ops import cli_experiments, cli_models
 
 
 def _settings() -> Settings:
@@ -375,7 +375,8 @@ def status() -> None:
     click.echo(json.dumps(platform.status(_settings()), indent=2, default=str))
 
 
-for _command in (cli_models.train, cli_models.evaluate, cli_models.models):
+for _command in (cli_models.train, cli_models.evaluate, cli_models.models,
+                 cli_experiments.experiment):
     main.add_command(_command)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, get_origin
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from backend.core.settings import Settings
 
@@ -28,8 +28,9 @@ def _type(annotation: Any) -> str:
 
 
 def _default(field: Any) -> str:
-    if field.default_factory is not None:
-        return "`" + repr(field.default_factory()) + "`"
+    if field.default_factory is not None:  # as the JSON a RECO_ variable would hold
+        value = TypeAdapter(Any).dump_json(field.default_factory()).decode()
+        return "`" + value + "`"
     value = field.default
     if isinstance(value, Path):
         return f"`{value}`"

@@ -192,7 +192,7 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool =
         echo(f"lake {topic}: rows={st['rows']} newest={st['newest_ts']}")
 
     registry = open_registry(settings)
-    if not all(registry.aliases(v).production for v in ("A", "B")):
+    if not all(registry.aliases(v).production for v in settings.variants):
         echo("models: training the first signed versions")
         from backend.training.retrain import retrain  # first start only: spare `reco status`
 

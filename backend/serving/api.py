@@ -10,8 +10,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,9 +24,12 @@ from backend.serving.ingress import IngressLogic
 from backend.serving.metrics import replica_delta
 from backend.serving.schemas import (
     Accepted,
+    AddArmRequest,
     AliasesResponse,
     DiversityRequest,
     ErrorBody,
+    ExperimentsResponse,
+    ExperimentView,
     HealthResponse,
     ModelsResponse,
     PromoteRequest,
@@ -34,11 +38,18 @@ from backend.serving.schemas import (
     RuntimeKnobs,
     SplitRequest,
     SplitResponse,
+    WeightsRequest,
 )
+from registry.experiments import NAME, ExperimentSpec
 
 # one documented error shape for 422, always JSON (FastAPI's default documents only its own
 # field-error list, in the route's media type: schemathesis found both mismatches)
 _ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what, "content": _ERROR_JSON}
+    for status, what in ((404, "no such experiment"),
+                         (409, "refused: it conflicts with the current state"))}
+ExperimentId = Path(pattern=NAME)
 HOT_ROUTE = SimpleNamespace(path="/recommend/{user_id}")  # what the metrics read of a route
 
 
@@ -192,13 +203,13 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         await guard(logic, request, "admin")
         return logic.models()
 
-    @api.post("/admin/promote")
+    @api.post("/admin/promote", responses={409: _REFUSALS[409]})
     async def admin_promote(request: Request, body: PromoteRequest) -> AliasesResponse:
         """Verify, then make `version` production; variants pick it up on their next poll."""
         logic = current()
         return logic.promote(body.variant, body.version, await operator(logic, request))
 
-    @api.post("/admin/rollback")
+    @api.post("/admin/rollback", responses={409: _REFUSALS[409]})
     async def admin_rollback(request: Request, body: RollbackRequest) -> AliasesResponse:
         logic = current()
         return logic.rollback(body.variant, await operator(logic, request))
@@ -210,11 +221,54 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         return await logic.set_diversity(body.model_dump(exclude_none=True),
                                          await operator(logic, request))
 
-    @api.post("/admin/split")
+    @api.post("/admin/split", responses={409: _REFUSALS[409]})
     async def admin_split(request: Request, body: SplitRequest) -> SplitResponse:
         """Change the experiment for every replica (through the shared state)."""
         logic = current()
         return await logic.set_split(body.split, body.salt, await operator(logic, request))
+
+    @api.get("/admin/experiments")
+    async def experiments_list(request: Request) -> ExperimentsResponse:
+        logic = current()
+        await guard(logic, request, "admin")
+        return logic.list_experiments()
+
+    @api.get("/admin/experiments/{experiment_id}", responses=_REFUSALS)
+    async def experiment_show(request: Request, experiment_id: str = ExperimentId
+                              ) -> ExperimentView:
+        """The experiment as its audit trail leaves it (arms, epochs, stop), and the trail."""
+        logic = current()
+        await guard(logic, request, "admin")
+        return logic.show_experiment(experiment_id)
+
+    @api.post("/admin/experiments", status_code=201, responses=_REFUSALS)
+    async def experiment_start(request: Request, body: ExperimentSpec) -> ExperimentView:
+        """Start an experiment over deployed variants (one at a time; ids never reused)."""
+        logic = current()
+        return await logic.start_experiment(body, await operator(logic, request))
+
+    @api.post("/admin/experiments/{experiment_id}/weights", responses=_REFUSALS)
+    async def experiment_weights(request: Request, body: WeightsRequest,
+                                 experiment_id: str = ExperimentId) -> ExperimentView:
+        """New weights for every arm: a new allocation epoch, on every replica."""
+        logic = current()
+        return await logic.set_weights(experiment_id, body.weights,
+                                       await operator(logic, request))
+
+    @api.post("/admin/experiments/{experiment_id}/arms", responses=_REFUSALS)
+    async def experiment_add_arm(request: Request, body: AddArmRequest,
+                                 experiment_id: str = ExperimentId) -> ExperimentView:
+        """A deployed variant joins the running experiment (a new allocation epoch)."""
+        logic = current()
+        return await logic.add_arm(experiment_id, body.arm, body.weight,
+                                   await operator(logic, request))
+
+    @api.post("/admin/experiments/{experiment_id}/stop", responses=_REFUSALS)
+    async def experiment_stop(request: Request, experiment_id: str = ExperimentId
+                              ) -> ExperimentView:
+        """Stop it: users go back to the default allocation."""
+        logic = current()
+        return await logic.stop_experiment(experiment_id, await operator(logic, request))
 
     return api
 

@@ -1,12 +1,13 @@
 """Serve's application builder: `build_app(AppArgs)` binds the deployment graph
 (serve_config.yaml's import_path; `reco serve start` deploys it).
 
-    Ingress (FastAPI, N replicas) -> VariantA, VariantB (autoscaled) -> model registry
-       |-> ServingState (exactly one: leases, experiment, metric sums) <- VariantB, RecoLog
+    Ingress (FastAPI, N replicas) -> Variant<name> per settings variant (autoscaled) -> registry
+       |-> ServingState (exactly one: leases, experiment, metric sums) <- diversity variants,
+       |                                                                   RecoLog
        `-> RecoLog (produces the reco log to events.reco)
 
-Run-time knobs arrive through `user_config` (`reconfigure`): the split and salt on the
-ingress, the diversity strengths on variant B.
+Run-time knobs arrive through `user_config` (`reconfigure`): the default split and salt on
+the ingress, the diversity strengths on the variants whose model is `diversity_knn`.
 """
 
 # No `from __future__ import annotations`: Serve reads build_app's parameter annotation as a
@@ -34,10 +35,15 @@ def build_app(args: AppArgs) -> Application:
     settings = Settings()
     state = _deployment(ServingState).bind(settings)
     variant = _deployment(VariantDeployment)
-    a = variant.options(name="VariantA").bind(settings, "A")
-    b = variant.options(name="VariantB", user_config={"runtime": args.b_runtime}
-                        ).bind(settings, "B", state)
+    variants = {}
+    for name, spec in settings.variants.items():
+        if spec.model == "diversity_knn":  # follows the shared run-time knobs
+            variants[name] = variant.options(
+                name=f"Variant{name}", user_config={"runtime": args.b_runtime}
+            ).bind(settings, name, state)
+        else:
+            variants[name] = variant.options(name=f"Variant{name}").bind(settings, name)
     reco_log = _deployment(RecoLogDeployment).bind(settings, state)
     return _deployment(Ingress).options(
         num_replicas=args.ingress_replicas, user_config={"split": args.split, "salt": args.salt}
-    ).bind(settings, a, b, state, reco_log)
+    ).bind(settings, variants, state, reco_log)

@@ -33,11 +33,24 @@ def effective_config(settings: Settings, path: Path = CONFIG) -> dict[str, Any]:
     app["args"] = (app.get("args") or {}) | {
         "split": settings.serve.split, "salt": settings.serve.salt,
         "ingress_replicas": settings.serve.ingress_replicas}
+    app["deployments"] = variant_deployments(app.get("deployments") or [], list(settings.variants))
     env = (app.get("runtime_env") or {}).get("env_vars") or {}
     keys = {n: k.model_dump() for n, k in settings.serve.api_keys.items()}  # digests only
     app["runtime_env"] = (app.get("runtime_env") or {}) | {
         "env_vars": env | job_env(settings) | {"RECO_SERVE__API_KEYS": json.dumps(keys)}}
     return cfg
+
+
+def variant_deployments(deployments: list[dict[str, Any]], variants: list[str]
+                        ) -> list[dict[str, Any]]:
+    """The file's deployment options with one `Variant<name>` entry per settings variant:
+    the file's own where it has one, else a copy of its first variant's (a variant the
+    settings do not name is dropped: Serve refuses options for a deployment it lacks)."""
+    others = [d for d in deployments if not d["name"].startswith("Variant")]
+    own = {d["name"]: d for d in deployments if d["name"].startswith("Variant")}
+    template = next(iter(own.values()), {"name": "Variant"})
+    return others + [own.get(f"Variant{v}", template | {"name": f"Variant{v}"})
+                     for v in variants]
 
 
 def deploy(settings: Settings, dashboard_url: str, path: Path = CONFIG) -> dict[str, Any]:

@@ -33,7 +33,9 @@ from backend.serving import api as http
 from backend.serving.ingress import IngressLogic, SharedState, VariantCalls, load_titles
 from backend.serving.metrics import Gauge, MetricsPayload
 from backend.serving.recolog import PUSH_SECONDS, RecoLogLogic
+from backend.serving.router import allocation_of
 from backend.serving.schemas import (
+    Allocation,
     Knob,
     SharedExperiment,
     VariantAnswer,
@@ -61,6 +63,15 @@ def _pushing(call: Callable[[dict[str, Any]], Awaitable[Any]]
     async def push(payload: MetricsPayload) -> None:
         await call(payload.model_dump())
     return push
+
+
+def _allocating(call: Callable[[dict[str, Any] | None], Awaitable[Any]]
+                ) -> Callable[[Allocation | None], Awaitable[SharedExperiment]]:
+    """A handle's `set_allocation`, sent the allocation as a plain dict."""
+    async def allocate(allocation: Allocation | None) -> SharedExperiment:
+        wire = None if allocation is None else allocation.model_dump()
+        return SharedExperiment.model_validate(await call(wire))
+    return allocate
 
 
 def _replica_id() -> str:
@@ -129,9 +140,11 @@ class ServingState:
 
     def __init__(self, settings: Settings) -> None:
         cfg = settings.serve
+        running = open_experiments(settings).running()  # the store wins over the defaults
         self.logic = ServingStateLogic(
             cfg.per_minute, {f"key:{n}": k.per_minute for n, k in cfg.api_keys.items()
-                             if k.per_minute}, cfg.split, cfg.salt)
+                             if k.per_minute}, cfg.split, cfg.salt,
+            variants=list(settings.variants), running=allocation_of(running) if running else None)
 
     async def acquire(self, client: str) -> tuple[int, int]:
         return self.logic.acquire(client)
@@ -157,6 +170,10 @@ class ServingState:
 
     async def deployed_runtime(self, runtime: dict[str, Knob]) -> dict[str, Any]:
         return self.logic.deployed_runtime(runtime).model_dump()
+
+    async def set_allocation(self, allocation: dict[str, Any] | None) -> dict[str, Any]:
+        return self.logic.set_allocation(
+            None if allocation is None else Allocation.model_validate(allocation)).model_dump()
 
 
 @serve.deployment(name="RecoLog", num_replicas=1, max_ongoing_requests=64,
@@ -188,26 +205,25 @@ class RecoLogDeployment:
 class Ingress:
     """The HTTP ingress: api.py's routes and hot path answer through `self.logic`."""
 
-    def __init__(self, settings: Settings, variant_a: DeploymentHandle[Any],
-                 variant_b: DeploymentHandle[Any], state: DeploymentHandle[Any],
-                 reco_log: DeploymentHandle[Any]) -> None:
+    def __init__(self, settings: Settings, variants: dict[str, DeploymentHandle[Any]],
+                 state: DeploymentHandle[Any], reco_log: DeploymentHandle[Any]) -> None:
+        """`variants`: a handle per variant, in the settings' order."""
         replica = _replica_id()
         spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", replica)
-        variants = {v: VariantCalls(h.recommend_batch.remote,
-                                    _typed(VariantStatus, h.status.remote))
-                    for v, h in (("A", variant_a), ("B", variant_b))}
+        calls = {v: VariantCalls(h.recommend_batch.remote, _typed(VariantStatus, h.status.remote))
+                 for v, h in variants.items()}
         shared = SharedState(
             acquire=state.acquire.remote, record=_pushing(state.record.remote),
             config=_typed(SharedExperiment, state.config.remote),
             deployed=_typed(SharedExperiment, state.deployed.remote),
             set_config=_typed(SharedExperiment, state.set_config.remote),
+            set_allocation=_allocating(state.set_allocation.remote),
             writes_health=_typed(WritesHealth, state.writes_health.remote),
             render=state.render.remote)
         self.logic = IngressLogic(
-            settings.serve, variants, shared, reco_log.write.remote,
+            settings.serve, calls, shared, reco_log.write.remote,
             EventProducer(settings.kafka, spool),  # writes; the reco log's fallback
-            replica, functools.partial(open_registry, settings),
-            open_experiments(settings).record,
+            replica, functools.partial(open_registry, settings), open_experiments(settings),
             titles=load_titles(settings.data_cache), retry_on=(RayActorError,))
         http.answer_with(self.logic)
 

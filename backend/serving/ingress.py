@@ -33,11 +33,14 @@ from backend.serving.coalesce import Coalescer
 from backend.serving.leases import Leases
 from backend.serving.metrics import Gauge, MetricsPayload, replica_delta, take_replica_delta
 from backend.serving.recolog import PUSH_SECONDS, LogShipper, Producer, ProducerGauges, Record
-from backend.serving.router import RouterLogic
+from backend.serving.router import RouterLogic, allocation_of, default_allocation
 from backend.serving.schemas import (
     Accepted,
     AliasesResponse,
+    Allocation,
     AnsweredRequest,
+    ExperimentsResponse,
+    ExperimentView,
     HealthResponse,
     Knob,
     ModelsResponse,
@@ -52,7 +55,13 @@ from backend.serving.schemas import (
     WritesHealth,
 )
 from registry import Registry
-from registry.experiments import OperatorAction
+from registry.experiments import (
+    ArmSpec,
+    Experiment,
+    ExperimentSpec,
+    ExperimentStore,
+    OperatorAction,
+)
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
@@ -78,6 +87,7 @@ class SharedState:
     deployed: Callable[[float, str], Awaitable[SharedExperiment]]
     set_config: Callable[[float | None, str | None, dict[str, Knob] | None],
                          Awaitable[SharedExperiment]]
+    set_allocation: Callable[[Allocation | None], Awaitable[SharedExperiment]]
     writes_health: Callable[[], Awaitable[WritesHealth]]
     render: Callable[[list[Gauge]], Awaitable[str]]
 
@@ -97,22 +107,25 @@ class IngressLogic:
     def __init__(self, cfg: ServeSettings, variants: Mapping[str, VariantCalls],
                  state: SharedState, ship: Callable[[list[Record]], Awaitable[Any]],
                  producer: Producer, replica: str, registry: Callable[[], Registry],
-                 audit: Audit, titles: Mapping[int, str] | None = None,
+                 experiments: ExperimentStore, audit: Audit | None = None,
+                 titles: Mapping[int, str] | None = None,
                  retry_on: tuple[type[BaseException], ...] = (),
                  period: float = PUSH_SECONDS) -> None:
         """`ship`: hands a batch of reco-log records to the RecoLog deployment; `producer`:
-        this replica's own (the writes, and the reco log's fallback); `retry_on`: errors
-        after which a variant call is made once more (a replica lost mid-call: Serve routes
-        the retry to a live one)."""
+        this replica's own (the writes, and the reco log's fallback); `experiments`: the
+        store of experiments and the operators' audit trail (`audit`: its `record`, unless
+        given); `retry_on`: errors after which a variant call is made once more (a replica
+        lost mid-call: Serve routes the retry to a live one)."""
         self.variants = dict(variants)
         self.state = state
         self.producer = producer
         self.registry = registry
-        self.audit = audit
+        self.experiments = experiments
+        self.audit = audit or experiments.record
         self.titles = dict(titles or {})
         self.retry_on = retry_on
         self.period = period
-        self.router = RouterLogic(cfg.split, cfg.salt)
+        self.router = RouterLogic(default_allocation(list(self.variants), cfg.split, cfg.salt))
         self.keys = ApiKeys({n: (k.sha256, k.role) for n, k in cfg.api_keys.items()})
         self.leases = Leases(state.acquire)
         self.batches: dict[str, Coalescer[tuple[int, int], VariantAnswer]] = {
@@ -131,15 +144,17 @@ class IngressLogic:
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """A deployed `user_config`: applied here now, and through the shared state on every
         replica within a push period (unless it is the config already deployed)."""
-        self.router.reconfigure(config)
+        split, salt = float(config.get("split", 0.5)), str(config.get("salt", "exp-1"))
+        if not 0.0 <= split <= 1.0 or not salt:
+            raise ValueError(f"split must be within [0, 1] and salt non-empty: {config}")
         self.generation = -1  # the shared config wins over this one unless this one is new
-        self.apply(await self.state.deployed(self.router.split, self.router.salt))
+        self.apply(await self.state.deployed(split, salt))
         self.start()
 
     def apply(self, shared: SharedExperiment) -> None:
         """The shared experiment config, if it changed since it was last applied here."""
         if shared.generation != self.generation:
-            self.router.reconfigure({"split": shared.split, "salt": shared.salt})
+            self.router.follow(shared.allocation)
             self.generation = shared.generation
 
     def start(self) -> None:
@@ -217,6 +232,7 @@ class IngressLogic:
         """The variant's answer with `request_id` and `user_id`; logged. `state`: the
         request's ASGI scope state, where the request metrics find the variant."""
         t0 = time.perf_counter()
+        alloc = self.router.allocation
         variant = self.router.assign(user_id)
         state["variant"] = variant
         result = await self.batches[variant].submit((user_id, k))
@@ -227,7 +243,7 @@ class IngressLogic:
         self.reco_log.add(RecoEvent(  # shipped in batches to RecoLog, which produces it
             request_id=request_id, user_id=user_id, variant=variant,
             model_version=result["model_version"], items=result["items"],
-            latency_ms=latency).to_record())
+            latency_ms=latency, experiment=alloc.experiment, epoch=alloc.epoch).to_record())
         return AnsweredRequest(**result, request_id=request_id, user_id=user_id)
 
     def titled(self, r: AnsweredRequest) -> RecommendResponse:
@@ -260,9 +276,11 @@ class IngressLogic:
             shared = WritesHealth()
         depth = max(shared.spool_depth, self.producer.spool.depth)
         degraded = self.producer.degraded or shared.degraded_replicas > 0 or depth > 0
+        alloc = self.router.allocation
         return HealthResponse(status="ok" if serving and not degraded else "degraded",
                               variants=variants, broker_degraded=degraded, spool_depth=depth,
-                              split=self.router.split, salt=self.router.salt)
+                              split=alloc.split, salt=alloc.salt, weights=alloc.weights,
+                              experiment=alloc.experiment, epoch=alloc.epoch)
 
     async def metrics_text(self) -> str:
         """Prometheus text, summed over every replica, with each variant's refused versions
@@ -292,14 +310,26 @@ class IngressLogic:
 
     def promote(self, variant: str, version: str, actor: str) -> AliasesResponse:
         """Verify, then make `version` production; variants pick it up on their next poll."""
+        self._unpinned(variant, version)
         aliases = self.registry().promote(variant, version)
         self._audit("promote", actor, {"variant": variant, "version": version})
         return AliasesResponse(aliases.named())
 
     def rollback(self, variant: str, actor: str) -> AliasesResponse:
+        self._unpinned(variant, None)
         aliases = self.registry().rollback(variant)
         self._audit("rollback", actor, {"variant": variant, "version": aliases.production})
         return AliasesResponse(aliases.named())
+
+    def _unpinned(self, variant: str, version: str | None) -> None:
+        """Refuses to move production off the version the running experiment pins."""
+        running = self.experiments.running()
+        if running is None:
+            return
+        for arm in running.spec.arms:
+            if arm.variant == variant and arm.version not in (None, version):
+                raise RecoError(f"experiment {running.spec.id!r} pins {variant} at "
+                                f"{arm.version}: stop it first", status_code=409)
 
     async def set_diversity(self, knobs: dict[str, Knob], actor: str) -> RuntimeKnobs:
         """Change Model B's strengths on every B replica (applied within a second)."""
@@ -313,8 +343,71 @@ class IngressLogic:
 
     async def set_split(self, split: float | None, salt: str | None, actor: str
                         ) -> SplitResponse:
-        """Change the experiment for every replica (through the shared state)."""
-        self.apply(await self.state.set_config(split, salt, None))
+        """Change the default allocation (in force while no experiment runs) for every
+        replica, through the shared state."""
+        running = (await self.state.config()).allocation.experiment
+        if running is not None:
+            raise RecoError(f"experiment {running!r} is running: set its weights (POST "
+                            f"/admin/experiments/{running}/weights) or stop it first",
+                            status_code=409)
+        shared = await self.state.set_config(split, salt, None)
+        self.apply(shared)
+        default = shared.default
         await asyncio.to_thread(self._audit, "split", actor,
-                                {"split": self.router.split, "salt": self.router.salt})
-        return SplitResponse(split=self.router.split, salt=self.router.salt)
+                                {"split": default.split, "salt": default.salt})
+        return SplitResponse(split=default.split, salt=default.salt)
+
+    # -- experiments: the store records each change (with its actor), then every replica
+    # follows the new allocation through the shared state
+
+    def list_experiments(self) -> ExperimentsResponse:
+        return ExperimentsResponse(self.experiments.experiments())
+
+    def show_experiment(self, experiment: str) -> ExperimentView:
+        return ExperimentView(experiment=self.experiments.get(experiment),
+                              events=self.experiments.events(experiment))
+
+    async def start_experiment(self, spec: ExperimentSpec, actor: str) -> ExperimentView:
+        self._servable(spec.arms)
+        return await self._allocate(
+            await asyncio.to_thread(self.experiments.start, spec, actor))
+
+    async def set_weights(self, experiment: str, weights: dict[str, float], actor: str
+                          ) -> ExperimentView:
+        return await self._allocate(await asyncio.to_thread(
+            self.experiments.set_weights, experiment, weights, actor))
+
+    async def add_arm(self, experiment: str, arm: ArmSpec, weight: float, actor: str
+                      ) -> ExperimentView:
+        self._servable([arm])
+        return await self._allocate(await asyncio.to_thread(
+            self.experiments.add_arm, experiment, arm, weight, actor))
+
+    async def stop_experiment(self, experiment: str, actor: str) -> ExperimentView:
+        return await self._allocate(
+            await asyncio.to_thread(self.experiments.stop, experiment, actor))
+
+    def _servable(self, arms: list[ArmSpec]) -> None:
+        """Every arm is a deployed variant, at its pinned version if it pins one (variants
+        serve their production version: pin the one that is production)."""
+        for arm in arms:
+            if arm.variant not in self.variants:
+                raise RecoError(f"variant {arm.variant!r} is not deployed (deployed: "
+                                f"{sorted(self.variants)}): add it to RECO_VARIANTS and "
+                                "redeploy (reco serve start)", status_code=422)
+            if arm.version is not None:
+                production = self.registry().aliases(arm.variant).production
+                if production != arm.version:
+                    raise RecoError(f"{arm.variant} serves {production}, not the pinned "
+                                    f"{arm.version}: promote it first", status_code=409)
+
+    async def _allocate(self, exp: Experiment) -> ExperimentView:
+        """Every replica to `exp`'s allocation (the default one once it stopped)."""
+        try:
+            shared = await self.state.set_allocation(allocation_of(exp))
+        except Exception as exc:
+            log.exception("allocation not shared experiment=%s", exp.spec.id)
+            raise RecoError(f"recorded, but the serving state did not take it ({exc}): it "
+                            "applies when that replica restarts", status_code=503) from None
+        self.apply(shared)
+        return ExperimentView(experiment=exp, events=self.experiments.events(exp.spec.id))

@@ -13,6 +13,8 @@ from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from registry.experiments import ArmSpec, AuditEvent, Experiment
+
 Knob = float | int  # an int stays an int in JSON, a float a float
 
 
@@ -89,12 +91,18 @@ class VariantStatus(BaseModel):
 
 
 class HealthResponse(BaseModel):
+    """`split` (the first arm's share) only while two arms are allocated; `weights` always.
+    `experiment` and `epoch`: what the users are assigned under (null: none running)."""
+
     status: Literal["ok", "degraded"]
     variants: dict[str, VariantStatus]
     broker_degraded: bool
     spool_depth: int
-    split: float
+    split: float | None
     salt: str
+    weights: dict[str, float] = {}
+    experiment: str | None = None
+    epoch: int | None = None
 
 
 class VariantVersions(BaseModel):
@@ -115,22 +123,67 @@ class RuntimeKnobs(RootModel[dict[str, Knob]]):
 
 
 class SplitResponse(BaseModel):
-    """`POST /admin/split`: the experiment now in force."""
+    """`POST /admin/split`: the default allocation now (split null with one variant)."""
 
-    split: float
+    split: float | None
     salt: str
+
+
+class WeightsRequest(BaseModel):
+    """`POST /admin/experiments/{id}/weights`: every arm's weight (a new allocation epoch)."""
+
+    weights: dict[str, float]
+
+
+class AddArmRequest(BaseModel):
+    """`POST /admin/experiments/{id}/arms`: a deployed variant joins with `weight`."""
+
+    arm: ArmSpec
+    weight: float = Field(gt=0)
+
+
+class ExperimentView(BaseModel):
+    """An experiment as its audit trail leaves it, and that trail."""
+
+    experiment: Experiment
+    events: list[AuditEvent]
+
+
+class ExperimentsResponse(RootModel[dict[str, Experiment]]):
+    """`GET /admin/experiments`: every experiment by id, oldest first."""
 
 
 # -- between deployments: plain dicts on the wire (deployments.py dumps and validates) -------
 
-class SharedExperiment(BaseModel):
-    """The experiment every replica follows (ServingState's config); `generation` counts
-    its changes, so a replica applies each one once."""
+class Allocation(BaseModel):
+    """Who serves whom: the arms in order with their weights, the salt, and the experiment
+    and epoch it belongs to (None: the default allocation, no experiment running)."""
 
     model_config = ConfigDict(frozen=True)
 
-    split: float
+    weights: dict[str, float]
     salt: str
+    experiment: str | None = None
+    epoch: int | None = None
+
+    @property
+    def split(self) -> float | None:
+        """The first arm's share, with exactly two arms (what `/health` always reported)."""
+        if len(self.weights) != 2:
+            return None
+        first, total = next(iter(self.weights.values())), sum(self.weights.values())
+        return first / total if total > 0 else None
+
+
+class SharedExperiment(BaseModel):
+    """What every replica follows (ServingState's config): the allocation in force, the
+    default one (for when no experiment runs) and the run-time knobs; `generation` counts
+    changes, so a replica applies each one once."""
+
+    model_config = ConfigDict(frozen=True)
+
+    allocation: Allocation
+    default: Allocation
     b_runtime: dict[str, Knob] = {}
     generation: int = 0
 

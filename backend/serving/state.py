@@ -1,5 +1,6 @@
-"""State every ingress replica must share: the rate-limit buckets, the experiment (split and
-salt), and the request metrics summed over replicas.
+"""State every ingress replica must share: the rate-limit buckets, the allocation (the running
+experiment's arms and weights, or the default split), and the request metrics summed over
+replicas.
 
 `ServingStateLogic` is plain Python (unit-tested with a fake clock); the `ServingState`
 deployment in deployments.py runs exactly one of it. Replicas reach it rarely, never once per
@@ -8,27 +9,36 @@ request:
   (`acquire`) and spends them locally, so the total a client gets is the configured limit
   (plus at most one lease per replica in flight), not limit x replicas;
 - metrics as deltas a replica pushes about once a second (`record`, see metrics.py);
-- the experiment config, polled about once a second (`config`), changed by `set_config`.
+- the experiment config, polled about once a second (`config`), changed by `set_config`
+  (the default split, the knobs) and `set_allocation` (an experiment started, re-weighted,
+  grown or stopped: the experiment store records it first, see registry/experiments.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from backend.serving.metrics import Gauge, MetricsLogic, MetricsPayload
 from backend.serving.ratelimit import RateLimiterLogic
-from backend.serving.schemas import Knob, SharedExperiment, WritesHealth
+from backend.serving.router import default_allocation
+from backend.serving.schemas import Allocation, Knob, SharedExperiment, WritesHealth
 
 
 class ServingStateLogic:
     """The one shared place: leases of rate-limit tokens, experiment config, metric sums."""
 
     def __init__(self, per_minute: float, overrides: dict[str, float], split: float,
-                 salt: str, clock: Callable[[], float] = time.monotonic) -> None:
+                 salt: str, *, variants: Sequence[str], running: Allocation | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`variants`: the deployed ones, in order (the default allocation's first two
+        split the users); `running`: the allocation of the experiment running as this
+        replica starts (the store's), which wins over the default until it stops."""
         self.limiter = RateLimiterLogic(per_minute=per_minute, overrides=overrides, clock=clock)
         self.metrics = MetricsLogic(clock)
-        self.experiment = SharedExperiment(split=split, salt=salt)
+        self.variants = list(variants)
+        default = default_allocation(self.variants, split, salt)
+        self.experiment = SharedExperiment(allocation=running or default, default=default)
         self._deployed: tuple[float, str] = (split, salt)
         self._deployed_runtime: dict[str, Knob] = {}
 
@@ -85,9 +95,24 @@ class ServingStateLogic:
 
     def set_config(self, split: float | None = None, salt: str | None = None,
                    b_runtime: dict[str, Knob] | None = None) -> SharedExperiment:
+        """The default allocation's split and salt (in force while no experiment runs) and
+        the run-time knobs."""
         now = self.experiment
-        self.experiment = SharedExperiment(
-            split=now.split if split is None else float(split),
-            salt=now.salt if salt is None else salt,
-            b_runtime=now.b_runtime | dict(b_runtime or {}), generation=now.generation + 1)
+        old = now.default
+        default = old
+        if split is not None or salt is not None:
+            share = old.split if old.split is not None else 1.0  # one variant: it serves all
+            default = default_allocation(self.variants, share if split is None else float(split),
+                                         old.salt if salt is None else salt)
+        running = now.allocation.experiment is not None
+        return self._changed(allocation=now.allocation if running else default,
+                             default=default, b_runtime=now.b_runtime | dict(b_runtime or {}))
+
+    def set_allocation(self, allocation: Allocation | None) -> SharedExperiment:
+        """A running experiment's allocation (None: it stopped, back to the default)."""
+        return self._changed(allocation=allocation or self.experiment.default)
+
+    def _changed(self, **update: object) -> SharedExperiment:
+        now = self.experiment
+        self.experiment = now.model_copy(update=update | {"generation": now.generation + 1})
         return self.experiment

@@ -19,9 +19,9 @@ from typing import Any
 
 from backend.core.failpoints import failpoint
 from backend.core.hashing import sha256_file
-from backend.core.settings import Settings, TrainSettings
+from backend.core.settings import Settings, TrainSettings, VariantSpec
 from backend.ml.forecast import forecast_gini_slope
-from backend.ml.recommenders import DiversityKNN, ItemKNN, Recommender
+from backend.ml.recommenders import MODELS
 from backend.ml.results import FeedbackForecast, OfflineMetrics
 from backend.training.dataset import TrainingSet, evaluate_model, load_training_set
 from backend.training.result import RetrainResult
@@ -31,17 +31,19 @@ from registry.manifest import LakeProvenance
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 LOCKFILE = ROOT / "requirements.lock"
-VARIANTS: dict[str, type[Recommender]] = {"A": ItemKNN, "B": DiversityKNN}
 
 
-def model_params(variant: str, cfg: TrainSettings) -> dict[str, Any]:
-    """The constructor keywords of a variant's model (recorded as the manifest's params)."""
-    base: dict[str, Any] = {"neighbours": cfg.neighbours, "shrinkage": cfg.shrinkage,
-                            "watch_weight": cfg.watch_weight, "rating_weight": cfg.rating_weight}
-    if variant == "B":
+def model_params(spec: VariantSpec, cfg: TrainSettings) -> dict[str, Any]:
+    """The constructor keywords of a variant's model (recorded as the manifest's params):
+    what TrainSettings gives its kind, then the variant's own `params` over them."""
+    base: dict[str, Any] = {"watch_weight": cfg.watch_weight,
+                            "rating_weight": cfg.rating_weight}
+    if spec.model in ("item_knn", "diversity_knn"):
+        base |= {"neighbours": cfg.neighbours, "shrinkage": cfg.shrinkage}
+    if spec.model == "diversity_knn":
         base |= {"mmr_lambda": cfg.mmr_lambda, "exploration": cfg.exploration,
                  "tail_slots": cfg.tail_slots, "tail_share": cfg.tail_share}
-    return base
+    return base | spec.params
 
 
 def gate(candidate: OfflineMetrics, production: OfflineMetrics | None, cfg: TrainSettings,
@@ -92,14 +94,17 @@ def provenance(data: TrainingSet) -> Provenance:
 
 
 def retrain(settings: Settings) -> RetrainResult:
-    """Train, evaluate, forecast, register, gate and promote each variant once."""
+    """Train, evaluate, forecast, register, gate and promote each settings variant once."""
     cfg = settings.train
     data = load_training_set(settings)
     prov = provenance(data)
     registry = open_registry(settings, signer=True)
+    running = open_experiments(settings).running()
+    pinned = {a.variant: a.version for a in running.spec.arms if a.version} if running else {}
     out = {}
-    for variant, cls in VARIANTS.items():
-        params = model_params(variant, cfg)
+    for variant, spec in settings.variants.items():
+        cls = MODELS[spec.model]
+        params = model_params(spec, cfg)
         t0 = time.perf_counter()
         metrics = evaluate_model(cls(**params), data, cfg)
         final = cls(**params).fit(data.interactions, data.items, data.users)
@@ -117,6 +122,8 @@ def retrain(settings: Settings) -> RetrainResult:
         except Exception:  # no production yet, or it no longer verifies: gate on limits only
             production = None
         reasons = gate(metrics, production, cfg, forecast)
+        if variant in pinned and running is not None:
+            reasons.append(f"experiment {running.spec.id} pins {variant} at {pinned[variant]}")
         failpoint("retrain.before_promote")
         if not reasons:
             registry.promote(variant, version)

@@ -43,12 +43,16 @@ body()
 
 st.subheader("Split")
 health = data.health()
-current = health.split if health else 0.5
-with st.form("split"):
-    split = st.slider("share of users on A", 0.0, 1.0, float(current), 0.05)
-    if st.form_submit_button("apply split"):
-        status, body_ = data.admin_post("/admin/split", {"split": split})
-        (st.success if status == 200 else st.error)(f"{status}: {body_}")
+if health is not None and health.experiment is not None:
+    st.caption(f"Experiment {health.experiment} (epoch {health.epoch}) allocates the users: "
+               f"{health.weights}. Change its weights with `reco experiment set-weights`.")
+else:
+    current = health.split if health is not None and health.split is not None else 0.5
+    with st.form("split"):
+        split = st.slider("share of users on A", 0.0, 1.0, float(current), 0.05)
+        if st.form_submit_button("apply split"):
+            status, body_ = data.admin_post("/admin/split", {"split": split})
+            (st.success if status == 200 else st.error)(f"{status}: {body_}")
 
 st.subheader("Audit trail")
 trail = data.audit_frame(str(data.settings().var_dir))

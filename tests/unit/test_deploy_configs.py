@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -87,3 +88,24 @@ def test_hadolint_catches_a_bad_dockerfile(tmp_path):
     hadolint = Path(sys.executable).with_name("hadolint")
     out = subprocess.run([str(hadolint), str(bad)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "DL3007" in out.stdout
+
+
+def test_the_deployed_config_has_one_variant_deployment_per_settings_variant(monkeypatch,
+                                                                              tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    from backend.core.settings import Settings
+    from backend.serving.deploy import effective_config
+
+    monkeypatch.setenv("RECO_VARIANTS", '{"A": {"model": "item_knn"}, '
+                                        '"C": {"model": "als", "params": {"factors": 8}}}')
+    settings = Settings(var_dir=tmp_path / "var")
+    assert list(settings.variants) == ["A", "C"]
+    cfg = effective_config(settings)
+    ServeDeploySchema.model_validate(cfg)
+    names = [d["name"] for d in cfg["applications"][0]["deployments"]]
+    assert "VariantB" not in names and {"VariantA", "VariantC", "Ingress"} <= set(names)
+    by_name = {d["name"]: d for d in cfg["applications"][0]["deployments"]}
+    assert by_name["VariantC"]["autoscaling_config"] == by_name["VariantA"]["autoscaling_config"]
+    env = cfg["applications"][0]["runtime_env"]["env_vars"]
+    assert json.loads(env["RECO_VARIANTS"])["C"]["params"] == {"factors": 8}

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from scipy import stats
 
-from backend.serving.router import BUCKETS, RouterLogic, weighted_arm
+from backend.serving.router import BUCKETS, RouterLogic, default_allocation, weighted_arm
 from registry.experiments import ArmSpec, ExperimentError, ExperimentSpec, ExperimentStore
 
 
@@ -107,11 +107,10 @@ def test_an_event_that_cannot_apply_is_skipped_and_later_changes_still_work(tmp_
     assert [e.weights for e in exp.epochs] == [{"A": 0.5, "B": 0.5}, {"A": 0.7, "B": 0.3}]
 
 
-def test_weighted_assignment_is_the_two_arm_router_and_follows_weights_over_n_arms():
-    router = RouterLogic(split=0.3, salt="s")
-    for user in range(2000):
-        assert weighted_arm(router.bucket(user), [("A", 0.3), ("B", 0.7)]) == \
-            router.assign(user)
+def test_weighted_assignment_keeps_the_two_arm_routers_users_and_follows_n_weights():
+    router = RouterLogic(default_allocation(["A", "B"], 0.3, "s"))
+    for user in range(2000):  # the two-arm router's rule: users keep their arm on upgrade
+        assert router.assign(user) == ("A" if router.bucket(user) < 3000 else "B")
     weights = [("A", 2.0), ("B", 1.0), ("C", 1.0)]
     got = Counter(weighted_arm(router.bucket(u), weights) for u in range(40_000))
     expected = [40_000 * w / 4.0 for _, w in weights]

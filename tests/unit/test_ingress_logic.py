@@ -7,6 +7,8 @@ the ServingState deployment puts it behind a handle); the producer records what 
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +19,10 @@ from backend.data.events import RatingEvent, RecoEvent
 from backend.serving.auth import digest
 from backend.serving.ingress import IngressLogic, SharedState, VariantCalls
 from backend.serving.metrics import MetricsDelta, take_replica_delta
-from backend.serving.router import RouterLogic
+from backend.serving.router import RouterLogic, default_allocation
 from backend.serving.schemas import VariantAnswer, VariantStatus
 from backend.serving.state import ServingStateLogic
+from registry.experiments import ExperimentStore
 
 CLIENT, ADMIN = "client-secret", "admin-secret"
 
@@ -89,6 +92,7 @@ def shared(logic: ServingStateLogic, down: list[bool] | None = None) -> SharedSt
     return SharedState(acquire=remote(logic.acquire), record=remote(logic.record),
                        config=remote(logic.config), deployed=remote(logic.deployed),
                        set_config=remote(logic.set_config),
+                       set_allocation=remote(logic.set_allocation),
                        writes_health=remote(logic.writes_health), render=remote(logic.render))
 
 
@@ -114,19 +118,23 @@ class Rig:
     """One ingress replica's logic over fakes, and the state it shares."""
 
     def __init__(self, state: ServingStateLogic | None = None, sink: Sink | None = None,
-                 **cfg: Any) -> None:
+                 variants: str = "AB", store: ExperimentStore | None = None,
+                 registry: Any = None, **cfg: Any) -> None:
         self.cfg = serve_cfg(**cfg)
         self.state = state or ServingStateLogic(self.cfg.per_minute, {"key:sim": 6000},
-                                                self.cfg.split, self.cfg.salt)
+                                                self.cfg.split, self.cfg.salt,
+                                                variants=list(variants))
         self.down = [False]
-        self.variants = {"A": Variant("A"), "B": Variant("B")}
+        self.variants = {v: Variant(v) for v in variants}
+        self.store = store or ExperimentStore(Path(tempfile.mkdtemp(prefix="rig-")))
         self.sink = sink or Sink()
         self.producer = FakeProducer()
         self.audits: list[tuple[str, str, dict[str, Any]]] = []
         self.logic = IngressLogic(
             self.cfg, {v: x.calls() for v, x in self.variants.items()},
             shared(self.state, self.down), self.sink, self.producer, "replica-1",
-            registry=_no_registry, audit=lambda *event: self.audits.append(event),
+            registry=registry or _no_registry, experiments=self.store,
+            audit=lambda *event: self.audits.append(event),
             titles={101: "Heat (1995)"}, retry_on=(ConnectionError,),
             period=3600)
 
@@ -232,7 +240,7 @@ def test_routing_is_sticky_and_follows_the_split():
             return first, again
 
         first, again = run(scenario())
-        router = RouterLogic(0.5, "exp-1")
+        router = RouterLogic(default_allocation(["A", "B"], 0.5, "exp-1"))
         assert first == again == [router.assign(u) for u in range(1, 201)]
         assert {"A", "B"} == set(first)
         served = [u for batch in rig.variants["A"].batches for u, _ in batch]
@@ -329,7 +337,7 @@ def test_a_split_change_on_one_replica_reaches_the_other_through_the_shared_stat
         await one.logic.reconfigure({"split": 0.5, "salt": "exp-1"})
         await two.logic.reconfigure({"split": 0.5, "salt": "exp-1"})
         changed = await one.logic.set_split(0.0, None, "key:ops")
-        before = two.logic.router.split
+        before = two.logic.router.allocation.split
         await two.logic.push()  # its next push period
         variants = [(await two.logic.recommend({}, u, 1))["variant"] for u in range(1, 30)]
         for rig in (one, two):
@@ -351,12 +359,12 @@ def test_a_replica_that_has_not_served_follows_a_split_change_from_its_own_push_
     async def scenario() -> tuple[float, float]:
         await two.logic.reconfigure({"split": 0.5, "salt": "exp-1"})  # deployed, no request yet
         await one.logic.set_split(0.0, None, "key:ops")
-        before = two.logic.router.split
+        before = two.logic.router.allocation.split
         for _ in range(200):
             await asyncio.sleep(0.01)
-            if two.logic.router.split != before:
+            if two.logic.router.allocation.split != before:
                 break
-        after = two.logic.router.split
+        after = two.logic.router.allocation.split
         for rig in (one, two):
             await rig.logic.close()
         return before, after
@@ -374,7 +382,7 @@ def test_a_replica_restarting_with_the_deployed_config_does_not_undo_an_admin_ch
             await again.logic.reconfigure({"split": 0.5})
             await rig.logic.close()
             await again.logic.close()
-            return again.logic.router.split
+            return again.logic.router.allocation.split
 
         assert run(scenario()) == 0.9
 
@@ -418,7 +426,7 @@ def test_health_says_degraded_when_any_replica_spools_and_answers_without_the_st
         assert ok == {"status": "ok", "variants": {
             v: {"variant": v, "version": "v0001", "refused": {}, "runtime": {}}
             for v in ("A", "B")}, "broker_degraded": False, "spool_depth": 0, "split": 0.5,
-            "salt": "exp-1"}
+            "salt": "exp-1", "weights": {"A": 0.5, "B": 0.5}, "experiment": None, "epoch": None}
         assert (others["status"], others["broker_degraded"], others["spool_depth"]) == (
             "degraded", True, 7)
         assert (alone["status"], alone["spool_depth"]) == ("degraded", 2)
@@ -505,7 +513,7 @@ def test_an_action_that_took_effect_is_not_reported_failed_when_its_audit_write_
             await rig.logic.close()
             return changed.split
 
-        assert run(scenario()) == 0.8 and rig.state.config().split == 0.8
+        assert run(scenario()) == 0.8 and rig.state.config().allocation.split == 0.8
         delta = take_replica_delta()
         assert delta.counters[("reco_audit_failures_total", ())] == 1
 
@@ -517,6 +525,74 @@ def test_a_late_redeploy_of_the_same_config_keeps_the_admin_change_on_this_repli
             await rig.logic.set_split(0.9, None, "key:ops")
             await rig.logic.reconfigure({"split": 0.5})  # Serve re-sends the user_config
             await rig.logic.close()
-            return rig.logic.router.split
+            return rig.logic.router.allocation.split
 
         assert run(scenario()) == 0.9
+
+
+def test_an_experiment_started_reweighted_grown_and_stopped_reaches_every_replica(tmp_path):
+    from backend.core.settings import Settings
+    from backend.ml.recommenders import Popularity
+    from registry import open_registry
+    from registry.experiments import ArmSpec, ExperimentSpec
+    from tests.unit.test_recommenders import dataset
+
+    registry = open_registry(Settings(var_dir=tmp_path / "var"), signer=True)
+    model = Popularity().fit(*dataset())
+    v1 = registry.register("C", model, {}, {})
+    registry.promote("C", v1)
+    store = ExperimentStore(tmp_path / "registry")
+    state = ServingStateLogic(100, {"key:sim": 6000}, 0.5, "exp-1", variants=list("ABC"))
+    one = Rig(state=state, variants="ABC", store=store, registry=lambda: registry)
+    two = Rig(state=state, variants="ABC", store=store, registry=lambda: registry)
+    spec = ExperimentSpec(id="e1", arms=[ArmSpec(variant="A"), ArmSpec(variant="B")],
+                          control="A", salt="e1-salt", weights={"A": 1, "B": 1})
+
+    async def refused(call: Any) -> int:
+        with pytest.raises(RecoError) as caught:
+            await call
+        return caught.value.status_code
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        ghost = spec.model_copy(update={"id": "e0", "arms": [ArmSpec(variant="A"),
+                                                             ArmSpec(variant="D")],
+                                        "weights": {"A": 1, "D": 1}})
+        out["undeployed"] = await refused(one.logic.start_experiment(ghost, "key:ops"))
+        out["started"] = await one.logic.start_experiment(spec, "key:ops")
+        await two.logic.push()  # the other replica's next push period
+        out["two_after_start"] = two.logic.router.allocation
+        out["split_refused"] = await refused(two.logic.set_split(0.9, None, "key:ops"))
+        await two.logic.set_weights("e1", {"A": 1, "B": 3}, "key:ops")
+        await one.logic.push()
+        out["one_after_weights"] = one.logic.router.allocation
+        pinned = ArmSpec(variant="C", version="v0099")
+        out["pin_refused"] = await refused(one.logic.add_arm("e1", pinned, 1.0, "key:ops"))
+        await one.logic.add_arm("e1", ArmSpec(variant="C", version=v1), 1.0, "key:ops")
+        await two.logic.push()
+        out["three"] = [await two.logic.recommend({}, u, 1) for u in range(1, 301)]
+        with pytest.raises(RecoError) as caught:  # C is pinned at v1 while e1 runs
+            one.logic.rollback("C", "key:ops")
+        out["rollback_refused"] = caught.value.status_code
+        out["stopped"] = await two.logic.stop_experiment("e1", "key:ops")
+        await one.logic.push()
+        out["one_after_stop"] = one.logic.router.allocation
+        for rig in (one, two):
+            await rig.logic.close()
+        return out
+
+    with one, two:
+        out = run(scenario())
+    assert out["undeployed"] == 422 and out["split_refused"] == 409
+    assert out["pin_refused"] == 409 and out["rollback_refused"] == 409
+    assert out["started"].experiment.epoch.weights == {"A": 1, "B": 1}
+    assert out["two_after_start"].experiment == "e1" and out["two_after_start"].epoch == 0
+    assert out["one_after_weights"].weights == {"A": 1, "B": 3}
+    assert out["one_after_weights"].epoch == 1
+    assert {a["variant"] for a in out["three"]} == {"A", "B", "C"}
+    records = [RecoEvent.model_validate(r) for b in two.sink.batches for r in b]
+    assert {(r.experiment, r.epoch) for r in records} == {("e1", 2)}
+    assert out["one_after_stop"] == default_allocation(["A", "B", "C"], 0.5, "exp-1")
+    trail = [(e.action, e.actor) for e in out["stopped"].events]
+    assert trail == [("start", "key:ops"), ("set_weights", "key:ops"), ("add_arm", "key:ops"),
+                     ("stop", "key:ops")]

@@ -11,7 +11,7 @@ import httpx
 
 from backend.serving.api import create_api
 from backend.serving.metrics import take_replica_delta
-from backend.serving.router import RouterLogic
+from backend.serving.router import RouterLogic, default_allocation
 from tests.unit.test_ingress_logic import ADMIN, CLIENT, Rig
 
 
@@ -37,7 +37,7 @@ def test_hot_path_and_fastapi_route_answer_the_same_plain_text():
     with Rig() as rig:
         hot, routed = call(rig, ("GET", "/recommend/7", {"params": {"k": 3}, **key(CLIENT)}),
                            ("GET", "/recommend/7", {"params": {"k": 3, "x": 1}, **key(CLIENT)}))
-        variant = RouterLogic(0.5, "exp-1").assign(7)
+        variant = RouterLogic(default_allocation(["A", "B"], 0.5, "exp-1")).assign(7)
         for r in (hot, routed):
             assert r.status_code == 200 and r.text == "700,701,702"
             assert r.headers["content-type"] == "text/plain; charset=utf-8"
@@ -128,9 +128,25 @@ def test_openapi_lists_every_operation_with_its_models():
         "POST /admin/promote": "admin_promote_admin_promote_post",
         "POST /admin/rollback": "admin_rollback_admin_rollback_post",
         "POST /admin/diversity": "admin_diversity_admin_diversity_post",
-        "POST /admin/split": "admin_split_admin_split_post"}
+        "POST /admin/split": "admin_split_admin_split_post",
+        "GET /admin/experiments": "experiments_list_admin_experiments_get",
+        "POST /admin/experiments": "experiment_start_admin_experiments_post",
+        "GET /admin/experiments/{experiment_id}":
+            "experiment_show_admin_experiments__experiment_id__get",
+        "POST /admin/experiments/{experiment_id}/weights":
+            "experiment_weights_admin_experiments__experiment_id__weights_post",
+        "POST /admin/experiments/{experiment_id}/arms":
+            "experiment_add_arm_admin_experiments__experiment_id__arms_post",
+        "POST /admin/experiments/{experiment_id}/stop":
+            "experiment_stop_admin_experiments__experiment_id__stop_post"}
+    stop = spec["paths"]["/admin/experiments/{experiment_id}/stop"]["post"]["responses"]
+    assert {"200", "404", "409", "422"} <= set(stop)
+    assert stop["404"]["content"] == error_json(spec)
     ok = spec["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]
     assert ok["schema"] == {"$ref": "#/components/schemas/HealthResponse"}
-    error = spec["paths"]["/rate"]["post"]["responses"]["422"]["content"]
-    assert json.dumps(error) == json.dumps(
+    assert json.dumps(error_json(spec)) == json.dumps(
         {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}})
+
+
+def error_json(spec: dict[str, Any]) -> Any:
+    return spec["paths"]["/rate"]["post"]["responses"]["422"]["content"]

@@ -8,28 +8,34 @@ from scipy.stats import binomtest
 from backend.serving.auth import ApiKeys, digest
 from backend.serving.hotpath import hot_request
 from backend.serving.ratelimit import RateLimiterLogic
-from backend.serving.router import RouterLogic
+from backend.serving.router import RouterLogic, default_allocation
+from backend.serving.schemas import Allocation
+
+
+def two_arms(split: float, salt: str = "s1") -> Allocation:
+    return default_allocation(["A", "B"], split, salt)
 
 
 def test_router_is_sticky_and_splits_in_proportion():
-    router = RouterLogic(split=0.3, salt="s1")
+    router = RouterLogic(two_arms(0.3))
     arms = [router.assign(u) for u in range(1, 20_001)]
     assert arms == [router.assign(u) for u in range(1, 20_001)]  # sticky
     assert binomtest(arms.count("A"), len(arms), 0.3).pvalue > 0.001
 
 
 def test_router_reconfigure_moves_only_boundary_users():
-    router = RouterLogic(split=0.5, salt="s1")
+    router = RouterLogic(two_arms(0.5))
     before = {u: router.assign(u) for u in range(1, 5001)}
-    router.reconfigure({"split": 0.6})
+    router.follow(two_arms(0.6))
     after = {u: router.assign(u) for u in range(1, 5001)}
     moved = [u for u in before if before[u] != after[u]]
     assert all(before[u] == "B" and after[u] == "A" for u in moved)
     assert 0.05 < len(moved) / 5000 < 0.15
-    router.reconfigure({"salt": "s2"})
+    router.follow(two_arms(0.6, "s2"))
     assert {u: router.assign(u) for u in range(1, 5001)} != after  # new experiment
     with pytest.raises(ValueError):
-        router.reconfigure({"split": 1.5})
+        router.follow(Allocation(weights={"A": 1.5, "B": -0.5}, salt="s1"))
+    assert router.allocation == two_arms(0.6, "s2")  # a refused allocation changes nothing
 
 
 def test_rate_limit_token_bucket_and_retry_after():
@@ -62,7 +68,7 @@ def test_leases_hold_one_limit_across_replicas():
 
     now = [0.0]
     state = ServingStateLogic(per_minute=100, overrides={"key:sim": 6000}, split=0.5,
-                              salt="s", clock=lambda: now[0])
+                              salt="s", variants=["A", "B"], clock=lambda: now[0])
     # three replicas take leases for one anonymous client until refused: 100 in total
     leases = {r: 0 for r in range(3)}
     granted_total, refused = 0, 0
@@ -86,14 +92,15 @@ def test_leases_hold_one_limit_across_replicas():
 def test_experiment_config_survives_replica_restarts():
     from backend.serving.state import ServingStateLogic
 
-    state = ServingStateLogic(100, {}, split=0.5, salt="exp-1")
-    changed = state.set_config(split=0.8, salt=None).model_dump()
-    assert changed == {"split": 0.8, "salt": "exp-1", "b_runtime": {}, "generation": 1}
+    state = ServingStateLogic(100, {}, split=0.5, salt="exp-1", variants=["A", "B"])
+    changed = state.set_config(split=0.8, salt=None)
+    assert changed.allocation == changed.default == two_arms(0.8, "exp-1")
+    assert changed.generation == 1 and changed.b_runtime == {}
     # a replica (re)starting with the deployed user_config does not undo the admin change
-    assert state.deployed(0.5, "exp-1").split == 0.8
+    assert state.deployed(0.5, "exp-1").allocation.split == 0.8
     # a new deployed config does apply
-    assert state.deployed(0.3, "exp-2").model_dump() == {
-        "split": 0.3, "salt": "exp-2", "b_runtime": {}, "generation": 2}
+    redeployed = state.deployed(0.3, "exp-2")
+    assert redeployed.allocation == two_arms(0.3, "exp-2") and redeployed.generation == 2
     # Model B's knobs: a deployed user_config, then an admin change on top of it
     assert state.deployed_runtime({"mmr_lambda": 0.9}).b_runtime == {"mmr_lambda": 0.9}
     assert state.set_config(b_runtime={"tail_slots": 4}).b_runtime == {
@@ -140,7 +147,7 @@ def test_writes_health_sums_live_replicas_and_forgets_gone_ones():
     from backend.serving.state import ServingStateLogic
 
     now = [0.0]
-    state = ServingStateLogic(100, {}, 0.5, "s", clock=lambda: now[0])
+    state = ServingStateLogic(100, {}, 0.5, "s", variants=["A", "B"], clock=lambda: now[0])
     for replica, depth, degraded in (("r1", 3, 1), ("r2", 2, 0)):
         d = MetricsDelta()
         d.set("reco_spool_depth", {"replica": replica}, depth)
@@ -232,3 +239,35 @@ def test_exposition_comes_from_a_collector_with_the_metrics_types_and_names():
     [degraded] = families["reco_broker_degraded"].samples
     assert degraded.labels == {"replica": "r1"} and degraded.value == 1
     assert families["reco_rate_limited"].samples == []  # declared, none counted yet
+
+
+def test_router_over_three_arms_splits_by_weight_and_moves_only_what_a_new_weight_moves():
+    from scipy.stats import chisquare
+
+    three = Allocation(weights={"A": 0.2, "B": 0.3, "C": 0.5}, salt="s1")
+    router = RouterLogic(three)
+    arms = [router.assign(u) for u in range(1, 30_001)]
+    counts = [arms.count(v) for v in "ABC"]
+    assert chisquare(counts, [0.2 * 30_000, 0.3 * 30_000, 0.5 * 30_000]).pvalue > 0.001
+    # A's weight to C: users of C stay where they are
+    router.follow(Allocation(weights={"A": 0.0, "B": 0.3, "C": 0.7}, salt="s1"))
+    after = [router.assign(u) for u in range(1, 30_001)]
+    assert "A" not in after
+    assert all(b == a for a, b in zip(arms, after, strict=True) if a == "C")
+
+
+def test_a_running_experiment_wins_over_the_default_split_until_it_stops():
+    from backend.serving.state import ServingStateLogic
+
+    running = Allocation(weights={"A": 0.5, "C": 0.5}, salt="x", experiment="e1", epoch=0)
+    state = ServingStateLogic(100, {}, 0.5, "exp-1", variants=["A", "B", "C"],
+                              running=running)
+    assert state.config().allocation == running
+    assert state.config().default == two_arms(0.5, "exp-1")  # C serves nobody by default
+    # a split change while it runs changes the default only
+    during = state.set_config(split=0.9)
+    assert during.allocation == running and during.default.split == 0.9
+    moved = state.set_allocation(running.model_copy(update={"epoch": 1}))
+    assert moved.allocation.epoch == 1 and moved.generation == during.generation + 1
+    stopped = state.set_allocation(None)
+    assert stopped.allocation == two_arms(0.9, "exp-1")

@@ -78,7 +78,7 @@ def test_empty_lake_has_nothing_to_train_on(settings):
 def test_evaluate_production_refits_each_production_version_on_the_shared_split(
         lake_settings):
     registry = open_registry(lake_settings, signer=True)
-    params = model_params("A", lake_settings.train)
+    params = model_params(lake_settings.variants["A"], lake_settings.train)
     data = load_training_set(lake_settings)
     registry.promote("A", registry.register("A", ItemKNN(**params).fit(
         data.interactions, data.items, data.users)))
@@ -118,7 +118,8 @@ def test_retrain_registers_gates_promotes_and_reports_what_the_scheduler_reads(l
         assert manifest.provenance.rows == len(load_training_set(lake_settings).interactions)
         assert manifest.provenance.feedback_forecast == decision.forecast
         assert decision.forecast is not None and decision.forecast.steps == 3
-        assert model_params(variant, lake_settings.train).items() <= manifest.params.items()
+        params = model_params(lake_settings.variants[variant], lake_settings.train)
+        assert params.items() <= manifest.params.items()
     # a second run under a stricter Gini limit is refused; production stays the first version
     lake_settings.train.max_gini = 0.0
     second = retrain(lake_settings)

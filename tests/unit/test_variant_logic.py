@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from backend.ml.recommenders import DiversityKNN
-from backend.serving.schemas import SharedExperiment
+from backend.serving.schemas import Allocation, SharedExperiment
 from backend.serving.variant import VariantLogic
 from registry import RegistryError, open_registry
 from tests.unit.test_recommenders import dataset
@@ -48,7 +48,9 @@ def test_a_promoted_version_is_picked_up_and_a_tampered_one_refused(registry, mo
 
 
 def shared(generation: int, b_runtime: dict[str, int]) -> SharedExperiment:
-    return SharedExperiment(split=0.5, salt="s", generation=generation, b_runtime=b_runtime)
+    two = Allocation(weights={"A": 0.5, "B": 0.5}, salt="s")
+    return SharedExperiment(allocation=two, default=two, generation=generation,
+                            b_runtime=b_runtime)
 
 
 def test_shared_knobs_apply_once_per_generation_and_survive_a_reload(registry, model):
