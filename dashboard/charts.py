@@ -5,7 +5,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-VARIANT_COLORS = alt.Scale(domain=["A", "B", "all"], range=["#4c78a8", "#f58518", "#9d9d9d"])
+VARIANT_COLORS = alt.Scale(domain=["A", "B", "C", "all"],
+                           range=["#4c78a8", "#f58518", "#54a24b", "#9d9d9d"])
 
 
 def metric_bars(df: pd.DataFrame, title: str) -> alt.Chart:
@@ -76,9 +77,11 @@ def interval_bars(df: pd.DataFrame) -> alt.Chart:
 
 
 def p_value_line(df: pd.DataFrame, alpha: float) -> alt.Chart:
-    """Always-valid p-value over the looks (columns: look, p_value) with the alpha line."""
+    """Always-valid p-value over the looks, one line per treatment (columns: look, arm,
+    p_value) with the alpha line."""
     line = alt.Chart(df, title="sequential (mSPRT) p-value").mark_line(point=True).encode(
-        x=alt.X("look:O"), y=alt.Y("p_value:Q", scale=alt.Scale(domain=[0, 1])))
+        x=alt.X("look:O"), y=alt.Y("p_value:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("arm:N"))
     rule = alt.Chart(pd.DataFrame({"alpha": [alpha]})).mark_rule(
         color="#e45756", strokeDash=[4, 4]).encode(y="alpha:Q")
     return (line + rule).properties(height=220)

@@ -266,8 +266,45 @@ def arms_frame(snap: Snapshot) -> pd.DataFrame:
 
 
 def sequential_frame(snap: Snapshot) -> pd.DataFrame:
-    series = snap.ab.sequential.series if snap.ab.sequential is not None else []
-    return pd.DataFrame({"look": range(1, len(series) + 1), "p_value": series})
+    """The running-minimum always-valid p per look, per treatment (columns: look, arm,
+    p_value)."""
+    rows = [{"look": k + 1, "arm": t, "p_value": p}
+            for t, c in snap.ab.comparisons.items() for k, p in enumerate(c.sequential.series)]
+    return pd.DataFrame(rows, columns=["look", "arm", "p_value"])
+
+
+def comparisons_frame(snap: Snapshot) -> pd.DataFrame:
+    """One row per treatment against the control: lifts, p-values, Bayes, CUPED."""
+    rows = []
+    for t, c in snap.ab.comparisons.items():
+        wt = c.watch_through_test
+        rows.append({
+            "arm": t, "lift": wt.relative, "lift_low": wt.relative_ci_low,
+            "lift_high": wt.relative_ci_high, "fixed_p": wt.p_value,
+            "always_valid_p": c.sequential.p_value, "holm_p": c.holm.get("watch-through"),
+            "chance_to_win": c.bayes.chance_to_win, "risk": c.bayes.risk_b,
+            "cuped_diff": c.cuped.diff, "cuped_variance_reduction": c.cuped.variance_reduction,
+            "rating_diff": c.rating_test.diff, "rating_holm_p": c.holm.get("mean rating")})
+    return pd.DataFrame(rows, columns=[
+        "arm", "lift", "lift_low", "lift_high", "fixed_p", "always_valid_p", "holm_p",
+        "chance_to_win", "risk", "cuped_diff", "cuped_variance_reduction", "rating_diff",
+        "rating_holm_p"])
+
+
+def epochs_frame(snap: Snapshot) -> pd.DataFrame:
+    """One row per allocation epoch: weights, entrants per arm, SRM."""
+    rows = [{"epoch": e.number, "start": e.start, "end": e.end or "in force",
+             "weights": json.dumps(e.weights), "users": json.dumps(e.users),
+             "srm_p": e.srm.p_value, "srm": "mismatch" if e.srm.mismatch else "ok"}
+            for e in snap.ab.epochs]
+    return pd.DataFrame(rows, columns=["epoch", "start", "end", "weights", "users", "srm_p",
+                                       "srm"])
+
+
+def guardrails_frame(snap: Snapshot) -> pd.DataFrame:
+    rows = [{"arm": g.arm, "metric": g.metric, "value": g.value, "max": g.max, "min": g.min,
+             "passed": g.passed} for g in snap.ab.guardrails]
+    return pd.DataFrame(rows, columns=["arm", "metric", "value", "max", "min", "passed"])
 
 
 def spam_users_frame(snap: Snapshot) -> pd.DataFrame:

@@ -54,10 +54,14 @@ class ArmSpec(_Frozen):
     version: str | None = Field(None, pattern=r"^v\d{1,8}$")
 
 
+GuardrailMetric = Literal["latency_p95_ms", "watch_through", "mean_rating", "coverage",
+                          "gini", "top10_share", "exposure_gini"]
+
+
 class Guardrail(_Frozen):
     """A metric an arm must keep within bounds to win (e.g. latency_p95_ms <= 100)."""
 
-    metric: str
+    metric: GuardrailMetric
     max: float | None = None
     min: float | None = None
 

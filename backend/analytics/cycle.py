@@ -27,6 +27,8 @@ from backend.data import catalog
 from backend.data.lake import Lake
 from backend.data.movielens import load as load_movielens
 from registry import open_experiments
+from registry.experiments import Experiment as ExperimentRecord
+from registry.experiments import ExperimentStore
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +78,18 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     lake = Lake(settings.lake_root)
     cache = settings.lake_cache  # each run reads the rows landed since the last one
     reco = RecoLog.from_table(lake.read_table(
-        "events.reco", ["ts", "user_id", "variant", "latency_ms", "items"], cache))
+        "events.reco", ["ts", "user_id", "variant", "latency_ms", "items", "experiment",
+                        "epoch"], cache))
     watch = lake.read("events.watch", ["ts", "user_id", "item_id"], cache)
     rating = lake.read("events.rating", ["ts", "user_id", "item_id", "rating"], cache)
     ml = load_movielens(settings.data_cache)
     items, users = catalog.load_catalog(settings, ml.items), ml.users
     t0 = time.perf_counter()
     split = settings.serve.split if split is None else split
-    changes = [pd.Timestamp(e.ts) for e in open_experiments(settings).events()
-               if e.action == "split"]
-    snap = AnalyticsLogic(settings.analytics, split, changes).snapshot(
+    store = open_experiments(settings)
+    changes = [pd.Timestamp(e.ts) for e in store.events() if e.action == "split"]
+    snap = AnalyticsLogic(settings.analytics, split, changes, list(settings.variants),
+                          current_experiment(store)).snapshot(
         reco, watch, rating, items, users, end, read_probes(settings))
     snap = snap.model_copy(update={"compute_seconds": round(time.perf_counter() - t0, 3)})
     layout = settings.layout
@@ -100,6 +104,16 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     log.info("snapshot written end=%s recommendations=%d flagged=%d seconds=%s", stamp,
              snap.counts.recommendations, len(flagged), snap.compute_seconds)
     return snap
+
+
+def current_experiment(store: ExperimentStore) -> ExperimentRecord | None:
+    """The experiment the A/B section reads: the running one, else the last one started
+    (its final figures stay on the page until another starts)."""
+    experiments = store.experiments()
+    running = [e for e in experiments.values() if e.running]
+    if running:
+        return running[0]
+    return max(experiments.values(), key=lambda e: e.start, default=None)
 
 
 def cycle(settings: Settings) -> Snapshot:
@@ -147,9 +161,8 @@ def gauge_values(snap: Snapshot) -> list[GaugeValue]:
                 for name, x in zip(VARIANT_GAUGES, figures, strict=True) if x is not None]
     out += [GaugeValue(name="watch_through", variant=v, value=arm.watch_through)
             for v, arm in snap.ab.arms.items() if arm.watch_through is not None]
-    if snap.ab.sequential is not None and snap.ab.sequential.p_value is not None:
-        out.append(GaugeValue(name="ab_p_value", variant="all",
-                              value=snap.ab.sequential.p_value))
+    out += [GaugeValue(name="ab_p_value", variant=t, value=c.sequential.p_value)
+            for t, c in snap.ab.comparisons.items() if c.sequential.p_value is not None]
     out.append(GaugeValue(name="spam_flagged", variant="all",
                           value=len(snap.spam.flagged.combined)))
     if snap.sla.uptime is not None:

@@ -17,19 +17,26 @@ from backend.analytics import drift, experiment, fairness, feedback, sla, spam, 
 from backend.analytics.snapshot import Counts, Snapshot, Window
 from backend.analytics.window import LogWindow, RecoLog
 from backend.core.settings import AnalyticsSettings
+from registry.experiments import Experiment as ExperimentRecord
 
 __all__ = ["AnalyticsLogic", "RecoLog"]
 
 
 class AnalyticsLogic:
-    """Snapshots under one configuration; `split` is the A share the SRM check expects, and
-    `split_changes` when it was changed (the audit trail's split events)."""
+    """Snapshots under one configuration. The experiment section reads `experiment` (the
+    running one, else the last; see experiment.py) or, without one, the window under the
+    default split: `variants`' first two share the users as `split` (the first's share),
+    changed at `split_changes` (the audit trail's split events)."""
 
     def __init__(self, cfg: AnalyticsSettings, split: float = 0.5,
-                 split_changes: Sequence[pd.Timestamp] = ()) -> None:
+                 split_changes: Sequence[pd.Timestamp] = (),
+                 variants: Sequence[str] = ("A", "B"),
+                 experiment: ExperimentRecord | None = None) -> None:
         self.cfg = cfg
         self.split = split
         self.split_changes = list(split_changes)
+        self.variants = list(variants)
+        self.experiment = experiment
 
     def snapshot(self, reco: RecoLog, watch: pd.DataFrame, rating: pd.DataFrame,
                  items: pd.DataFrame, users: pd.DataFrame, end: pd.Timestamp,
@@ -51,6 +58,7 @@ class AnalyticsLogic:
             tail=tail.compute(cfg, win, exposure),
             echo=feedback.compute(cfg, reco, win),
             spam=spam.compute(cfg, win.rating_in),
-            ab=experiment.compute(cfg, self.split, reco, win, fair, self.split_changes),
+            ab=experiment.compute(cfg, self.split, reco, win, fair, self.split_changes,
+                                  arms=self.variants, record=self.experiment),
             sla=sla.compute(reco, win, probes),
             drift=drift.compute(win))

@@ -201,8 +201,9 @@ class Arm(Section):
 
 
 class LiftTest(Section):
-    """B less A over users, fixed-horizon (Welch with the delta method for a ratio metric):
-    absolute, and relative to A. None throughout, with `reason`, where data is too thin."""
+    """The treatment less the control over users, fixed-horizon (Welch with the delta method
+    for a ratio metric): absolute, and relative to the control. None throughout, with
+    `reason`, where data is too thin."""
 
     metric: str = "watch-through"  # defaults: snapshots written before these fields
     diff: Figure = None
@@ -215,13 +216,27 @@ class LiftTest(Section):
     reason: str | None = None
 
 
+class Cuped(Section):
+    """The absolute watch-through lift (linearised) adjusted by each user's watches before
+    the experiment (CUPED, one pooled theta), and the share of its variance removed."""
+
+    diff: Figure = None
+    ci_low: Figure = None
+    ci_high: Figure = None
+    p_value: Figure = None
+    theta: Figure = None
+    variance_reduction: Figure = None  # 1 - var(adjusted) / var(unadjusted), same users
+    reason: str | None = None
+
+
 class SampleRatio(Section):
-    """Chi-square check of users per arm against the split in force (as /health reports)."""
+    """Chi-square check of users per arm against the allocation in force."""
 
     chi2: Figure
     p_value: Figure
     mismatch: bool
-    split: float | None = None  # A's expected share
+    split: float | None = None  # the first arm's expected share, with two arms
+    weights: dict[VariantName, float] = {}  # every arm's expected share
     reason: str | None = None  # why it was not checked, when it was not
 
 
@@ -237,12 +252,48 @@ class Sequential(Section):
 
 
 class BayesSummary(Section):
-    """The relative watch-through lift's posterior (flat prior, as GrowthBook): the chance B
-    beats A, and the expected loss of keeping A or shipping B."""
+    """The relative watch-through lift's posterior (flat prior, as GrowthBook): the chance
+    the treatment beats the control, and the expected loss of keeping the control (`risk_a`)
+    or shipping the treatment (`risk_b`)."""
 
     chance_to_win: Figure
     risk_a: Figure
     risk_b: Figure
+
+
+class Comparison(Section):
+    """One treatment arm against the control."""
+
+    watch_through_test: LiftTest
+    rating_test: LiftTest
+    cuped: Cuped
+    sequential: Sequential
+    bayes: BayesSummary
+    rating_p_value: Figure = None  # always-valid, of the mean rating's difference
+    holm: dict[str, Figure] = {}  # metric -> Holm-adjusted always-valid p (arms x metrics)
+
+
+class GuardrailCheck(Section):
+    """One arm's figure against a limit (a missing figure fails)."""
+
+    arm: VariantName
+    metric: str
+    value: Figure
+    max: float | None = None
+    min: float | None = None
+    passed: bool
+
+
+class EpochSummary(Section):
+    """One allocation epoch: its weights, the users who entered the experiment in it (the
+    unit of its analysis) per arm, and the sample-ratio check of those users."""
+
+    number: int
+    start: str
+    end: str | None  # None: the epoch in force
+    weights: dict[VariantName, float]
+    users: dict[VariantName, int]
+    srm: SampleRatio
 
 
 class Winner(Section):
@@ -252,14 +303,22 @@ class Winner(Section):
 
 
 class Experiment(Section):
-    """The A/B section; the tests and the verdict need both arms A and B (else None)."""
+    """The experiment section. With an experiment (`id`), over the users who entered it in
+    its current epoch (`epoch`), from that epoch's start; without one, over the window's
+    users under the default split. The tests need the control and a treatment (else
+    none)."""
 
     arms: dict[VariantName, Arm]
-    watch_through_test: LiftTest | None = None
-    rating_test: LiftTest | None = None
+    id: str | None = None
+    epoch: int | None = None
+    running: bool | None = None
+    control: VariantName | None = None
+    start: str | None = None  # of the span analysed
+    end: str | None = None
+    comparisons: dict[VariantName, Comparison] = {}
+    epochs: list[EpochSummary] = []
     srm: SampleRatio | None = None
-    sequential: Sequential | None = None
-    bayes: BayesSummary | None = None
+    guardrails: list[GuardrailCheck] = []
     winner: Winner | None = None
 
 

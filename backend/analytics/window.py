@@ -12,7 +12,7 @@ Attribution choices (documented in docs/architecture.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -36,12 +36,21 @@ class RecoLog:
     latency: np.ndarray  # float, per response
     offsets: np.ndarray  # int64, len = responses + 1
     items: np.ndarray  # int64, flattened
+    experiment: np.ndarray | None = None  # int32 code into `experiments` (-1: none)
+    experiments: tuple[str, ...] = ()
+    epoch: np.ndarray | None = None  # int64 allocation epoch per response (-1: none)
 
     @classmethod
     def from_table(cls, table: pa.Table) -> RecoLog:
+        """From the lake's events.reco columns; `experiment` and `epoch` are optional (a log
+        from before experiments were recorded has neither)."""
         items = table.column("items").combine_chunks() if table.num_rows else \
             pa.array([], pa.list_(pa.int64()))
         code, names = _encode(table.column("variant"))
+        exp_code, exp_names = (_encode(table.column("experiment"))
+                               if "experiment" in table.column_names else (None, []))
+        epoch = (np.asarray(table.column("epoch").fill_null(-1).to_numpy(), dtype=np.int64)
+                 if "epoch" in table.column_names else None)
         return cls(
             ts=utc_naive(table.column("ts")),
             user=table.column("user_id").to_numpy().astype(np.int64),
@@ -51,6 +60,7 @@ class RecoLog:
                      else np.zeros(1, np.int64)),
             items=items.values.to_numpy().astype(np.int64) if len(items) else
             np.zeros(0, np.int64),
+            experiment=exp_code, experiments=tuple(exp_names), epoch=epoch,
         )
 
     def __len__(self) -> int:
@@ -59,6 +69,15 @@ class RecoLog:
     def arm(self, name: str) -> np.ndarray:
         """Mask of the responses served by variant `name`."""
         return self.code == (self.names.index(name) if name in self.names else -1)
+
+    def served_under(self, experiment: str, epoch: int | None = None) -> np.ndarray:
+        """Mask of the responses served under `experiment` (in allocation `epoch`)."""
+        if self.experiment is None or experiment not in self.experiments:
+            return np.zeros(len(self), bool)
+        mask = self.experiment == self.experiments.index(experiment)
+        if epoch is not None and self.epoch is not None:
+            mask &= self.epoch == epoch
+        return mask
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,15 @@ class LogWindow:
             watch_ts=naive_series(watch["ts"]) if len(watch) else NO_TIMES,
             rating_ts=naive_series(rating["ts"]) if len(rating) else NO_TIMES)
 
+    def span(self, reco: RecoLog, start: np.datetime64, end: np.datetime64,
+             mask: np.ndarray) -> LogWindow:
+        """This window's arrays over another stretch of time and set of responses (an
+        experiment's epoch: `mask` its responses)."""
+        in_win = mask & (reco.ts >= start) & (reco.ts < end)
+        return replace(self, start=start, end=end, length=end - start, in_win=in_win,
+                       variants=sorted(reco.names[c] for c in np.unique(reco.code[in_win])),
+                       arm=arm_of_users(reco, in_win))
+
     def during(self, ts: np.ndarray) -> np.ndarray:
         """Mask of the times inside the window."""
         return (ts >= self.start) & (ts < self.end)
@@ -151,8 +179,8 @@ def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
     enc = pc.dictionary_encode(column).combine_chunks()
     if len(enc) == 0:
         return np.zeros(0, np.int32), []
-    return (enc.indices.to_numpy(zero_copy_only=False).astype(np.int32),
-            [str(x) for x in enc.dictionary.to_pylist()])
+    return (enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32),
+            [str(x) for x in enc.dictionary.to_pylist()])  # -1: null
 
 
 def utc_naive(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

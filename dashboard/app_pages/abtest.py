@@ -15,29 +15,36 @@ def body() -> None:
         st.info("No arms yet: run `reco simulate` and `reco analyze --once`.")
         return
     ab = snap.ab
+    if ab.id is not None:
+        state = "running" if ab.running else "stopped"
+        st.caption(f"Experiment {ab.id} ({state}), control {ab.control}: the users who "
+                   f"entered it in epoch {ab.epoch}, from {ab.start} to {ab.end}.")
+    else:
+        st.caption("No experiment: the window's users under the default split.")
     arms = data.arms_frame(snap)
     st.dataframe(arms, hide_index=True)
-    w, seq, wt_test, srm = ab.winner, ab.sequential, ab.watch_through_test, ab.srm
-    if w is not None and seq is not None and wt_test is not None and srm is not None:
-        st.metric("winner", w.variant or "none yet", help=w.reason)
-        cols = st.columns(4)
-        cols[0].metric("always-valid p", data.fmt(seq.p_value),
-                       help="over users (mSPRT, Johari et al. 2017): safe to read at any time")
-        cols[1].metric("watch-through lift B vs A", data.fmt(wt_test.relative, ".1%"),
-                       help="relative, over users (delta method); 95% interval "
-                            f"{data.fmt(wt_test.relative_ci_low, '.1%')} to "
-                            f"{data.fmt(wt_test.relative_ci_high, '.1%')}, fixed-horizon p "
-                            f"{data.fmt(wt_test.p_value)}")
-        win_b = ab.bayes.chance_to_win if ab.bayes else None
-        cols[2].metric("chance B beats A", data.fmt(win_b, ".0%"),
-                       help="posterior of the lift under a flat prior (as GrowthBook)")
-        cols[3].metric("SRM", "mismatch" if srm.mismatch else
-                       "not checked" if srm.reason else "ok",
-                       help=srm.reason or f"chi-square p = {data.fmt(srm.p_value)} against "
-                       f"the split in force ({data.fmt(srm.split, '.0%')} on A)")
+    w, srm = ab.winner, ab.srm
+    if w is not None and ab.comparisons:
+        cols = st.columns(3)
+        cols[0].metric("winner", w.variant or "none yet", help=w.reason)
+        cols[1].metric("leader", w.leader or "-", help=w.reason)
+        cols[2].metric("SRM", "not checked" if srm is None or srm.reason else
+                       "mismatch" if srm.mismatch else "ok",
+                       help=(srm.reason if srm is not None else None) or
+                       f"chi-square p = {data.fmt(srm.p_value if srm else None)} against "
+                       "the allocation in force")
+        st.caption(f"Against {ab.control}: relative watch-through lift over users (delta "
+                   "method), fixed-horizon and always-valid p (mSPRT, safe to read at any "
+                   "time), Holm-adjusted over arms and metrics, chance to beat the control "
+                   "(flat prior, as GrowthBook), CUPED by pre-experiment watches.")
+        st.dataframe(data.comparisons_frame(snap), hide_index=True)
         st.altair_chart(charts.p_value_line(data.sequential_frame(snap), s.analytics.alpha))
+    if ab.guardrails:
+        st.dataframe(data.guardrails_frame(snap), hide_index=True)
+    if ab.epochs:
+        st.subheader("Allocation epochs")
+        st.dataframe(data.epochs_frame(snap), hide_index=True)
     st.altair_chart(charts.interval_bars(arms.dropna(subset=["watch_through"])))
-
 
 body()
 

@@ -64,8 +64,7 @@ def test_gauges_read_the_typed_snapshot():
         assert gauges["coverage", v] == f.coverage and gauges["gini", v] == f.gini
         assert gauges["echo_gini_slope", v] == snap.echo.variants[v].gini_trend.slope
     assert gauges["watch_through", "A"] == snap.ab.arms["A"].watch_through
-    assert snap.ab.sequential is not None
-    assert gauges["ab_p_value", "all"] == snap.ab.sequential.p_value
+    assert gauges["ab_p_value", "B"] == snap.ab.comparisons["B"].sequential.p_value
     assert gauges["spam_flagged", "all"] == len(snap.spam.flagged.combined)
     assert ("uptime", "all") not in gauges  # no probes: no uptime sample
     assert next(iter(gauge_values(snap))).tags == {"variant": "A"}
