@@ -166,7 +166,7 @@ PLAIN_APP = '''
 import sys
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-from backend.serving.router import RouterLogic
+from backend.serving.router import RouterLogic, default_allocation
 from backend.serving.variant import VariantLogic
 from backend.core.settings import Settings
 from registry import open_registry
@@ -174,7 +174,7 @@ from registry import open_registry
 settings = Settings()
 registry = open_registry(settings)
 variants = {v: VariantLogic(registry, v) for v in ("A", "B")}
-router = RouterLogic(0.5, "exp-1")
+router = RouterLogic(default_allocation(["A", "B"], 0.5, "exp-1"))
 app = FastAPI()
 
 @app.get("/recommend/{user_id}", response_class=PlainTextResponse)

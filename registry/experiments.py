@@ -54,8 +54,8 @@ class ArmSpec(_Frozen):
     version: str | None = Field(None, pattern=r"^v\d{1,8}$")
 
 
-GuardrailMetric = Literal["latency_p95_ms", "watch_through", "mean_rating", "coverage",
-                          "gini", "top10_share", "exposure_gini"]
+GuardrailMetric = Literal["latency_p95_ms", "error_rate", "watch_through", "mean_rating",
+                          "coverage", "gini", "top10_share", "exposure_gini"]
 
 
 class Guardrail(_Frozen):

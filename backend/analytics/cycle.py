@@ -27,8 +27,6 @@ from backend.data import catalog
 from backend.data.lake import Lake
 from backend.data.movielens import load as load_movielens
 from registry import open_experiments
-from registry.experiments import Experiment as ExperimentRecord
-from registry.experiments import ExperimentStore
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +39,8 @@ class Probe(BaseModel):
     detail: str | None  # the reported status, the HTTP status or the error's type
     ms: float
     split: float | None = None  # A's share the API reported in force
+    # per variant: (recommendation requests, of which 5xx) as /metrics counted them so far
+    requests: dict[str, tuple[float, float]] | None = None
 
 
 def probe(settings: Settings, timeout: float = 5.0) -> Probe:
@@ -58,15 +58,39 @@ def probe(settings: Settings, timeout: float = 5.0) -> Probe:
             split = float(reported)
     except (httpx.HTTPError, ValueError) as exc:
         ok, detail = False, type(exc).__name__
-    rec = Probe(ts=datetime.now(UTC).isoformat(), ok=ok, detail=detail,
-                ms=round((time.perf_counter() - t0) * 1000, 2), split=split)
+    ms = round((time.perf_counter() - t0) * 1000, 2)
+    rec = Probe(ts=datetime.now(UTC).isoformat(), ok=ok, detail=detail, ms=ms, split=split,
+                requests=request_counts(url.removesuffix("/health"), timeout) if ok else None)
     append_jsonl(settings.layout.probes, rec.model_dump(mode="json"))
     return rec
 
 
+def request_counts(base: str, timeout: float) -> dict[str, tuple[float, float]] | None:
+    """Per variant, the recommendation requests and the 5xx among them that `/metrics` has
+    counted (summed over ingress replicas); None when it cannot be read."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(base + "/metrics", timeout=timeout).text
+        out: dict[str, tuple[float, float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name != "reco_requests_total" or not labels.get("variant") or \
+                        not labels.get("route", "").startswith("/recommend"):
+                    continue
+                total, errors = out.get(labels["variant"], (0.0, 0.0))
+                failed = labels.get("status", "").startswith("5")
+                out[labels["variant"]] = (total + sample.value,
+                                          errors + (sample.value if failed else 0.0))
+        return out
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def read_probes(settings: Settings) -> pd.DataFrame:
     return pd.DataFrame(read_jsonl(settings.layout.probes),
-                        columns=["ts", "ok", "detail", "ms"])
+                        columns=["ts", "ok", "detail", "ms", "requests"])
 
 
 def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
@@ -89,7 +113,7 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     store = open_experiments(settings)
     changes = [pd.Timestamp(e.ts) for e in store.events() if e.action == "split"]
     snap = AnalyticsLogic(settings.analytics, split, changes, list(settings.variants),
-                          current_experiment(store)).snapshot(
+                          store.running()).snapshot(
         reco, watch, rating, items, users, end, read_probes(settings))
     snap = snap.model_copy(update={"compute_seconds": round(time.perf_counter() - t0, 3)})
     layout = settings.layout
@@ -104,16 +128,6 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     log.info("snapshot written end=%s recommendations=%d flagged=%d seconds=%s", stamp,
              snap.counts.recommendations, len(flagged), snap.compute_seconds)
     return snap
-
-
-def current_experiment(store: ExperimentStore) -> ExperimentRecord | None:
-    """The experiment the A/B section reads: the running one, else the last one started
-    (its final figures stay on the page until another starts)."""
-    experiments = store.experiments()
-    running = [e for e in experiments.values() if e.running]
-    if running:
-        return running[0]
-    return max(experiments.values(), key=lambda e: e.start, default=None)
 
 
 def cycle(settings: Settings) -> Snapshot:

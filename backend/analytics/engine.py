@@ -24,7 +24,7 @@ __all__ = ["AnalyticsLogic", "RecoLog"]
 
 class AnalyticsLogic:
     """Snapshots under one configuration. The experiment section reads `experiment` (the
-    running one, else the last; see experiment.py) or, without one, the window under the
+    running one; see experiment.py) or, without one, the window under the
     default split: `variants`' first two share the users as `split` (the first's share),
     changed at `split_changes` (the audit trail's split events)."""
 
@@ -59,6 +59,6 @@ class AnalyticsLogic:
             echo=feedback.compute(cfg, reco, win),
             spam=spam.compute(cfg, win.rating_in),
             ab=experiment.compute(cfg, self.split, reco, win, fair, self.split_changes,
-                                  arms=self.variants, record=self.experiment),
+                                  arms=self.variants, record=self.experiment, probes=probes),
             sla=sla.compute(reco, win, probes),
             drift=drift.compute(win))

@@ -2,11 +2,11 @@
 the control, the sample-ratio check against the allocation in force, the always-valid
 p-values with Holm's correction, the Bayesian summary, guardrails and the verdict.
 
-The unit is the user (what the router randomises). With an experiment running (or the last
-one, stopped), the users analysed are those who entered it in its current allocation epoch,
-from that epoch's start: they were assigned under one set of weights, so the arms are
-comparable, and none of them was served by another arm earlier in the experiment. Users who
-entered in earlier epochs are summarised per epoch (users per arm, SRM). Without an
+The unit is the user (what the router randomises). With an experiment running, the users
+analysed are those who entered it in its current allocation epoch, from that epoch's start:
+they were assigned under one set of weights, so the arms are comparable, and none of them
+was served by another arm earlier in the experiment. Users who entered in earlier epochs are
+summarised per epoch (users per arm, SRM). Without an
 experiment, the window's users under the default split are analysed (users served by two
 arms, after a split change, are left out).
 
@@ -132,13 +132,15 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
             fairness: dict[VariantName, Fairness],
             split_changes: Sequence[pd.Timestamp] = (), *,
             arms: Sequence[str] = ("A", "B"),
-            record: ExperimentRecord | None = None) -> Experiment:
+            record: ExperimentRecord | None = None,
+            probes: pd.DataFrame | None = None) -> Experiment:
     """The section for `record` (an experiment, see the module's docstring) or, without
     one, for the window under the default split: `arms` (the first is the control) share
     the users as `split`, `split_changes` say when that changed. `fairness` holds each
-    variant's requirements, a guardrail of every arm."""
+    variant's requirements, a guardrail of every arm; `probes` the cycle's health probes
+    with the request counters they scraped (the error-rate guardrail)."""
     if record is not None:
-        return _experiment(cfg, reco, win, fairness, record)
+        return _experiment(cfg, reco, win, fairness, record, probes)
     pair = list(arms[:2])
 
     def srm(users: dict[VariantName, ArmUsers]) -> SampleRatio | None:
@@ -147,12 +149,12 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
         return sample_ratio(win, len(users[pair[0]].ids), len(users[pair[1]].ids), split,
                             split_changes)
 
-    return analyse(cfg, reco, win, pair, fairness, srm, [], win.start)
+    return analyse(cfg, reco, win, pair, fairness, srm, [], win.start, probes)
 
 
 def _experiment(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow,
-                fairness: dict[VariantName, Fairness], record: ExperimentRecord
-                ) -> Experiment:
+                fairness: dict[VariantName, Fairness], record: ExperimentRecord,
+                probes: pd.DataFrame | None) -> Experiment:
     exp_id, end = record.spec.id, win.end
     entry = entry_epochs(reco, exp_id)
     summaries, current = [], None
@@ -184,10 +186,11 @@ def _experiment(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow,
     cohort, names, srm, epoch = current
     control = record.spec.control
     ordered = [control, *(v for v in names if v != control and epoch.weights[v] > 0)]
-    guards = list(record.spec.guardrails) or [Guardrail(metric="latency_p95_ms",
-                                                        max=cfg.sla_p95_ms)]
+    guards = list(record.spec.guardrails) or [
+        Guardrail(metric="latency_p95_ms", max=cfg.sla_p95_ms),
+        Guardrail(metric="error_rate", max=cfg.max_error_rate)]
     out = analyse(cfg, reco, cohort, ordered, fairness, lambda _: srm, guards,
-                  naive(pd.Timestamp(record.start)))
+                  naive(pd.Timestamp(record.start)), probes)
     return out.model_copy(update={
         "id": exp_id, "epoch": epoch.number, "running": record.running, "epochs": summaries,
         "start": str(pd.Timestamp(cohort.start, tz="UTC")),
@@ -216,7 +219,8 @@ def entry_epochs(reco: RecoLog, experiment: str) -> np.ndarray:
 def analyse(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow, arms: list[str],
             fairness: dict[VariantName, Fairness],
             srm_of: Callable[[dict[VariantName, ArmUsers]], SampleRatio | None],
-            guards: list[Guardrail], pre_end: np.datetime64) -> Experiment:
+            guards: list[Guardrail], pre_end: np.datetime64,
+            probes: pd.DataFrame | None = None) -> Experiment:
     """Every arm's figures over `win`; each of `arms[1:]` tested against `arms[0]`, with
     the sample-ratio check `srm_of` makes of the arms' users."""
     figures: dict[VariantName, Arm] = {}
@@ -236,7 +240,7 @@ def analyse(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow, arms: list[st
             mean_rating=float(u.rating_means.mean()) if len(u.rating_means) else None,
             mean_rating_ci=abtest.mean_ci(u.rating_means.tolist()))
     control, treatments = arms[0], [v for v in arms[1:] if v in users]
-    checks = guardrail_checks(reco, win, figures, fairness, guards)
+    checks = guardrail_checks(reco, win, figures, fairness, guards, probes)
     if control not in users or not treatments:
         return Experiment(arms=figures, control=control, guardrails=checks)
     comparisons = with_holm({t: compare(cfg, users[control], users[t]) for t in treatments})
@@ -325,10 +329,11 @@ def cuped(a: ArmUsers, b: ArmUsers, alpha: float) -> Cuped:
 
 
 def guardrail_checks(reco: RecoLog, win: LogWindow, figures: dict[VariantName, Arm],
-                     fairness: dict[VariantName, Fairness], guards: list[Guardrail]
-                     ) -> list[GuardrailCheck]:
+                     fairness: dict[VariantName, Fairness], guards: list[Guardrail],
+                     probes: pd.DataFrame | None = None) -> list[GuardrailCheck]:
     """Every arm against every guardrail: latency p95 over the arm's logged responses in
-    the span, the arm's watch-through and mean rating, its fairness figures (the window's)."""
+    the span, its error rate between the span's first and last probe, the arm's
+    watch-through and mean rating, its fairness figures (the window's)."""
     out = []
     for v, arm in figures.items():
         fair = fairness.get(v)
@@ -336,6 +341,8 @@ def guardrail_checks(reco: RecoLog, win: LogWindow, figures: dict[VariantName, A
             value: float | None
             if g.metric == "latency_p95_ms":
                 value = ops.latency_percentiles(reco.latency[win.in_win & reco.arm(v)])["p95"]
+            elif g.metric == "error_rate":
+                value = probed_error_rate(probes, win, v)
             elif g.metric in ("watch_through", "mean_rating"):
                 value = getattr(arm, g.metric)
             else:
@@ -345,6 +352,23 @@ def guardrail_checks(reco: RecoLog, win: LogWindow, figures: dict[VariantName, A
             out.append(GuardrailCheck(arm=v, metric=g.metric, value=value, max=g.max,
                                       min=g.min, passed=passed))
     return out
+
+
+def probed_error_rate(probes: pd.DataFrame | None, win: LogWindow, arm: str
+                      ) -> float | None:
+    """`arm`'s 5xx share of recommendation requests between the first and the last probe
+    inside the span that scraped the counters (an arm missing from the first had served
+    nothing yet); None with fewer than two such probes."""
+    if probes is None or not len(probes) or "requests" not in probes:
+        return None
+    scraped = probes[probes["requests"].notna()]
+    scraped = scraped[win.during(naive_series(scraped["ts"]))] if len(scraped) else scraped
+    if len(scraped) < 2:
+        return None
+    first, last = scraped["requests"].iloc[0], scraped["requests"].iloc[-1]
+    if arm not in last:
+        return None
+    return ops.counter_error_rate(tuple(first.get(arm, (0.0, 0.0))), tuple(last[arm]))
 
 
 def verdict(cfg: AnalyticsSettings, control: str, comparisons: dict[VariantName, Comparison],

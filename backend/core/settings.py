@@ -223,7 +223,10 @@ class AnalyticsSettings(BaseModel):
     sequential_tuning: float = Field(
         5000, gt=0, description="users (both arms) at which the always-valid interval is "
         "narrowest (GrowthBook's sequential tuning parameter)")
-    sla_p95_ms: float = Field(100.0, gt=0, description="p95 latency objective per variant")
+    sla_p95_ms: float = Field(100.0, gt=0, description=(
+        "p95 latency objective per variant; an experiment's default latency guardrail"))
+    max_error_rate: float = Field(0.01, ge=0, le=1, description=(
+        "an experiment's default guardrail: 5xx per recommendation request of an arm"))
     alpha: float = Field(0.05, gt=0, lt=1)
 
 

@@ -29,7 +29,7 @@ from scipy.stats import binomtest
 from backend.analytics.snapshot import Snapshot
 from backend.core.settings import Settings
 from backend.data.kafka import ensure_topics
-from backend.ml.recommenders import DiversityKNN, ItemKNN
+from backend.ml.recommenders import ALS, DiversityKNN, ItemKNN
 from backend.ops.broker import EmbeddedBroker
 from backend.serving.auth import digest
 from registry import open_registry
@@ -39,6 +39,9 @@ from tests.unit.test_recommenders import dataset
 
 pytestmark = pytest.mark.integration
 CLIENT, ADMIN = "client-key-for-tests", "admin-key-for-tests"
+# C serves nobody under the default split: only an experiment that names it
+VARIANTS = {"A": {"model": "item_knn"}, "B": {"model": "diversity_knn"},
+            "C": {"model": "als", "params": {"factors": 8, "iterations": 5}}}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def serving_app(tmp_path_factory, ray_head):
         "RECO_VAR_DIR": str(var), "RECO_KAFKA__EMBEDDED_PORT": str(free_port()),
         "RECO_SERVE__PORT": str(port), "RECO_SERVE__API_KEYS": json.dumps(keys),
         "RECO_SERVE__PER_MINUTE": "20", "RECO_SERVE__RELOAD_SECONDS": "1",
-        "RECO_SERVE__INGRESS_REPLICAS": "2",
+        "RECO_SERVE__INGRESS_REPLICAS": "2", "RECO_VARIANTS": json.dumps(VARIANTS),
     } | {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")}
     from backend.core.runtime import ray_env
 
@@ -66,7 +69,8 @@ def serving_app(tmp_path_factory, ray_head):
         ensure_topics(settings.kafka)
         registry = open_registry(settings, signer=True)
         data = dataset()
-        for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
+        for variant, model in (("A", ItemKNN()), ("B", DiversityKNN()),
+                               ("C", ALS(**VARIANTS["C"]["params"]))):
             registry.promote(variant, registry.register(variant, model.fit(*data)))
         out = subprocess.run([sys.executable, "-m", "backend.ops.cli", "serve", "start"], env=env,
                              cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -97,6 +101,12 @@ def restore(app: dict, timeout: float = 120) -> None:
     the fixture's production versions, Model B's run-time knobs; then wait until every
     variant serves them and writes are healthy (no spool left from a broker outage)."""
     base, registry = app["baseline"], app["registry"]
+    health = get(app, "/health").json()
+    if health.get("experiment"):  # a test's experiment left running: stop it first
+        r = httpx.post(app["url"] + f"/admin/experiments/{health['experiment']}/stop",
+                       headers={"X-API-Key": ADMIN}, timeout=30)
+        assert r.status_code == 200, r.text
+        time.sleep(2)
     for variant, version in base["versions"].items():
         if registry.aliases(variant).get("production") != version:
             registry.promote(variant, version)
@@ -117,6 +127,7 @@ def restore(app: dict, timeout: float = 120) -> None:
         runtime = health["variants"]["B"]["runtime"]
         good = good + 1 if (
             health["status"] == "ok" and health["split"] == base["split"]
+            and health["experiment"] is None
             and all(health["variants"][v]["version"] == version
                     for v, version in base["versions"].items())
             and all(runtime.get(k, v) == v for k, v in B_KNOBS.items())) else 0
@@ -613,9 +624,10 @@ def test_a_killed_variant_replica_is_replaced_under_load(served):
     import asyncio
 
     from backend.serving.router import RouterLogic
+    from backend.serving.schemas import Allocation
 
     health = get(served, "/health").json()
-    router = RouterLogic(split=health["split"], salt=health["salt"])
+    router = RouterLogic(Allocation(weights=health["weights"], salt=health["salt"]))
     victim = _replica_pids(served, "VariantA")[0]
     results: list[tuple[int, int, str | None]] = []
 
@@ -678,7 +690,16 @@ def test_every_write_and_admin_route_refuses_missing_or_wrong_keys(served):
               "/watch": {"user_id": 1, "item_id": 2, "minutes": 10.0},
               "/admin/split": {"split": 0.5}, "/admin/promote": {"variant": "A",
                                                                  "version": "v0001"},
-              "/admin/rollback": {"variant": "A"}, "/admin/diversity": {}}
+              "/admin/rollback": {"variant": "A"}, "/admin/diversity": {},
+              "/admin/experiments": {"id": "x1", "arms": [{"variant": "A"}, {"variant": "B"}],
+                                     "control": "A", "salt": "s", "weights": {"A": 1, "B": 1}},
+              "/admin/experiments/x1/weights": {"weights": {"A": 1, "B": 1}},
+              "/admin/experiments/x1/arms": {"arm": {"variant": "C"}, "weight": 1.0},
+              "/admin/experiments/x1/stop": None}
+    for route in ("/admin/experiments", "/admin/experiments/x1"):
+        for headers in ({}, {"X-API-Key": "wrong-key"}, {"X-API-Key": CLIENT}):
+            r = httpx.get(served["url"] + route, headers=headers, timeout=30)
+            assert r.status_code == (403 if headers.get("X-API-Key") == CLIENT else 401), route
     for route, body in routes.items():
         for headers in ({}, {"X-API-Key": "wrong-key"}, {"X-API-Key": ""}):
             r = httpx.post(served["url"] + route, json=body, headers=headers, timeout=30)
@@ -756,3 +777,110 @@ def test_broker_outage_during_simulated_traffic(served):
               for i in lake.read(t, columns=["event_id"])["event_id"] if i in accepted]
     assert len(accepted) == len(sim.accepted) == summary["accepted_writes"]
     assert sorted(landed) == sorted(accepted)  # all of them, none twice
+
+
+def _reco_cli(served, *args: str) -> subprocess.CompletedProcess:
+    """`reco experiment ...` as an operator runs it, with the operator key in its env."""
+    return subprocess.run([sys.executable, "-m", "backend.ops.cli", "experiment", *args],
+                          env=served["env"] | {"RECO_OPERATOR_KEY": ADMIN}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _wait_for_epoch(served, experiment: str | None, epoch: int | None) -> dict:
+    """/health until three answers in a row (both ingress replicas, as a rule) report
+    `experiment` in `epoch`."""
+    deadline, good = time.monotonic() + 30, 0
+    while good < 3:
+        health = get(served, "/health").json()
+        good = good + 1 if (health["experiment"], health["epoch"]) == (experiment, epoch) else 0
+        if not good:
+            assert time.monotonic() < deadline, f"epoch {epoch} not in force: {health}"
+            time.sleep(0.5)
+    return health
+
+
+@pytest.mark.usefixtures("movielens_cache")
+def test_an_experiment_reweighted_and_grown_to_three_arms_is_served_logged_and_audited(served):
+    """Start an experiment over A and B from the CLI, change its weights mid-run, add the
+    third recommender (ALS, variant C) through the admin API, analyse it, stop it: every user
+    gets the arm its epoch's weights give, the reco log names experiment and epoch, SRM stays
+    clean in every epoch, and the audit trail has every step with its actor."""
+    from backend.analytics.snapshot import Snapshot
+    from backend.data.lake import Lake
+    from backend.serving.router import RouterLogic
+    from backend.serving.schemas import Allocation
+
+    exp_id, salt = "exp-int-1", "exp-int-salt"
+    out = _reco_cli(served, "start", exp_id, "--arm", "A", "--arm", "B", "--salt", salt)
+    assert out.returncode == 0, out.stderr
+    refused = _reco_cli(served, "start", "exp-int-2", "--arm", "A", "--arm", "D")
+    assert refused.returncode == 1 and "not deployed" in refused.stderr
+    users = {0: range(50_001, 50_201), 1: range(50_201, 50_401), 2: range(50_401, 50_701)}
+    weights = {0: {"A": 1.0, "B": 1.0}, 1: {"A": 1.0, "B": 3.0},
+               2: {"A": 1.0, "B": 3.0, "C": 2.0}}
+    served_as: dict[int, str] = {}
+
+    def traffic(epoch: int, returning: range = range(0)) -> None:
+        router = RouterLogic(Allocation(weights=weights[epoch], salt=salt))
+        for user in [*users[epoch], *returning]:
+            r = get(served, "/recommend", key=CLIENT, user_id=user, k=3)
+            assert r.status_code == 200, r.text
+            assert r.json()["variant"] == router.assign(user), (epoch, user)
+            served_as[user] = r.json()["variant"]
+
+    _wait_for_epoch(served, exp_id, 0)
+    traffic(0)
+    out = _reco_cli(served, "set-weights", exp_id, "A=1", "B=3")
+    assert out.returncode == 0, out.stderr
+    _wait_for_epoch(served, exp_id, 1)
+    traffic(1, returning=range(50_001, 50_051))
+    r = httpx.post(served["url"] + f"/admin/experiments/{exp_id}/arms", timeout=30,
+                   json={"arm": {"variant": "C"}, "weight": 2.0}, headers={"X-API-Key": ADMIN})
+    assert r.status_code == 200, r.text
+    assert [e["number"] for e in r.json()["experiment"]["epochs"]] == [0, 1, 2]
+    _wait_for_epoch(served, exp_id, 2)
+    traffic(2, returning=range(50_201, 50_251))
+    assert {served_as[u] for u in users[2]} == {"A", "B", "C"}
+
+    time.sleep(2)  # the reco log leaves the ingress replicas in batches
+    env = served["env"] | {"RECO_ANALYTICS__WINDOW_MINUTES": "60"}
+    for args in (("-m", "jobs.ingest", "--once"), ("-m", "backend.ops.cli", "analyze", "--once")):
+        done = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    settings = served["settings"]
+    reco = Lake(settings.lake_root).read("events.reco", ["user_id", "variant", "experiment",
+                                                         "epoch"])
+    mine = reco[reco["user_id"].between(50_001, 50_700)]
+    assert (mine["experiment"] == exp_id).all() and set(mine["epoch"]) == {0, 1, 2}
+    for epoch, rows in mine.groupby("epoch"):
+        router = RouterLogic(Allocation(weights=weights[int(epoch)], salt=salt))
+        assert (rows["variant"] == rows["user_id"].map(router.assign)).all(), epoch
+    snap = Snapshot.model_validate_json(
+        (settings.var_dir / "analytics" / "latest.json").read_text())
+    ab = snap.ab
+    assert (ab.id, ab.epoch, ab.control, ab.running) == (exp_id, 2, "A", True)
+    assert [e.number for e in ab.epochs] == [0, 1, 2]
+    assert all(not e.srm.mismatch and e.srm.p_value is not None for e in ab.epochs)
+    # the current epoch's entrants only: its 300 new users, not the 50 who came back
+    assert sum(a.users for a in ab.arms.values()) == len(users[2])
+    assert set(ab.comparisons) == {"B", "C"} and ab.winner is not None
+    # the cycle's probe scraped every arm's request counters (the error-rate guardrail)
+    probe = json.loads(settings.layout.probes.read_text().splitlines()[-1])
+    assert {"A", "B", "C"} <= set(probe["requests"])
+    assert all(total > 0 for total, _ in probe["requests"].values())
+    assert {(g.arm, g.metric) for g in ab.guardrails} == {
+        (v, m) for v in "ABC" for m in ("latency_p95_ms", "error_rate")}
+
+    out = _reco_cli(served, "stop", exp_id)
+    assert out.returncode == 0, out.stderr
+    _wait_for_epoch(served, None, None)
+    listed = _reco_cli(served, "list")
+    assert f"{exp_id} stopped arms=A,B,C epoch=2" in listed.stdout
+    view = httpx.get(served["url"] + f"/admin/experiments/{exp_id}", timeout=30,
+                     headers={"X-API-Key": ADMIN}).json()
+    assert [(e["action"], e["actor"]) for e in view["events"]] == [
+        ("start", "key:ops"), ("set_weights", "key:ops"), ("add_arm", "key:ops"),
+        ("stop", "key:ops")]
+    assert [e["weights"] for e in view["experiment"]["epochs"]] == [
+        weights[0], weights[1], weights[2]]

@@ -4,6 +4,7 @@ sample-ratio check against the split in force, and the verdict."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -21,7 +22,7 @@ from backend.analytics.snapshot import (
     SampleRatio,
     Sequential,
 )
-from backend.analytics.window import RecoLog
+from backend.analytics.window import LogWindow, RecoLog
 from backend.core.settings import AnalyticsSettings
 from backend.ml.metrics import lift
 from registry.experiments import ArmSpec, Epoch, ExperimentSpec
@@ -243,11 +244,12 @@ def record(weights: list[dict[str, float]], starts: list[float]) -> ExperimentRe
     return ExperimentRecord(spec=spec, start=epochs[0].start, epochs=epochs)
 
 
-def test_an_experiment_is_read_over_its_current_epochs_entrants_with_srm_per_epoch():
+def three_arm_case() -> tuple[RecoLog, LogWindow, ExperimentRecord, pd.DataFrame]:
+    """Experiment e1: epoch 0 (90..50 min ago) A and B 50/50 over users 1..80; epoch 1 (from
+    50 min ago) A, B, C at 1:1:2, users 1..40 return and users 101..260 enter; C's users
+    watch twice as much. With the probes' request counters."""
     rng = np.random.default_rng(1)
     rows, watch = [], []
-    # epoch 0 (90..50 min ago): A and B 50/50, users 1..80; epoch 1 (from 50 min ago):
-    # A, B, C at 1:1:2, users 1..40 return and users 101..260 enter
     for u in range(1, 81):
         v = "AB"[u % 2]
         t = float(rng.uniform(51, 89))
@@ -264,7 +266,17 @@ def test_an_experiment_is_read_over_its_current_epochs_entrants_with_srm_per_epo
     watch += [(120.0, u, 1) for u in range(101, 261, 3)]  # before it started: the covariate
     win = window(reco, watches(watch), minutes=180)
     exp = record([{"A": 1, "B": 1}, {"A": 1, "B": 1, "C": 2}], [90, 50])
-    out = experiment.compute(CFG, 0.5, reco, win, {v: fair() for v in "ABC"}, record=exp)
+    probes = pd.DataFrame({  # the counters /metrics gave the cycle's probes
+        "ts": [ago(m).isoformat() for m in (70, 45, 2)], "ok": True,
+        "requests": [{"A": (5.0, 5.0)}, {"A": (100.0, 1.0), "B": (50.0, 0.0)},
+                     {"A": (300.0, 3.0), "B": (150.0, 5.0), "C": (80.0, 0.0)}]})
+    return reco, win, exp, probes
+
+
+def test_an_experiment_is_read_over_its_current_epochs_entrants_with_srm_per_epoch():
+    reco, win, exp, probes = three_arm_case()
+    out = experiment.compute(CFG, 0.5, reco, win, {v: fair() for v in "ABC"}, record=exp,
+                             probes=probes)
     assert (out.id, out.epoch, out.control, out.running) == ("e1", 1, "A", True)
     # the current epoch's entrants only: users 101..260 (40 on A, 40 on B, 80 on C)
     assert {v: a.users for v, a in out.arms.items()} == {"A": 40, "B": 40, "C": 80}
@@ -294,7 +306,20 @@ def test_an_experiment_is_read_over_its_current_epochs_entrants_with_srm_per_epo
     k = len(a_users.ids)
     assert c.cuped.theta == pytest.approx(theta)
     assert c.cuped.diff == pytest.approx(adj[k:].mean() - adj[:k].mean())
-    assert [g.metric for g in out.guardrails] == ["latency_p95_ms"] * 3
+    errors = {g.arm: (g.value, g.passed) for g in out.guardrails if g.metric == "error_rate"}
+    # the probe before the epoch is not read; C was not counted yet in the first one
+    assert errors == {"A": (pytest.approx(0.01), True), "B": (pytest.approx(0.05), False),
+                      "C": (0.0, True)}
+    assert {g.metric for g in out.guardrails} == {"latency_p95_ms", "error_rate"}
+    assert out.winner is not None and (out.winner.leader != "B" or out.winner.variant is None)
+
+
+def test_an_error_rate_from_counters_is_unknown_across_a_reset_or_without_requests():
+    from backend.ml.metrics.ops import counter_error_rate
+
+    assert counter_error_rate((100, 2), (300, 6)) == pytest.approx(0.02)
+    assert counter_error_rate((100, 2), (50, 1)) is None  # a restart reset the counters
+    assert counter_error_rate((100, 2), (100, 2)) is None  # no request in between
 
 
 def test_srm_flags_an_epoch_whose_users_do_not_follow_its_weights():

@@ -236,3 +236,27 @@ def test_ab_page_shows_the_audit_trail_newest_first(var):
     trail = at.dataframe[-1].value
     assert list(trail["action"]) == ["promote", "split"]
     assert list(trail["actor"]) == ["cli:root", "key:ops"]
+
+
+def test_ab_page_shows_an_experiments_comparisons_epochs_and_guardrails(var):
+    from backend.analytics import experiment
+    from tests.unit.test_analytics_experiment import fair, three_arm_case
+
+    reco, win, exp, probes = three_arm_case()
+    ab = experiment.compute(AnalyticsSettings(), 0.5, reco, win, {v: fair() for v in "ABC"},
+                            record=exp, probes=probes)
+    snap = snapshot().model_copy(update={"ab": ab})
+    (var / "analytics" / "latest.json").write_text(snap.model_dump_json())
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "abtest.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    frames = [d.value for d in at.dataframe]
+    comparisons = next(f for f in frames if "holm_p" in f.columns)
+    assert list(comparisons["arm"]) == ["B", "C"]
+    assert comparisons["lift"].tolist() == [
+        ab.comparisons[t].watch_through_test.relative for t in ("B", "C")]
+    epochs = next(f for f in frames if "srm_p" in f.columns)
+    assert list(epochs["epoch"]) == [0, 1] and list(epochs["end"])[-1] == "in force"
+    guards = next(f for f in frames if "passed" in f.columns)
+    assert set(guards["metric"]) == {"latency_p95_ms", "error_rate"}
+    assert any("Experiment e1" in c.value for c in at.caption)

@@ -1,4 +1,5 @@
-"""Operational measures: latency percentiles, uptime from health probes, and drift (PSI)."""
+"""Operational measures: latency percentiles, uptime from health probes, error rates from
+scraped counters, and drift (PSI)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ def latency_percentiles(latency_ms: Sequence[float]) -> dict[str, float | None]:
 def uptime(ok: Sequence[bool]) -> float | None:
     """Share of periodic health probes that found the service up (None without probes)."""
     return float(np.mean(np.asarray(ok, dtype=bool))) if len(ok) else None
+
+
+def counter_error_rate(first: tuple[float, float], last: tuple[float, float]
+                       ) -> float | None:
+    """Errors per request between two scrapes of cumulative (requests, errors) counters:
+    the increase of errors over the increase of requests (Prometheus' `increase()` without
+    extrapolation). None when no request was counted in between, or when a counter went
+    backwards (reset by a restart: the increase is then unknown)."""
+    requests, errors = last[0] - first[0], last[1] - first[1]
+    if requests <= 0 or errors < 0:
+        return None
+    return float(errors / requests)
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], eps: float = 1e-4) -> float:
