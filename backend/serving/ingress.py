@@ -152,9 +152,18 @@ class IngressLogic:
         self.start()
 
     def apply(self, shared: SharedExperiment) -> None:
-        """The shared experiment config, if it changed since it was last applied here."""
+        """The shared experiment config, if it changed since it was last applied here. An
+        allocation that gives users to a variant this replica cannot call (a redeploy
+        dropped it while its experiment ran) is not followed: the default one is, and the
+        reco log then names no experiment."""
         if shared.generation != self.generation:
-            self.router.follow(shared.allocation)
+            alloc = shared.allocation
+            missing = [v for v, w in alloc.weights.items() if w > 0 and v not in self.variants]
+            if missing:
+                log.error("allocation names undeployed variants experiment=%s missing=%s "
+                          "serving=default", alloc.experiment, missing)
+                alloc = shared.default
+            self.router.follow(alloc)
             self.generation = shared.generation
 
     def start(self) -> None:

@@ -596,3 +596,21 @@ def test_an_experiment_started_reweighted_grown_and_stopped_reaches_every_replic
     trail = [(e.action, e.actor) for e in out["stopped"].events]
     assert trail == [("start", "key:ops"), ("set_weights", "key:ops"), ("add_arm", "key:ops"),
                      ("stop", "key:ops")]
+
+
+def test_an_allocation_naming_an_undeployed_variant_falls_back_to_the_default_split():
+    from backend.serving.schemas import Allocation
+
+    state = ServingStateLogic(100, {"key:sim": 6000}, 0.5, "exp-1", variants=list("AB"),
+                              running=Allocation(weights={"A": 1, "C": 1}, salt="x",
+                                                 experiment="e1", epoch=0))
+    with Rig(state=state) as rig:  # this replica has A and B only
+        async def scenario() -> set[str]:
+            await rig.logic.push()
+            served = {(await rig.logic.recommend({}, u, 1))["variant"] for u in range(1, 60)}
+            await rig.logic.close()
+            return served
+
+        assert run(scenario()) == {"A", "B"}
+        records = [RecoEvent.model_validate(r) for b in rig.sink.batches for r in b]
+        assert {r.experiment for r in records} == {None}
