@@ -64,17 +64,16 @@ class Population:
 
 def read(c: dict, t: dict, k: int, cuped: bool) -> tuple[lift.Stat, lift.Stat, bool]:
     """The two arms' statistics over their first `k` users: the ratio metric, or with CUPED
-    its linearised form adjusted by the users' pre-period watch-through (both absolute)."""
+    (lift.ratio_cuped, as the platform's analysis) adjusted by the users' pre-period
+    watch-through, linearised (both absolute)."""
     if not cuped:
         return (RatioStat.of(c["watches"][:k], c["shown"][:k]),
                 RatioStat.of(t["watches"][:k], t["shown"][:k]), True)
-    w = np.concatenate([c["watches"][:k], t["watches"][:k]])
-    s = np.concatenate([c["shown"][:k], t["shown"][:k]])
     pw = np.concatenate([c["pre_watches"][:k], t["pre_watches"][:k]])
     ps = np.concatenate([c["pre_shown"][:k], t["pre_shown"][:k]])
-    post = lift.linearised(w, s, w.sum() / s.sum())
     pre = lift.linearised(pw, ps, pw.sum() / ps.sum())
-    ac, at = lift.cuped((post[:k], pre[:k]), (post[k:], pre[k:]))
+    _, (ac, at) = lift.ratio_cuped((c["watches"][:k], c["shown"][:k], pre[:k]),
+                                   (t["watches"][:k], t["shown"][:k], pre[k:]))
     return ac, at, False
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,8 +85,10 @@ class ExperimentSpec(_Frozen):
 
 
 def check_weights(weights: dict[str, float]) -> dict[str, float]:
-    if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ValueError("weights must be non-negative with a positive sum")
+    values = list(weights.values())
+    if not values or any(not math.isfinite(w) or w < 0 for w in values) or \
+            not 0 < sum(values) < math.inf:
+        raise ValueError("weights must be finite and non-negative with a positive sum")
     return dict(weights)
 
 
@@ -114,6 +117,7 @@ class Experiment(_Frozen):
     start: datetime
     stop: datetime | None = None
     epochs: list[Epoch]
+    revision: int = 0  # the audit log's line (0-based) of its latest event: orders changes
 
     @property
     def running(self) -> bool:
@@ -166,6 +170,10 @@ class ExperimentStore:
             live = _running(now)
             if live is not None:
                 raise ExperimentError(f"experiment {live.spec.id!r} is running: stop it first")
+            used = {e.spec.salt: e.spec.id for e in now.values()}
+            if spec.salt in used:  # its users' past under that salt would carry over
+                raise ExperimentError(f"salt {spec.salt!r} was experiment {used[spec.salt]!r}'s:"
+                                      " a new experiment draws its users afresh")
             _check_arms(spec.arms, spec.weights, spec.control)
             self._append(fd, actor, "start", spec.id, {"spec": spec.model_dump(mode="json")})
         return self.get(spec.id)
@@ -178,6 +186,8 @@ class ExperimentStore:
         with self._locked() as (fd, now):
             exp = _live(now, experiment)
             _check_arms(exp.spec.arms, weights, exp.spec.control)
+            if weights == exp.epoch.weights:  # in force already: no new epoch (a retry)
+                return exp
             detail: dict[str, JsonValue] = {k: v for k, v in weights.items()}
             self._append(fd, actor, "set_weights", experiment, {"weights": detail})
         return self.get(experiment)
@@ -198,6 +208,17 @@ class ExperimentStore:
             _live(now, experiment)
             self._append(fd, actor, "stop", experiment, {})
         return self.get(experiment)
+
+    def check_unpinned(self, variant: str, version: str | None) -> None:
+        """Refuses (409) to move `variant`'s production off the version the running
+        experiment pins (`version` None: a rollback, to whatever was before)."""
+        running = self.running()
+        if running is None:
+            return
+        for arm in running.spec.arms:
+            if arm.variant == variant and arm.version not in (None, version):
+                raise ExperimentError(f"experiment {running.spec.id!r} pins {variant} at "
+                                      f"{arm.version}: stop it first")
 
     def record(self, action: OperatorAction, actor: str, detail: dict[str, JsonValue]
                ) -> AuditEvent:
@@ -277,9 +298,12 @@ def fold(events: list[AuditEvent]) -> dict[str, Experiment]:
     experiment, a malformed detail written by hand) changes nothing and is logged: one bad
     line must not stop every later change."""
     out: dict[str, Experiment] = {}
-    for ev in events:
+    for line, ev in enumerate(events):
         try:
             _apply(out, ev)
+            if ev.experiment in out and ev.action in ("start", "set_weights", "add_arm",
+                                                      "stop"):
+                out[ev.experiment] = out[ev.experiment].model_copy(update={"revision": line})
         except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             log.warning("audit event skipped ts=%s action=%s experiment=%s error=%s",
                         ev.ts.isoformat(), ev.action, ev.experiment, exc)

@@ -71,7 +71,10 @@ def request_counts(base: str, timeout: float) -> dict[str, tuple[float, float]] 
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        text = httpx.get(base + "/metrics", timeout=timeout).text
+        r = httpx.get(base + "/metrics", timeout=timeout)
+        if r.status_code != 200:
+            return None
+        text = r.text
         out: dict[str, tuple[float, float]] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:

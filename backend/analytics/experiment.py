@@ -142,14 +142,15 @@ def compute(cfg: AnalyticsSettings, split: float, reco: RecoLog, win: LogWindow,
     if record is not None:
         return _experiment(cfg, reco, win, fairness, record, probes)
     pair = list(arms[:2])
+    win = win.span(reco, win.start, win.end, reco.outside_experiments())  # one allocation
 
     def srm(users: dict[VariantName, ArmUsers]) -> SampleRatio | None:
         if not set(pair) <= set(users):
             return None
-        return sample_ratio(win, len(users[pair[0]].ids), len(users[pair[1]].ids), split,
-                            split_changes)
+        return sample_ratio(win, {v: len(users[v].ids) for v in pair},
+                            {pair[0]: split, pair[1]: 1 - split}, split_changes)
 
-    return analyse(cfg, reco, win, pair, fairness, srm, [], win.start, probes)
+    return analyse(cfg, reco, win, pair, fairness, srm, [], None, probes)
 
 
 def _experiment(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow,
@@ -170,11 +171,7 @@ def _experiment(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow,
                           reco.served_under(exp_id, epoch.number) & (entry == epoch.number))
         names = [a.variant for a in record.spec.arms if a.variant in epoch.weights]
         users = {v: len(np.unique(reco.user[cohort.in_win & reco.arm(v)])) for v in names}
-        shares = [epoch.weights[v] for v in names]
-        srm = SampleRatio.model_validate(
-            abtest.sample_ratio_mismatch([users[v] for v in names], shares)
-            | {"weights": dict(zip(names, _normalised(shares), strict=True)),
-               "split": _normalised(shares)[0] if len(names) == 2 else None})
+        srm = allocation_srm(users, {v: epoch.weights[v] for v in names})
         summaries.append(EpochSummary(
             number=epoch.number, start=str(pd.Timestamp(start, tz="UTC")),
             end=None if nxt is None or nxt > end else str(pd.Timestamp(nxt, tz="UTC")),
@@ -197,9 +194,15 @@ def _experiment(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow,
         "end": str(pd.Timestamp(cohort.end, tz="UTC"))})
 
 
-def _normalised(shares: list[float]) -> list[float]:
-    total = sum(shares)
-    return [s / total if total > 0 else 0.0 for s in shares]
+def allocation_srm(users: dict[VariantName, int], weights: dict[VariantName, float]
+                   ) -> SampleRatio:
+    """Chi-square of users per arm against the arms' weights (N arms)."""
+    total = sum(weights.values())
+    shares = {v: w / total for v, w in weights.items()}
+    return SampleRatio.model_validate(
+        abtest.sample_ratio_mismatch([users.get(v, 0) for v in shares], list(shares.values()))
+        | {"weights": shares, "split": next(iter(shares.values())) if len(shares) == 2
+           else None})
 
 
 def entry_epochs(reco: RecoLog, experiment: str) -> np.ndarray:
@@ -219,10 +222,12 @@ def entry_epochs(reco: RecoLog, experiment: str) -> np.ndarray:
 def analyse(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow, arms: list[str],
             fairness: dict[VariantName, Fairness],
             srm_of: Callable[[dict[VariantName, ArmUsers]], SampleRatio | None],
-            guards: list[Guardrail], pre_end: np.datetime64,
+            guards: list[Guardrail], pre_end: np.datetime64 | None,
             probes: pd.DataFrame | None = None) -> Experiment:
     """Every arm's figures over `win`; each of `arms[1:]` tested against `arms[0]`, with
-    the sample-ratio check `srm_of` makes of the arms' users."""
+    the sample-ratio check `srm_of` makes of the arms' users. `pre_end`: the experiment's
+    start, which ends CUPED's pre-period (None: no CUPED; under the sticky default split a
+    user's past was served by the same arm, so it is no pre-treatment covariate)."""
     figures: dict[VariantName, Arm] = {}
     users: dict[VariantName, ArmUsers] = {}
     for v in win.variants:
@@ -243,15 +248,17 @@ def analyse(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow, arms: list[st
     checks = guardrail_checks(reco, win, figures, fairness, guards, probes)
     if control not in users or not treatments:
         return Experiment(arms=figures, control=control, guardrails=checks)
-    comparisons = with_holm({t: compare(cfg, users[control], users[t]) for t in treatments})
+    comparisons = with_holm({t: compare(cfg, users[control], users[t], pre_end is not None)
+                             for t in treatments})
     srm = srm_of(users)
     return Experiment(arms=figures, control=control, comparisons=comparisons, srm=srm,
                       guardrails=checks,
                       winner=verdict(cfg, control, comparisons, srm, fairness, checks))
 
 
-def compare(cfg: AnalyticsSettings, a: ArmUsers, b: ArmUsers) -> Comparison:
-    """Treatment `b` against control `a`."""
+def compare(cfg: AnalyticsSettings, a: ArmUsers, b: ArmUsers, adjust: bool = True
+            ) -> Comparison:
+    """Treatment `b` against control `a` (`adjust`: with CUPED)."""
     ratings_a, ratings_b = lift.MeanStat.of(a.rating_means), lift.MeanStat.of(b.rating_means)
     post = lift.bayesian(a.ratio(), b.ratio(), relative=True)
     rating_seq = lift.always_valid(ratings_a, ratings_b, relative=False, alpha=cfg.alpha,
@@ -259,7 +266,9 @@ def compare(cfg: AnalyticsSettings, a: ArmUsers, b: ArmUsers) -> Comparison:
     return Comparison(
         watch_through_test=lift_test(PRIMARY, a.ratio(), b.ratio(), cfg.alpha),
         rating_test=lift_test(SECONDARY, ratings_a, ratings_b, cfg.alpha),
-        cuped=cuped(a, b, cfg.alpha), sequential=sequential(cfg, a, b),
+        cuped=cuped(a, b, cfg.alpha) if adjust else Cuped(
+            reason="no experiment: no pre-period (users kept their arm before the window)"),
+        sequential=sequential(cfg, a, b),
         bayes=BayesSummary(chance_to_win=post.chance_to_win, risk_a=post.risk_control,
                            risk_b=post.risk_treatment),
         rating_p_value=rating_seq.p_value)
@@ -279,18 +288,20 @@ def with_holm(comparisons: dict[VariantName, Comparison]) -> dict[VariantName, C
     return out
 
 
-def sample_ratio(win: LogWindow, users_a: int, users_b: int, split: float,
-                 split_changes: Sequence[pd.Timestamp]) -> SampleRatio:
-    """Users per arm against the split in force; not checked over a window the split changed
-    in (its users came under two allocations, which one split cannot describe)."""
+def sample_ratio(win: LogWindow, users: dict[VariantName, int],
+                 weights: dict[VariantName, float], split_changes: Sequence[pd.Timestamp]
+                 ) -> SampleRatio:
+    """Users per arm against the default split in force; not checked over a window the
+    split changed in (its users came under two allocations, which one split cannot
+    describe)."""
     start, end = pd.Timestamp(win.start, tz="UTC"), pd.Timestamp(win.end, tz="UTC")
     changed = [t for t in split_changes if start <= t < end]
     if changed:
-        return SampleRatio(chi2=None, p_value=None, mismatch=False, split=split,
+        return SampleRatio(chi2=None, p_value=None, mismatch=False,
+                           split=next(iter(weights.values())),
                            reason=f"not checked: the split changed at {max(changed)} inside "
                                   "this window")
-    return SampleRatio.model_validate(
-        abtest.sample_ratio_mismatch([users_a, users_b], [split, 1 - split]) | {"split": split})
+    return allocation_srm(users, weights)
 
 
 def lift_test(metric: str, a: lift.Stat, b: lift.Stat, alpha: float) -> LiftTest:
@@ -305,21 +316,16 @@ def lift_test(metric: str, a: lift.Stat, b: lift.Stat, alpha: float) -> LiftTest
 
 
 def cuped(a: ArmUsers, b: ArmUsers, alpha: float) -> Cuped:
-    """The absolute watch-through lift, linearised (lift.linearised) and adjusted by each
-    user's watches before the experiment; the variance reduction is against the same
-    linearised values unadjusted."""
+    """The absolute watch-through lift adjusted by each user's watches before the experiment
+    (lift.ratio_cuped); the variance reduction is against the same users unadjusted."""
     sa, sb = a.shown[-1] > 0, b.shown[-1] > 0
-    m = np.concatenate([a.watches[-1][sa], b.watches[-1][sb]])
-    d = np.concatenate([a.shown[-1][sa], b.shown[-1][sb]])
-    k = int(sa.sum())
-    if k < 2 or len(d) - k < 2 or d.sum() == 0:
+    if sa.sum() < 2 or sb.sum() < 2:
         return Cuped(reason="not enough data")
-    post = lift.linearised(m, d, m.sum() / d.sum())
-    pre = np.concatenate([a.pre[sa], b.pre[sb]])
-    c, t = lift.cuped((post[:k], pre[:k]), (post[k:], pre[k:]))
+    (pc, pt), (c, t) = lift.ratio_cuped(
+        (a.watches[-1][sa], a.shown[-1][sa], a.pre[sa]),
+        (b.watches[-1][sb], b.shown[-1][sb], b.pre[sb]))
     adjusted = lift.fixed_horizon(c, t, relative=False, alpha=alpha)
-    plain = lift.fixed_horizon(lift.MeanStat.of(post[:k]), lift.MeanStat.of(post[k:]),
-                               relative=False, alpha=alpha)
+    plain = lift.fixed_horizon(pc, pt, relative=False, alpha=alpha)
     reduction = None
     if adjusted.se is not None and plain.se:
         reduction = 1.0 - adjusted.se ** 2 / plain.se ** 2
@@ -356,19 +362,15 @@ def guardrail_checks(reco: RecoLog, win: LogWindow, figures: dict[VariantName, A
 
 def probed_error_rate(probes: pd.DataFrame | None, win: LogWindow, arm: str
                       ) -> float | None:
-    """`arm`'s 5xx share of recommendation requests between the first and the last probe
-    inside the span that scraped the counters (an arm missing from the first had served
-    nothing yet); None with fewer than two such probes."""
+    """`arm`'s 5xx share of recommendation requests over the probes inside the span that
+    scraped the counters (a probe without the arm: it had served nothing yet); None with
+    fewer than two such probes or no request counted."""
     if probes is None or not len(probes) or "requests" not in probes:
         return None
     scraped = probes[probes["requests"].notna()]
     scraped = scraped[win.during(naive_series(scraped["ts"]))] if len(scraped) else scraped
-    if len(scraped) < 2:
-        return None
-    first, last = scraped["requests"].iloc[0], scraped["requests"].iloc[-1]
-    if arm not in last:
-        return None
-    return ops.counter_error_rate(tuple(first.get(arm, (0.0, 0.0))), tuple(last[arm]))
+    counts = [tuple(c.get(arm, (0.0, 0.0))) for c in scraped["requests"]]
+    return ops.counter_error_rate(counts) if len(counts) >= 2 else None
 
 
 def verdict(cfg: AnalyticsSettings, control: str, comparisons: dict[VariantName, Comparison],
@@ -403,7 +405,10 @@ def verdict(cfg: AnalyticsSettings, control: str, comparisons: dict[VariantName,
     checks = fairness.get(leader)
     failed = checks.requirements.failed() if checks is not None else ["no fairness figures"]
     broken = [g.metric for g in guardrails if g.arm == leader and not g.passed]
-    if not won:
+    if not won and any(significant(c) for c in comparisons.values()):
+        variant, reason = None, ("significant, but the confidence sequence still spans 0 "
+                                 "(no sign yet)")
+    elif not won:
         variant, reason = None, "not significant yet (always-valid p >= alpha, Holm-adjusted)"
     elif srm is not None and srm.mismatch:
         variant, reason = None, "sample ratio mismatch: the allocation is broken"

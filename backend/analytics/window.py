@@ -70,6 +70,12 @@ class RecoLog:
         """Mask of the responses served by variant `name`."""
         return self.code == (self.names.index(name) if name in self.names else -1)
 
+    def outside_experiments(self) -> np.ndarray:
+        """Mask of the responses served under no experiment (the default split)."""
+        if self.experiment is None:
+            return np.ones(len(self), bool)
+        return self.experiment < 0
+
     def served_under(self, experiment: str, epoch: int | None = None) -> np.ndarray:
         """Mask of the responses served under `experiment` (in allocation `epoch`)."""
         if self.experiment is None or experiment not in self.experiments:

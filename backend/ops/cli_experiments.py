@@ -20,7 +20,8 @@ def _call(method: str, route: str, body: dict[str, Any] | None = None) -> Any:
 
     s = Settings()
     key = os.environ.get("RECO_OPERATOR_KEY")
-    path = (s.registry.keys_dir or s.layout.root / "keys") / "operator.key"
+    assert s.registry.keys_dir is not None  # Settings fills it in
+    path = s.registry.keys_dir / "operator.key"
     if not key and path.exists():
         key = path.read_text().strip()
     if not key:

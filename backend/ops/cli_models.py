@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from pydantic import JsonValue
 
     from registry import Registry
-    from registry.experiments import OperatorAction
+    from registry.experiments import ExperimentStore, OperatorAction
 
 
 def _settings() -> Settings:
@@ -107,7 +107,9 @@ def models_verify(variant: str | None, ref: str | None) -> None:
 @click.argument("variant")
 @click.argument("version")
 def models_promote(variant: str, version: str) -> None:
-    """Verify, then make VERSION production (audited, as the admin API's promotions are)."""
+    """Verify, then make VERSION production (audited, as the admin API's promotions are;
+    refused while the running experiment pins the variant at another version)."""
+    _experiments().check_unpinned(variant, version)
     aliases = _registry().promote(variant, version)
     click.echo(json.dumps(aliases.named()))  # done, whatever the audit write meets
     _audit("promote", {"variant": variant, "version": version})
@@ -116,9 +118,16 @@ def models_promote(variant: str, version: str) -> None:
 @models.command("rollback")
 @click.argument("variant")
 def models_rollback(variant: str) -> None:
+    _experiments().check_unpinned(variant, None)
     aliases = _registry().rollback(variant)
     click.echo(json.dumps(aliases.named()))
     _audit("rollback", {"variant": variant, "version": aliases.production})
+
+
+def _experiments() -> ExperimentStore:
+    from registry import open_experiments
+
+    return open_experiments(_settings())
 
 
 def _audit(action: OperatorAction, detail: dict[str, JsonValue]) -> None:
@@ -127,10 +136,8 @@ def _audit(action: OperatorAction, detail: dict[str, JsonValue]) -> None:
     import os
     import pwd
 
-    from registry import open_experiments
-
     actor = f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
-    open_experiments(_settings()).record(action, actor, detail)
+    _experiments().record(action, actor, detail)
 
 
 # -- serving ------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ _ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/Err
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": what, "content": _ERROR_JSON}
     for status, what in ((404, "no such experiment"),
-                         (409, "refused: it conflicts with the current state"))}
+                         (409, "refused: it conflicts with the current state"),
+                         (503, "recorded, but not yet shared with every replica"))}
 ExperimentId = Path(pattern=NAME)
 HOT_ROUTE = SimpleNamespace(path="/recommend/{user_id}")  # what the metrics read of a route
 
@@ -221,7 +222,7 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         return await logic.set_diversity(body.model_dump(exclude_none=True),
                                          await operator(logic, request))
 
-    @api.post("/admin/split", responses={409: _REFUSALS[409]})
+    @api.post("/admin/split", responses={k: _REFUSALS[k] for k in (409, 503)})
     async def admin_split(request: Request, body: SplitRequest) -> SplitResponse:
         """Change the experiment for every replica (through the shared state)."""
         logic = current()
@@ -233,7 +234,7 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         await guard(logic, request, "admin")
         return logic.list_experiments()
 
-    @api.get("/admin/experiments/{experiment_id}", responses=_REFUSALS)
+    @api.get("/admin/experiments/{experiment_id}", responses={404: _REFUSALS[404]})
     async def experiment_show(request: Request, experiment_id: str = ExperimentId
                               ) -> ExperimentView:
         """The experiment as its audit trail leaves it (arms, epochs, stop), and the trail."""

@@ -65,12 +65,12 @@ def _pushing(call: Callable[[dict[str, Any]], Awaitable[Any]]
     return push
 
 
-def _allocating(call: Callable[[dict[str, Any] | None], Awaitable[Any]]
-                ) -> Callable[[Allocation | None], Awaitable[SharedExperiment]]:
+def _allocating(call: Callable[[dict[str, Any] | None, int], Awaitable[Any]]
+                ) -> Callable[[Allocation | None, int], Awaitable[SharedExperiment]]:
     """A handle's `set_allocation`, sent the allocation as a plain dict."""
-    async def allocate(allocation: Allocation | None) -> SharedExperiment:
+    async def allocate(allocation: Allocation | None, revision: int) -> SharedExperiment:
         wire = None if allocation is None else allocation.model_dump()
-        return SharedExperiment.model_validate(await call(wire))
+        return SharedExperiment.model_validate(await call(wire, revision))
     return allocate
 
 
@@ -171,9 +171,11 @@ class ServingState:
     async def deployed_runtime(self, runtime: dict[str, Knob]) -> dict[str, Any]:
         return self.logic.deployed_runtime(runtime).model_dump()
 
-    async def set_allocation(self, allocation: dict[str, Any] | None) -> dict[str, Any]:
+    async def set_allocation(self, allocation: dict[str, Any] | None, revision: int
+                             ) -> dict[str, Any]:
         return self.logic.set_allocation(
-            None if allocation is None else Allocation.model_validate(allocation)).model_dump()
+            None if allocation is None else Allocation.model_validate(allocation),
+            revision).model_dump()
 
 
 @serve.deployment(name="RecoLog", num_replicas=1, max_ongoing_requests=64,

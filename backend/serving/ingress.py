@@ -58,6 +58,7 @@ from registry import Registry
 from registry.experiments import (
     ArmSpec,
     Experiment,
+    ExperimentError,
     ExperimentSpec,
     ExperimentStore,
     OperatorAction,
@@ -87,7 +88,7 @@ class SharedState:
     deployed: Callable[[float, str], Awaitable[SharedExperiment]]
     set_config: Callable[[float | None, str | None, dict[str, Knob] | None],
                          Awaitable[SharedExperiment]]
-    set_allocation: Callable[[Allocation | None], Awaitable[SharedExperiment]]
+    set_allocation: Callable[[Allocation | None, int], Awaitable[SharedExperiment]]
     writes_health: Callable[[], Awaitable[WritesHealth]]
     render: Callable[[list[Gauge]], Awaitable[str]]
 
@@ -319,26 +320,16 @@ class IngressLogic:
 
     def promote(self, variant: str, version: str, actor: str) -> AliasesResponse:
         """Verify, then make `version` production; variants pick it up on their next poll."""
-        self._unpinned(variant, version)
+        self.experiments.check_unpinned(variant, version)
         aliases = self.registry().promote(variant, version)
         self._audit("promote", actor, {"variant": variant, "version": version})
         return AliasesResponse(aliases.named())
 
     def rollback(self, variant: str, actor: str) -> AliasesResponse:
-        self._unpinned(variant, None)
+        self.experiments.check_unpinned(variant, None)
         aliases = self.registry().rollback(variant)
         self._audit("rollback", actor, {"variant": variant, "version": aliases.production})
         return AliasesResponse(aliases.named())
-
-    def _unpinned(self, variant: str, version: str | None) -> None:
-        """Refuses to move production off the version the running experiment pins."""
-        running = self.experiments.running()
-        if running is None:
-            return
-        for arm in running.spec.arms:
-            if arm.variant == variant and arm.version not in (None, version):
-                raise RecoError(f"experiment {running.spec.id!r} pins {variant} at "
-                                f"{arm.version}: stop it first", status_code=409)
 
     async def set_diversity(self, knobs: dict[str, Knob], actor: str) -> RuntimeKnobs:
         """Change Model B's strengths on every B replica (applied within a second)."""
@@ -355,6 +346,10 @@ class IngressLogic:
         """Change the default allocation (in force while no experiment runs) for every
         replica, through the shared state."""
         running = (await self.state.config()).allocation.experiment
+        if running is not None and self.experiments.running() is None:
+            # the store says it stopped; the serving state missed it: hand that over
+            await self._allocate(self.experiments.get(running))
+            running = (await self.state.config()).allocation.experiment
         if running is not None:
             raise RecoError(f"experiment {running!r} is running: set its weights (POST "
                             f"/admin/experiments/{running}/weights) or stop it first",
@@ -378,23 +373,40 @@ class IngressLogic:
 
     async def start_experiment(self, spec: ExperimentSpec, actor: str) -> ExperimentView:
         self._servable(spec.arms)
+        default = (await self.state.config()).default
+        if spec.salt == default.salt:  # its users' past under the default split would carry
+            raise RecoError(f"salt {spec.salt!r} is the default split's: choose another",
+                            status_code=409)
         return await self._allocate(
             await asyncio.to_thread(self.experiments.start, spec, actor))
 
     async def set_weights(self, experiment: str, weights: dict[str, float], actor: str
                           ) -> ExperimentView:
-        return await self._allocate(await asyncio.to_thread(
-            self.experiments.set_weights, experiment, weights, actor))
+        return await self._change(experiment, self.experiments.set_weights, experiment,
+                                  weights, actor)
 
     async def add_arm(self, experiment: str, arm: ArmSpec, weight: float, actor: str
                       ) -> ExperimentView:
         self._servable([arm])
-        return await self._allocate(await asyncio.to_thread(
-            self.experiments.add_arm, experiment, arm, weight, actor))
+        return await self._change(experiment, self.experiments.add_arm, experiment, arm,
+                                  weight, actor)
 
     async def stop_experiment(self, experiment: str, actor: str) -> ExperimentView:
-        return await self._allocate(
-            await asyncio.to_thread(self.experiments.stop, experiment, actor))
+        return await self._change(experiment, self.experiments.stop, experiment, actor)
+
+    async def _change(self, experiment: str, change: Callable[..., Experiment],
+                      *args: Any) -> ExperimentView:
+        """A change of `experiment` recorded, then shared. A change its state refuses (it
+        stopped, say) hands the recorded state over again first: if an earlier change was
+        recorded but never reached the serving state, repeating it repairs that."""
+        try:
+            exp = await asyncio.to_thread(change, *args)
+        except ExperimentError as exc:
+            if exc.status_code == 409:
+                with contextlib.suppress(Exception):
+                    await self._allocate(self.experiments.get(experiment))
+            raise
+        return await self._allocate(exp)
 
     def _servable(self, arms: list[ArmSpec]) -> None:
         """Every arm is a deployed variant, at its pinned version if it pins one (variants
@@ -413,7 +425,7 @@ class IngressLogic:
     async def _allocate(self, exp: Experiment) -> ExperimentView:
         """Every replica to `exp`'s allocation (the default one once it stopped)."""
         try:
-            shared = await self.state.set_allocation(allocation_of(exp))
+            shared = await self.state.set_allocation(allocation_of(exp), exp.revision)
         except Exception as exc:
             log.exception("allocation not shared experiment=%s", exp.spec.id)
             raise RecoError(f"recorded, but the serving state did not take it ({exc}): it "

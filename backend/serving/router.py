@@ -1,16 +1,22 @@
-"""Assignment: sticky per user, by hashing (salt, user id) into [0, BUCKETS) and cutting that
-range into the arms' shares, in the arms' order."""
+"""Assignment: sticky per user, by weighted rendezvous hashing over the arms.
+
+Each arm draws u = hash(salt, user, arm) in (0, 1) and scores -weight / ln(u) (an
+exponential race: arm a wins with probability weight_a / sum(weights), Schindelhauer &
+Schomaker 2005). Raising an arm's weight moves users only to it, lowering it only away from
+it, and a new arm only takes users: nobody is moved between two arms whose weights stayed.
+A new salt re-draws everyone.
+"""
 
 from __future__ import annotations
 
-import bisect
 import hashlib
+import math
 from collections.abc import Sequence
 
 from backend.serving.schemas import Allocation
 from registry.experiments import Experiment
 
-BUCKETS = 10_000
+SCALE = float(2 ** 64)
 
 
 def default_allocation(variants: Sequence[str], split: float, salt: str) -> Allocation:
@@ -30,44 +36,31 @@ def allocation_of(exp: Experiment) -> Allocation | None:
         return None
     weights = exp.epoch.weights
     return Allocation(weights={a.variant: weights[a.variant] for a in exp.spec.arms},
-                      salt=exp.spec.salt, experiment=exp.spec.id, epoch=exp.epoch.number)
+                      salt=exp.spec.salt, experiment=exp.spec.id, epoch=exp.epoch.number,
+                      revision=exp.revision)
 
 
-def edges(weights: Sequence[tuple[str, float]]) -> list[int]:
-    """Each arm's upper bucket bound: arms in their order, each share in proportion to its
-    weight (the last bound is BUCKETS)."""
-    total = sum(w for _, w in weights)
-    if not weights or total <= 0 or any(w < 0 for _, w in weights):
-        raise ValueError("weights must be non-negative with a positive sum")
-    out, edge = [], 0.0
-    for _, w in weights:
-        edge += w / total * BUCKETS
-        out.append(round(edge))
-    out[-1] = BUCKETS
-    return out
-
-
-def weighted_arm(bucket: int, weights: Sequence[tuple[str, float]]) -> str:
-    """The arm whose share of [0, BUCKETS) holds `bucket`."""
-    return weights[bisect.bisect_right(edges(weights), bucket)][0]
+def uniform(salt: str, user_id: int, arm: str) -> float:
+    """A uniform draw in (0, 1) per (salt, user, arm)."""
+    digest = hashlib.sha256(f"{salt}:{int(user_id)}:{arm}".encode()).digest()
+    return (int.from_bytes(digest[:8], "big") + 0.5) / SCALE
 
 
 class RouterLogic:
-    """Assigns users under one allocation. Changing the salt re-draws every user; changing
-    the weights moves only the users whose bucket changes side of a bound."""
+    """Assigns users under one allocation (see the module's docstring)."""
 
     def __init__(self, allocation: Allocation) -> None:
         self.follow(allocation)
 
     def follow(self, allocation: Allocation) -> None:
-        arms = list(allocation.weights.items())
-        self._edges = edges(arms)  # raises before anything changes
-        self._names = [n for n, _ in arms]
+        arms = [(n, float(w)) for n, w in allocation.weights.items()]
+        if not arms or any(not math.isfinite(w) or w < 0 for _, w in arms) or \
+                not 0 < sum(w for _, w in arms) < math.inf:
+            raise ValueError(f"weights must be finite, non-negative, with a positive sum: "
+                             f"{allocation.weights}")  # raised before anything changes
+        self._arms = [(n, w) for n, w in arms if w > 0]
         self.allocation = allocation
 
-    def bucket(self, user_id: int) -> int:
-        digest = hashlib.sha256(f"{self.allocation.salt}:{int(user_id)}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") % BUCKETS
-
     def assign(self, user_id: int) -> str:
-        return self._names[bisect.bisect_right(self._edges, self.bucket(user_id))]
+        salt = self.allocation.salt
+        return max(self._arms, key=lambda a: -a[1] / math.log(uniform(salt, user_id, a[0])))[0]

@@ -9,7 +9,7 @@ either and its JSON keeps what it was given).
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -130,16 +130,17 @@ class SplitResponse(BaseModel):
 
 
 class WeightsRequest(BaseModel):
-    """`POST /admin/experiments/{id}/weights`: every arm's weight (a new allocation epoch)."""
+    """`POST /admin/experiments/{id}/weights`: every arm's weight (a new allocation epoch,
+    unless they are the weights in force)."""
 
-    weights: dict[str, float]
+    weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]]
 
 
 class AddArmRequest(BaseModel):
     """`POST /admin/experiments/{id}/arms`: a deployed variant joins with `weight`."""
 
     arm: ArmSpec
-    weight: float = Field(gt=0)
+    weight: float = Field(gt=0, allow_inf_nan=False)
 
 
 class ExperimentView(BaseModel):
@@ -165,6 +166,7 @@ class Allocation(BaseModel):
     salt: str
     experiment: str | None = None
     epoch: int | None = None
+    revision: int = -1  # the audit log's line the allocation follows from (-1: none)
 
     @property
     def split(self) -> float | None:

@@ -39,6 +39,7 @@ class ServingStateLogic:
         self.variants = list(variants)
         default = default_allocation(self.variants, split, salt)
         self.experiment = SharedExperiment(allocation=running or default, default=default)
+        self._revision = running.revision if running is not None else -1
         self._deployed: tuple[float, str] = (split, salt)
         self._deployed_runtime: dict[str, Knob] = {}
 
@@ -108,8 +109,14 @@ class ServingStateLogic:
         return self._changed(allocation=now.allocation if running else default,
                              default=default, b_runtime=now.b_runtime | dict(b_runtime or {}))
 
-    def set_allocation(self, allocation: Allocation | None) -> SharedExperiment:
-        """A running experiment's allocation (None: it stopped, back to the default)."""
+    def set_allocation(self, allocation: Allocation | None, revision: int) -> SharedExperiment:
+        """A running experiment's allocation (None: it stopped, back to the default), as of
+        the audit log's line `revision`. Two admin calls on two replicas may hand theirs
+        over in the other order than the store recorded them: an older one changes
+        nothing."""
+        if revision <= self._revision:
+            return self.experiment
+        self._revision = revision
         return self._changed(allocation=allocation or self.experiment.default)
 
     def _changed(self, **update: object) -> SharedExperiment:

@@ -9,6 +9,7 @@ scheduling belongs to the platform. The lake is read with Ray Data when Ray is i
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import subprocess
 import time
@@ -17,6 +18,7 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Any
 
+from backend.core.errors import ConfigError
 from backend.core.failpoints import failpoint
 from backend.core.hashing import sha256_file
 from backend.core.settings import Settings, TrainSettings, VariantSpec
@@ -43,7 +45,21 @@ def model_params(spec: VariantSpec, cfg: TrainSettings) -> dict[str, Any]:
     if spec.model == "diversity_knn":
         base |= {"mmr_lambda": cfg.mmr_lambda, "exploration": cfg.exploration,
                  "tail_slots": cfg.tail_slots, "tail_share": cfg.tail_share}
+    unknown = set(spec.params) - accepted(MODELS[spec.model])
+    if unknown:
+        raise ConfigError(f"{spec.model} takes no {sorted(unknown)} (RECO_VARIANTS params)")
     return base | spec.params
+
+
+def accepted(cls: type) -> set[str]:
+    """The keyword arguments a model class names, over its constructors up the MRO (each
+    passes the rest on with **params)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names |= {p.name for p in inspect.signature(vars(klass)["__init__"]).parameters.values()
+                      if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+    return names - {"self"}
 
 
 def gate(candidate: OfflineMetrics, production: OfflineMetrics | None, cfg: TrainSettings,

@@ -314,12 +314,14 @@ def test_an_experiment_is_read_over_its_current_epochs_entrants_with_srm_per_epo
     assert out.winner is not None and (out.winner.leader != "B" or out.winner.variant is None)
 
 
-def test_an_error_rate_from_counters_is_unknown_across_a_reset_or_without_requests():
+def test_an_error_rate_from_counters_survives_a_reset_and_is_unknown_without_requests():
     from backend.ml.metrics.ops import counter_error_rate
 
-    assert counter_error_rate((100, 2), (300, 6)) == pytest.approx(0.02)
-    assert counter_error_rate((100, 2), (50, 1)) is None  # a restart reset the counters
-    assert counter_error_rate((100, 2), (100, 2)) is None  # no request in between
+    assert counter_error_rate([(100, 2), (300, 6)]) == pytest.approx(0.02)
+    # a restart reset the counters between the 2nd and 3rd scrape: 200 + 50 requests
+    assert counter_error_rate([(100, 2), (300, 6), (50, 1)]) == pytest.approx(5 / 250)
+    assert counter_error_rate([(100, 2), (100, 2)]) is None  # no request in between
+    assert counter_error_rate([(100, 2)]) is None
 
 
 def test_srm_flags_an_epoch_whose_users_do_not_follow_its_weights():
@@ -329,3 +331,15 @@ def test_srm_flags_an_epoch_whose_users_do_not_follow_its_weights():
     out = experiment.compute(CFG, 0.5, reco, window(reco), {}, record=exp)
     assert out.srm is not None and out.srm.mismatch  # 79/21 against 50/50
     assert out.winner is not None and out.winner.variant is None
+
+
+def test_without_an_experiment_only_the_default_splits_responses_are_read():
+    rows = [(10.0, u, "AB"[u % 2], [1, 2], None, None) for u in range(1, 41)]
+    rows += [(20.0, u, "C", [3], "e1", 0) for u in range(100, 110)]  # a stopped experiment's
+    rows += [(15.0, 1, "A", [4], "e1", 0)]  # user 1 was on A under e1 too, not on B
+    reco = experiment_log(rows)
+    out = experiment.compute(CFG, 0.5, reco, window(reco), {"A": fair(), "B": fair()})
+    assert set(out.arms) == {"A", "B"}
+    assert (out.arms["A"].users, out.arms["B"].users) == (20, 20)
+    assert out.srm is not None and out.srm.p_value == pytest.approx(1.0)
+    assert out.comparisons["B"].cuped.reason is not None  # no pre-period to adjust by

@@ -8,8 +8,10 @@ from collections import Counter
 
 import pytest
 from scipy import stats
+from scipy.stats import binomtest
 
-from backend.serving.router import BUCKETS, RouterLogic, default_allocation, weighted_arm
+from backend.serving.router import RouterLogic
+from backend.serving.schemas import Allocation
 from registry.experiments import ArmSpec, ExperimentError, ExperimentSpec, ExperimentStore
 
 
@@ -67,7 +69,9 @@ def test_a_stopped_experiment_takes_no_changes_and_ids_are_not_reused(tmp_path):
         store.set_weights("exp-1", {"A": 1, "B": 1}, "x")
     with pytest.raises(ExperimentError, match="exists"):
         store.start(spec(), "x")
-    assert store.start(spec(id="exp-2"), "x").running
+    with pytest.raises(ExperimentError, match="salt 's1' was experiment 'exp-1'"):
+        store.start(spec(id="exp-2"), "x")  # its users' past under that salt carries over
+    assert store.start(spec(id="exp-2", salt="s2"), "x").running
 
 
 def test_malformed_specs_are_refused_before_anything_is_written(tmp_path):
@@ -107,15 +111,25 @@ def test_an_event_that_cannot_apply_is_skipped_and_later_changes_still_work(tmp_
     assert [e.weights for e in exp.epochs] == [{"A": 0.5, "B": 0.5}, {"A": 0.7, "B": 0.3}]
 
 
-def test_weighted_assignment_keeps_the_two_arm_routers_users_and_follows_n_weights():
-    router = RouterLogic(default_allocation(["A", "B"], 0.3, "s"))
-    for user in range(2000):  # the two-arm router's rule: users keep their arm on upgrade
-        assert router.assign(user) == ("A" if router.bucket(user) < 3000 else "B")
-    weights = [("A", 2.0), ("B", 1.0), ("C", 1.0)]
-    got = Counter(weighted_arm(router.bucket(u), weights) for u in range(40_000))
-    expected = [40_000 * w / 4.0 for _, w in weights]
-    assert stats.chisquare([got[n] for n, _ in weights], expected).pvalue > 0.001
-    assert weighted_arm(BUCKETS - 1, weights) == "C" and weighted_arm(0, weights) == "A"
+def test_weighted_assignment_follows_n_weights_and_moves_users_only_to_a_new_arm():
+    weights = {"A": 2.0, "B": 1.0, "C": 1.0}
+    router = RouterLogic(Allocation(weights=weights, salt="s"))
+    got = Counter(router.assign(u) for u in range(40_000))
+    expected = [40_000 * w / 4.0 for w in weights.values()]
+    assert stats.chisquare([got[n] for n in weights], expected).pvalue > 0.001
+    # a fourth arm joins: users only move to it; nobody moves between A, B and C
+    before = {u: router.assign(u) for u in range(20_000)}
+    router.follow(Allocation(weights=weights | {"D": 4.0}, salt="s"))
+    after = {u: router.assign(u) for u in range(20_000)}
+    assert all(after[u] in (before[u], "D") for u in before)
+    assert binomtest(sum(v == "D" for v in after.values()), 20_000, 0.5).pvalue > 0.001
+    # B's weight raised: users only move to B
+    router.follow(Allocation(weights={"A": 2.0, "B": 3.0, "C": 1.0, "D": 4.0}, salt="s"))
+    raised = {u: router.assign(u) for u in range(20_000)}
+    assert all(raised[u] in (after[u], "B") for u in after)
+    # arms in another order: the same users on the same arms
+    router.follow(Allocation(weights={"D": 4.0, "C": 1.0, "B": 3.0, "A": 2.0}, salt="s"))
+    assert {u: router.assign(u) for u in range(20_000)} == raised
 
 
 def test_promotions_and_rollbacks_from_the_cli_are_audited_with_the_os_account(tmp_path):
@@ -157,3 +171,28 @@ def test_the_audit_log_beside_the_variants_is_not_a_variant(tmp_path):
     registry.register("A", Popularity().fit(*dataset()), {}, {})
     open_experiments(settings).record("split", "key:ops", {"split": 0.5})
     assert registry.variants() == ["A"]
+
+
+def test_weights_that_are_not_finite_are_refused_before_anything_is_recorded(tmp_path):
+    import pydantic
+
+    from backend.serving.schemas import AddArmRequest, WeightsRequest
+
+    store = ExperimentStore(tmp_path)
+    for bad in ({"A": float("nan"), "B": 1.0}, {"A": float("inf"), "B": 1.0},
+                {"A": 1e308, "B": 1e308}):
+        with pytest.raises(pydantic.ValidationError):
+            spec(weights=bad)
+    store.start(spec(), "x")
+    for bad in ({"A": float("nan"), "B": 1.0}, {"A": 1e308, "B": 1e308}):
+        with pytest.raises(ExperimentError) as caught:
+            store.set_weights("exp-1", bad, "x")
+        assert caught.value.status_code == 422
+    with pytest.raises(pydantic.ValidationError):
+        WeightsRequest.model_validate_json('{"weights": {"A": NaN}}')
+    with pytest.raises(pydantic.ValidationError):
+        AddArmRequest(arm={"variant": "C"}, weight=float("inf"))
+    assert [e.action for e in store.events()] == ["start"]
+    # the weights in force again: no event, no epoch (a retry after a failed hand-over)
+    assert len(store.set_weights("exp-1", {"A": 0.5, "B": 0.5}, "x").epochs) == 1
+    assert [e.action for e in store.events()] == ["start"]

@@ -614,3 +614,38 @@ def test_an_allocation_naming_an_undeployed_variant_falls_back_to_the_default_sp
         assert run(scenario()) == {"A", "B"}
         records = [RecoEvent.model_validate(r) for b in rig.sink.batches for r in b]
         assert {r.experiment for r in records} == {None}
+
+
+def test_a_stop_the_serving_state_missed_is_repaired_by_repeating_it(tmp_path):
+    from registry.experiments import ArmSpec, ExperimentSpec
+
+    with Rig(store=ExperimentStore(tmp_path)) as rig:
+        spec = ExperimentSpec(id="e1", arms=[ArmSpec(variant="A"), ArmSpec(variant="B")],
+                              control="A", salt="e1", weights={"A": 1, "B": 1})
+
+        async def scenario() -> tuple[int, int, str | None, str | None]:
+            await rig.logic.start_experiment(spec, "key:ops")
+            rig.down[0] = True  # the state replica away: recorded, not handed over
+            with pytest.raises(RecoError) as first:
+                await rig.logic.stop_experiment("e1", "key:ops")
+            rig.down[0] = False
+            missed = rig.state.config().allocation.experiment
+            with pytest.raises(RecoError) as again:  # stopped already: 409, and repaired
+                await rig.logic.stop_experiment("e1", "key:ops")
+            await rig.logic.close()
+            return (first.value.status_code, again.value.status_code, missed,
+                    rig.state.config().allocation.experiment)
+
+        assert run(scenario()) == (503, 409, "e1", None)
+        assert rig.logic.router.allocation.experiment is None
+
+
+def test_an_experiment_may_not_reuse_the_default_splits_salt():
+    from registry.experiments import ArmSpec, ExperimentSpec
+
+    with Rig() as rig:
+        spec = ExperimentSpec(id="e1", arms=[ArmSpec(variant="A"), ArmSpec(variant="B")],
+                              control="A", salt="exp-1", weights={"A": 1, "B": 1})
+        with pytest.raises(RecoError) as caught:
+            run(rig.logic.start_experiment(spec, "key:ops"))
+        assert caught.value.status_code == 409 and rig.store.events() == []

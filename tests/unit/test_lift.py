@@ -140,3 +140,22 @@ def test_sample_size_and_mde_match_statsmodels_power():
                                                power=0.8, ratio=1 / 3)
     assert uneven == pytest.approx(per_control * 4 / 3, rel=1e-3)
     assert lift.sample_size(var, 0.0) is None and lift.minimum_detectable_effect(var, 0) is None
+
+
+def test_ratio_cuped_linearises_each_arm_around_its_own_ratio():
+    rng = np.random.default_rng(4)
+    # the arms show different numbers of items per user: a pooled linearisation is biased
+    dc, dt = rng.integers(1, 6, 400).astype(float), rng.integers(3, 12, 400).astype(float)
+    mc, mt = rng.binomial(dc.astype(int), 0.3), rng.binomial(dt.astype(int), 0.4)
+    pre_c, pre_t = rng.poisson(3, 400).astype(float), rng.poisson(3, 400).astype(float)
+    (pc, pt), (ac, at) = lift.ratio_cuped((mc, dc, pre_c), (mt, dt, pre_t))
+    rc, rt = lift.RatioStat.of(mc, dc), lift.RatioStat.of(mt, dt)
+    # unadjusted: the ratio and the delta method's variance, arm by arm
+    assert (pc.mean, pt.mean) == pytest.approx((rc.mean, rt.mean))
+    assert (pc.variance, pt.variance) == pytest.approx((rc.variance, rt.variance))
+    # a covariate that carries nothing leaves the difference the ratios' difference
+    (_, _), (zc, zt) = lift.ratio_cuped((mc, dc, np.zeros(400)), (mt, dt, np.zeros(400)))
+    assert zt.mean - zc.mean == pytest.approx(rt.mean - rc.mean)
+    # the adjusted difference is the plain one less theta x the covariate's difference
+    assert at.mean - ac.mean == pytest.approx(
+        (pt.mean - pc.mean) - ac.theta * (pre_t.mean() - pre_c.mean()))

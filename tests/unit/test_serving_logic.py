@@ -267,7 +267,11 @@ def test_a_running_experiment_wins_over_the_default_split_until_it_stops():
     # a split change while it runs changes the default only
     during = state.set_config(split=0.9)
     assert during.allocation == running and during.default.split == 0.9
-    moved = state.set_allocation(running.model_copy(update={"epoch": 1}))
+    moved = state.set_allocation(running.model_copy(update={"epoch": 1}), 5)
     assert moved.allocation.epoch == 1 and moved.generation == during.generation + 1
-    stopped = state.set_allocation(None)
+    # an older change handed over late (another replica's admin call) changes nothing
+    late = state.set_allocation(running, 4)
+    assert late == moved
+    stopped = state.set_allocation(None, 6)
     assert stopped.allocation == two_arms(0.9, "exp-1")
+    assert state.set_allocation(running, 5).allocation == stopped.allocation

@@ -138,3 +138,13 @@ def test_retrain_registers_gates_promotes_and_reports_what_the_scheduler_reads(l
     write_json(path, second.model_dump())
     parsed = RetrainResult.model_validate(json.loads(path.read_text()))
     assert parsed["B"].version == second["B"].version and parsed["B"].reasons
+
+
+def test_a_variants_unknown_parameter_is_refused_by_name():
+    from backend.core.errors import ConfigError
+    from backend.core.settings import TrainSettings, VariantSpec
+
+    with pytest.raises(ConfigError, match="factros"):
+        model_params(VariantSpec(model="als", params={"factros": 8}), TrainSettings())
+    assert model_params(VariantSpec(model="als", params={"factors": 8}),
+                        TrainSettings())["factors"] == 8

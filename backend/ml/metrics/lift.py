@@ -163,6 +163,23 @@ def cuped(control: tuple[Values, Values], treatment: tuple[Values, Values]
     return c, t
 
 
+def ratio_cuped(control: tuple[Values, Values, Values], treatment: tuple[Values, Values, Values]
+                ) -> tuple[tuple[MeanStat, MeanStat], tuple[AdjustedStat, AdjustedStat]]:
+    """CUPED for a ratio metric, (numerator, denominator, covariate) per user and arm: each
+    arm's users linearised around the arm's own ratio R and mean denominator, R + (m - R d)
+    / mean(d) (their mean is R, their variance the delta method's), then adjusted by one
+    pooled theta (`cuped`). Linearising both arms around a pooled ratio would bias the
+    difference whenever the arms' mean denominators differ. Returns the unadjusted and the
+    adjusted statistics."""
+    posts = []
+    for m, d, _ in (control, treatment):
+        m, d = np.asarray(m, dtype=float), np.asarray(d, dtype=float)
+        ratio = m.sum() / d.sum() if d.sum() else 0.0
+        posts.append(ratio + linearised(m, d, ratio))
+    plain = (MeanStat.of(posts[0]), MeanStat.of(posts[1]))
+    return plain, cuped((posts[0], control[2]), (posts[1], treatment[2]))
+
+
 def linearised(numerator: Values, denominator: Values, ratio: float) -> np.ndarray:
     """Per-user values whose mean moves as the ratio metric does: (m - ratio * d) / mean(d)
     (the delta method's linearisation), so CUPED can adjust a ratio metric."""

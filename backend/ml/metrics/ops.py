@@ -23,16 +23,16 @@ def uptime(ok: Sequence[bool]) -> float | None:
     return float(np.mean(np.asarray(ok, dtype=bool))) if len(ok) else None
 
 
-def counter_error_rate(first: tuple[float, float], last: tuple[float, float]
-                       ) -> float | None:
-    """Errors per request between two scrapes of cumulative (requests, errors) counters:
-    the increase of errors over the increase of requests (Prometheus' `increase()` without
-    extrapolation). None when no request was counted in between, or when a counter went
-    backwards (reset by a restart: the increase is then unknown)."""
-    requests, errors = last[0] - first[0], last[1] - first[1]
-    if requests <= 0 or errors < 0:
-        return None
-    return float(errors / requests)
+def counter_error_rate(samples: Sequence[tuple[float, float]]) -> float | None:
+    """Errors per request over consecutive scrapes of cumulative (requests, errors)
+    counters: each counter's increase summed scrape to scrape, a counter that went down
+    counting from zero (a reset by a restart), as Prometheus' `increase()` does, without
+    its extrapolation. None when no request was counted."""
+    requests = errors = 0.0
+    for (r0, e0), (r1, e1) in zip(samples, samples[1:], strict=False):
+        requests += r1 - r0 if r1 >= r0 else r1
+        errors += e1 - e0 if e1 >= e0 else e1
+    return float(errors / requests) if requests > 0 else None
 
 
 def psi(expected: Sequence[float], actual: Sequence[float], eps: float = 1e-4) -> float:
