@@ -551,7 +551,7 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
     from backend.core.files import read_jsonl
 
     settings, registry = served["settings"], served["registry"]
-    before = {v: registry.aliases(v).production for v in ("A", "B")}
+    before = {v: registry.aliases(v).production for v in VARIANTS}
     env = {k: v for k, v in served["env"].items() if k.startswith("RECO_")} | {
         "RECO_SCHEDULE__RETRAIN_INTERVAL": "12", "RECO_SCHEDULE__ANALYZE_INTERVAL": "5",
         "RECO_FAILPOINTS": "retrain.before_promote=1",
@@ -577,7 +577,8 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
         assert crashed["outcome"] == "FAILED" and crashed["production"] == before
         assert "production is unchanged" in crashed["error"]
         assert ok["outcome"] == "SUCCEEDED" and ok["start"] >= crashed["end"]
-        for v in ("A", "B"):
+        assert set(ok["result"]) == set(VARIANTS)  # every variant the settings name
+        for v in VARIANTS:
             r = ok["result"][v]
             assert r["promoted"] or r["reasons"], r
             assert r["forecast_slope"] is not None
