@@ -449,7 +449,7 @@ def test_simulator_closes_the_loop_through_the_api(served, simulated):
         assert snap.ab.arms[v].recommended_items > 0
         p99 = snap.sla.latency_ms[v].p99
         assert p99 is not None and p99 > 0
-    assert snap.sla.probes == 1 and snap.sla.uptime == 1.0
+    assert snap.sla.probes >= 1 and snap.sla.uptime == 1.0  # other tests analyse too
     assert snap.ab.winner is not None and snap.ab.winner.reason
 
 
@@ -844,7 +844,11 @@ def test_an_experiment_reweighted_and_grown_to_three_arms_is_served_logged_and_a
     assert {served_as[u] for u in users[2]} == {"A", "B", "C"}
 
     time.sleep(2)  # the reco log leaves the ingress replicas in batches
-    env = served["env"] | {"RECO_ANALYTICS__WINDOW_MINUTES": "60"}
+    # its own consumer group: a second `ingest --once` in the module's group can hang on the
+    # embedded broker's coordinator (the simulated fixture's runs in that one); the lake
+    # drops what another group landed already (dedupe by event_id)
+    env = served["env"] | {"RECO_ANALYTICS__WINDOW_MINUTES": "60",
+                           "RECO_KAFKA__CONSUMER_GROUP": "reco-ingest-experiment-test"}
     for args in (("-m", "jobs.ingest", "--once"), ("-m", "backend.ops.cli", "analyze", "--once")):
         done = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True,
                               text=True, timeout=300)
