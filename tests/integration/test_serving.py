@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -306,7 +307,8 @@ def test_metrics_are_summed_over_ingress_replicas(served):
     replicas = {dict(ls)["replica"] for (n, ls) in after if n == "reco_spool_depth"}
     assert len(replicas) == 3  # both ingress replicas and the RecoLog replica pushed
     versions = {dict(ls)["variant"] for (n, ls) in after if n == "reco_model_info"}
-    assert versions == {"A", "B"}
+    # C serves only inside an experiment (another test's, in this module)
+    assert {"A", "B"} <= versions <= set(VARIANTS)
     assert ("reco_model_refused", (("variant", "A"),)) in after
 
 
@@ -600,6 +602,27 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
                 if j.status.value in ("PENDING", "RUNNING"):
                     client.stop_job(j.submission_id)
             time.sleep(1)
+        _stop_leftover_drivers(settings.var_dir, ("jobs.schedule", "jobs.retrain"))
+
+
+def _stop_leftover_drivers(var_dir, modules: tuple[str, ...]) -> None:
+    """Stop, by pid, this module's job drivers that outlived their stopped jobs: Ray can still
+    start a job it reported stopped while pending (ray-project/ray#58353), and a leftover
+    retrain would promote models under a later test. A driver is ours when its environment
+    names this module's state folder."""
+    from backend.ops.procs import cmdlines, stop_pid
+
+    mark = f"RECO_VAR_DIR={var_dir}".encode()
+    for pid, cmd in list(cmdlines()):
+        module = next((m for m in modules if m in cmd), None)
+        if module is None:
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if mark in environ:
+            stop_pid(pid, module)
 
 
 def _replica_pids(served, deployment: str) -> list[int]:
@@ -884,8 +907,12 @@ def test_an_experiment_reweighted_and_grown_to_three_arms_is_served_logged_and_a
     assert f"{exp_id} stopped arms=A,B,C epoch=2" in listed.stdout
     view = httpx.get(served["url"] + f"/admin/experiments/{exp_id}", timeout=30,
                      headers={"X-API-Key": ADMIN}).json()
-    assert [(e["action"], e["actor"]) for e in view["events"]] == [
+    assert [(e["action"], e["actor"]) for e in view["events"] if e["actor"] == "key:ops"] == [
         ("start", "key:ops"), ("set_weights", "key:ops"), ("add_arm", "key:ops"),
         ("stop", "key:ops")]
+    # anything else recorded under the experiment is a model change by someone else (a
+    # scheduled retrain promoting while it ran), never an allocation change
+    others = [e for e in view["events"] if e["actor"] != "key:ops"]
+    assert all(e["action"] in ("promote", "rollback") for e in others), others
     assert [e["weights"] for e in view["experiment"]["epochs"]] == [
         weights[0], weights[1], weights[2]]
