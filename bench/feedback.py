@@ -152,6 +152,13 @@ class Arm:
                 "retrain": train.strip().splitlines()}
 
 
+def _slope(t) -> str:
+    """A trend as "slope [low, high]", or why there is none."""
+    if t.slope is None:
+        return t.reason
+    return f"{t.slope:+.4f} [{t.ci_low:+.4f}, {t.ci_high:+.4f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cycles", type=int, default=5)
@@ -198,9 +205,8 @@ def main() -> None:
         g = trend([r["gini"] for r in rows])
         t = trend([r["top10_share"] for r in rows])
         summary[name] = {"gini_trend": g.as_dict(), "top10_trend": t.as_dict()}
-        print(f"echo slope (Gini per cycle): {g.slope:+.4f} [{g.ci_low:+.4f}, {g.ci_high:+.4f}]"
-              f"  detected={g.detected};  top-10 share: {t.slope:+.4f} "
-              f"[{t.ci_low:+.4f}, {t.ci_high:+.4f}]")
+        print(f"echo slope (Gini per cycle): {_slope(g)}  detected={g.detected};  "
+              f"top-10 share: {_slope(t)}")
     out = ROOT / "var" / "bench" / "feedback.json"
     out.write_text(json.dumps({"args": vars(args), "cycles": results, "trends": summary},
                               indent=2, default=str))

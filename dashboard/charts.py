@@ -32,24 +32,33 @@ def segment_bars(df: pd.DataFrame, dimension: str) -> alt.Chart:
     ).properties(height=200)
 
 
-def window_lines(df: pd.DataFrame, metric: str) -> alt.Chart:
-    """A concentration metric per window (columns: variant, window, metric, value)."""
-    sub = df[df["metric"] == metric]
-    return alt.Chart(sub, title=f"{metric} per window").mark_line(point=True).encode(
+def window_lines(df: pd.DataFrame, metric: str) -> alt.LayerChart | alt.FacetChart:
+    """A feedback-loop metric per window (columns: variant, window, metric, value, sd), with
+    +-1 sd bars where the value is a mean over samples."""
+    sub = df[df["metric"] == metric].assign(
+        low=lambda d: d["value"] - d["sd"].fillna(0), high=lambda d: d["value"] + d["sd"].fillna(0))
+    base = alt.Chart(sub, title=f"{metric} per window").encode(
         x=alt.X("window:O", title="window (oldest first)"),
+        color=alt.Color("variant:N", scale=VARIANT_COLORS))
+    lines = base.mark_line(point=True).encode(
         y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
-        color=alt.Color("variant:N", scale=VARIANT_COLORS),
-        tooltip=["variant", "window", alt.Tooltip("value:Q", format=".4f")],
-    ).properties(height=220)
+        tooltip=["variant", "window", alt.Tooltip("value:Q", format=".4f"),
+                 alt.Tooltip("sd:Q", format=".4f")])
+    bars = base.mark_errorbar().encode(y=alt.Y("low:Q", title=metric), y2="high:Q")
+    return alt.layer(lines, bars).properties(height=220)
 
 
-def group_rates(df: pd.DataFrame) -> alt.Chart:
-    """Recommendation rate of head / mid / tail items (columns: variant, group, rate)."""
-    return alt.Chart(df, title="share of each popularity group recommended").mark_bar().encode(
+GROUP_TITLES = {"rate": "share of each popularity group recommended",
+                "exposure": "share of the position-weighted exposure per group"}
+
+
+def group_rates(df: pd.DataFrame, column: str = "rate") -> alt.Chart:
+    """Head / mid / tail per variant (columns: variant, group, `column` in 0..1)."""
+    return alt.Chart(df.dropna(subset=[column]), title=GROUP_TITLES[column]).mark_bar().encode(
         x=alt.X("group:N", sort=["head", "mid", "tail"], title=None), xOffset="variant:N",
-        y=alt.Y("rate:Q", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y(f"{column}:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("variant:N", scale=VARIANT_COLORS),
-        tooltip=["variant", "group", alt.Tooltip("rate:Q", format=".3f")],
+        tooltip=["variant", "group", alt.Tooltip(f"{column}:Q", format=".3f")],
     ).properties(height=220)
 
 

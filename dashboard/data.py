@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
-from backend.analytics.snapshot import Snapshot
+from backend.analytics.snapshot import Snapshot, Trend
 from backend.core.files import read_jsonl
 from backend.core.layout import StoreLayout
 from backend.core.settings import Settings
@@ -235,21 +235,35 @@ def segment_frame(snap: Snapshot) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "dimension", "segment", "diversity"])
 
 
+ECHO_METRICS = ("gini", "top10_share", "exposure_gini", "homogenization")
+
+
 def echo_frame(snap: Snapshot) -> pd.DataFrame:
+    """Per variant, window and feedback-loop metric: the value and, for the rarefied
+    concentration, its spread over the samples (`sd`; None where there is none)."""
     rows = []
     for v, e in snap.echo.variants.items():
-        for metric, values in (("gini", e.gini), ("top10_share", e.top10_share)):
-            rows += [{"variant": v, "window": i, "metric": metric, "value": value}
+        spread = {"gini": e.gini_sd, "top10_share": e.top10_sd}
+        for metric in ECHO_METRICS:
+            values, sds = getattr(e, metric), spread.get(metric, [])
+            rows += [{"variant": v, "window": i, "metric": metric, "value": value,
+                      "sd": sds[i] if i < len(sds) else None}
                      for i, value in enumerate(values) if value is not None]
-    return pd.DataFrame(rows, columns=["variant", "window", "metric", "value"])
+    return pd.DataFrame(rows, columns=["variant", "window", "metric", "value", "sd"])
 
 
 def tail_frame(snap: Snapshot) -> pd.DataFrame:
-    rows = [{"variant": v, "group": group, "rate": rate}
-            for v, t in snap.tail.items()
-            for group, rate in (("head", t.rates.head), ("mid", t.rates.mid),
-                                ("tail", t.rates.tail))]
-    return pd.DataFrame(rows, columns=["variant", "group", "rate"])
+    rows = [{"variant": v, "group": group, "rate": getattr(t.rates, group),
+             "exposure": getattr(t.exposure_share, group) if t.exposure_share else None}
+            for v, t in snap.tail.items() for group in ("head", "mid", "tail")]
+    return pd.DataFrame(rows, columns=["variant", "group", "rate", "exposure"])
+
+
+def trend_text(t: Trend | None) -> tuple[str, str]:
+    """A trend's tile value and its verdict: the slope, or "not enough data" and why."""
+    if t is None or t.slope is None:
+        return "not enough data", (t.reason if t and t.reason else "no trend")
+    return f"{t.slope:+.4f}", "rising" if t.detected else "not rising"
 
 
 def arms_frame(snap: Snapshot) -> pd.DataFrame:

@@ -1,60 +1,128 @@
 """Feedback-loop section: the echo chamber (concentration rising window after window) and
-user homogenisation (Chaney et al. 2018), overall and per arm."""
+user homogenisation (Chaney et al. 2018), per arm and overall.
+
+Each of the last `echo_windows` windows is measured on what it had:
+- concentration on rarefied samples of one size in every window (volume-robust, see
+  `backend.ml.metrics.feedback.rarefied_concentration`), of raw counts and of the
+  position-weighted exposure, over the items released before the window's end;
+- homogenisation over the watches made in the window by the users served in it, so the
+  bootstrapped MovieLens history (timestamps of the 1990s) never enters.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
 from backend.analytics.snapshot import Echo, EchoSeries, Trend
 from backend.analytics.window import LogWindow, RecoLog
 from backend.core.settings import AnalyticsSettings
 from backend.ml.metrics import feedback as loop_metrics
-from backend.ml.metrics.fairness import top_share
 from backend.ml.metrics.ranking import gini
 
 
 def compute(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow) -> Echo:
-    """Gini and top-10 share in each of the last `echo_windows` windows, and their trend;
-    user homogenisation over all watches so far, overall and per arm."""
-    n_win, n_cat, n_var = cfg.echo_windows, len(win.catalog), max(len(reco.names), 1)
+    """Concentration and homogenisation per window and their trends, per arm and "all"."""
+    n_win = cfg.echo_windows
     first = win.end - n_win * win.length
+    ends = [first + (w + 1) * win.length for w in range(n_win)]
     valid = (reco.ts >= first) & (reco.ts < win.end)
-    widx = np.zeros(len(reco), dtype=np.int64)
+    widx = np.full(len(reco), -1, dtype=np.int64)
     widx[valid] = (reco.ts[valid] - first) // win.length
-    resp_key = (reco.code.astype(np.int64) * n_win + widx) * n_cat  # per response
-    sel = valid[win.row]
-    key = resp_key[win.row[sel]] + win.item_idx[sel]
-    grid = np.bincount(key, minlength=n_var * n_win * n_cat).reshape(n_var, n_win, n_cat)
+    slot_win = widx[win.row]  # per flattened item: its response's window
+    dcg = 1.0 / np.log2(win.positions + 2.0)
+    watch = win.watch
+    wvalid = (win.watch_ts >= first) & (win.watch_ts < win.end)
+    watch_win = np.full(len(watch), -1, dtype=np.int64)
+    watch_win[wvalid] = (win.watch_ts[wvalid] - first) // win.length
+    watch_user = watch["user_id"].to_numpy(np.int64)
+    watch_item = watch["item_id"].to_numpy(np.int64)
+    existing = [win.existing(e) for e in ends]
+
     series = {}
-    for v in [*win.variants, "all"]:
-        g = grid.sum(axis=0) if v == "all" else grid[reco.names.index(v)]
-        series[v] = _series(g, cfg.echo_slope_max)
-    watch = win.watch_upto
-    wu = watch["user_id"].to_numpy(np.int64)
-    wi = watch["item_id"].to_numpy(np.int64)
-    w_arm = pd.Series(wu).map(win.arm.map(reco.names.index)).fillna(-1).to_numpy(np.int64)
-    return Echo(
-        windows=n_win, variants=series, homogenization=loop_metrics.homogenization(wu, wi),
-        homogenization_by_variant={
-            v: loop_metrics.homogenization(wu[w_arm == c], wi[w_arm == c])
-            for v, c in ((v, reco.names.index(v)) for v in win.variants)})
+    for code, v in [*((reco.names.index(v), v) for v in win.variants), (-1, "all")]:
+        resp = valid if code < 0 else valid & (reco.code == code)
+        slot = resp[win.row]
+        per_window = [np.flatnonzero(slot & (slot_win == w)) for w in range(n_win)]
+        served = [np.unique(reco.user[resp & (widx == w)]) for w in range(n_win)]
+        homog = [_homogenization(cfg, watch_user, watch_item, watch_win == w, served[w], w)
+                 for w in range(n_win)]
+        series[v] = _series(cfg, win, per_window, existing, dcg, homog, seed=code + 1)
+    last = {v: s.homogenization[-1] for v, s in series.items()}
+    return Echo(windows=n_win, variants=series, homogenization=last["all"],
+                homogenization_by_variant={v: last[v] for v in win.variants})
 
 
-def _series(grid: np.ndarray, slope_max: float) -> EchoSeries:
-    """One variant's concentration per window (rows of `grid`: item counts per window)."""
-    active = grid.sum(axis=1) > 0
-    ginis = [gini(r) if a else None for r, a in zip(grid, active, strict=True)]
-    tops = [top_share(r) if a else None for r, a in zip(grid, active, strict=True)]
-    return EchoSeries(gini=ginis, top10_share=tops,
-                      gini_trend=trend([x for x in ginis if x is not None], slope_max),
-                      top10_trend=trend([x for x in tops if x is not None], slope_max))
+def _series(cfg: AnalyticsSettings, win: LogWindow, slots: list[np.ndarray],
+            existing: list[np.ndarray], dcg: np.ndarray, homog: list[float | None],
+            seed: int) -> EchoSeries:
+    """One arm's series: `slots[w]` are its flattened-item indices in window w."""
+    catalogs, items = [], []
+    for w, idx in enumerate(slots):
+        # the catalog as of the window, plus anything it recommended (a clock-skewed release)
+        alive = existing[w].copy()
+        alive[win.item_idx[idx]] = True
+        catalogs.append(int(alive.sum()))
+        items.append((np.cumsum(alive) - 1)[win.item_idx[idx]])
+    sizes = sample_sizes(cfg, [len(s) for s in slots], catalogs)
+    conc: list[loop_metrics.Concentration | None] = []
+    exposure: list[loop_metrics.Concentration | None] = []
+    for w, size in enumerate(sizes):
+        if size is None:
+            conc.append(None)
+            exposure.append(None)
+            continue
+        args = (items[w], catalogs[w], size, cfg.echo_repeats)
+        conc.append(loop_metrics.rarefied_concentration(*args, seed=seed * 1000 + w))
+        exposure.append(loop_metrics.rarefied_concentration(
+            *args, weights=dcg[slots[w]], seed=seed * 1000 + w))
+    ginis = [c.gini if c else None for c in conc]
+    tops = [c.top10_share if c else None for c in conc]
+    exposure_ginis = [c.gini if c else None for c in exposure]
+    return EchoSeries(
+        gini=ginis, top10_share=tops, sample_size=sizes, recommended=[len(s) for s in slots],
+        catalog=catalogs, gini_sd=[c.gini_sd if c else None for c in conc],
+        top10_sd=[c.top10_sd if c else None for c in conc], exposure_gini=exposure_ginis,
+        raw_gini=[gini(np.bincount(i, minlength=n)) if len(i) else None
+                  for i, n in zip(items, catalogs, strict=True)],
+        homogenization=homog,
+        gini_trend=trend(cfg, ginis, cfg.echo_slope_max),
+        top10_trend=trend(cfg, tops, cfg.echo_slope_max),
+        exposure_gini_trend=trend(cfg, exposure_ginis, cfg.echo_slope_max),
+        homogenization_trend=trend(cfg, homog, cfg.homogenization_slope_max))
 
 
-def trend(values: Sequence[float], slope_max: float) -> Trend:
+def sample_sizes(cfg: AnalyticsSettings, recommended: list[int], catalogs: list[int],
+                 ) -> list[int | None]:
+    """Per window, how many of its recommended items the rarefied samples draw: the same
+    number per catalog item in every window (the sparsest eligible window's, capped so no
+    sample exceeds `echo_sample_max`). The sample Gini of a fixed policy depends on draws
+    per item, so this holds it still both when traffic falls and when the catalog grows.
+    None for a window under `echo_sample_min` recommended items."""
+    ok = [(r, c) for r, c in zip(recommended, catalogs, strict=True)
+          if r >= cfg.echo_sample_min and c > 0]
+    if not ok:
+        return [None] * len(recommended)
+    rate = min(min(r / c for r, c in ok), cfg.echo_sample_max / max(c for _, c in ok))
+    out: list[int | None] = []
+    for r, c in zip(recommended, catalogs, strict=True):
+        size = max(1, int(rate * c + 1e-9))
+        out.append(size if r >= cfg.echo_sample_min and r >= size else None)
+    return out
+
+
+def _homogenization(cfg: AnalyticsSettings, user: np.ndarray, item: np.ndarray,
+                    in_window: np.ndarray, served: np.ndarray, w: int) -> float | None:
+    """Mean Jaccard of sampled pairs of the users served in the window, over their watches
+    in the window (None under two such users with a watch)."""
+    mask = in_window & np.isin(user, served)
+    return loop_metrics.homogenization(user[mask], item[mask], cfg.homogenization_pairs,
+                                       seed=w)
+
+
+def trend(cfg: AnalyticsSettings, values: Sequence[float | None], limit: float) -> Trend:
     """The least-squares trend of `values` per window (`loop_metrics.trend`) as a model."""
-    t = loop_metrics.trend(values, slope_max)
+    t = loop_metrics.trend(values, limit, min_windows=cfg.echo_min_windows)
     return Trend(slope=t.slope, ci_low=t.ci_low, ci_high=t.ci_high, windows=t.windows,
-                 detected=t.detected)
+                 detected=t.detected, reason=t.reason)

@@ -95,7 +95,7 @@ class Fairness(Section):
 # -- long tail ---------------------------------------------------------------------------------
 
 class GroupRates(Section):
-    """Share of each popularity group's items recommended at least once."""
+    """Per popularity group (head, mid, tail): a share between 0 and 1."""
 
     head: float
     mid: float
@@ -103,40 +103,63 @@ class GroupRates(Section):
 
 
 class Tail(Section):
+    """Head, mid and tail by popularity before the window (the training window): the share
+    of each group's items recommended at least once, each group's share of the position-
+    weighted exposure, and the head/tail ratio of the rates."""
+
     rates: GroupRates
-    head_tail_ratio: Figure  # None when no tail item was shown
+    exposure_share: GroupRates | None = None  # None without recommendations
+    head_tail_ratio: Figure  # None: `reason` says why (no tail item shown, no traffic)
     starved: bool
     limit: float
+    reason: str | None = None
 
 
 # -- feedback loop / echo chamber --------------------------------------------------------------
 
 class Trend(Section):
-    """Least-squares slope per window with its 95% interval (None under 3 windows)."""
+    """Least-squares slope per window with its 95% interval; `detected` when the interval's
+    lower bound is above the limit. Too few windows with data: no slope, and `reason`."""
 
-    slope: float
+    slope: Figure
     ci_low: Figure
     ci_high: Figure
     windows: int
     detected: bool
+    reason: str | None = None
 
 
 class EchoSeries(Section):
-    """Concentration per window of one variant, oldest first (None: a window without data)."""
+    """One variant's feedback-loop figures per window, oldest first (None: a window with too
+    little data). Concentration is rarefied: every window's Gini and top-10 share are the
+    mean over repeated samples of `sample_size` of its recommended items (the same number
+    per catalog item in every window), over the catalog as it was in that window; `*_sd`
+    is their spread over the samples."""
 
     gini: list[Figure]
     top10_share: list[Figure]
     gini_trend: Trend
     top10_trend: Trend
+    sample_size: list[int | None] = []  # recommended items per sample (None: too few)
+    recommended: list[int] = []  # recommended items per window
+    catalog: list[int] = []  # items released by the window's end
+    gini_sd: list[Figure] = []
+    top10_sd: list[Figure] = []
+    exposure_gini: list[Figure] = []  # of the position-weighted (DCG) exposure, rarefied
+    exposure_gini_trend: Trend | None = None
+    raw_gini: list[Figure] = []  # every recommended item, not rarefied: falls with volume
+    homogenization: list[Figure] = []  # mean Jaccard of user pairs' watches in the window
+    homogenization_trend: Trend | None = None
 
 
 class Echo(Section):
-    """The feedback-loop section: concentration trends per variant, homogenisation."""
+    """The feedback-loop section: concentration trends per variant, homogenisation (the
+    last window's, from served traffic)."""
 
     windows: int
     variants: dict[VariantName, EchoSeries]
-    homogenization: float
-    homogenization_by_variant: dict[str, float]
+    homogenization: Figure
+    homogenization_by_variant: dict[str, Figure]
 
     @model_validator(mode="before")
     @classmethod

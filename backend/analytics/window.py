@@ -109,6 +109,7 @@ class LogWindow:
     row: np.ndarray  # per flattened item: its response
     positions: np.ndarray  # per flattened item: 0-based rank in its list
     catalog: np.ndarray  # sorted item ids: the catalog plus any recommended id
+    released: np.ndarray  # per catalog position: its release time (NaT: there from the start)
     item_idx: np.ndarray  # per flattened item: position in `catalog`
     variants: list[str]  # sorted variants with a response in the window
     arm: pd.Series  # user_id -> variant of their latest recommendation in the window
@@ -131,7 +132,7 @@ class LogWindow:
         return cls(
             start=t_start, end=t_end, length=length, in_win=in_win, lengths=lengths, row=row,
             positions=np.arange(len(reco.items)) - reco.offsets[:-1][row],
-            catalog=catalog, item_idx=item_idx,
+            catalog=catalog, released=release_times(catalog, items), item_idx=item_idx,
             variants=sorted(reco.names[c] for c in codes),
             arm=arm_of_users(reco, in_win), watch=watch, rating=rating,
             watch_ts=naive_series(watch["ts"]) if len(watch) else NO_TIMES,
@@ -145,6 +146,10 @@ class LogWindow:
         return replace(self, start=start, end=end, length=end - start, in_win=in_win,
                        variants=sorted(reco.names[c] for c in np.unique(reco.code[in_win])),
                        arm=arm_of_users(reco, in_win))
+
+    def existing(self, end: np.datetime64) -> np.ndarray:
+        """Mask of the catalog positions released before `end` (the catalog as it was)."""
+        return np.isnat(self.released) | (self.released < end)
 
     def during(self, ts: np.ndarray) -> np.ndarray:
         """Mask of the times inside the window."""
@@ -204,6 +209,19 @@ def naive_series(ts: pd.Series) -> np.ndarray:
     """A column of timestamps as naive UTC datetime64[us]."""
     s = pd.to_datetime(ts, utc=True)
     return s.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+
+
+def release_times(catalog: np.ndarray, items: pd.DataFrame) -> np.ndarray:
+    """Per position of the sorted `catalog`: the `released_at` of `items` (NaT for items
+    without one, such as MovieLens's, and for ids the items frame does not hold)."""
+    out = np.full(len(catalog), np.datetime64("NaT"), "datetime64[us]")
+    if "released_at" not in items.columns or not len(items):
+        return out
+    known = items[items["released_at"].notna()]
+    if len(known):
+        idx, hit = positions(catalog, known["item_id"].to_numpy(np.int64))
+        out[idx[hit]] = naive_series(known["released_at"])[hit]
+    return out
 
 
 def positions(catalog: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -126,8 +126,15 @@ class TrainSettings(BaseModel):
     min_coverage: float = Field(0.05, ge=0, le=1)
     max_gini: float = Field(0.99, ge=0, le=1)
     forecast_steps: int = Field(5, ge=0, le=50, description=(
-        "retrain cycles of the offline feedback-loop forecast before promotion (0: off)"))
+        "retrain cycles of the offline feedback-loop forecast before promotion (0: off, else 3+)"))
     forecast_visits: int = Field(300, ge=10, description="simulated visits per forecast step")
+
+    @model_validator(mode="after")
+    def _forecast_has_an_interval(self) -> TrainSettings:
+        if 0 < self.forecast_steps < 3:
+            raise ValueError("train.forecast_steps: 0 (off) or at least 3, the fewest steps "
+                             "a slope has an interval for")
+        return self
 
 
 class ApiKeySpec(BaseModel):
@@ -214,7 +221,18 @@ class AnalyticsSettings(BaseModel):
     coverage_min: float = Field(0.8, ge=0, le=1)
     parity_gap_max: float = Field(0.15, ge=0)
     echo_windows: int = Field(6, ge=2, description="windows in the echo-chamber trend")
-    echo_slope_max: float = Field(0.01, description="Gini rise per window that counts as echo")
+    echo_slope_max: float = Field(0.01, description=(
+        "Gini rise per window that counts as echo when the trend's 95% lower bound is above"))
+    echo_min_windows: int = Field(3, ge=3, description=(
+        "windows with data a trend needs; fewer: not enough data"))
+    echo_sample_max: int = Field(2000, ge=1, description=(
+        "recommended items per rarefied sample (at most; the smallest eligible window sets it)"))
+    echo_sample_min: int = Field(100, ge=1, description=(
+        "a window with fewer recommended items has no concentration figure"))
+    echo_repeats: int = Field(20, ge=1, description="rarefied samples per window")
+    homogenization_pairs: int = Field(2000, ge=1, description="user pairs sampled per window")
+    homogenization_slope_max: float = Field(0.0, description=(
+        "mean-Jaccard rise per window that counts as homogenisation (lower bound above it)"))
     head_share: float = Field(0.3, gt=0, lt=1)
     tail_share: float = Field(0.3, gt=0, lt=1)
     starvation_ratio: float = Field(1.3, gt=0)

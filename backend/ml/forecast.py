@@ -6,9 +6,10 @@ the simulator (same hidden preferences as `reco simulate`, no bots), the simulat
 what they watch and rate, the new interactions join the training data and the candidate is
 refitted; the exposure Gini of each step's recommendations over the catalog is recorded, and
 its least-squares slope per step is the forecast (`backend.ml.metrics.feedback.trend`). A slope
-above the echo-chamber limit (`analytics.echo_slope_max`, the same limit the live trend is held
-to) refuses promotion. The idea follows Chaney et al. 2018 (simulated feedback loops
-homogenise exposure); running it as a promotion gate is this platform's own.
+whose 95% interval lies above the echo-chamber limit (`analytics.echo_slope_max`, the same
+limit and rule the live trend is held to) refuses promotion. The idea follows Chaney et al.
+2018 (simulated feedback loops homogenise exposure); running it as a promotion gate is this
+platform's own.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def forecast_gini_slope(make_model: Callable[[], Recommender], interactions: pd.
                         items: pd.DataFrame, users: pd.DataFrame, ml_ratings: pd.DataFrame,
                         sim: SimSettings, steps: int, visits: int, k: int,
                         limit: float) -> FeedbackForecast:
-    """Forecast of the candidate's exposure-Gini slope over `steps` retrain cycles of
-    `visits` simulated visits each; `exceeds` is True when the slope is above `limit`."""
+    """Forecast of the candidate's exposure-Gini slope over `steps` (at least 3) retrain
+    cycles of `visits` simulated visits each; `exceeds` when the slope's 95% interval lies
+    above `limit`."""
     logic = SimulatorLogic(ml_ratings, items, users, sim.model_copy(update={"bot_share": 0.0}))
     catalog = np.asarray(logic.catalog)
     position = {int(i): n for n, i in enumerate(catalog)}
@@ -65,9 +67,11 @@ def forecast_gini_slope(make_model: Callable[[], Recommender], interactions: pd.
             frame = frame.drop_duplicates(["user_id", "item_id"], keep="first")
             model = make_model().fit(frame, items, users)
     t = trend(ginis, limit)
+    if t.slope is None or t.ci_low is None or t.ci_high is None:
+        raise ValueError(f"forecast over {steps} steps: {t.reason}")
     out = FeedbackForecast(steps=steps, visits_per_step=visits,
                            gini=[round(g, 5) for g in ginis], slope=t.slope, ci_low=t.ci_low,
-                           ci_high=t.ci_high, limit=limit, exceeds=bool(t.slope > limit))
-    log.info("forecast slope=%.5f limit=%s exceeds=%s gini=%s", t.slope, limit, out.exceeds,
-             out.gini)
+                           ci_high=t.ci_high, limit=limit, exceeds=t.detected)
+    log.info("forecast slope=%.5f ci_low=%.5f limit=%s exceeds=%s gini=%s", t.slope, t.ci_low,
+             limit, out.exceeds, out.gini)
     return out

@@ -67,7 +67,8 @@ def gate(candidate: OfflineMetrics, production: OfflineMetrics | None, cfg: Trai
     """Reasons to refuse promotion; empty means promote."""
     reasons = []
     if forecast is not None and forecast.exceeds:
-        reasons.append(f"forecast Gini slope {forecast.slope:+.4f}/cycle exceeds the "
+        reasons.append(f"forecast Gini slope {forecast.slope:+.4f}/cycle (95% CI "
+                       f"[{forecast.ci_low:+.4f}, {forecast.ci_high:+.4f}]) lies above the "
                        f"echo-chamber limit {forecast.limit}")
     if production is not None and candidate.ndcg < production.ndcg - cfg.ndcg_tolerance:
         reasons.append(f"NDCG@{cfg.k} {candidate.ndcg:.4f} is more than "

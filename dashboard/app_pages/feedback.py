@@ -14,36 +14,54 @@ def body() -> None:
     if snap is None:
         st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
         return
-    echo = snap.echo
+    echo, cfg = snap.echo, s.analytics
     cols = st.columns(3)
     for col, v in zip(cols, ("A", "B", "all"), strict=True):
         series = echo.variants.get(v)
         if series:
             t = series.gini_trend
+            value, verdict = data.trend_text(t)
             ci = ("" if t.ci_low is None or t.ci_high is None
                   else f" [{t.ci_low:+.4f}, {t.ci_high:+.4f}]")
-            col.metric(f"{v}: Gini slope / window", f"{t.slope:+.4f}",
-                       delta="echo chamber" if t.detected else "no echo",
+            col.metric(f"{v}: Gini slope / window", value,
+                       delta="echo chamber" if t.detected else verdict,
                        delta_color="inverse" if t.detected else "off",
-                       help=f"least-squares slope over {echo.windows} windows, 95% CI{ci}; "
-                            f"echo when above {s.analytics.echo_slope_max}")
+                       help=f"least-squares slope of the rarefied Gini over the last "
+                            f"{echo.windows} windows of {snap.window.minutes:g} min, 95% "
+                            f"CI{ci}; echo when the CI's lower bound is above "
+                            f"{cfg.echo_slope_max}; needs {cfg.echo_min_windows} windows "
+                            f"with at least {cfg.echo_sample_min} recommended items")
     frame = data.echo_frame(snap)
     left, right = st.columns(2)
     left.altair_chart(charts.window_lines(frame, "gini"), use_container_width=True)
-    right.altair_chart(charts.window_lines(frame, "top10_share"), use_container_width=True)
+    right.altair_chart(charts.window_lines(frame, "exposure_gini"), use_container_width=True)
+    st.caption("Gini of samples of the same number of recommended items per catalog item in "
+               "every window, over the items released by then (bars: spread over the "
+               "samples); exposure Gini weighs each slot by 1/log2(rank + 1).")
     cols = st.columns(3)
     for col, v in zip(cols, ("A", "B", "all"), strict=True):
         tail = snap.tail.get(v)
         if tail:
             ratio = tail.head_tail_ratio
-            col.metric(f"{v}: head/tail ratio", data.fmt(ratio, ".2f", missing="inf"),
-                       delta="starved" if tail.starved else "ok",
+            col.metric(f"{v}: head/tail ratio", data.fmt(ratio, ".2f", missing="no ratio"),
+                       delta="starved" if tail.starved else (tail.reason or "ok"),
                        delta_color="inverse" if tail.starved else "off",
-                       help=f"recommendation rate of head items / tail items; starvation "
-                            f"above {tail.limit}")
-    st.altair_chart(charts.group_rates(data.tail_frame(snap)), use_container_width=True)
-    st.metric("homogenisation", f"{echo.homogenization:.4f}",
-              help="mean Jaccard similarity of paired users' watched items (Chaney 2018)")
+                       help=f"recommendation rate of head items / tail items, by "
+                            f"popularity before the window; starvation above {tail.limit}"
+                            + (f"; {tail.reason}" if tail.reason else ""))
+    tails = data.tail_frame(snap)
+    left, right = st.columns(2)
+    left.altair_chart(charts.group_rates(tails), use_container_width=True)
+    right.altair_chart(charts.group_rates(tails, "exposure"), use_container_width=True)
+    value, verdict = data.trend_text(echo.variants["all"].homogenization_trend
+                                     if "all" in echo.variants else None)
+    left, right = st.columns(2)
+    left.metric("homogenisation, last window", data.fmt(echo.homogenization,
+                                                        missing="not enough data"),
+                help="mean Jaccard similarity of sampled user pairs' watches in the window, "
+                     "users served in it only (Chaney 2018)")
+    right.metric("homogenisation slope / window", value, delta=verdict, delta_color="off")
+    st.altair_chart(charts.window_lines(frame, "homogenization"), use_container_width=True)
 
 
 body()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -67,7 +68,8 @@ def test_trend_matches_linregress_and_detects():
     assert (t.ci_low, t.ci_high) == pytest.approx((ref.slope - half, ref.slope + half))
     assert t.detected  # slope 0.023 per window
     assert not feedback.trend([0.5, 0.5, 0.5]).detected
-    assert not feedback.trend([0.5]).detected
+    short = feedback.trend([0.5, 0.7])
+    assert not short.detected and short.slope is None and short.reason
 
 
 def test_homogenization_jaccard():
@@ -77,7 +79,25 @@ def test_homogenization_jaccard():
     assert feedback.homogenization(users, items) == pytest.approx(1 / 9)
     same = np.repeat(np.arange(200), 2), np.tile([5, 100], 200)
     assert feedback.homogenization(*same, pairs=500, seed=1) == pytest.approx(1.0)
-    assert feedback.homogenization(np.array([1]), np.array([1])) == 0.0
+    assert feedback.homogenization(np.array([1]), np.array([1])) is None  # no pair
+    assert feedback.homogenization(np.array([], int), np.array([], int)) is None
+
+
+def test_rarefied_concentration_matches_the_full_figures_and_a_reference_sample():
+    items = np.array([0, 0, 1, 2, 0, 3])
+    full = feedback.rarefied_concentration(items, 8, size=6, repeats=3)
+    counts = np.bincount(items, minlength=8)
+    assert full.gini == pytest.approx(gini(counts)) and full.gini_sd == 0.0
+    assert full.top10_share == 1.0  # 4 items shown, all in the top 10
+    weights = np.array([1.0, 0.5, 1.0, 0.5, 0.25, 1.0])
+    weighted = feedback.rarefied_concentration(items, 8, 6, 1, weights=weights)
+    assert weighted.gini == pytest.approx(gini(np.bincount(items, weights, minlength=8)))
+    assert feedback.rarefied_concentration(items, 8, size=7) is None  # too few slots
+    # the mean over subsamples against a direct reference: every 3-subset, ranking.gini
+    exact = np.mean([gini(np.bincount(items[list(c)], minlength=8))
+                     for c in combinations(range(6), 3)])
+    sample = feedback.rarefied_concentration(items, 8, size=3, repeats=4000, seed=3)
+    assert sample.gini == pytest.approx(exact, abs=0.005) and sample.gini_sd > 0
 
 
 def test_popularity_groups_rates_and_starvation():
@@ -91,7 +111,10 @@ def test_popularity_groups_rates_and_starvation():
     assert s["head_tail_ratio"] == pytest.approx(3.0) and s["starved"]
     assert feedback.starvation({"head": 0.5, "tail": 0.5})["starved"] is False
     assert feedback.starvation({"head": 0.5, "tail": 0.0}) == {
-        "head_tail_ratio": None, "starved": True, "limit": 1.3}
+        "head_tail_ratio": None, "starved": True, "limit": 1.3,
+        "reason": "no tail item was recommended"}
+    nothing = feedback.starvation({"head": 0.0, "tail": 0.0})
+    assert not nothing["starved"] and nothing["reason"] == "nothing was recommended"
 
 
 def test_spam_detectors_hand_computed():

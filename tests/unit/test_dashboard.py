@@ -212,11 +212,20 @@ def test_frame_builders_read_the_snapshot():
     snap = snapshot()
     tail = data.tail_frame(snap).set_index(["variant", "group"])["rate"]
     assert tail["A", "tail"] == snap.tail["A"].rates.tail and len(tail) == 9
+    exposure = data.tail_frame(snap).set_index(["variant", "group"])["exposure"]
+    assert exposure["B", "head"] == snap.tail["B"].exposure_share.head
+    assert data.trend_text(snap.echo.variants["A"].gini_trend) == (
+        "not enough data", "not enough data: 2 of 3 windows with data")
     arms = data.arms_frame(snap).set_index("variant")
     assert arms.loc["B", "watch_through"] == snap.ab.arms["B"].watch_through
     assert arms.loc["A", "wt_low"] == snap.ab.arms["A"].watch_through_ci[0]
     echo = data.echo_frame(snap)
-    assert len(echo) == 2 * 2 * 3  # two windows, two metrics, three variants
+    assert set(echo["metric"]) <= set(data.ECHO_METRICS)
+    gini = echo[echo["metric"] == "gini"].set_index(["variant", "window"])
+    assert gini["value"].to_dict() == {(v, i): x for v, e in snap.echo.variants.items()
+                                       for i, x in enumerate(e.gini) if x is not None}
+    assert gini["sd"].to_dict() == {(v, i): x for v, e in snap.echo.variants.items()
+                                    for i, x in enumerate(e.gini_sd) if x is not None}
     users = data.spam_users_frame(snap)
     assert users["user_id"].tolist() == [u.user_id for u in snap.spam.users]
     detectors = data.detector_frame(snap)

@@ -14,49 +14,98 @@ from backend.ml.indexing import incidence
 
 @dataclass(frozen=True)
 class Trend:
-    slope: float
-    ci_low: float
-    ci_high: float
-    windows: int
+    slope: float | None  # None: fewer windows with data than the trend needs (`reason`)
+    ci_low: float | None
+    ci_high: float | None
+    windows: int  # windows with data
     detected: bool
+    reason: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def trend(values: Sequence[float], limit: float = 0.01, confidence: float = 0.95) -> Trend:
-    """Least-squares slope of `values` against the window index 0..n-1, with the two-sided
-    `confidence` interval slope +- t_{n-2} x SE (ordinary least squares; equals
-    scipy.stats.linregress). The echo chamber is `detected` when the slope exceeds `limit`
-    per window: concentration (Gini, top-10 share) rising while models retrain on traffic
-    their own recommendations shaped (Chaney et al. 2018; Jiang et al. 2019)."""
-    y = np.asarray(values, dtype=np.float64)
-    n = len(y)
-    if n < 2:
-        return Trend(0.0, float("nan"), float("nan"), n, False)
-    x = np.arange(n, dtype=np.float64)
+def trend(values: Sequence[float | None], limit: float = 0.01, confidence: float = 0.95,
+          min_windows: int = 3) -> Trend:
+    """Least-squares slope of `values` against their window index (a None is a window without
+    data: left out, the others keep their index), with the two-sided `confidence` interval
+    slope +- t_{n-2} x SE (ordinary least squares; equals scipy.stats.linregress).
+
+    Rising is `detected` only when the interval's lower bound is above `limit` per window,
+    so noise around a flat series is not an echo chamber (concentration rising while models
+    retrain on traffic their own recommendations shaped: Chaney et al. 2018; Jiang et al.
+    2019). Under `min_windows` windows with data (at least 3, for an interval) there is no
+    slope: "not enough data", with the count in `reason`."""
+    y_all = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    keep = np.isfinite(y_all)
+    x, y = np.flatnonzero(keep).astype(np.float64), y_all[keep]
+    n, need = len(y), max(min_windows, 3)
+    if n < need:
+        return Trend(None, None, None, n, False,
+                     f"not enough data: {n} of {need} windows with data")
     xc = x - x.mean()
     slope = float((xc * (y - y.mean())).sum() / (xc**2).sum())
-    if n == 2:
-        return Trend(slope, float("nan"), float("nan"), n, slope > limit)
     resid = y - (y.mean() + slope * xc)
     se = float(np.sqrt((resid**2).sum() / (n - 2) / (xc**2).sum()))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 2)) * se
-    return Trend(slope, slope - half, slope + half, n, slope > limit)
+    return Trend(slope, slope - half, slope + half, n, slope - half > limit)
+
+
+@dataclass(frozen=True)
+class Concentration:
+    """Gini and top-10 share of one window's exposure on rarefied samples: the mean and the
+    standard deviation over the repeated subsamples."""
+
+    gini: float
+    gini_sd: float
+    top10_share: float
+    top10_sd: float
+
+
+def rarefied_concentration(items: np.ndarray, n_items: int, size: int, repeats: int = 20,
+                           weights: np.ndarray | None = None, seed: int = 0,
+                           ) -> Concentration | None:
+    """Concentration of exposure over `n_items` items (`items`: one position in 0..n_items-1
+    per recommendation slot, `weights` its exposure, 1 when None) on `repeats` subsamples of
+    `size` slots drawn without replacement.
+
+    Gini and top-n share of raw counts grow as the number of slots falls (fewer draws leave
+    more items at zero), so a quiet window looks concentrated. Rarefaction, as in ecology's
+    species richness (Hurlbert 1971; Gotelli & Colwell 2001), compares windows at one sample
+    size: the same `size` in every window removes the volume effect. None when the window
+    has fewer than `size` slots."""
+    items = np.asarray(items, dtype=np.int64)
+    if size < 1 or len(items) < size or n_items < 1:
+        return None
+    w = np.ones(len(items)) if weights is None else np.asarray(weights, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    g, t = np.empty(repeats), np.empty(repeats)
+    rank = np.arange(1, n_items + 1)
+    for r in range(repeats):
+        pick = rng.choice(len(items), size, replace=False) if size < len(items) else \
+            np.arange(len(items))
+        counts = np.bincount(items[pick], weights=w[pick], minlength=n_items)
+        x = np.sort(counts[counts > 0])  # the zeros come first in the sorted catalog
+        total = x.sum()
+        g[r] = ((2 * rank[n_items - len(x):] - n_items - 1) * x).sum() / (n_items * total)
+        t[r] = x[::-1][:10].sum() / total
+    ddof = 1 if repeats > 1 else 0
+    return Concentration(float(g.mean()), float(g.std(ddof=ddof)), float(t.mean()),
+                         float(t.std(ddof=ddof)))
 
 
 def homogenization(users: np.ndarray, items: np.ndarray, pairs: int = 2000,
-                   seed: int = 0) -> float:
+                   seed: int = 0) -> float | None:
     """Mean Jaccard similarity |A ∩ B| / |A ∪ B| of the watched-item sets of randomly paired
     users (Chaney, Stewart & Engelhardt 2018, "How algorithmic confounding in recommendation
     systems increases homogeneity"), from (user, item) watch pairs; every pair of users when
-    there are at most `pairs` of them."""
+    there are at most `pairs` of them. None under two users: no pair to compare."""
     if len(users) == 0:
-        return 0.0
+        return None
     uids, w = incidence(users, items)
     n = len(uids)
     if n < 2:
-        return 0.0
+        return None
     if n * (n - 1) // 2 <= pairs:
         a, b = np.triu_indices(n, 1)
     else:
@@ -98,12 +147,13 @@ def group_recommendation_rates(lists: Iterable[Sequence[int]], groups: Mapping[i
 
 
 def starvation(rates: Mapping[str, float], max_ratio: float = 1.3) -> dict:
-    """Head/tail ratio of recommendation rates; starvation when above `max_ratio` (an unseen
-    tail with a seen head is an infinite ratio, reported as None and flagged)."""
+    """Head/tail ratio of recommendation rates; starvation when above `max_ratio`. Without
+    a shown tail item the ratio has no value: starved when the head was shown (`reason`
+    says so), not judged when nothing was shown."""
     head, tail = rates.get("head", 0.0), rates.get("tail", 0.0)
     if tail > 0:
-        flagged = head / tail > max_ratio
-        ratio: float | None = head / tail
-    else:
-        ratio, flagged = None, head > 0
-    return {"head_tail_ratio": ratio, "starved": bool(flagged), "limit": max_ratio}
+        return {"head_tail_ratio": head / tail, "starved": head / tail > max_ratio,
+                "limit": max_ratio, "reason": None}
+    reason = "no tail item was recommended" if head > 0 else "nothing was recommended"
+    return {"head_tail_ratio": None, "starved": head > 0, "limit": max_ratio,
+            "reason": reason}
