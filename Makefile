@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/analytics.py
 	$(BIN)/python bench/abtest.py
 	$(BIN)/python bench/spam.py
+	$(BIN)/python bench/feedback_validity.py
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/serve.py
 

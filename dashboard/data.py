@@ -178,13 +178,23 @@ def schedule_runs(var_dir: str, limit: int = 50) -> pd.DataFrame:
                                        "refused", "note"])
 
 
+QUARANTINE_COLUMNS = ["user_id", "status", "since", "source", "why", "actor"]
+
+
 @st.cache_data(ttl=10)
-def quarantine(var_dir: str) -> list[int]:
-    path = StoreLayout(root=Path(var_dir)).quarantine
+def quarantine(var_dir: str) -> pd.DataFrame:
+    """The quarantine's entries, newest first: who, since when, and why (the operator's
+    reason or the detectors that flagged them)."""
+    from registry.quarantine import QuarantineStore
+
     try:
-        return list(json.loads(path.read_text()).get("users", []))
+        entries = QuarantineStore(StoreLayout(root=Path(var_dir)).quarantine).read().entries
     except (OSError, ValueError):
-        return []
+        return pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    rows = [{"user_id": u, "status": e.status, "since": e.since, "source": e.source,
+             "why": e.why, "actor": e.actor} for u, e in entries.items()]
+    frame = pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
+    return frame.sort_values("since", ascending=False, ignore_index=True)
 
 
 def admin_key() -> str | None:

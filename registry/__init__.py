@@ -5,6 +5,7 @@ from __future__ import annotations
 from backend.core.settings import Settings
 from registry.experiments import ExperimentStore
 from registry.manifest import Aliases, Decision, Manifest, Provenance
+from registry.quarantine import QuarantineStore
 from registry.signing import ensure_keys
 from registry.store import Registry, RegistryError
 
@@ -17,11 +18,17 @@ def open_registry(settings: Settings, signer: bool = False) -> Registry:
     return Registry(reg.root, reg.public_key, private)
 
 
-__all__ = ["Aliases", "Decision", "ExperimentStore", "Manifest", "Provenance", "Registry",
-           "RegistryError", "open_experiments", "open_registry"]
+__all__ = ["Aliases", "Decision", "ExperimentStore", "Manifest", "Provenance",
+           "QuarantineStore", "Registry", "RegistryError", "open_experiments",
+           "open_quarantine", "open_registry"]
 
 
 def open_experiments(settings: Settings) -> ExperimentStore:
     """The experiments and the audit log, kept beside the registry's variants."""
     assert settings.registry.root is not None
     return ExperimentStore(settings.registry.root)
+
+
+def open_quarantine(settings: Settings) -> QuarantineStore:
+    """The spam quarantine training reads and operators review."""
+    return QuarantineStore(settings.layout.quarantine)

@@ -31,8 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 from backend.core.errors import RecoError
 
 Action = Literal["start", "set_weights", "add_arm", "stop", "promote", "rollback", "split",
-                 "diversity"]
-OperatorAction = Literal["promote", "rollback", "split", "diversity"]
+                 "diversity", "release", "quarantine"]
+OperatorAction = Literal["promote", "rollback", "split", "diversity", "release", "quarantine"]
+# the operator actions that change what a running experiment serves, audited under it
+SERVING_ACTIONS = frozenset({"promote", "rollback", "split", "diversity"})
 NAME = r"^[A-Za-z0-9_-]{1,32}$"
 log = logging.getLogger(__name__)
 
@@ -222,10 +224,11 @@ class ExperimentStore:
 
     def record(self, action: OperatorAction, actor: str, detail: dict[str, JsonValue]
                ) -> AuditEvent:
-        """An operator action from outside the experiment's own changes (promote, rollback,
-        split, diversity): audited under the running experiment, or under none."""
+        """An operator action from outside the experiment's own changes: one that changes what
+        is served (promote, rollback, split, diversity) under the running experiment, if
+        any; the others (a quarantine release or flag) under none."""
         with self._locked() as (fd, now):
-            live = _running(now)
+            live = _running(now) if action in SERVING_ACTIONS else None
             return self._append(fd, actor, action, live.spec.id if live else None, detail)
 
     @contextmanager

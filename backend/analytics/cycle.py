@@ -10,7 +10,6 @@ combined spam flag caught to `var/analytics/quarantine.json`, which the retrain 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ import httpx
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from backend.analytics import spam
 from backend.analytics.engine import AnalyticsLogic, RecoLog
 from backend.analytics.snapshot import Snapshot
 from backend.core.files import append_jsonl, read_jsonl, write_json
@@ -26,7 +26,7 @@ from backend.core.settings import Settings
 from backend.data import catalog
 from backend.data.lake import Lake
 from backend.data.movielens import load as load_movielens
-from registry import open_experiments
+from registry import open_experiments, open_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     write_json(layout.latest_snapshot, body)
     flagged = snap.spam.flagged.combined
     if flagged:
-        update_quarantine(settings, flagged, stamp)
+        added = open_quarantine(settings).flag_detected(
+            spam.evidence(snap.spam, snap.window.end), pd.Timestamp(snap.window.start))
+        log.info("quarantine flagged=%d added=%s", len(flagged), added)
     log.info("snapshot written end=%s recommendations=%d flagged=%d seconds=%s", stamp,
              snap.counts.recommendations, len(flagged), snap.compute_seconds)
     return snap
@@ -136,15 +138,6 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
 def cycle(settings: Settings) -> Snapshot:
     """One analytics cycle: probe the API, then write the snapshot of the window ending now."""
     return analyze_once(settings, split=probe(settings).split)
-
-
-def update_quarantine(settings: Settings, users: list[int], stamp: str) -> None:
-    """Flagged users stay quarantined (union) until an operator releases them."""
-    path = settings.layout.quarantine
-    current = json.loads(path.read_text()) if path.exists() else {"users": []}
-    merged = sorted(set(current.get("users", [])) | set(users))
-    write_json(path, {"users": merged, "updated": stamp,
-                  "source": "combined spam flag (robust RDMA and volume outlier)"})
 
 
 VARIANT_GAUGES = ("coverage", "gini", "top10_share", "exposure_gini", "diversity",

@@ -203,7 +203,7 @@ class Spam(Section):
     raters: int
     flagged: SpamFlags
     three_sigma_line: Figure  # mean + 3 std of ratings per user; None without raters
-    users: list[SpamUser]  # the loudest raters, most ratings first
+    users: list[SpamUser]  # the loudest raters and every flagged one, most ratings first
 
 
 # -- experiment (A/B) ----------------------------------------------------------------------

@@ -4,6 +4,7 @@ ratings; the users the combined flag catches go to the quarantine the retrain jo
 from __future__ import annotations
 
 import pandas as pd
+from pydantic import JsonValue
 
 from backend.analytics.snapshot import Spam, SpamFlags, SpamUser
 from backend.core.settings import AnalyticsSettings
@@ -13,11 +14,13 @@ LOUDEST = 300  # raters listed with their features (the dashboard's scatter)
 
 
 def compute(cfg: AnalyticsSettings, ratings: pd.DataFrame, top: int = LOUDEST) -> Spam:
-    """Flags of every detector, the three-sigma line, and the `top` loudest raters."""
+    """Flags of every detector, the three-sigma line, and the `top` loudest raters with
+    every user the combined flag caught (their scores are the quarantine's evidence)."""
     flags = detectors.detect(ratings, cfg.spam_z, cfg.spam_bucket)
     if flags.empty:
         return Spam(raters=0, flagged=SpamFlags(), three_sigma_line=None, users=[])
-    loudest = flags.sort_values("count", ascending=False).head(top)
+    ranked = flags.sort_values("count", ascending=False)
+    loudest = ranked[ranked.index.isin(ranked.index[:top]) | ranked["combined"].astype(bool)]
     flagged = {c: sorted(int(u) for u in flags.index[flags[c].astype(bool)])
                for c in SpamFlags.model_fields}
     return Spam(
@@ -27,3 +30,19 @@ def compute(cfg: AnalyticsSettings, ratings: pd.DataFrame, top: int = LOUDEST) -
                         degsim=None if pd.isna(r["degsim"]) else float(r["degsim"]),
                         burst=int(r["burst"]), combined=bool(r["combined"]))
                for _, r in loudest.reset_index().iterrows()])
+
+
+def evidence(section: Spam, window_end: str) -> dict[int, dict[str, JsonValue]]:
+    """Per user the combined flag caught: the detectors that flagged them and their scores,
+    as the quarantine keeps them."""
+    scores = {u.user_id: u for u in section.users}
+    out: dict[int, dict[str, JsonValue]] = {}
+    for user in section.flagged.combined:
+        by = [name for name in SpamFlags.model_fields
+              if user in getattr(section.flagged, name) and name != "combined"]
+        entry: dict[str, JsonValue] = {"detectors": list(by), "window_end": window_end}
+        if (row := scores.get(user)) is not None:
+            entry |= {"ratings": row.count, "rdma": row.rdma, "degsim": row.degsim,
+                      "burst": row.burst}
+        out[user] = entry
+    return out

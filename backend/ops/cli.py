@@ -14,7 +14,7 @@ import click
 from backend.core.errors import RecoError
 from backend.core.logs import setup_logging
 from backend.core.settings import Settings
-from backend.ops import cli_experiments, cli_models
+from backend.ops import cli_experiments, cli_models, cli_quarantine
 
 
 def _settings() -> Settings:
@@ -376,7 +376,7 @@ def status() -> None:
 
 
 for _command in (cli_models.train, cli_models.evaluate, cli_models.models,
-                 cli_experiments.experiment):
+                 cli_experiments.experiment, cli_quarantine.quarantine):
     main.add_command(_command)
 
 

@@ -130,14 +130,18 @@ def _experiments() -> ExperimentStore:
     return open_experiments(_settings())
 
 
-def _audit(action: OperatorAction, detail: dict[str, JsonValue]) -> None:
-    """An operator action from this machine's shell: the actor is the OS account the process
-    runs as (not $USER, which the caller sets)."""
+def shell_actor() -> str:
+    """Who acts from this machine's shell: the OS account the process runs as (not $USER,
+    which the caller sets)."""
     import os
     import pwd
 
-    actor = f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
-    _experiments().record(action, actor, detail)
+    return f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
+
+
+def _audit(action: OperatorAction, detail: dict[str, JsonValue]) -> None:
+    """An operator action from this machine's shell, in the audit trail."""
+    _experiments().record(action, shell_actor(), detail)
 
 
 # -- serving ------------------------------------------------------------------------------

@@ -30,10 +30,12 @@ from backend.serving.schemas import (
     ErrorBody,
     ExperimentsResponse,
     ExperimentView,
+    FlagRequest,
     HealthResponse,
     ModelsResponse,
     PromoteRequest,
     RecommendResponse,
+    ReleaseRequest,
     RollbackRequest,
     RuntimeKnobs,
     SplitRequest,
@@ -41,13 +43,14 @@ from backend.serving.schemas import (
     WeightsRequest,
 )
 from registry.experiments import NAME, ExperimentSpec
+from registry.quarantine import Quarantine, QuarantineEntry
 
 # one documented error shape for 422, always JSON (FastAPI's default documents only its own
 # field-error list, in the route's media type: schemathesis found both mismatches)
 _ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": what, "content": _ERROR_JSON}
-    for status, what in ((404, "no such experiment"),
+    for status, what in ((404, "no such experiment, or the user is not quarantined"),
                          (409, "refused: it conflicts with the current state"),
                          (503, "recorded, but not yet shared with every replica"))}
 ExperimentId = Path(pattern=NAME)
@@ -270,6 +273,29 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         """Stop it: users go back to the default allocation."""
         logic = current()
         return await logic.stop_experiment(experiment_id, await operator(logic, request))
+
+    @api.get("/admin/quarantine")
+    async def quarantine_list(request: Request) -> Quarantine:
+        """Every user the spam detectors or an operator quarantined, with the evidence."""
+        logic = current()
+        await guard(logic, request, "admin")
+        return logic.quarantined()
+
+    @api.post("/admin/quarantine/{user_id}/release", responses={404: _REFUSALS[404]})
+    async def quarantine_release(request: Request, body: ReleaseRequest,
+                                 user_id: int = Path(ge=1, le=MAX_ID)) -> QuarantineEntry:
+        """The user's events count again from the next retrain (audited)."""
+        logic = current()
+        actor = await operator(logic, request)
+        return await asyncio.to_thread(logic.release, user_id, body.reason, actor)
+
+    @api.post("/admin/quarantine/{user_id}", responses={409: _REFUSALS[409]})
+    async def quarantine_flag(request: Request, body: FlagRequest,
+                              user_id: int = Path(ge=1, le=MAX_ID)) -> QuarantineEntry:
+        """Quarantine the user by hand (audited); refused if quarantined already."""
+        logic = current()
+        actor = await operator(logic, request)
+        return await asyncio.to_thread(logic.flag, user_id, body.reason, actor)
 
     return api
 

@@ -44,7 +44,7 @@ from backend.serving.schemas import (
 )
 from backend.serving.state import ServingStateLogic
 from backend.serving.variant import VariantLogic
-from registry import open_experiments, open_registry
+from registry import open_experiments, open_quarantine, open_registry
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -226,7 +226,8 @@ class Ingress:
             settings.serve, calls, shared, reco_log.write.remote,
             EventProducer(settings.kafka, spool),  # writes; the reco log's fallback
             replica, functools.partial(open_registry, settings), open_experiments(settings),
-            titles=load_titles(settings.data_cache), retry_on=(RayActorError,))
+            quarantine=open_quarantine(settings), titles=load_titles(settings.data_cache),
+            retry_on=(RayActorError,))
         http.answer_with(self.logic)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:

@@ -63,6 +63,7 @@ from registry.experiments import (
     ExperimentStore,
     OperatorAction,
 )
+from registry.quarantine import Quarantine, QuarantineEntry, QuarantineStore
 
 log = logging.getLogger(__name__)
 MAX_BODY = 16 * 1024
@@ -109,20 +110,23 @@ class IngressLogic:
                  state: SharedState, ship: Callable[[list[Record]], Awaitable[Any]],
                  producer: Producer, replica: str, registry: Callable[[], Registry],
                  experiments: ExperimentStore, audit: Audit | None = None,
+                 quarantine: QuarantineStore | None = None,
                  titles: Mapping[int, str] | None = None,
                  retry_on: tuple[type[BaseException], ...] = (),
                  period: float = PUSH_SECONDS) -> None:
         """`ship`: hands a batch of reco-log records to the RecoLog deployment; `producer`:
         this replica's own (the writes, and the reco log's fallback); `experiments`: the
         store of experiments and the operators' audit trail (`audit`: its `record`, unless
-        given); `retry_on`: errors after which a variant call is made once more (a replica
-        lost mid-call: Serve routes the retry to a live one)."""
+        given); `quarantine`: the spam quarantine operators review; `retry_on`: errors after
+        which a variant call is made once more (a replica lost mid-call: Serve routes the
+        retry to a live one)."""
         self.variants = dict(variants)
         self.state = state
         self.producer = producer
         self.registry = registry
         self.experiments = experiments
         self.audit = audit or experiments.record
+        self.quarantine = quarantine
         self.titles = dict(titles or {})
         self.retry_on = retry_on
         self.period = period
@@ -330,6 +334,28 @@ class IngressLogic:
         aliases = self.registry().rollback(variant)
         self._audit("rollback", actor, {"variant": variant, "version": aliases.production})
         return AliasesResponse(aliases.named())
+
+    def quarantined(self) -> Quarantine:
+        """The quarantine with each user's evidence, for review."""
+        return self._quarantine().read()
+
+    def release(self, user: int, reason: str | None, actor: str) -> QuarantineEntry:
+        """Let the user's events count again (from the next retrain)."""
+        entry = self._quarantine().release(user, actor, reason)
+        self._audit("release", actor, {"user_id": user, "reason": reason,
+                                       "evidence": dict(entry.evidence)})
+        return entry
+
+    def flag(self, user: int, reason: str, actor: str) -> QuarantineEntry:
+        """Quarantine the user by hand."""
+        entry = self._quarantine().flag(user, actor, reason)
+        self._audit("quarantine", actor, {"user_id": user, "reason": reason})
+        return entry
+
+    def _quarantine(self) -> QuarantineStore:
+        if self.quarantine is None:
+            raise RecoError("this replica has no quarantine store", status_code=503)
+        return self.quarantine
 
     async def set_diversity(self, knobs: dict[str, Knob], actor: str) -> RuntimeKnobs:
         """Change Model B's strengths on every B replica (applied within a second)."""

@@ -57,6 +57,20 @@ class DiversityRequest(BaseModel):
     tail_slots: int | None = Field(None, ge=0, le=100)
 
 
+class ReleaseRequest(BaseModel):
+    """Why the user is let out of the quarantine (kept in the audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(None, min_length=1, max_length=500)
+
+
+class FlagRequest(BaseModel):
+    """Why the user is quarantined by hand."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=500)
+
+
 # -- responses ------------------------------------------------------------------------------
 
 class RecommendedItem(BaseModel):

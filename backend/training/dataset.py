@@ -5,7 +5,6 @@ users; and the offline evaluation of a model, or of the production models, on th
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from backend.ml.evaluation import build_interactions, evaluate, temporal_split
 from backend.ml.recommenders import MODELS, Popularity, Recommender
 from backend.ml.results import OfflineMetrics
 from backend.training.result import Scored
-from registry import open_registry
+from registry import open_quarantine, open_registry
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,8 @@ def read_events(lake: Lake, topic: str, columns: list[str]) -> pd.DataFrame:
 
 
 def quarantined(settings: Settings) -> set[int]:
-    """Users the analytics side flagged as spam (`var/analytics/quarantine.json`)."""
-    path = settings.layout.quarantine
-    return set(json.loads(path.read_text()).get("users", [])) if path.exists() else set()
+    """Users held out as spam: flagged by the detectors or an operator, not released."""
+    return open_quarantine(settings).held()
 
 
 def load_training_set(settings: Settings) -> TrainingSet:

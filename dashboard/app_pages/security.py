@@ -19,13 +19,19 @@ def body() -> None:
         cols[1].metric("flagged (combined)", len(sp.flagged.combined),
                        help="a volume outlier (robust z of count or burst > 3.5) whose "
                             "profile is also abnormal (RDMA or DegSim)")
-        cols[2].metric("quarantined users", len(data.quarantine(str(s.var_dir))),
-                       help="left out of every retrain until an operator releases them")
+        held = data.quarantine(str(s.var_dir))
+        cols[2].metric("quarantined users", int((held["status"] == "quarantined").sum()),
+                       help="left out of every retrain until an operator releases them "
+                            "(`reco quarantine release USER`, POST "
+                            "/admin/quarantine/{user}/release)")
         users = data.spam_users_frame(snap)
         if not users.empty and sp.three_sigma_line is not None:
             st.altair_chart(charts.rating_counts(users, sp.three_sigma_line),
                             use_container_width=True)
         st.dataframe(data.detector_frame(snap), hide_index=True)
+        if not held.empty:
+            st.subheader("quarantine review")
+            st.dataframe(held, hide_index=True)
     else:
         st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
     dlq = data.dead_letters(str(s.lake_root), str(s.lake_cache))

@@ -719,8 +719,10 @@ def test_every_write_and_admin_route_refuses_missing_or_wrong_keys(served):
                                      "control": "A", "salt": "s", "weights": {"A": 1, "B": 1}},
               "/admin/experiments/x1/weights": {"weights": {"A": 1, "B": 1}},
               "/admin/experiments/x1/arms": {"arm": {"variant": "C"}, "weight": 1.0},
-              "/admin/experiments/x1/stop": None}
-    for route in ("/admin/experiments", "/admin/experiments/x1"):
+              "/admin/experiments/x1/stop": None,
+              "/admin/quarantine/7/release": {"reason": "x"},
+              "/admin/quarantine/7": {"reason": "x"}}
+    for route in ("/admin/experiments", "/admin/experiments/x1", "/admin/quarantine"):
         for headers in ({}, {"X-API-Key": "wrong-key"}, {"X-API-Key": CLIENT}):
             r = httpx.get(served["url"] + route, headers=headers, timeout=30)
             assert r.status_code == (403 if headers.get("X-API-Key") == CLIENT else 401), route

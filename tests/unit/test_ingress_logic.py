@@ -23,6 +23,7 @@ from backend.serving.router import RouterLogic, default_allocation
 from backend.serving.schemas import VariantAnswer, VariantStatus
 from backend.serving.state import ServingStateLogic
 from registry.experiments import ExperimentStore
+from registry.quarantine import QuarantineStore
 
 CLIENT, ADMIN = "client-secret", "admin-secret"
 
@@ -119,7 +120,8 @@ class Rig:
 
     def __init__(self, state: ServingStateLogic | None = None, sink: Sink | None = None,
                  variants: str = "AB", store: ExperimentStore | None = None,
-                 registry: Any = None, **cfg: Any) -> None:
+                 registry: Any = None, quarantine: QuarantineStore | None = None,
+                 **cfg: Any) -> None:
         self.cfg = serve_cfg(**cfg)
         self.state = state or ServingStateLogic(self.cfg.per_minute, {"key:sim": 6000},
                                                 self.cfg.split, self.cfg.salt,
@@ -134,7 +136,7 @@ class Rig:
             self.cfg, {v: x.calls() for v, x in self.variants.items()},
             shared(self.state, self.down), self.sink, self.producer, "replica-1",
             registry=registry or _no_registry, experiments=self.store,
-            audit=lambda *event: self.audits.append(event),
+            audit=lambda *event: self.audits.append(event), quarantine=quarantine,
             titles={101: "Heat (1995)"}, retry_on=(ConnectionError,),
             period=3600)
 

@@ -138,7 +138,11 @@ def test_openapi_lists_every_operation_with_its_models():
         "POST /admin/experiments/{experiment_id}/arms":
             "experiment_add_arm_admin_experiments__experiment_id__arms_post",
         "POST /admin/experiments/{experiment_id}/stop":
-            "experiment_stop_admin_experiments__experiment_id__stop_post"}
+            "experiment_stop_admin_experiments__experiment_id__stop_post",
+        "GET /admin/quarantine": "quarantine_list_admin_quarantine_get",
+        "POST /admin/quarantine/{user_id}/release":
+            "quarantine_release_admin_quarantine__user_id__release_post",
+        "POST /admin/quarantine/{user_id}": "quarantine_flag_admin_quarantine__user_id__post"}
     stop = spec["paths"]["/admin/experiments/{experiment_id}/stop"]["post"]["responses"]
     assert {"200", "404", "409", "422"} <= set(stop)
     assert stop["404"]["content"] == error_json(spec)
