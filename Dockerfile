@@ -24,6 +24,7 @@ COPY --chown=reco:reco backend ./backend
 COPY --chown=reco:reco jobs ./jobs
 COPY --chown=reco:reco registry ./registry
 COPY --chown=reco:reco dashboard ./dashboard
+COPY --chown=reco:reco deploy ./deploy
 COPY --chown=reco:reco serve_config.yaml README.md ./
 RUN pip install --no-deps --no-build-isolation -e .
 

@@ -15,7 +15,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-up: $(STAMP)
+# the alerting rules' server (Debian's prometheus)
+/usr/bin/prometheus:
+	apt-get update && apt-get install -y prometheus
+
+up: $(STAMP) /usr/bin/prometheus
 	$(BIN)/reco data fetch
 	$(BIN)/reco up
 
@@ -32,10 +36,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Debian packages the tests use: chromium for the browser test (Playwright drives it; it
-# downloads no browser), stunnel4 for the broker's TLS front
-DEBS := /usr/bin/chromium /usr/bin/stunnel4
+# downloads no browser), stunnel4 for the broker's TLS front, prometheus (with promtool) for
+# the alerting rules
+DEBS := /usr/bin/chromium /usr/bin/stunnel4 /usr/bin/promtool
 $(DEBS):
-	apt-get update && apt-get install -y chromium stunnel4
+	apt-get update && apt-get install -y chromium stunnel4 prometheus
 
 # GrowthBook's gbstats in a venv of its own: the experiment statistics' reference (its pins
 # clash with ours; see tests/reference/README.md)

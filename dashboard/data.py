@@ -98,6 +98,29 @@ def prometheus() -> pd.DataFrame:
     return pd.DataFrame(rows or [], columns=None if rows else ["name", "value"])
 
 
+ALERT_COLUMNS = ["alert", "state", "labels", "summary", "since"]
+
+
+@st.cache_data(ttl=5)
+def alerts(base_url: str) -> pd.DataFrame | None:
+    """The pending and firing alerts of the Prometheus at `base_url` (the shipped rules,
+    deploy/prometheus/rules.yml); None when it cannot be reached."""
+    try:
+        r = httpx.get(base_url.rstrip("/") + "/api/v1/alerts", timeout=3)
+        r.raise_for_status()
+        found = r.json()["data"]["alerts"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+    rows = [{"alert": a["labels"].get("alertname", ""), "state": a["state"],
+             "labels": ", ".join(f"{k}={v}" for k, v in sorted(a["labels"].items())
+                                 if k not in ("alertname", "severity")),
+             "summary": a.get("annotations", {}).get("summary", ""),
+             "since": a.get("activeAt", "")} for a in found
+            if a.get("state") in ("pending", "firing")]
+    frame = pd.DataFrame(rows, columns=ALERT_COLUMNS)
+    return frame.sort_values(["state", "alert"], ascending=[True, True], ignore_index=True)
+
+
 @st.cache_data(ttl=10)
 def audit_frame(var_dir: str, last: int = 50) -> pd.DataFrame:
     """The newest operator actions and experiment changes, newest first (columns: ts, actor,

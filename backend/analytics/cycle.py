@@ -141,8 +141,13 @@ def cycle(settings: Settings) -> Snapshot:
 
 
 VARIANT_GAUGES = ("coverage", "gini", "top10_share", "exposure_gini", "diversity",
-                  "head_tail_ratio", "echo_gini_slope")
-GAUGE_NAMES = (*VARIANT_GAUGES, "watch_through", "ab_p_value", "spam_flagged", "uptime")
+                  "head_tail_ratio", "echo_gini_slope", "echo_rising", "tail_starved",
+                  "latency_p95_ms")
+GAUGE_NAMES = (*VARIANT_GAUGES, "watch_through", "ab_p_value", "srm_mismatch", "spam_flagged",
+               "uptime")
+"""The exported figures; the alert rules (deploy/prometheus/rules.yml) read the 0/1 states
+(`echo_rising`, `tail_starved`, `srm_mismatch`) the platform computes with its configured
+limits, so the rules hold no second copy of a threshold."""
 
 
 class GaugeValue(BaseModel):
@@ -164,15 +169,24 @@ def gauge_values(snap: Snapshot) -> list[GaugeValue]:
     out: list[GaugeValue] = []
     for v, f in snap.fairness.items():
         tail, echo = snap.tail.get(v), snap.echo.variants.get(v)
+        trend = echo.gini_trend if echo else None
+        latency = snap.sla.latency_ms.get(v)
         figures = (f.coverage, f.gini, f.top10_share, f.exposure_gini, f.diversity,
                    tail.head_tail_ratio if tail else None,
-                   echo.gini_trend.slope if echo else None)
+                   trend.slope if trend else None,
+                   float(trend.detected) if trend and trend.slope is not None else None,
+                   float(tail.starved) if tail and (tail.head_tail_ratio is not None
+                                                    or tail.starved) else None,
+                   latency.p95 if latency else None)
         out += [GaugeValue(name=name, variant=v, value=x)
                 for name, x in zip(VARIANT_GAUGES, figures, strict=True) if x is not None]
     out += [GaugeValue(name="watch_through", variant=v, value=arm.watch_through)
             for v, arm in snap.ab.arms.items() if arm.watch_through is not None]
     out += [GaugeValue(name="ab_p_value", variant=t, value=c.sequential.p_value)
             for t, c in snap.ab.comparisons.items() if c.sequential.p_value is not None]
+    srm = snap.ab.srm
+    if srm is not None and srm.p_value is not None:
+        out.append(GaugeValue(name="srm_mismatch", variant="all", value=float(srm.mismatch)))
     out.append(GaugeValue(name="spam_flagged", variant="all",
                           value=len(snap.spam.flagged.combined)))
     if snap.sla.uptime is not None:

@@ -268,6 +268,22 @@ class RaySettings(BaseModel):
         "logical CPUs of the head `reco up` starts; default max(4, 2 x cores)"))
 
 
+class PrometheusSettings(BaseModel):
+    """The alerting side: a Prometheus server evaluating deploy/prometheus/rules.yml."""
+
+    url: str | None = Field(None, description=(
+        "a Prometheus server to read alert states from; unset: the embedded one"))
+    embedded: bool = Field(True, description=(
+        "`reco up` starts Debian's `prometheus` (when installed) on 127.0.0.1:`port`"))
+    port: int = 9090
+    scrape_interval: float = Field(15.0, gt=0, description="seconds between scrapes")
+    evaluation_interval: float = Field(15.0, gt=0, description="seconds between rule runs")
+
+    @property
+    def base_url(self) -> str:
+        return self.url or f"http://127.0.0.1:{self.port}"
+
+
 class Settings(BaseSettings):
     """Platform settings; every path defaults to a folder under `var_dir`."""
 
@@ -291,6 +307,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = AnalyticsSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     ray: RaySettings = RaySettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

@@ -21,6 +21,7 @@ from backend.core.runtime import job_env, ray_env
 from backend.core.settings import Settings
 from backend.data.kafka import ensure_topics
 from backend.data.lake import Lake
+from backend.ops.alerting import EmbeddedPrometheus
 from backend.ops.broker import EmbeddedBroker
 from backend.ops.raycluster import RayHead
 from registry import open_registry
@@ -135,7 +136,28 @@ def stop_dashboard(settings: Settings, echo: Callable[[str], object]) -> None:
 def urls(settings: Settings) -> dict[str, str]:
     api = f"http://{settings.serve.host}:{settings.serve.port}"
     return {"api": api, "dashboard": f"http://127.0.0.1:{settings.dashboard_port}",
-            "ray_dashboard": RayHead(settings).dashboard_url, "metrics": f"{api}/metrics"}
+            "ray_dashboard": RayHead(settings).dashboard_url, "metrics": f"{api}/metrics",
+            "alerts": settings.prometheus.base_url + "/alerts"}
+
+
+def embedded_prometheus(settings: Settings) -> EmbeddedPrometheus | None:
+    """The Prometheus `up` runs: none with an external one configured, when turned off, or
+    without Debian's `prometheus` on this machine."""
+    prom = settings.prometheus
+    if prom.url or not prom.embedded or EmbeddedPrometheus.binary() is None:
+        return None
+    return EmbeddedPrometheus(settings)
+
+
+def start_alerting(settings: Settings, echo: Callable[[str], object]) -> None:
+    prom = embedded_prometheus(settings)
+    if prom is None:
+        why = settings.prometheus.url or "embedded off, or no prometheus on PATH"
+        echo(f"alerting: not started here ({why})")
+        return
+    was = prom.pid()
+    pid = prom.start()
+    echo(f"alerting: prometheus {'already running' if was else 'started'} pid={pid} {prom.url}")
 
 
 def _print_urls(settings: Settings, echo: Callable[[str], object]) -> None:
@@ -155,6 +177,8 @@ def health(settings: Settings, sim: bool = True) -> dict[str, bool]:
     for name in ("ingest", "schedule", *(("simulate",) if sim else ())):
         out[f"{name} job"] = bool(jobs[name])
     out["api"] = _api_health(settings) == "ok"
+    if (prom := embedded_prometheus(settings)) is not None:
+        out["alerting"] = prom.pid() is not None
     try:
         out["dashboard"] = httpx.get(urls(settings)["dashboard"] + "/_stcore/health",
                                      timeout=5).text == "ok"
@@ -212,6 +236,7 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool =
         job, new = start_simulator(settings, head)
         echo(f"simulator job: {'submitted' if new else 'already running'} {job} "
              f"({settings.sim.background_rps} visits/s)")
+    start_alerting(settings, echo)
     start_dashboard(settings, echo)
     deadline = t0 + wait
     while not all((state := health(settings, sim)).values()):
@@ -232,6 +257,8 @@ def down(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
                 head.job_client().stop_job(job)
                 echo(f"{name} job: stopped {job}")
     echo("ray: stopped" if head.stop() else "ray: was not running (or not ours)")
+    if (prom := embedded_prometheus(settings)) is not None:
+        echo("alerting: stopped" if prom.stop() else "alerting: was not running")
     if settings.kafka.embedded:
         stopped = EmbeddedBroker(settings.kafka, settings.run_dir).stop()
         echo("broker: stopped" if stopped else "broker: was not running")
@@ -248,6 +275,8 @@ def status(settings: Settings) -> dict[str, object]:
         "dashboard": {"running": _dashboard_pid(settings) is not None,
                       "url": f"http://127.0.0.1:{settings.dashboard_port}"},
         "schedule": _schedule(settings),
+        "alerting": (prom.status() if (prom := embedded_prometheus(settings)) is not None
+                     else {"external": settings.prometheus.url}),
         "lake": {t: st["rows"] for t, st in Lake(settings.lake_root).stats().items()},
         "models": _production_models(settings),
     }

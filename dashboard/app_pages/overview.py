@@ -12,6 +12,15 @@ st.title("Overview")
 @st.fragment(run_every=data.REFRESH)
 def body() -> None:
     s = data.settings()
+    alerts = data.alerts(s.prometheus.base_url)
+    if alerts is None:
+        st.caption(f"alerts: Prometheus at {s.prometheus.base_url} does not answer")
+    elif alerts.empty:
+        st.success("alerts: none pending or firing", icon=":material/check_circle:")
+    else:
+        for a in alerts.itertuples():
+            show = st.error if a.state == "firing" else st.warning
+            show(f"**{a.alert}** {a.state} ({a.labels or 'all'}) since {a.since}: {a.summary}")
     health = data.health()
     snap = data.latest_snapshot(str(s.var_dir))
     if health is None:

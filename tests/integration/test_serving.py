@@ -918,3 +918,87 @@ def test_an_experiment_reweighted_and_grown_to_three_arms_is_served_logged_and_a
     assert all(e["action"] in ("promote", "rollback") for e in others), others
     assert [e["weights"] for e in view["experiment"]["epochs"]] == [
         weights[0], weights[1], weights[2]]
+
+
+def test_a_refused_model_fires_its_alert_in_prometheus_and_on_the_dashboard(served, tmp_path):
+    """Debian's Prometheus with the shipped rules and the rendered scrape config, against this
+    app: a tampered version of B forced into production is refused by B's replicas, the API's
+    reco_model_refused rises, ModelRefused{variant="B"} fires in Prometheus, and the
+    dashboard's overview shows it."""
+    from playwright.sync_api import sync_playwright
+
+    from backend.ops.alerting import EmbeddedPrometheus
+
+    registry = served["registry"]
+    prom_port = free_port()
+    settings = Settings(var_dir=tmp_path / "var", serve={"port": int(served["env"][
+        "RECO_SERVE__PORT"])}, ray={"metrics_export_port": served["head"].cfg.metrics_export_port},
+        prometheus={"port": prom_port, "scrape_interval": 1, "evaluation_interval": 1})
+    prom = EmbeddedPrometheus(settings)
+    prom.start()
+    dashboard = None
+    good = registry.aliases("B").production
+
+    def b_alerts() -> list[dict]:
+        body = httpx.get(prom.url + "/api/v1/alerts", timeout=5).json()
+        return [a for a in body["data"]["alerts"] if a["labels"]["alertname"] == "ModelRefused"
+                and a["labels"].get("variant") == "B"]
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the API's /metrics scraped and the rules evaluated at least once
+            targets = httpx.get(prom.url + "/api/v1/targets", timeout=5).json()
+            api = [t for t in targets["data"]["activeTargets"] if t["labels"]["job"] == "reco-api"]
+            if api and api[0]["health"] == "up":
+                break
+            assert time.monotonic() < deadline, targets
+            time.sleep(1)
+        time.sleep(3)
+        assert b_alerts() == []  # nothing refused under B yet: no alert
+        bad = registry.register("B", DiversityKNN().fit(*dataset()))
+        model = registry.root / "B" / bad / "model.npz"
+        data = bytearray(model.read_bytes())
+        data[100] ^= 0xFF
+        model.write_bytes(bytes(data))
+        registry.set_alias("B", "production", bad)  # bypassing promote, as an attacker would
+        deadline = time.monotonic() + 60
+        while not any(a["state"] == "firing" for a in b_alerts()):
+            assert time.monotonic() < deadline, httpx.get(prom.url + "/api/v1/alerts").text
+            time.sleep(1)
+        assert bad in get(served, "/health").json()["variants"]["B"]["refused"]
+
+        port = free_port()
+        env = served["env"] | {"RECO_PROMETHEUS__PORT": str(prom_port)}
+        dashboard = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run",
+             str(ROOT / "dashboard" / "streamlit_app.py"), "--server.address", "127.0.0.1",
+             "--server.port", str(port), "--server.headless", "true",
+             "--browser.gatherUsageStats", "false"],
+            env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "streamlit did not start"
+            time.sleep(0.5)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                         args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(base)
+            page.get_by_text("Variant B refused a model version").first.wait_for(
+                timeout=60_000)
+            shown = page.locator('[data-testid="stAlert"]').all_inner_texts()
+            assert any("ModelRefused firing (variant=B)" in t for t in shown), shown
+            browser.close()
+    finally:
+        if dashboard is not None:
+            os.killpg(dashboard.pid, signal.SIGTERM)
+            dashboard.wait(timeout=30)
+        prom.stop()
+        registry.set_alias("B", "production", good)

@@ -64,6 +64,15 @@ def test_gauges_read_the_typed_snapshot():
         assert gauges["coverage", v] == f.coverage and gauges["gini", v] == f.gini
         # a slope only with enough windows: no sample otherwise
         assert gauges.get(("echo_gini_slope", v)) == snap.echo.variants[v].gini_trend.slope
+        tail = snap.tail[v]
+        assert gauges.get(("tail_starved", v)) == (
+            float(tail.starved) if tail.head_tail_ratio is not None or tail.starved else None)
+        latency = snap.sla.latency_ms.get(v)
+        assert gauges.get(("latency_p95_ms", v)) == (latency.p95 if latency else None)
+    assert ("latency_p95_ms", "A") in gauges
+    srm = snap.ab.srm
+    assert gauges.get(("srm_mismatch", "all")) == (
+        float(srm.mismatch) if srm and srm.p_value is not None else None)
     assert gauges["watch_through", "A"] == snap.ab.arms["A"].watch_through
     assert gauges["ab_p_value", "B"] == snap.ab.comparisons["B"].sequential.p_value
     assert gauges["spam_flagged", "all"] == len(snap.spam.flagged.combined)
@@ -78,7 +87,8 @@ def test_gauges_skip_figures_the_window_lacks():
     echo = snap.echo.model_copy(update={"variants": snap.echo.variants | {"A": series}})
     gauges = {(g.name, g.variant): g.value
               for g in gauge_values(snap.model_copy(update={"echo": echo}))}
-    assert gauges["echo_gini_slope", "A"] == 0.02
+    assert gauges["echo_gini_slope", "A"] == 0.02 and gauges["echo_rising", "A"] == 1.0
+    assert ("echo_rising", "B") not in gauges  # no slope: not enough windows, no state
     a = snap.fairness["A"].model_copy(update={"diversity": None})
     echo = Echo.model_validate(snap.echo.model_dump() | {"variants": {}})
     names = {(g.name, g.variant) for g in gauge_values(
