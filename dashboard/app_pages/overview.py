@@ -18,9 +18,10 @@ def body() -> None:
     elif alerts.empty:
         st.success("alerts: none pending or firing", icon=":material/check_circle:")
     else:
-        for a in alerts.itertuples():
-            show = st.error if a.state == "firing" else st.warning
-            show(f"**{a.alert}** {a.state} ({a.labels or 'all'}) since {a.since}: {a.summary}")
+        for a in alerts.to_dict("records"):
+            show = st.error if a["state"] == "firing" else st.warning
+            show(f"**{a['alert']}** {a['state']} ({a['labels'] or 'all'}) since {a['since']}: "
+                 f"{a['summary']}")
     health = data.health()
     snap = data.latest_snapshot(str(s.var_dir))
     if health is None:
