@@ -127,12 +127,17 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     write_json(layout.latest_snapshot, body)
     flagged = snap.spam.flagged.combined
     if flagged:
-        added = open_quarantine(settings).flag_detected(
-            spam.evidence(snap.spam, snap.window.end), pd.Timestamp(snap.window.start))
-        log.info("quarantine flagged=%d added=%s", len(flagged), added)
+        log.info("quarantine flagged=%d added=%s", len(flagged), quarantine(settings, snap))
     log.info("snapshot written end=%s recommendations=%d flagged=%d seconds=%s", stamp,
              snap.counts.recommendations, len(flagged), snap.compute_seconds)
     return snap
+
+
+def quarantine(settings: Settings, snap: Snapshot) -> list[int]:
+    """The users the snapshot's combined spam flag caught into the quarantine, with their
+    evidence; returns those newly quarantined."""
+    return open_quarantine(settings).flag_detected(
+        spam.evidence(snap.spam, snap.window.end), pd.Timestamp(snap.window.start))
 
 
 def cycle(settings: Settings) -> Snapshot:

@@ -171,3 +171,20 @@ def test_dashboard_reviews_the_quarantine_newest_first(settings):
         [9, "quarantined", "operator", "reported"],
         [7, "quarantined", "detector", "robust_rdma,robust_count"]]
     assert data.quarantine.__wrapped__(str(settings.var_dir / "none")).empty
+
+
+def test_the_analytics_cycle_quarantines_the_combined_flag_with_evidence(settings):
+    from backend.analytics import cycle
+    from tests.unit.test_analytics_snapshot import snapshot
+
+    snap = snapshot()
+    section = Spam(raters=2, flagged=SpamFlags(robust_burst=[7], robust_degsim=[7],
+                                               combined=[7]), three_sigma_line=None,
+                   users=[SpamUser(user_id=7, count=40, rdma=0.1, degsim=0.9, burst=40,
+                                   combined=True)])
+    snap = snap.model_copy(update={"spam": section})
+    assert cycle.quarantine(settings, snap) == [7]
+    assert cycle.quarantine(settings, snap) == []  # held already
+    entry = open_quarantine(settings).read().entries[7]
+    assert entry.evidence["detectors"] == ["robust_degsim", "robust_burst"]
+    assert entry.evidence["window_end"] == snap.window.end

@@ -69,11 +69,12 @@ def rarefied_concentration(items: np.ndarray, n_items: int, size: int, repeats: 
     per recommendation slot, `weights` its exposure, 1 when None) on `repeats` subsamples of
     `size` slots drawn without replacement.
 
-    Gini and top-n share of raw counts grow as the number of slots falls (fewer draws leave
+    Gini as `ranking.gini` (RecBole's GiniIndex, never-shown items counted as zero), top-10
+    share as `fairness.top_share`. Both grow as the number of slots falls (fewer draws leave
     more items at zero), so a quiet window looks concentrated. Rarefaction, as in ecology's
-    species richness (Hurlbert 1971; Gotelli & Colwell 2001), compares windows at one sample
-    size: the same `size` in every window removes the volume effect. None when the window
-    has fewer than `size` slots."""
+    species richness (Hurlbert 1971; Gotelli & Colwell 2001), compares windows at equal
+    sampling effort (`backend.analytics.feedback.sample_sizes` picks `size`). None when the
+    window has fewer than `size` slots."""
     items = np.asarray(items, dtype=np.int64)
     if size < 1 or len(items) < size or n_items < 1:
         return None
