@@ -22,7 +22,7 @@ import yaml
 
 from backend.core.errors import ConfigError
 from backend.core.settings import Settings
-from backend.ops.procs import cmdline, pid_alive, port_open, stop_pid
+from backend.ops.procs import live_pid, port_open, stop_pid
 
 log = logging.getLogger(__name__)
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -67,11 +67,7 @@ class EmbeddedPrometheus:
         return shutil.which("prometheus")
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) and "prometheus" in cmdline(pid) else None
+        return live_pid(self.pid_file, "prometheus")
 
     def status(self) -> dict[str, object]:
         pid = self.pid()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from backend.core.errors import ConfigError
 from backend.core.settings import KafkaSettings
-from backend.ops.procs import cmdline, pid_alive, port_open, stop_pid
+from backend.ops.procs import live_pid, port_open, stop_pid
 from backend.ops.tls import TlsFront
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,7 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) and "tansu" in cmdline(pid) else None
+        return live_pid(self.pid_file, "tansu")
 
     def status(self) -> dict[str, object]:
         pid = self.pid()

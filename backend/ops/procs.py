@@ -48,6 +48,16 @@ def cmdlines() -> Iterator[tuple[int, str]]:
             yield int(entry), cmd
 
 
+def live_pid(pid_file: Path, expect: str) -> int | None:
+    """The pid in `pid_file` if that process is alive and its command line names `expect`
+    (a stale file, or a pid reused by another program, is None)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) and expect in cmdline(pid) else None
+
+
 def stop_pid(pid: int, expect: str, timeout: float = 10.0) -> bool:
     """SIGTERM then SIGKILL a process we started, if its command line still names `expect`."""
     if not pid_alive(pid) or expect not in cmdline(pid):

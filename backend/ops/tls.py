@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from backend.core.errors import ConfigError
-from backend.ops.procs import cmdline, pid_alive, port_open, stop_pid
+from backend.ops.procs import live_pid, port_open, stop_pid
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,7 @@ class TlsFront:
         self.pid_file = run_dir / "stunnel.pid"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if pid_alive(pid) and "stunnel" in cmdline(pid) else None
+        return live_pid(self.pid_file, "stunnel")
 
     def start(self, timeout: float = 10.0) -> int:
         if (pid := self.pid()) is not None:

@@ -460,6 +460,34 @@ DASHBOARD_PAGES = {"": "Overview", "fairness": "Fairness", "feedback": "Feedback
                    "stream": "Stream"}
 
 
+def _start_dashboard(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """Streamlit on a free port in its own session, once it answers; (process, base URL)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "streamlit_app.py"),
+         "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        env=env, cwd=ROOT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/_stcore/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            _stop_dashboard(proc)
+            raise AssertionError("streamlit did not start")
+        time.sleep(0.5)
+
+
+def _stop_dashboard(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
 @pytest.mark.usefixtures("simulated")
 def test_dashboard_in_a_real_browser(served):
     """Every page in headless Chromium on the simulated traffic's data; the split control
@@ -469,26 +497,10 @@ def test_dashboard_in_a_real_browser(served):
     settings = served["settings"]
     snap = Snapshot.model_validate_json(
         (settings.var_dir / "analytics" / "latest.json").read_text())
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "streamlit_app.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        env=served["env"], cwd=ROOT, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, base = _start_dashboard(served["env"])
     screens = ROOT / "var" / "screens"
     screens.mkdir(parents=True, exist_ok=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "streamlit did not start"
-            time.sleep(0.5)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                          args=["--no-sandbox"])
@@ -536,8 +548,7 @@ def test_dashboard_in_a_real_browser(served):
             assert registry.aliases("A").production == before.previous
             browser.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        _stop_dashboard(proc)
         httpx.post(served["url"] + "/admin/split", json={"split": 0.5},
                    headers={"X-API-Key": ADMIN}, timeout=30)
         if "before" in locals() and before.production:
@@ -967,25 +978,8 @@ def test_a_refused_model_fires_its_alert_in_prometheus_and_on_the_dashboard(serv
             time.sleep(1)
         assert bad in get(served, "/health").json()["variants"]["B"]["refused"]
 
-        port = free_port()
-        env = served["env"] | {"RECO_PROMETHEUS__PORT": str(prom_port)}
-        dashboard = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run",
-             str(ROOT / "dashboard" / "streamlit_app.py"), "--server.address", "127.0.0.1",
-             "--server.port", str(port), "--server.headless", "true",
-             "--browser.gatherUsageStats", "false"],
-            env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "streamlit did not start"
-            time.sleep(0.5)
+        dashboard, base = _start_dashboard(
+            served["env"] | {"RECO_PROMETHEUS__PORT": str(prom_port)})
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                          args=["--no-sandbox"])
@@ -998,7 +992,6 @@ def test_a_refused_model_fires_its_alert_in_prometheus_and_on_the_dashboard(serv
             browser.close()
     finally:
         if dashboard is not None:
-            os.killpg(dashboard.pid, signal.SIGTERM)
-            dashboard.wait(timeout=30)
+            _stop_dashboard(dashboard)
         prom.stop()
         registry.set_alias("B", "production", good)
