@@ -250,6 +250,13 @@ def fmt(value: float | None, spec: str = ".4f", missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
+def interval_text(low: float | None, high: float | None, spec: str = ".2f") -> str:
+    """"[low, high]", or "not available" without one (no ratio, no shown head item)."""
+    if low is None or high is None:
+        return "not available"
+    return f"[{format(low, spec)}, {format(high, spec)}]"
+
+
 def fairness_frame(snap: Snapshot) -> pd.DataFrame:
     rows = []
     for v, f in snap.fairness.items():

@@ -105,11 +105,14 @@ class GroupRates(Section):
 class Tail(Section):
     """Head, mid and tail by popularity before the window (the training window): the share
     of each group's items recommended at least once, each group's share of the position-
-    weighted exposure, and the head/tail ratio of the rates."""
+    weighted exposure, and the head/tail ratio of the rates with its 95% interval; starved
+    when the interval lies above the limit."""
 
     rates: GroupRates
     exposure_share: GroupRates | None = None  # None without recommendations
     head_tail_ratio: Figure  # None: `reason` says why (no tail item shown, no traffic)
+    ratio_ci_low: Figure = None  # None without a ratio or without a shown head item
+    ratio_ci_high: Figure = None
     starved: bool
     limit: float
     reason: str | None = None
@@ -183,6 +186,8 @@ class SpamFlags(Section):
     robust_rdma: list[int] = Field(default_factory=list)
     robust_degsim: list[int] = Field(default_factory=list)
     robust_burst: list[int] = Field(default_factory=list)
+    target: list[int] = Field(default_factory=list)  # rated a pushed (or nuked) item
+    flood: list[int] = Field(default_factory=list)  # spam_flood ratings in one bucket
     combined: list[int] = Field(default_factory=list)
 
     def by_detector(self) -> list[tuple[str, list[int]]]:
@@ -196,6 +201,7 @@ class SpamUser(Section):
     rdma: float
     degsim: Figure  # None when DegSim was not computed for the user (a sampled window)
     burst: int
+    pushed: int = 0  # pushed or nuked items the user rated at that value
     combined: bool
 
 

@@ -3,6 +3,7 @@ ratings; the users the combined flag catches go to the quarantine the retrain jo
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 from pydantic import JsonValue
 
@@ -13,10 +14,17 @@ from backend.ml.metrics import spam as detectors
 LOUDEST = 300  # raters listed with their features (the dashboard's scatter)
 
 
-def compute(cfg: AnalyticsSettings, ratings: pd.DataFrame, top: int = LOUDEST) -> Spam:
+def compute(cfg: AnalyticsSettings, ratings: pd.DataFrame, past: pd.DataFrame | None = None,
+            unprompted: np.ndarray | None = None, top: int = LOUDEST) -> Spam:
     """Flags of every detector, the three-sigma line, and the `top` loudest raters with
-    every user the combined flag caught (their scores are the quarantine's evidence)."""
-    flags = detectors.detect(ratings, cfg.spam_z, cfg.spam_bucket)
+    every user the combined flag caught (their scores are the quarantine's evidence).
+    `past`: the ratings before the window (the pushed-item test's base rate); `unprompted`:
+    per rating, its item had not been recommended to its rater (only those count as a push:
+    a recommendation explains a rating)."""
+    flags = detectors.detect(ratings, cfg.spam_z, cfg.spam_bucket, past=past,
+                             alpha=cfg.spam_alpha, min_raters=cfg.spam_min_raters,
+                             purity=cfg.spam_purity, flood=cfg.spam_flood,
+                             unprompted=unprompted)
     if flags.empty:
         return Spam(raters=0, flagged=SpamFlags(), three_sigma_line=None, users=[])
     ranked = flags.sort_values("count", ascending=False)
@@ -28,7 +36,8 @@ def compute(cfg: AnalyticsSettings, ratings: pd.DataFrame, top: int = LOUDEST) -
         three_sigma_line=float(flags["count"].mean() + 3 * flags["count"].std(ddof=0)),
         users=[SpamUser(user_id=int(r["user_id"]), count=int(r["count"]), rdma=float(r["rdma"]),
                         degsim=None if pd.isna(r["degsim"]) else float(r["degsim"]),
-                        burst=int(r["burst"]), combined=bool(r["combined"]))
+                        burst=int(r["burst"]), pushed=int(r["pushed"]),
+                        combined=bool(r["combined"]))
                for _, r in loudest.reset_index().iterrows()])
 
 
@@ -43,6 +52,6 @@ def evidence(section: Spam, window_end: str) -> dict[int, dict[str, JsonValue]]:
         entry: dict[str, JsonValue] = {"detectors": list(by), "window_end": window_end}
         if (row := scores.get(user)) is not None:
             entry |= {"ratings": row.count, "rdma": row.rdma, "degsim": row.degsim,
-                      "burst": row.burst}
+                      "burst": row.burst, "pushed": row.pushed}
         out[user] = entry
     return out

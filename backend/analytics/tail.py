@@ -48,14 +48,17 @@ def popularity_groups(cfg: AnalyticsSettings, win: LogWindow) -> np.ndarray:
 
 def arm_tail(cfg: AnalyticsSettings, exposure: ArmExposure, groups: np.ndarray) -> Tail:
     """Share of each group's items recommended at least once, each group's share of the
-    position-weighted exposure, and the head/tail ratio of the rates."""
+    position-weighted exposure, and the head/tail ratio of the rates with its interval
+    (starved when the interval lies above `starvation_ratio`)."""
     shown = exposure.counts > 0
     rates = {name: float(shown[groups == g].mean()) if (groups == g).any() else 0.0
              for g, name in enumerate(GROUPS)}
     total = exposure.weighted[groups >= 0].sum()
     share = GroupRates(**{name: float(exposure.weighted[groups == g].sum() / total)
                           for g, name in enumerate(GROUPS)}) if total > 0 else None
-    starved = feedback.starvation(rates, cfg.starvation_ratio)
+    sizes = {name: int((groups == g).sum()) for g, name in enumerate(GROUPS)}
+    starved = feedback.starvation(rates, cfg.starvation_ratio, sizes)
     return Tail(rates=GroupRates(**rates), exposure_share=share,
-                head_tail_ratio=starved["head_tail_ratio"], starved=starved["starved"],
+                head_tail_ratio=starved["head_tail_ratio"], ratio_ci_low=starved["ci_low"],
+                ratio_ci_high=starved["ci_high"], starved=starved["starved"],
                 limit=starved["limit"], reason=starved["reason"])

@@ -164,6 +164,19 @@ class LogWindow:
         return self.rating[self.during(self.rating_ts)]
 
     @cached_property
+    def rating_before(self) -> pd.DataFrame:
+        """Every rating before the window (its past)."""
+        return self.rating[self.rating_ts < self.start]
+
+    def unprompted(self, reco: RecoLog, frame: pd.DataFrame) -> np.ndarray:
+        """Per row of `frame` (user_id, item_id): the item had not been recommended to the
+        user by the window's end."""
+        shown = reco.ts[self.row] < self.end
+        keys = np.unique(_pair(reco.user[self.row][shown], reco.items[shown]))
+        return ~np.isin(_pair(frame["user_id"].to_numpy(np.int64),
+                              frame["item_id"].to_numpy(np.int64)), keys)
+
+    @cached_property
     def watch_upto(self) -> pd.DataFrame:
         """Every watch before the window's end (the window and its past)."""
         return self.watch[self.watch_ts < self.end]
@@ -184,6 +197,11 @@ class LogWindow:
             counts=np.bincount(idx, minlength=len(self.catalog)).astype(float),
             weighted=np.bincount(idx, weights=1.0 / np.log2(self.positions[sel] + 2.0),
                                  minlength=len(self.catalog)))
+
+
+def _pair(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """One int64 key per (user, item): both ids are below 2^31."""
+    return (users.astype(np.int64) << 31) | items.astype(np.int64)
 
 
 def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:

@@ -238,6 +238,14 @@ class AnalyticsSettings(BaseModel):
     starvation_ratio: float = Field(1.3, gt=0)
     spam_z: float = Field(3.5, gt=0)
     spam_bucket: str = "1min"
+    spam_alpha: float = Field(0.01, gt=0, lt=1, description="family-wise error rate of the "
+                              "pushed-item test per window and rating value")
+    spam_purity: float = Field(0.9, gt=0, lt=1, description="least share of a pushed item's "
+                               "raters at the value beyond what its past rate explains")
+    spam_min_raters: int = Field(3, ge=2, description="least raters at one value for an "
+                                 "item to count as pushed")
+    spam_flood: int = Field(60, ge=2, description="ratings within one spam_bucket that no "
+                            "person posts (a flood)")
     sequential_tuning: float = Field(
         5000, gt=0, description="users (both arms) at which the always-valid interval is "
         "narrowest (GrowthBook's sequential tuning parameter)")

@@ -46,8 +46,10 @@ def body() -> None:
             col.metric(f"{v}: head/tail ratio", data.fmt(ratio, ".2f", missing="no ratio"),
                        delta="starved" if tail.starved else (tail.reason or "ok"),
                        delta_color="inverse" if tail.starved else "off",
-                       help=f"recommendation rate of head items / tail items, by "
-                            f"popularity before the window; starvation above {tail.limit}"
+                       help=f"share of head items recommended / share of tail items, by "
+                            f"popularity before the window, with Katz's 95% interval "
+                            f"{data.interval_text(tail.ratio_ci_low, tail.ratio_ci_high)}; "
+                            f"starved when the interval lies above {tail.limit}"
                             + (f"; {tail.reason}" if tail.reason else ""))
     tails = data.tail_frame(snap)
     left, right = st.columns(2)

@@ -17,8 +17,11 @@ def body() -> None:
         cols = st.columns(3)
         cols[0].metric("raters in window", sp.raters)
         cols[1].metric("flagged (combined)", len(sp.flagged.combined),
-                       help="a volume outlier (robust z of count or burst > 3.5) whose "
-                            "profile is also abnormal (RDMA or DegSim)")
+                       help="rated a pushed or nuked item (more unprompted top or bottom "
+                            "ratings in the window than its past rate explains), a flood "
+                            "(spam_flood ratings in a minute), or a volume outlier (robust "
+                            "z of count or burst > spam_z) whose profile is also abnormal "
+                            "(RDMA or DegSim)")
         held = data.quarantine(str(s.var_dir))
         cols[2].metric("quarantined users", int((held["status"] == "quarantined").sum()),
                        help="left out of every retrain until an operator releases them "

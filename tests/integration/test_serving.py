@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck
@@ -995,3 +996,92 @@ def test_a_refused_model_fires_its_alert_in_prometheus_and_on_the_dashboard(serv
             _stop_dashboard(dashboard)
         prom.stop()
         registry.set_alias("B", "production", good)
+
+
+@pytest.mark.usefixtures("simulated")  # a lake with a past for the pushed-item test
+def test_a_planted_push_attack_fires_spam_flagged_in_prometheus_and_on_the_dashboard(
+        served, tmp_path):
+    """Eight new users post, through the API with the client key, one unpopular film at 5
+    and four fillers each; the scheduler's analytics (a 2-minute window, every 5 s) flag
+    and quarantine them, its Ray gauge reaches Debian's Prometheus with the shipped rules,
+    SpamFlagged fires (checked absent beforehand) and the overview shows it."""
+    from playwright.sync_api import sync_playwright
+
+    from backend.ops.alerting import EmbeddedPrometheus
+    from registry import open_quarantine
+
+    settings = served["settings"]
+    prom_port = free_port()
+    prom = EmbeddedPrometheus(Settings(
+        var_dir=tmp_path / "var", serve={"port": int(served["env"]["RECO_SERVE__PORT"])},
+        ray={"metrics_export_port": served["head"].cfg.metrics_export_port},
+        prometheus={"port": prom_port, "scrape_interval": 1, "evaluation_interval": 1}))
+    env = {k: v for k, v in served["env"].items() if k.startswith("RECO_")} | {
+        "RECO_SCHEDULE__RETRAIN_INTERVAL": "100000", "RECO_SCHEDULE__ANALYZE_INTERVAL": "5",
+        "RECO_ANALYTICS__WINDOW_MINUTES": "2"}
+    client = served["head"].job_client()
+    job = client.submit_job(entrypoint=f"{sys.executable} -m jobs.schedule --tick 1",
+                            submission_id=f"reco-schedule-spam-{int(time.time())}",
+                            runtime_env={"env_vars": env})
+    prom.start()
+    dashboard = None
+
+    def spam_alerts() -> list[dict]:
+        body = httpx.get(prom.url + "/api/v1/alerts", timeout=5).json()
+        return [a for a in body["data"]["alerts"] if a["labels"]["alertname"] == "SpamFlagged"]
+
+    def flagged_now() -> float | None:
+        body = httpx.get(prom.url + "/api/v1/query", timeout=5,
+                         params={"query": "max(ray_reco_analytics_spam_flagged)"}).json()
+        result = body["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    bots = list(range(70_001, 70_009))
+    try:
+        # the simulator's bots (the fixture's traffic) leave the 2-minute window first
+        deadline = time.monotonic() + 300
+        while flagged_now() != 0.0:
+            assert time.monotonic() < deadline, (flagged_now(), client.get_job_logs(job)[-2000:])
+            time.sleep(2)
+        time.sleep(3)
+        assert spam_alerts() == []
+        rng = np.random.default_rng(11)
+        fillers = rng.choice(np.arange(1, 400), (len(bots), 4), replace=False)
+        for bot, filler in zip(bots, fillers, strict=True):
+            for item, rating in [(1500, 5), *((int(i), 3) for i in filler)]:
+                r = httpx.post(served["url"] + "/rate", headers={"X-API-Key": CLIENT},
+                               json={"user_id": bot, "item_id": item, "rating": rating},
+                               timeout=30)
+                assert r.status_code == 202, r.text
+        time.sleep(2)  # the ingress flushes its producer every second
+        out = subprocess.run([sys.executable, "-m", "jobs.ingest", "--once"],
+                             env=served["env"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        deadline = time.monotonic() + 120
+        while not any(a["state"] == "firing" for a in spam_alerts()):
+            assert time.monotonic() < deadline, (flagged_now(), httpx.get(
+                prom.url + "/api/v1/alerts").text)
+            time.sleep(1)
+        store = open_quarantine(settings)
+        assert set(bots) <= store.held()
+        entries = store.read().entries
+        assert all("target" in entries[b].evidence["detectors"] for b in bots), entries
+
+        dashboard, base = _start_dashboard(
+            served["env"] | {"RECO_PROMETHEUS__PORT": str(prom_port)})
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                         args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(base)
+            page.get_by_text("users flagged as rating spam").first.wait_for(timeout=60_000)
+            shown = page.locator('[data-testid="stAlert"]').all_inner_texts()
+            assert any("SpamFlagged firing" in t for t in shown), shown
+            browser.close()
+    finally:
+        if dashboard is not None:
+            _stop_dashboard(dashboard)
+        prom.stop()
+        client.stop_job(job)
+        _stop_leftover_drivers(settings.var_dir, ("jobs.schedule",))

@@ -111,10 +111,27 @@ def test_popularity_groups_rates_and_starvation():
     assert s["head_tail_ratio"] == pytest.approx(3.0) and s["starved"]
     assert feedback.starvation({"head": 0.5, "tail": 0.5})["starved"] is False
     assert feedback.starvation({"head": 0.5, "tail": 0.0}) == {
-        "head_tail_ratio": None, "starved": True, "limit": 1.3,
-        "reason": "no tail item was recommended"}
+        "head_tail_ratio": None, "ci_low": None, "ci_high": None, "starved": True,
+        "limit": 1.3, "reason": "no tail item was recommended"}
     nothing = feedback.starvation({"head": 0.0, "tail": 0.0})
     assert not nothing["starved"] and nothing["reason"] == "nothing was recommended"
+
+
+def test_head_tail_ratio_interval_matches_statsmodels_and_decides_starvation():
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    # 30 of 100 head items shown, 10 of 100 tail items: ratio 3
+    s = feedback.starvation({"head": 0.3, "tail": 0.1}, 1.3, {"head": 100, "tail": 100})
+    ref = confint_proportions_2indep(30, 100, 10, 100, method="log", compare="ratio")
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx(ref, rel=1e-6)
+    assert s["head_tail_ratio"] == pytest.approx(3.0) and s["starved"]  # 1.55 > 1.3
+    # the same ratio on 10-item groups: the interval reaches below the limit, not starved
+    small = feedback.starvation({"head": 0.3, "tail": 0.1}, 1.3, {"head": 10, "tail": 10})
+    assert small["head_tail_ratio"] == pytest.approx(3.0) and small["ci_low"] < 1.3
+    assert not small["starved"]
+    none_shown = feedback.starvation({"head": 0.0, "tail": 0.2}, 1.3, {"head": 5, "tail": 5})
+    assert none_shown["head_tail_ratio"] == 0.0 and none_shown["ci_low"] is None
+    assert not none_shown["starved"]
 
 
 def test_spam_detectors_hand_computed():
@@ -216,3 +233,60 @@ def test_spam_detect_samples_degsim_on_many_users_and_still_flags_the_loud_copie
     flags = spam.detect(frame, sample=50)
     assert flags["degsim"].notna().sum() < len(flags)  # sampled
     assert set(flags.index[flags["combined"]]) == set(range(1000, 1005))
+
+
+def _window_ratings(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
+    t0 = pd.Timestamp("2024-01-01", tz="UTC")
+    return pd.DataFrame([(u, i, r, t0 + pd.Timedelta(minutes=n)) for n, (u, i, r)
+                         in enumerate(rows)], columns=["user_id", "item_id", "rating", "ts"])
+
+
+def test_pushed_items_poisson_scan_hand_computed():
+    # past: 5-star ratings of items 1 (90), 2 (9), none of 3; add-one shares over the 3 items
+    past = pd.DataFrame({"item_id": [1] * 90 + [2] * 9 + [3] * 4,
+                         "rating": [5] * 99 + [2] * 4})
+    # window: 20 five-star ratings: item 1 by 14 users, item 3 by 4 users, item 2 by 2
+    rows = [(u, 1, 5) for u in range(14)] + [(100 + u, 3, 5) for u in range(4)] + [
+        (200, 2, 5), (201, 2, 5), (300, 2, 1)]
+    out = spam.pushed_items(_window_ratings(rows), past, 5)
+    share = {1: 91 / 102, 2: 10 / 102, 3: 1 / 102}
+    for item, x in {1: 14, 2: 2, 3: 4}.items():
+        lam = 20 * share[item]
+        tail = 1 - sum(math.exp(-lam) * lam**k / math.factorial(k) for k in range(x))
+        assert out.loc[item, "expected"] == pytest.approx(lam)
+        assert out.loc[item, "p_value"] == pytest.approx(tail)
+        assert out.loc[item, "raters"] == x
+    # item 3: p = 2.1e-5 < 0.01 / 3 and its excess is 95% of its raters; item 1 is as
+    # expected, item 2 has too few raters
+    assert out["pushed"].to_dict() == {1: False, 2: False, 3: True}
+    # no past, no rate to test against; a stricter purity spares item 3 (lambda 0.196 > 0.04)
+    assert not spam.pushed_items(_window_ratings(rows), None, 5)["pushed"].any()
+    assert not spam.pushed_items(_window_ratings(rows), past, 5, purity=0.99)["pushed"].any()
+    # ratings the recommender prompted do not count
+    prompted = np.array([True] * 14 + [False] * 4 + [True] * 3)
+    out = spam.pushed_items(_window_ratings(rows), past, 5, unprompted=~prompted)
+    assert out["raters"].to_dict() == {3: 4} and bool(out.loc[3, "pushed"])
+
+
+def test_combined_flags_a_quiet_push_and_a_flood_by_one_user():
+    rng = np.random.default_rng(3)
+    past = pd.DataFrame({"item_id": rng.integers(1, 200, 5000), "rating": 5})
+    past = pd.concat([past, pd.DataFrame({"item_id": [999], "rating": [1]})])
+    honest = [(u, int(i), int(rng.integers(1, 6))) for u in range(200)
+              for i in rng.choice(np.arange(1, 200), 5, replace=False)]
+    # four bots shaped like honest users (5 ratings, spread out) who all rate item 999 at 5
+    quiet = [(1000 + b, int(i), int(rng.integers(1, 6))) for b in range(4)
+             for i in rng.choice(np.arange(1, 200), 4, replace=False)]
+    quiet += [(1000 + b, 999, 5) for b in range(4)]
+    frame = _window_ratings(honest + quiet)
+    frame["ts"] = frame["ts"].sample(frac=1, random_state=0).to_numpy()
+    # one user posting 300 ratings in 30 seconds, values cycling 1..5 (tried from outside)
+    t0 = frame["ts"].min()
+    flood = pd.DataFrame({"user_id": 5000, "item_id": np.arange(300) % 200 + 1,
+                          "rating": np.arange(300) % 5 + 1,
+                          "ts": [t0 + pd.Timedelta(seconds=s / 10) for s in range(300)]})
+    flags = spam.detect(pd.concat([frame, flood], ignore_index=True), past=past)
+    assert set(flags.index[flags["target"]]) == {1000, 1001, 1002, 1003}
+    assert set(flags.index[flags["flood"]]) == {5000}
+    assert set(flags.index[flags["combined"]]) == {1000, 1001, 1002, 1003, 5000}
+    assert flags.loc[1000, "pushed"] == 1 and not flags.loc[1000, "robust_count"]

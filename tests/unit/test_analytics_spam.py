@@ -41,3 +41,21 @@ def test_flags_line_and_loudest_raters():
     assert len(out.users) == 5 and [u.count for u in out.users[:3]] == [30, 30, 30]
     assert {u.user_id for u in out.users[:3]} == {901, 902, 903}
     assert all(u.combined == (u.user_id > 900) for u in out.users)
+
+
+def test_a_push_needs_unprompted_ratings_beyond_the_items_past_rate():
+    """Four users rate item 6 at 5 within the hour; its past (the day before) has none."""
+    from tests.unit.analytics_cases import reco_log, window
+
+    past = [(60 * 24 + n, 50 + n % 30, 1 + n % 5, 5) for n in range(300)]
+    now = [(30.0, u, 6, 5) for u in (1, 2, 3, 4)] + [(20.0, 9, 2, 4)]
+    frame = ratings(past + now)
+    shown = reco_log([(40.0, u, "A", [6, 1]) for u in (1, 2, 3, 4)])
+    unshown = reco_log([(40.0, u, "A", [1, 2]) for u in (1, 2, 3, 4)])
+    for reco, pushed in ((unshown, [1, 2, 3, 4]), (shown, [])):
+        win = window(reco, rating=frame)
+        out = spam.compute(CFG, win.rating_in, win.rating_before[["item_id", "rating"]],
+                           win.unprompted(reco, win.rating_in))
+        assert out.flagged.target == pushed and out.flagged.combined == pushed
+    assert window(shown, rating=frame).unprompted(shown, ratings(now)).tolist() == [
+        False] * 4 + [True]

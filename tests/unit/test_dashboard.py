@@ -231,6 +231,8 @@ def test_frame_builders_read_the_snapshot():
     detectors = data.detector_frame(snap)
     assert detectors["detector"].tolist()[-1] == "combined"
     assert data.fmt(None) == "-" and data.fmt(0.25, ".1%") == "25.0%"
+    assert data.interval_text(1.234, 5.0) == "[1.23, 5.00]"
+    assert data.interval_text(None, 2.0) == "not available"
 
 
 def test_ab_page_shows_the_audit_trail_newest_first(var):

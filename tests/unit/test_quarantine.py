@@ -105,7 +105,7 @@ def test_evidence_names_the_detectors_and_scores():
     assert spam.evidence(section, "2026-01-01 12:00:00+00:00") == {7: {
         "detectors": ["three_sigma", "robust_count", "robust_rdma"],
         "window_end": "2026-01-01 12:00:00+00:00", "ratings": 300, "rdma": 1.2,
-        "degsim": None, "burst": 150}}
+        "degsim": None, "burst": 150, "pushed": 0}}
 
 
 def test_admin_api_reviews_releases_and_flags_with_an_audit_record(tmp_path):

@@ -3,6 +3,7 @@ homogenisation, and long-tail starvation."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -147,14 +148,27 @@ def group_recommendation_rates(lists: Iterable[Sequence[int]], groups: Mapping[i
     return {g: hits[g] / sizes[g] for g in sorted(sizes)}
 
 
-def starvation(rates: Mapping[str, float], max_ratio: float = 1.3) -> dict:
-    """Head/tail ratio of recommendation rates; starvation when above `max_ratio`. Without
-    a shown tail item the ratio has no value: starved when the head was shown (`reason`
-    says so), not judged when nothing was shown."""
+def starvation(rates: Mapping[str, float], max_ratio: float = 1.3,
+               sizes: Mapping[str, int] | None = None, confidence: float = 0.95) -> dict:
+    """Head/tail ratio of recommendation rates (the share of each group's items shown).
+    With `sizes` (items per group) the ratio gets Katz's log interval for a ratio of two
+    independent proportions (Katz et al. 1978; statsmodels' `confint_proportions_2indep`,
+    method "log"), an item shown or not being one trial, and starvation is when the
+    interval lies above `max_ratio`; without, when the point does. Without a shown tail
+    item the ratio has no value: starved when the head was shown (`reason` says so), not
+    judged when nothing was shown; without a shown head item it is 0 with no interval."""
     head, tail = rates.get("head", 0.0), rates.get("tail", 0.0)
     if tail > 0:
-        return {"head_tail_ratio": head / tail, "starved": head / tail > max_ratio,
+        ratio = head / tail
+        low = high = None
+        if sizes is not None and head > 0:
+            h, t = head * sizes["head"], tail * sizes["tail"]
+            se = math.sqrt(1 / h - 1 / sizes["head"] + 1 / t - 1 / sizes["tail"])
+            z = float(stats.norm.ppf(0.5 + confidence / 2))
+            low, high = ratio * math.exp(-z * se), ratio * math.exp(z * se)
+        starved = (low if low is not None else ratio) > max_ratio
+        return {"head_tail_ratio": ratio, "ci_low": low, "ci_high": high, "starved": starved,
                 "limit": max_ratio, "reason": None}
     reason = "no tail item was recommended" if head > 0 else "nothing was recommended"
-    return {"head_tail_ratio": None, "starved": head > 0, "limit": max_ratio,
-            "reason": reason}
+    return {"head_tail_ratio": None, "ci_low": None, "ci_high": None, "starved": head > 0,
+            "limit": max_ratio, "reason": reason}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from backend.ml.indexing import incidence
 
@@ -69,25 +70,87 @@ def burst_rate(ratings: pd.DataFrame, bucket: str = "1min") -> pd.Series:
     return ratings.groupby([ratings["user_id"], ts]).size().groupby(level=0).max()
 
 
-COLUMNS = ["count", "rdma", "degsim", "burst", "three_sigma", "robust_count", "robust_rdma",
-           "robust_degsim", "robust_burst", "combined"]
+def pushed_items(ratings: pd.DataFrame, past: pd.DataFrame | None, value: float,
+                 alpha: float = 0.01, min_raters: int = 3, purity: float = 0.9,
+                 unprompted: np.ndarray | None = None) -> pd.DataFrame:
+    """Items rated `value` (the scale's top: a push; its bottom: a nuke) by more distinct
+    users in the window than their past rate explains: a scan statistic on the target.
+
+    x_i = distinct users who rated item i `value` in the window (only the `unprompted`
+    ratings: items the rater was not recommended, when the caller knows); under "no attack"
+    x_i ~ Poisson(lambda_i), lambda_i = N x s_i, N = the window's ratings at `value`, s_i =
+    the item's share of past ratings at `value`, add-one smoothed over the items seen.
+    p_i = P(X >= x_i); an item is pushed when x_i >= `min_raters`, p_i < `alpha` / m
+    (Bonferroni over the m items with x_i >= 1) and the excess is at least `purity` of its
+    raters (lambda_i <= (1 - purity) x_i): at most 1 - `purity` of the users its flag
+    names are expected to be honest. The last rule spares a popular item an attack rates
+    beside its target (bandwagon) and an honest item whose hour runs hot. Whatever a push
+    attack's profiles look like (random, average, bandwagon, segment or copied from real
+    users), every profile carries the target at `value`, and an item an hour normally gives
+    almost no such ratings cannot take several at once (the target-focused view of Mobasher
+    et al. 2007; the time-window view of Zhang et al. 2006). Without `past` there is no rate
+    to test against: no item is flagged. Columns: raters, expected, p_value, pushed."""
+    at = ratings["rating"].to_numpy() == value
+    if unprompted is not None:
+        at &= unprompted
+    hits = ratings.loc[at].groupby("item_id")["user_id"].nunique()
+    if past is None or past.empty or hits.empty:
+        return pd.DataFrame({"raters": hits, "expected": np.nan, "p_value": np.nan,
+                             "pushed": False})
+    before = past.loc[past["rating"].to_numpy() == value].groupby("item_id").size()
+    seen = before.index.union(ratings["item_id"].unique())
+    share = (before.reindex(seen, fill_value=0) + 1.0) / (before.sum() + len(seen))
+    lam = float((ratings["rating"].to_numpy() == value).sum()) * share.reindex(hits.index)
+    p = pd.Series(stats.poisson.sf(hits.to_numpy() - 1, lam.to_numpy()), index=hits.index)
+    return pd.DataFrame({"raters": hits, "expected": lam, "p_value": p,
+                         "pushed": (hits >= min_raters) & (p < alpha / len(hits))
+                         & (lam <= (1.0 - purity) * hits)})
 
 
-def detect(ratings: pd.DataFrame, z: float = 3.5, bucket: str = "1min",
-           sample: int = 3000) -> pd.DataFrame:
+COLUMNS = ["count", "rdma", "degsim", "burst", "pushed", "three_sigma", "robust_count",
+           "robust_rdma", "robust_degsim", "robust_burst", "target", "flood", "combined"]
+
+
+def target_raters(ratings: pd.DataFrame, past: pd.DataFrame | None,
+                  scale: tuple[float, float] = (1.0, 5.0), alpha: float = 0.01,
+                  min_raters: int = 3, purity: float = 0.9,
+                  unprompted: np.ndarray | None = None) -> pd.Series:
+    """Per user, how many pushed (top value) or nuked (bottom value) items (`pushed_items`)
+    they rated at that value in the window."""
+    out = pd.Series(0, index=pd.Index(ratings["user_id"].unique(), name="user_id"))
+    for value in (scale[1], scale[0]):
+        items = pushed_items(ratings, past, value, alpha, min_raters, purity, unprompted)
+        pushed = items.index[items["pushed"].to_numpy(bool)]
+        at = (ratings["rating"].to_numpy() == value) & ratings["item_id"].isin(pushed).to_numpy()
+        if unprompted is not None:
+            at &= unprompted
+        hit = ratings.loc[at].groupby("user_id")["item_id"].nunique()
+        out = out.add(hit, fill_value=0)
+    return out.astype(int)
+
+
+def detect(ratings: pd.DataFrame, z: float = 3.5, bucket: str = "1min", sample: int = 3000,
+           past: pd.DataFrame | None = None, alpha: float = 0.01, min_raters: int = 3,
+           purity: float = 0.9, flood: float = 60, unprompted: np.ndarray | None = None,
+           ) -> pd.DataFrame:
     """Per-user features and flags: three-sigma on counts; robust z (> `z`) on counts, RDMA,
-    DegSim and burst rate; `combined` = a volume outlier (count or burst) whose profile is
-    also abnormal (RDMA: disagrees with the crowd; or DegSim: a near-copy of other raters).
+    DegSim and burst rate; `target`: rated an item the window pushes or nukes beyond its
+    past rate (`pushed_items` against `past`, the ratings before the window); `flood`: at
+    least `flood` ratings within one `bucket` (MovieLens's most prolific rater posted 30 in a
+    minute); `combined` = `target`, `flood`, or a volume outlier (count or burst) whose
+    profile is also abnormal (RDMA: disagrees with the crowd; or DegSim: a near-copy of
+    other raters).
 
     Volume alone flags honest heavy users, RDMA alone honest contrarians, DegSim alone small
-    groups of like-minded fans; a shilling profile is loud and abnormal at once (Chirita et
-    al. 2005 combine their features the same way)."""
+    groups of like-minded fans; a loud shilling profile is loud and abnormal at once
+    (Chirita et al. 2005 combine their features the same way). A quiet one, shaped like an
+    honest user, still has to rate its target: the target test needs no volume."""
     if ratings.empty:
         return pd.DataFrame(columns=COLUMNS)
     counts = ratings.groupby("user_id").size().astype(float)
     burst = burst_rate(ratings, bucket).astype(float)
     # DegSim on every user up to `sample` of them; beyond, on a seeded sample (for its median
-    # and MAD) plus the volume outliers, the only users the combined flag can pick
+    # and MAD) plus the volume outliers, the only users the volume rule can pick
     users = counts.index.to_numpy()
     only = None
     if len(users) > sample:
@@ -96,11 +159,17 @@ def detect(ratings: pd.DataFrame, z: float = 3.5, bucket: str = "1min",
         only = np.union1d(rng.choice(users, sample, replace=False), loud)
     frame = pd.DataFrame({"count": counts, "rdma": rdma(ratings),
                           "degsim": degsim(ratings, only=only), "burst": burst})
+    frame["pushed"] = target_raters(ratings, past, alpha=alpha, min_raters=min_raters,
+                                    purity=purity, unprompted=unprompted).reindex(
+        frame.index, fill_value=0)
     frame["three_sigma"] = three_sigma(frame["count"])
     for col in ("count", "rdma", "degsim", "burst"):
         frame[f"robust_{col}"] = (robust_z(frame[col]) > z).fillna(False).astype(bool)
-    frame["combined"] = ((frame["robust_count"] | frame["robust_burst"])
-                         & (frame["robust_rdma"] | frame["robust_degsim"]))
+    frame["target"] = frame["pushed"] > 0
+    frame["flood"] = frame["burst"] >= flood
+    frame["combined"] = frame["target"] | frame["flood"] | (
+        (frame["robust_count"] | frame["robust_burst"])
+        & (frame["robust_rdma"] | frame["robust_degsim"]))
     frame.index.name = "user_id"
     return frame
 
