@@ -62,17 +62,20 @@ def group_rates(df: pd.DataFrame, column: str = "rate") -> alt.Chart:
     ).properties(height=220)
 
 
-def rating_counts(df: pd.DataFrame, three_sigma: float) -> alt.Chart:
-    """Ratings per user in the window with the 3-sigma line (columns: user_id, count,
-    flagged)."""
-    points = alt.Chart(df, title="ratings per user in the window").mark_circle(size=40).encode(
-        x=alt.X("user_id:Q"), y=alt.Y("count:Q", title="ratings"),
-        color=alt.Color("flagged:N", scale=alt.Scale(domain=[False, True],
-                                                     range=["#9d9d9d", "#e45756"])),
-        tooltip=["user_id", "count", "flagged"])
-    line = alt.Chart(pd.DataFrame({"y": [three_sigma]})).mark_rule(
-        strokeDash=[4, 4], color="black").encode(y="y:Q")
-    return (points + line).properties(height=240)
+def rating_counts(hist: pd.DataFrame, flagged: pd.DataFrame, lines: pd.DataFrame) -> alt.Chart:
+    """How many users posted how many ratings in the window (bars, users on a log scale),
+    the 3-sigma and robust-z lines, and each flagged user as a red tick at their count
+    (columns: hist count, users; flagged user_id, count; lines rule, x)."""
+    x = alt.X("count:Q", title="ratings per user in the window")
+    bars = alt.Chart(hist, title="ratings per user: distribution, limits, flagged users") \
+        .mark_bar(color="#9d9d9d").encode(
+            x=x, y=alt.Y("users:Q", scale=alt.Scale(type="symlog"), title="users"),
+            tooltip=["count:Q", "users:Q"])
+    ticks = alt.Chart(flagged).mark_tick(color="#e45756", thickness=2, size=18).encode(
+        x=x, tooltip=["user_id:Q", "count:Q"])
+    rules = alt.Chart(lines).mark_rule(strokeDash=[4, 4]).encode(
+        x="x:Q", color=alt.Color("rule:N", title=None), tooltip=["rule:N", "x:Q"])
+    return (bars + ticks + rules).properties(height=240)
 
 
 def interval_bars(df: pd.DataFrame) -> alt.Chart:

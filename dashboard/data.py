@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from pydantic import ValidationError
 from backend.analytics.snapshot import Snapshot, Trend
 from backend.core.files import read_jsonl
 from backend.core.layout import StoreLayout
+from backend.core.requests import RetrainRequest, pending_retrain
 from backend.core.settings import Settings
+from backend.data.deadletters import reason as dead_letter_reason
 from backend.data.events import EVENT_MODELS
 from backend.data.lake import Lake
 from backend.serving.schemas import HealthResponse
@@ -121,11 +124,12 @@ def alerts(base_url: str) -> pd.DataFrame | None:
     return frame.sort_values(["state", "alert"], ascending=[True, True], ignore_index=True)
 
 
-@st.cache_data(ttl=10)
-def audit_frame(var_dir: str, last: int = 50) -> pd.DataFrame:
-    """The newest operator actions and experiment changes, newest first (columns: ts, actor,
-    action, experiment, detail)."""
-    events = open_experiments(settings()).events()[-last:][::-1]
+def audit_frame(var_dir: str, last: int | None = 50) -> pd.DataFrame:
+    """The newest `last` (None: every) operator actions, sign-ins and experiment changes,
+    newest first (columns: ts, actor, action, experiment, detail). Not cached: an operator
+    looks here right after acting."""
+    events = open_experiments(settings()).events()
+    events = (events[-last:] if last is not None else events)[::-1]
     return pd.DataFrame([{"ts": e.ts.isoformat(timespec="seconds"), "actor": e.actor,
                           "action": e.action, "experiment": e.experiment or "",
                           "detail": json.dumps(e.detail, sort_keys=True)} for e in events],
@@ -177,7 +181,34 @@ def dead_letters(lake_root: str, cache: str) -> pd.DataFrame:
 
     dlq = Lake(Path(lake_root)).read("events.dlq", columns=["ts", "source_topic", "error"],
                                      cache=Path(cache))
-    return dlq.assign(reason=dlq["error"].str.split("\n").str[0].str.slice(0, 120))
+    return dlq.assign(reason=dead_letter_reason(dlq["error"]))
+
+
+def schedule_state(var_dir: str) -> dict[str, Any] | None:
+    """What the scheduler runs now and when the next runs are due; None when it has not
+    written for a minute (not running: its `running` would be stale)."""
+    path = StoreLayout(root=Path(var_dir)).schedule_state
+    try:
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return state if time.time() - float(state.get("updated", 0)) < 60 else None
+
+
+def retrain_request(var_dir: str) -> RetrainRequest | None:
+    return pending_retrain(StoreLayout(root=Path(var_dir)).retrain_request)
+
+
+def ago(ts: float) -> str:
+    """A unix time as "N s/min/h ago" (UTC time in full past a day)."""
+    seconds = time.time() - ts
+    if seconds < 120:
+        return f"{max(seconds, 0):.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h ago"
+    return pd.Timestamp(ts, unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
 
 
 @st.cache_data(ttl=5)
@@ -220,21 +251,13 @@ def quarantine(var_dir: str) -> pd.DataFrame:
     return frame.sort_values("since", ascending=False, ignore_index=True)
 
 
-def admin_key() -> str | None:
-    keys = settings().registry.keys_dir  # Settings() sets it (var/keys by default)
-    if keys is None:
-        return None
-    path = keys / "operator.key"
-    return path.read_text().strip() if path.exists() else None
-
-
-def admin_post(route: str, body: dict[str, Any]) -> tuple[int, Any]:
-    """Call an admin route with the operator key; (status, JSON body or text)."""
-    key = admin_key()
-    if key is None:
-        return 0, "no operator key in var/keys (start the platform with `make up`)"
+def admin_post(route: str, body: dict[str, Any], token: str | None) -> tuple[int, Any]:
+    """Call an admin route with a console session's token; (status, JSON body or text)."""
+    if token is None:
+        return 0, "sign in as an operator first"
     try:
-        r = httpx.post(api_url() + route, json=body, headers={"X-API-Key": key}, timeout=10)
+        r = httpx.post(api_url() + route, json=body, timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
         return 0, f"API unreachable: {exc}"
     try:
@@ -244,6 +267,21 @@ def admin_post(route: str, body: dict[str, Any]) -> tuple[int, Any]:
 
 
 # -- pure frame builders (snapshot -> DataFrame) ---------------------------------------------
+
+def filter_audit(frame: pd.DataFrame, actors: list[str], actions: list[str],
+                 text: str = "") -> pd.DataFrame:
+    """The audit rows by any of `actors` and `actions` (empty: all) whose actor, action or
+    detail contains `text` (case-insensitive)."""
+    keep = pd.Series(True, index=frame.index)
+    if actors:
+        keep &= frame["actor"].isin(actors)
+    if actions:
+        keep &= frame["action"].isin(actions)
+    if text:
+        line = frame["actor"] + " " + frame["action"] + " " + frame["detail"]
+        keep &= line.str.contains(text, case=False, regex=False)
+    return frame[keep].reset_index(drop=True)
+
 
 def fmt(value: float | None, spec: str = ".4f", missing: str = "-") -> str:
     """A figure for a metric tile; `missing` when the snapshot has none (not enough data)."""
@@ -368,6 +406,19 @@ def spam_users_frame(snap: Snapshot) -> pd.DataFrame:
              "degsim": u.degsim, "burst": u.burst} for u in snap.spam.users]
     return pd.DataFrame(rows, columns=["user_id", "count", "flagged", "rdma", "degsim",
                                        "burst"])
+
+
+def spam_distribution(snap: Snapshot) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The rating-count histogram (count, users), the combined flag's users (user_id,
+    count) and the detector lines (rule, x) for `charts.rating_counts`."""
+    sp = snap.spam
+    hist = pd.DataFrame(sp.count_histogram, columns=["count", "users"])
+    flagged = pd.DataFrame([{"user_id": u.user_id, "count": u.count} for u in sp.users
+                            if u.combined], columns=["user_id", "count"])
+    lines = pd.DataFrame([{"rule": name, "x": x} for name, x in
+                          (("3-sigma", sp.three_sigma_line), ("robust z", sp.robust_line))
+                          if x is not None], columns=["rule", "x"])
+    return hist, flagged, lines
 
 
 def detector_frame(snap: Snapshot) -> pd.DataFrame:

@@ -2,9 +2,11 @@
 
 import streamlit as st
 
+from dashboard import console
 from dashboard.data import RANGES
 
-st.set_page_config(page_title="Recommender operations", layout="wide")
+st.set_page_config(page_title="Recommender operations", page_icon=":material/movie:",
+                   layout="wide")
 pages = [
     st.Page("app_pages/overview.py", title="Overview", default=True),
     st.Page("app_pages/fairness.py", title="Fairness"),
@@ -13,8 +15,10 @@ pages = [
     st.Page("app_pages/abtest.py", title="A/B test"),
     st.Page("app_pages/models.py", title="Models"),
     st.Page("app_pages/stream.py", title="Stream"),
+    st.Page("app_pages/audit.py", title="Audit"),
 ]
 nav = st.navigation(pages)
 st.sidebar.selectbox("time range", list(RANGES), index=1, key="time_range",
                      help="how far back the time-series charts reach (snapshots, event rates)")
+console.sidebar()
 nav.run()

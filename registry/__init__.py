@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backend.core.settings import Settings
+from registry.accounts import AccountStore
 from registry.experiments import ExperimentStore
 from registry.manifest import Aliases, Decision, Manifest, Provenance
 from registry.quarantine import QuarantineStore
@@ -18,8 +19,8 @@ def open_registry(settings: Settings, signer: bool = False) -> Registry:
     return Registry(reg.root, reg.public_key, private)
 
 
-__all__ = ["Aliases", "Decision", "ExperimentStore", "Manifest", "Provenance",
-           "QuarantineStore", "Registry", "RegistryError", "open_experiments",
+__all__ = ["AccountStore", "Aliases", "Decision", "ExperimentStore", "Manifest", "Provenance",
+           "QuarantineStore", "Registry", "RegistryError", "open_accounts", "open_experiments",
            "open_quarantine", "open_registry"]
 
 
@@ -32,3 +33,9 @@ def open_experiments(settings: Settings) -> ExperimentStore:
 def open_quarantine(settings: Settings) -> QuarantineStore:
     """The spam quarantine training reads and operators review."""
     return QuarantineStore(settings.layout.quarantine)
+
+
+def open_accounts(settings: Settings) -> AccountStore:
+    """The operations console's accounts, beside the API keys (`var/keys/accounts.json`)."""
+    assert settings.registry.keys_dir is not None
+    return AccountStore(settings.registry.keys_dir / "accounts.json")

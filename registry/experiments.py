@@ -31,8 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 from backend.core.errors import RecoError
 
 Action = Literal["start", "set_weights", "add_arm", "stop", "promote", "rollback", "split",
-                 "diversity", "release", "quarantine"]
-OperatorAction = Literal["promote", "rollback", "split", "diversity", "release", "quarantine"]
+                 "diversity", "release", "quarantine", "signin", "signin_failed",
+                 "account_add", "account_remove", "dlq_replay", "retrain"]
+OperatorAction = Literal["promote", "rollback", "split", "diversity", "release", "quarantine",
+                         "signin", "signin_failed", "account_add", "account_remove",
+                         "dlq_replay", "retrain"]
 # the operator actions that change what a running experiment serves, audited under it
 SERVING_ACTIONS = frozenset({"promote", "rollback", "split", "diversity"})
 NAME = r"^[A-Za-z0-9_-]{1,32}$"

@@ -209,6 +209,11 @@ class Spam(Section):
     raters: int
     flagged: SpamFlags
     three_sigma_line: Figure  # mean + 3 std of ratings per user; None without raters
+    # ratings per user above which robust_count flags (median + spam_z x MAD / 0.6745, or
+    # its mean-absolute-deviation fallback); None when every rater posted as many
+    robust_line: Figure = None
+    # (ratings per user, raters with that many) over every rater of the window
+    count_histogram: list[tuple[int, int]] = Field(default_factory=list)
     users: list[SpamUser]  # the loudest raters and every flagged one, most ratings first
 
 

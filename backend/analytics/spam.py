@@ -31,9 +31,14 @@ def compute(cfg: AnalyticsSettings, ratings: pd.DataFrame, past: pd.DataFrame | 
     loudest = ranked[ranked.index.isin(ranked.index[:top]) | ranked["combined"].astype(bool)]
     flagged = {c: sorted(int(u) for u in flags.index[flags[c].astype(bool)])
                for c in SpamFlags.model_fields}
+    counts = flags["count"]
+    histogram = counts.astype(int).value_counts().sort_index()
     return Spam(
         raters=len(flags), flagged=SpamFlags.model_validate(flagged),
-        three_sigma_line=float(flags["count"].mean() + 3 * flags["count"].std(ddof=0)),
+        three_sigma_line=float(counts.mean() + 3 * counts.std(ddof=0)),
+        robust_line=detectors.robust_limit(counts, cfg.spam_z),
+        count_histogram=list(zip(histogram.index.to_numpy().tolist(),
+                                 histogram.to_numpy().tolist(), strict=True)),
         users=[SpamUser(user_id=int(r["user_id"]), count=int(r["count"]), rdma=float(r["rdma"]),
                         degsim=None if pd.isna(r["degsim"]) else float(r["degsim"]),
                         burst=int(r["burst"]), pushed=int(r["pushed"]),

@@ -74,6 +74,11 @@ class StoreLayout(BaseModel):
     def schedule_state(self) -> Path:
         return self.schedule / "state.json"
 
+    @property
+    def retrain_request(self) -> Path:
+        """An operator's "retrain now", until the scheduler submits that retrain."""
+        return self.schedule / "retrain-request.json"
+
     def retrain_result(self, job_id: str) -> Path:
         return self.schedule / "results" / f"{job_id}.json"
 

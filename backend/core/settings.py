@@ -292,6 +292,18 @@ class PrometheusSettings(BaseModel):
         return self.url or f"http://127.0.0.1:{self.port}"
 
 
+class ConsoleSettings(BaseModel):
+    """Sign-in to the operations console: accounts in `var/keys/accounts.json` (`reco
+    accounts add`), sessions signed with `var/keys/session.key` (both 0600)."""
+
+    session_minutes: float = Field(60.0, gt=0, le=24 * 60, description=(
+        "a console session expires this long after sign-in"))
+    signin_failures: int = Field(5, ge=1, description=(
+        "failed sign-ins to one account, per ingress replica, before it is locked"))
+    signin_window_minutes: float = Field(15.0, gt=0, description=(
+        "how long failed sign-ins count (and a lock lasts)"))
+
+
 class Settings(BaseSettings):
     """Platform settings; every path defaults to a folder under `var_dir`."""
 
@@ -316,6 +328,7 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = ScheduleSettings()
     ray: RaySettings = RaySettings()
     prometheus: PrometheusSettings = PrometheusSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

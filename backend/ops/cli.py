@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 
 from backend.core.errors import RecoError
 from backend.core.logs import setup_logging
 from backend.core.settings import Settings
-from backend.ops import cli_experiments, cli_models, cli_quarantine
+from backend.ops import cli_accounts, cli_experiments, cli_models, cli_quarantine
 
 
 def _settings() -> Settings:
@@ -131,15 +133,10 @@ def dlq() -> None:
     """Dead letters: what the ingest job refused, and why."""
 
 
-def _dead_letters(topic: str | None, contains: str | None):
-    from backend.data.lake import Lake
+def _dead_letters():
+    from backend.data.deadletters import DeadLetters
 
-    frame = Lake(_settings().lake_root).read("events.dlq")
-    if topic:
-        frame = frame[frame["source_topic"] == topic]
-    if contains:
-        frame = frame[frame["error"].str.contains(contains, regex=False)]
-    return frame
+    return DeadLetters(_settings().lake_root)
 
 
 @dlq.command("list")
@@ -147,12 +144,10 @@ def _dead_letters(topic: str | None, contains: str | None):
 @click.option("--contains", help="only errors containing this text")
 def dlq_list(topic: str | None, contains: str | None) -> None:
     """Counts by source topic and reason (the reason's first line)."""
-    frame = _dead_letters(topic, contains)
-    reasons = frame["error"].str.split("\n").str[0].str.slice(0, 100)
-    counts = frame.assign(reason=reasons).groupby(["source_topic", "reason"]).size()
-    for (src, reason), n in counts.sort_values(ascending=False).items():
-        click.echo(f"{n:>8}  {src:<14}  {reason}")
-    click.echo(f"{len(frame):>8}  total")
+    counts = _dead_letters().counts(topic, contains)
+    for row in counts.reasons:
+        click.echo(f"{row.count:>8}  {row.source_topic:<14}  {row.reason}")
+    click.echo(f"{counts.total:>8}  total")
 
 
 @dlq.command("replay")
@@ -162,21 +157,22 @@ def dlq_list(topic: str | None, contains: str | None) -> None:
 def dlq_replay(topic: str | None, contains: str | None, yes: bool) -> None:
     """Produce the raw messages back to their source topics (after a fix upstream or a
     contract change): the ingest job validates them again, lands the valid ones (deduplicated
-    by event_id) and dead-letters the rest again."""
+    by event_id) and dead-letters the rest again. Audited."""
     from backend.data.kafka import EventProducer
 
-    frame = _dead_letters(topic, contains)
-    frame = frame[frame["source_topic"].isin(["events.rating", "events.watch", "events.reco"])]
+    letters = _dead_letters()
     if not yes:
-        click.echo(f"would replay {len(frame)} dead letters; add --yes")
+        click.echo(f"would replay {letters.counts(topic, contains).replayable} dead letters; "
+                   "add --yes")
         return
     s = _settings()
     producer = EventProducer(s.kafka, s.spool_dir)
-    for row in frame.itertuples():
-        key = row.key.encode() if isinstance(row.key, str) else None
-        producer.send_raw(row.source_topic, row.raw.encode(), key)
-    producer.close()
-    click.echo(f"replayed {len(frame)} dead letters")
+    try:
+        n = letters.replay(producer.send_raw, topic, contains)
+    finally:
+        producer.close()
+    cli_models._audit("dlq_replay", {"topic": topic, "contains": contains, "replayed": n})
+    click.echo(f"replayed {n} dead letters")
 
 
 @main.command()
@@ -320,13 +316,33 @@ def serve_stop() -> None:
 def dashboard(port: int) -> None:
     """The Streamlit operations dashboard on 127.0.0.1 (blocks; Ctrl-C stops it)."""
     import subprocess
-    from pathlib import Path
 
-    app = Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py"
-    raise SystemExit(subprocess.call([
-        sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1",
-        "--server.port", str(port), "--server.headless", "true",
-        "--browser.gatherUsageStats", "false"]))
+    from backend.ops.platform import dashboard_command
+
+    raise SystemExit(subprocess.call(dashboard_command(port)))
+
+
+@main.command()
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              default=None, help="the period's start (UTC; default: everything on record)")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="folder to write to (default: var/reports/<now>)")
+@click.option("--no-pdf", is_flag=True, help="skip printing the PDF with chromium")
+def report(since: datetime | None, out_dir: Path | None, no_pdf: bool) -> None:
+    """The operations report (HTML with charts, its numbers as JSON, PDF) from the lake's
+    analytics, the registry and the audit trail."""
+    from backend.ops.report import write_report
+
+    s = _settings()
+    since = since.replace(tzinfo=UTC) if since is not None else None
+    out = out_dir or s.var_dir / "reports" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    try:
+        paths = write_report(s, out, since, pdf=not no_pdf)
+    except FileNotFoundError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    for kind, path in paths.items():
+        click.echo(f"{kind}: {path}")
 
 
 @main.command("config-doc")
@@ -376,7 +392,8 @@ def status() -> None:
 
 
 for _command in (cli_models.train, cli_models.evaluate, cli_models.models,
-                 cli_experiments.experiment, cli_quarantine.quarantine):
+                 cli_experiments.experiment, cli_quarantine.quarantine,
+                 cli_accounts.accounts):
     main.add_command(_command)
 
 

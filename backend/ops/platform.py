@@ -98,22 +98,29 @@ def _dashboard_pid(settings: Settings) -> int | None:
         return None
 
 
+def dashboard_command(port: int, address: str = "127.0.0.1") -> list[str]:
+    """`streamlit run` of the dashboard: headless, no usage statistics, the toolbar in
+    viewer mode (no Deploy button or developer options)."""
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py"
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", address,
+            "--server.port", str(port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+
+
 def start_dashboard(settings: Settings, echo: Callable[[str], object]) -> None:
     """The Streamlit dashboard on 127.0.0.1, in its own session (stopped by process group)."""
     import os
     import subprocess
-    from pathlib import Path
 
     if _dashboard_pid(settings):
         echo("dashboard: already running")
         return
-    app = Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py"
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     with open(settings.run_dir / "dashboard.log", "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(app), "--server.address",
-             "127.0.0.1", "--server.port", str(settings.dashboard_port),
-             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            dashboard_command(settings.dashboard_port),
             env=os.environ | {"RECO_VAR_DIR": str(settings.var_dir)}, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True)
     (settings.run_dir / "dashboard.pid").write_text(str(proc.pid))
@@ -237,6 +244,10 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool =
         echo(f"simulator job: {'submitted' if new else 'already running'} {job} "
              f"({settings.sim.background_rps} visits/s)")
     start_alerting(settings, echo)
+    from backend.ops.cli_accounts import FIRST_ACCOUNT, ensure_first_account
+
+    if (secret := ensure_first_account(settings)) is not None:
+        echo(f"console: operator account {FIRST_ACCOUNT} created; its password is in {secret}")
     start_dashboard(settings, echo)
     deadline = t0 + wait
     while not all((state := health(settings, sim)).values()):

@@ -29,6 +29,7 @@ from typing import Any
 from backend.analytics.cycle import cycle, gauge_values
 from backend.analytics.snapshot import Snapshot
 from backend.core.files import append_jsonl, read_jsonl, write_json
+from backend.core.requests import pending_retrain
 from backend.core.runtime import job_env
 from backend.core.settings import Settings
 from backend.training.result import RetrainResult
@@ -61,9 +62,12 @@ class SchedulerLogic:
     def next_due(self, kind: str) -> float:
         return self.last.get(kind, self.started) + self.intervals[kind]
 
-    def due(self, now: float) -> list[str]:
-        """Kinds to submit now: due and not running (never two of a kind at once)."""
-        return [k for k in KINDS if k not in self.running and now >= self.next_due(k)]
+    def due(self, now: float, requested: float | None = None) -> list[str]:
+        """Kinds to submit now: due, or a retrain `requested` after the latest started, and
+        not running (never two of a kind at once: a request during a retrain waits for it)."""
+        asked = requested is not None and requested > self.last.get("retrain", -1.0)
+        return [k for k in KINDS if k not in self.running
+                and (now >= self.next_due(k) or (k == "retrain" and asked))]
 
     def submitted(self, kind: str, job_id: str, now: float) -> None:
         self.running[kind] = (job_id, now)
@@ -195,11 +199,16 @@ class Scheduler:
 
     def step(self, now: float) -> None:
         self.poll(now)
-        for kind in self.logic.due(now):
+        request = pending_retrain(self.layout.retrain_request)
+        for kind in self.logic.due(now, request.requested if request else None):
             try:
                 self.submit(kind, now)
             except Exception:  # the Jobs API may be briefly away; the next step retries
                 log.exception("submit failed kind=%s", kind)
+        if request is not None and self.logic.last.get("retrain", -1.0) >= request.requested:
+            log.info("retrain request answered actor=%s", request.actor)  # a retrain since
+            if pending_retrain(self.layout.retrain_request) == request:  # not a newer one
+                self.layout.retrain_request.unlink(missing_ok=True)
         self.write_state(now)
 
 

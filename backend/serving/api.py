@@ -10,13 +10,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.core.errors import RecoError
+from backend.data.deadletters import DeadLetterCounts
 from backend.data.events import MAX_ID, RatingEvent, WatchEvent
 from backend.serving.auth import Principal
 from backend.serving.hotpath import hot_request
@@ -26,6 +27,7 @@ from backend.serving.schemas import (
     Accepted,
     AddArmRequest,
     AliasesResponse,
+    DeadLetterFilter,
     DiversityRequest,
     ErrorBody,
     ExperimentsResponse,
@@ -36,8 +38,13 @@ from backend.serving.schemas import (
     PromoteRequest,
     RecommendResponse,
     ReleaseRequest,
+    Replayed,
+    RetrainRequestBody,
+    RetrainRequested,
     RollbackRequest,
     RuntimeKnobs,
+    SignedIn,
+    SignInRequest,
     SplitRequest,
     SplitResponse,
     WeightsRequest,
@@ -63,18 +70,25 @@ def error_response(exc: RecoError) -> JSONResponse:
                         headers=exc.headers)
 
 
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 async def guard(logic: IngressLogic, request: Request, needs: str | None) -> Principal | None:
     return await logic.guard(request.headers.get("x-api-key"),
                              request.client.host if request.client else None,
-                             int(request.headers.get("content-length") or 0), needs)
+                             int(request.headers.get("content-length") or 0), needs,
+                             _bearer(request))
 
 
 async def operator(logic: IngressLogic, request: Request) -> str:
-    """The admin key's name behind the call: the actor its audit record names."""
+    """The admin key's or operator account's name behind the call: the actor its audit
+    record names."""
     who = await guard(logic, request, "admin")
     if who is None:  # guard refuses an admin call without a key; never reached
         raise RecoError("missing or unknown API key (header X-API-Key)", status_code=401)
-    return f"key:{who.name}"
+    return who.actor
 
 
 class RequestMetrics:
@@ -189,6 +203,22 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         await guard(logic, request, "client")
         return logic.accept("events.watch", event)
 
+    @api.post("/auth/signin", responses={
+        401: {"model": ErrorBody, "description": "wrong account name or password",
+              "content": _ERROR_JSON},
+        429: {"model": ErrorBody, "description": "too many failed sign-ins or requests; "
+              "see Retry-After", "content": _ERROR_JSON},
+        503: {"model": ErrorBody, "description": "sign-in is not configured",
+              "content": _ERROR_JSON}})
+    async def sign_in(request: Request, body: SignInRequest) -> SignedIn:
+        """A console session: its token goes in `Authorization: Bearer` on admin calls;
+        a viewer's token reads, an operator's acts, named in the audit trail."""
+        logic = current()
+        await guard(logic, request, None)
+        return await asyncio.to_thread(logic.sign_in, body.account,
+                                       body.password.get_secret_value(),
+                                       request.client.host if request.client else None)
+
     @api.get("/health")
     async def health() -> HealthResponse:
         """Model versions per variant; writes degraded when any live replica spools (the
@@ -273,6 +303,29 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         """Stop it: users go back to the default allocation."""
         logic = current()
         return await logic.stop_experiment(experiment_id, await operator(logic, request))
+
+    @api.get("/admin/dlq")
+    async def dlq_list(request: Request, which: Annotated[DeadLetterFilter, Query()]
+                       ) -> DeadLetterCounts:
+        """Dead letters by source topic and reason (the error's first line)."""
+        logic = current()
+        await guard(logic, request, "admin")
+        return await asyncio.to_thread(logic.dead_letter_counts, which)
+
+    @api.post("/admin/dlq/replay")
+    async def dlq_replay(request: Request, body: DeadLetterFilter) -> Replayed:
+        """Produce the matching dead letters back to their source topics (audited)."""
+        logic = current()
+        actor = await operator(logic, request)
+        return await asyncio.to_thread(logic.replay_dead_letters, body, actor)
+
+    @api.post("/admin/retrain", status_code=202)
+    async def retrain_now(request: Request, body: RetrainRequestBody) -> RetrainRequested:
+        """Ask the scheduler for a retrain on its next tick (audited); the Models page and
+        `reco status` show its progress."""
+        logic = current()
+        actor = await operator(logic, request)
+        return await asyncio.to_thread(logic.request_retrain, body.reason, actor)
 
     @api.get("/admin/quarantine")
     async def quarantine_list(request: Request) -> Quarantine:

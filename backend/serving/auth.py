@@ -21,7 +21,13 @@ ROLES = ("client", "admin")
 @dataclass(frozen=True)
 class Principal:
     name: str
-    role: str
+    role: str  # client, admin, or viewer (a console account that may not act)
+    kind: str = "key"  # "key": an API key; "user": a console account's session
+
+    @property
+    def actor(self) -> str:
+        """Who the audit trail names: `key:<name>` or `user:<account>`."""
+        return f"{self.kind}:{self.name}"
 
 
 def digest(key: str) -> str:

@@ -28,6 +28,7 @@ from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from backend.core.settings import Settings
+from backend.data.deadletters import DeadLetters
 from backend.data.kafka import EventProducer, claim_spool
 from backend.serving import api as http
 from backend.serving.ingress import IngressLogic, SharedState, VariantCalls, load_titles
@@ -42,6 +43,7 @@ from backend.serving.schemas import (
     VariantStatus,
     WritesHealth,
 )
+from backend.serving.sessions import open_sessions
 from backend.serving.state import ServingStateLogic
 from backend.serving.variant import VariantLogic
 from registry import open_experiments, open_quarantine, open_registry
@@ -226,7 +228,10 @@ class Ingress:
             settings.serve, calls, shared, reco_log.write.remote,
             EventProducer(settings.kafka, spool),  # writes; the reco log's fallback
             replica, functools.partial(open_registry, settings), open_experiments(settings),
-            quarantine=open_quarantine(settings), titles=load_titles(settings.data_cache),
+            quarantine=open_quarantine(settings), sessions=open_sessions(settings),
+            dead_letters=DeadLetters(settings.lake_root),
+            retrain_request=settings.layout.retrain_request,
+            titles=load_titles(settings.data_cache),
             retry_on=(RayActorError,))
         http.answer_with(self.logic)
 

@@ -19,13 +19,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import JsonValue
 
 from backend.core.errors import RecoError
+from backend.core.requests import RetrainRequest, request_retrain
 from backend.core.settings import ServeSettings
+from backend.data.deadletters import DeadLetterCounts, DeadLetters
 from backend.data.events import RatingEvent, RecoEvent, WatchEvent
 from backend.data.movielens import load
 from backend.serving.auth import ApiKeys, Principal
@@ -39,6 +42,7 @@ from backend.serving.schemas import (
     AliasesResponse,
     Allocation,
     AnsweredRequest,
+    DeadLetterFilter,
     ExperimentsResponse,
     ExperimentView,
     HealthResponse,
@@ -46,14 +50,18 @@ from backend.serving.schemas import (
     ModelsResponse,
     RecommendedItem,
     RecommendResponse,
+    Replayed,
+    RetrainRequested,
     RuntimeKnobs,
     SharedExperiment,
+    SignedIn,
     SplitResponse,
     VariantAnswer,
     VariantStatus,
     VariantVersions,
     WritesHealth,
 )
+from backend.serving.sessions import Sessions
 from registry import Registry
 from registry.experiments import (
     ArmSpec,
@@ -111,13 +119,19 @@ class IngressLogic:
                  producer: Producer, replica: str, registry: Callable[[], Registry],
                  experiments: ExperimentStore, audit: Audit | None = None,
                  quarantine: QuarantineStore | None = None,
+                 sessions: Sessions | None = None,
+                 dead_letters: DeadLetters | None = None,
+                 retrain_request: Path | None = None,
                  titles: Mapping[int, str] | None = None,
                  retry_on: tuple[type[BaseException], ...] = (),
                  period: float = PUSH_SECONDS) -> None:
         """`ship`: hands a batch of reco-log records to the RecoLog deployment; `producer`:
         this replica's own (the writes, and the reco log's fallback); `experiments`: the
         store of experiments and the operators' audit trail (`audit`: its `record`, unless
-        given); `quarantine`: the spam quarantine operators review; `retry_on`: errors after
+        given); `quarantine`: the spam quarantine operators review; `sessions`: console
+        sign-in and its bearer tokens (none: API keys only); `dead_letters`: the lake's
+        DLQ, to count and replay; `retrain_request`: where a "retrain now" waits for the
+        scheduler; `retry_on`: errors after
         which a variant call is made once more (a replica lost mid-call: Serve routes the
         retry to a live one)."""
         self.variants = dict(variants)
@@ -127,6 +141,9 @@ class IngressLogic:
         self.experiments = experiments
         self.audit = audit or experiments.record
         self.quarantine = quarantine
+        self.sessions = sessions
+        self.dead_letters = dead_letters
+        self.retrain_request = retrain_request
         self.titles = dict(titles or {})
         self.retry_on = retry_on
         self.period = period
@@ -207,22 +224,26 @@ class IngressLogic:
     # -- guard ---------------------------------------------------------------------------
 
     async def guard(self, presented: str | None, host: str | None, length: int,
-                    needs: str | None) -> Principal | None:
-        """Authenticate, authorise and rate-limit; raises RecoError with the HTTP status.
-        `needs`: the role the operation needs (None: anyone, rate-limited by address)."""
+                    needs: str | None, bearer: str | None = None) -> Principal | None:
+        """Authenticate (an API key, or a console session's bearer token), authorise and
+        rate-limit; raises RecoError with the HTTP status. `needs`: the role the operation
+        needs (None: anyone, rate-limited by address)."""
         self.start()
         if length > MAX_BODY:
             raise RecoError(f"body of {length} bytes exceeds {MAX_BODY}", status_code=413)
         principal = self.keys.authenticate(presented)
+        if principal is None and bearer and self.sessions is not None:
+            principal = await asyncio.to_thread(self.sessions.principal, bearer)
         if needs is not None:
             if principal is None:
                 replica_delta().inc("reco_auth_failures_total", {"status": "401"})
-                raise RecoError("missing or unknown API key (header X-API-Key)",
-                                status_code=401)
+                raise RecoError("missing or unknown API key (header X-API-Key) or console "
+                                "session (Authorization: Bearer)", status_code=401)
             if not self.keys.allowed(principal, needs):
                 replica_delta().inc("reco_auth_failures_total", {"status": "403"})
-                raise RecoError(f"this key may not do {needs} operations", status_code=403)
-        client = f"key:{principal.name}" if principal is not None else f"ip:{host or 'unknown'}"
+                raise RecoError(f"{principal.actor} may not do {needs} operations",
+                                status_code=403)
+        client = principal.actor if principal is not None else f"ip:{host or 'unknown'}"
         retry_after = await self.leases.take(client)
         if retry_after:
             replica_delta().inc("reco_rate_limited_total", {"client": client.split(":")[0]})
@@ -311,6 +332,20 @@ class IngressLogic:
                                                   versions=reg.versions(v))
                                for v in reg.variants()})
 
+    def sign_in(self, name: str, password: str, host: str | None) -> SignedIn:
+        """A console session for the account; a failure is counted and audited."""
+        if self.sessions is None:
+            raise RecoError("console sign-in is not configured on this API", status_code=503)
+        try:
+            token, role, expires = self.sessions.sign_in(name, password)
+        except RecoError as exc:
+            replica_delta().inc("reco_signin_failures_total", {"status": str(exc.status_code)})
+            self._audit("signin_failed", f"user:{name}", {"status": exc.status_code,
+                                                           "from": host or "unknown"})
+            raise
+        self._audit("signin", f"user:{name}", {"role": role, "from": host or "unknown"})
+        return SignedIn(account=name, role=role, token=token, expires_at=expires)
+
     # operator actions: each is audited with its actor once it has taken effect
 
     def _audit(self, action: OperatorAction, actor: str, detail: dict[str, JsonValue]) -> None:
@@ -356,6 +391,35 @@ class IngressLogic:
         if self.quarantine is None:
             raise RecoError("this replica has no quarantine store", status_code=503)
         return self.quarantine
+
+    # -- operations -----------------------------------------------------------------------
+
+    def dead_letter_counts(self, which: DeadLetterFilter) -> DeadLetterCounts:
+        return self._dead_letters().counts(which.topic, which.contains)
+
+    def replay_dead_letters(self, which: DeadLetterFilter, actor: str) -> Replayed:
+        """Produce the matching dead letters back to their source topics (through this
+        replica's producer: spooled if the broker is away, never dropped)."""
+        n = self._dead_letters().replay(self.producer.send_raw, which.topic, which.contains)
+        self._audit("dlq_replay", actor, {"topic": which.topic, "contains": which.contains,
+                                          "replayed": n})
+        return Replayed(replayed=n)
+
+    def _dead_letters(self) -> DeadLetters:
+        if self.dead_letters is None:
+            raise RecoError("this replica cannot read the lake's dead letters", status_code=503)
+        return self.dead_letters
+
+    def request_retrain(self, reason: str | None, actor: str) -> RetrainRequested:
+        """Leave a "retrain now" for the scheduler, which submits it on its next tick."""
+        if self.retrain_request is None:
+            raise RecoError("this replica cannot reach the scheduler's requests",
+                            status_code=503)
+        request = RetrainRequest(actor=actor, requested=time.time())
+        request_retrain(self.retrain_request, request)
+        self._audit("retrain", actor, {"reason": reason})
+        return RetrainRequested(actor=actor,
+                                requested=datetime.fromtimestamp(request.requested, UTC))
 
     async def set_diversity(self, knobs: dict[str, Knob], actor: str) -> RuntimeKnobs:
         """Change Model B's strengths on every B replica (applied within a second)."""

@@ -34,6 +34,8 @@ COUNTERS = {  # name -> (help, label names)
                             ("route", "status", "variant")),
     "reco_rate_limited_total": ("requests refused with 429, by client kind", ("client",)),
     "reco_auth_failures_total": ("requests refused with 401 or 403", ("status",)),
+    "reco_signin_failures_total": ("console sign-ins refused: 401 wrong name or password, "
+                                   "429 account locked", ("status",)),
     "reco_kafka_produce_errors_total": ("events that went to the spool instead of Kafka", ()),
     "reco_audit_failures_total": ("operator actions that took effect but whose audit record "
                                   "could not be written", ()),

@@ -9,9 +9,10 @@ either and its JSON keeps what it was given).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, SecretStr
 
 from registry.experiments import ArmSpec, AuditEvent, Experiment
 
@@ -64,6 +65,23 @@ class ReleaseRequest(BaseModel):
     reason: str | None = Field(None, min_length=1, max_length=500)
 
 
+class SignInRequest(BaseModel):
+    """A console account's name and password."""
+
+    model_config = ConfigDict(extra="forbid")
+    account: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,31}$")
+    password: SecretStr = Field(min_length=1, max_length=256)
+
+
+class SignedIn(BaseModel):
+    """A console session: send `token` as `Authorization: Bearer <token>` until `expires_at`."""
+
+    account: str
+    role: Literal["viewer", "operator"]
+    token: str
+    expires_at: datetime
+
+
 class FlagRequest(BaseModel):
     """Why the user is quarantined by hand."""
 
@@ -71,7 +89,37 @@ class FlagRequest(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
+class DeadLetterFilter(BaseModel):
+    """Which dead letters: from one source topic, with an error containing a text (both
+    optional: none means all)."""
+
+    model_config = ConfigDict(extra="forbid")
+    topic: Literal["events.rating", "events.watch", "events.reco"] | None = None
+    contains: str | None = Field(None, min_length=1, max_length=200)
+
+
+class RetrainRequestBody(BaseModel):
+    """Why a retrain is asked for now (kept in the audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(None, min_length=1, max_length=500)
+
+
 # -- responses ------------------------------------------------------------------------------
+
+class Replayed(BaseModel):
+    """Dead letters produced back to their source topics; the ingest job validates them
+    again (valid ones land once, by event_id; the rest are dead-lettered again)."""
+
+    replayed: int
+
+
+class RetrainRequested(BaseModel):
+    """A retrain the scheduler submits on its next tick (after the running one, if any);
+    its progress and outcome appear in the scheduler's runs."""
+
+    actor: str
+    requested: datetime
 
 class RecommendedItem(BaseModel):
     item_id: int

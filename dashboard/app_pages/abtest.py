@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import charts, data
+from dashboard import charts, console, data
 
 st.title("A/B test")
 
@@ -53,13 +53,41 @@ health = data.health()
 if health is not None and health.experiment is not None:
     st.caption(f"Experiment {health.experiment} (epoch {health.epoch}) allocates the users: "
                f"{health.weights}. Change its weights with `reco experiment set-weights`.")
-else:
+elif console.can_act():
     current = health.split if health is not None and health.split is not None else 0.5
     with st.form("split"):
         split = st.slider("share of users on A", 0.0, 1.0, float(current), 0.05)
+        sure = st.checkbox("I want to change what every user is served")
         if st.form_submit_button("apply split"):
-            status, body_ = data.admin_post("/admin/split", {"split": split})
-            (st.success if status == 200 else st.error)(f"{status}: {body_}")
+            console.act_confirmed(sure, "/admin/split", {"split": split})
+else:
+    console.needs_operator("change the split")
+
+st.subheader("Model B's diversity knobs")
+knobs = health.variants["B"].runtime if health is not None and "B" in health.variants else {}
+if not knobs:
+    st.info("Model B is not served, or the API does not answer: no knobs to show.")
+else:
+    st.caption("In force on every B replica now: "
+               + ", ".join(f"{k} {v}" for k, v in sorted(knobs.items())))
+    if console.can_act():
+        with st.form("diversity"):
+            cols = st.columns(3)
+            mmr = cols[0].slider("mmr_lambda", 0.0, 1.0, float(knobs.get("mmr_lambda", 0.9)),
+                                 0.05, help="relevance weight in MMR re-ranking (1: relevance "
+                                 "only, lower: more diverse lists)")
+            explore = cols[1].slider("exploration", 0.0, 5.0,
+                                     float(knobs.get("exploration", 0.7)), 0.1,
+                                     help="strength of the boost for rarely shown items")
+            slots = cols[2].number_input("tail_slots", 0, 100,
+                                         int(knobs.get("tail_slots", 2)),
+                                         help="list positions reserved for long-tail items")
+            sure = st.checkbox("I want to change what B's users are served")
+            if st.form_submit_button("apply knobs"):
+                console.act_confirmed(sure, "/admin/diversity", {
+                    "mmr_lambda": mmr, "exploration": explore, "tail_slots": int(slots)})
+    else:
+        console.needs_operator("change Model B's knobs")
 
 st.subheader("Audit trail")
 trail = data.audit_frame(str(data.settings().var_dir))

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import data
+from dashboard import console, data
 
 st.title("Models")
 s = data.settings()
@@ -11,24 +11,43 @@ if versions.empty:
     st.info("The registry is empty: `make up` trains the first versions (or `reco train`).")
 else:
     st.dataframe(versions, hide_index=True)
-    with st.form("promote"):
-        variant = st.selectbox("variant", sorted(versions["variant"].unique()))
-        choices = versions[versions["variant"] == variant]["version"].tolist()
-        version = st.selectbox("version", choices, index=len(choices) - 1)
-        cols = st.columns(2)
-        promote = cols[0].form_submit_button("promote (verifies first)")
-        rollback = cols[1].form_submit_button("roll back to previous")
-    if promote:
-        status, body = data.admin_post("/admin/promote",
-                                       {"variant": variant, "version": version})
-        (st.success if status == 200 else st.error)(f"{status}: {body}")
-        data.registry_versions.clear()
-    if rollback:
-        status, body = data.admin_post("/admin/rollback", {"variant": variant})
-        (st.success if status == 200 else st.error)(f"{status}: {body}")
-        data.registry_versions.clear()
+    if console.can_act():
+        with st.form("promote"):
+            variant = st.selectbox("variant", sorted(versions["variant"].unique()))
+            choices = versions[versions["variant"] == variant]["version"].tolist()
+            version = st.selectbox("version", choices, index=len(choices) - 1)
+            sure = st.checkbox("I want to change what this variant serves")
+            cols = st.columns(2)
+            promote = cols[0].form_submit_button("promote (verifies first)")
+            rollback = cols[1].form_submit_button("roll back to previous")
+        if promote or rollback:
+            console.act_confirmed(sure, *(("/admin/promote", {"variant": variant,
+                                                               "version": version})
+                                          if promote else ("/admin/rollback",
+                                                           {"variant": variant})))
+            data.registry_versions.clear()
+    else:
+        console.needs_operator("promote or roll back")
 
 st.subheader("Scheduled runs")
+state = data.schedule_state(str(s.var_dir))
+running = state.get("running", {}).get("retrain") if state else None
+request = data.retrain_request(str(s.var_dir))
+if running:
+    st.info(f"A retrain is running: {running['id']}, started "
+            f"{data.ago(running['start'])}; its outcome appears below when it ends.")
+if request is not None:
+    st.info(f"Retrain asked for by {request.actor} {data.ago(request.requested)}: the "
+            "scheduler submits it on its next tick" + (" after the running one."
+                                                       if running else "."))
+if console.can_act():
+    with st.form("retrain"):
+        reason = st.text_input("why retrain now (kept in the audit trail)")
+        sure = st.checkbox("I want a retrain now (it may promote, through the usual gates)")
+        if st.form_submit_button("retrain now"):
+            console.act_confirmed(sure, "/admin/retrain", {"reason": reason or None})
+else:
+    console.needs_operator("ask for a retrain now")
 runs = data.schedule_runs(str(s.var_dir))
 if runs.empty:
     st.info("No scheduled run yet: the scheduler job (`reco up`) retrains every "

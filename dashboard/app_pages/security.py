@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import charts, data
+from dashboard import charts, console, data
 
 st.title("Security")
 
@@ -27,10 +27,11 @@ def body() -> None:
                        help="left out of every retrain until an operator releases them "
                             "(`reco quarantine release USER`, POST "
                             "/admin/quarantine/{user}/release)")
-        users = data.spam_users_frame(snap)
-        if not users.empty and sp.three_sigma_line is not None:
-            st.altair_chart(charts.rating_counts(users, sp.three_sigma_line),
-                            use_container_width=True)
+        hist, flagged, lines = data.spam_distribution(snap)
+        if not hist.empty:
+            st.altair_chart(charts.rating_counts(hist, flagged, lines), use_container_width=True)
+        else:
+            st.caption("ratings per user: not enough data (no rating in the window)")
         st.dataframe(data.detector_frame(snap), hide_index=True)
         if not held.empty:
             st.subheader("quarantine review")
@@ -46,6 +47,7 @@ def body() -> None:
         st.info("API metrics unavailable: the API is down.")
         return
     for name, label, title in (("reco_auth_failures_total", "status", "auth failures"),
+                               ("reco_signin_failures_total", "status", "failed sign-ins"),
                                ("reco_rate_limited_total", "client", "rate-limit 429s")):
         rows = prom[prom["name"] == name]
         if not rows.empty and label in rows:
@@ -55,3 +57,17 @@ def body() -> None:
 
 
 body()
+
+
+entries = data.quarantine(str(data.settings().var_dir))
+held_now = entries[entries["status"] == "quarantined"]["user_id"].tolist()
+if held_now and console.can_act():
+    with st.form("release"):
+        user = st.selectbox("release a quarantined user", held_now)
+        reason = st.text_input("reason (kept in the audit trail)")
+        sure = st.checkbox("I reviewed this user's evidence")
+        if st.form_submit_button("release") and console.act_confirmed(
+                sure, f"/admin/quarantine/{int(user)}/release", {"reason": reason or None}):
+            data.quarantine.clear()
+elif held_now:
+    console.needs_operator("release a quarantined user")

@@ -3,8 +3,9 @@
 import pandas as pd
 import streamlit as st
 
+from backend.data.deadletters import REPLAYABLE
 from backend.data.lake import Lake
-from dashboard import charts, data
+from dashboard import charts, console, data
 
 st.title("Stream")
 
@@ -46,3 +47,19 @@ def body() -> None:
 
 
 body()
+
+st.subheader("Replay dead letters")
+st.caption("After a fix upstream or a contract change: the raw messages go back to their "
+           "source topics, the ingest job validates them again, lands the valid ones once "
+           "(by event_id) and dead-letters the rest again.")
+if console.can_act():
+    with st.form("replay"):
+        cols = st.columns(2)
+        topic = cols[0].selectbox("source topic", ["all", *REPLAYABLE])
+        contains = cols[1].text_input("error contains (empty: any)")
+        sure = st.checkbox("I fixed what refused them")
+        if st.form_submit_button("replay"):
+            console.act_confirmed(sure, "/admin/dlq/replay", {
+                "topic": None if topic == "all" else topic, "contains": contains or None})
+else:
+    console.needs_operator("replay dead letters")

@@ -38,6 +38,11 @@ def test_flags_line_and_loudest_raters():
         assert users == sorted(flags.index[flags[name]].tolist()), name
     assert out.three_sigma_line == pytest.approx(
         flags["count"].mean() + 3 * flags["count"].std(ddof=0))
+    # every rater in the histogram; the robust line where robust_count starts flagging
+    assert sum(n for _, n in out.count_histogram) == 43
+    assert dict(out.count_histogram) == flags["count"].value_counts().to_dict()
+    above = flags.index[flags["count"] > out.robust_line]
+    assert set(above) == set(flags.index[flags["robust_count"]]) == {901, 902, 903}
     assert len(out.users) == 5 and [u.count for u in out.users[:3]] == [30, 30, 30]
     assert {u.user_id for u in out.users[:3]} == {901, 902, 903}
     assert all(u.combined == (u.user_id > 900) for u in out.users)

@@ -127,8 +127,7 @@ def test_chart_builders_return_valid_specs():
         charts.segment_bars(data.segment_frame(snap), "gender"),
         charts.window_lines(data.echo_frame(snap), "gini"),
         charts.group_rates(data.tail_frame(snap)),
-        charts.rating_counts(pd.DataFrame({"user_id": [1, 2], "count": [3, 40],
-                                           "flagged": [False, True]}), 20.0),
+        charts.rating_counts(*data.spam_distribution(snap)),
         charts.interval_bars(data.arms_frame(snap)),
         charts.p_value_line(data.sequential_frame(snap), 0.05),
         charts.history_lines(data.history_frame([snap]), "gini"),
@@ -228,6 +227,12 @@ def test_frame_builders_read_the_snapshot():
                                     for i, x in enumerate(e.gini_sd) if x is not None}
     users = data.spam_users_frame(snap)
     assert users["user_id"].tolist() == [u.user_id for u in snap.spam.users]
+    hist, flagged, lines = data.spam_distribution(snap)
+    assert hist["users"].sum() == snap.spam.raters  # every rater, not only the loudest
+    assert set(flagged["user_id"]) == set(snap.spam.flagged.combined)
+    assert lines.set_index("rule")["x"].to_dict() == {
+        k: v for k, v in (("3-sigma", snap.spam.three_sigma_line),
+                          ("robust z", snap.spam.robust_line)) if v is not None}
     detectors = data.detector_frame(snap)
     assert detectors["detector"].tolist()[-1] == "combined"
     assert data.fmt(None) == "-" and data.fmt(0.25, ".1%") == "25.0%"
@@ -271,3 +276,41 @@ def test_ab_page_shows_an_experiments_comparisons_epochs_and_guardrails(var):
     guards = next(f for f in frames if "passed" in f.columns)
     assert set(guards["metric"]) == {"latency_p95_ms", "error_rate"}
     assert any("Experiment e1" in c.value for c in at.caption)
+
+
+def test_controls_only_for_a_signed_in_operator(var):
+    later = (pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)).isoformat()
+    sessions = {"none": None,
+                "viewer": {"account": "victor", "role": "viewer", "token": "t",
+                           "expires_at": later},
+                "operator": {"account": "alice", "role": "operator", "token": "t",
+                             "expires_at": later},
+                "expired": {"account": "alice", "role": "operator", "token": "t",
+                            "expires_at": "2020-01-01T00:00:00+00:00"}}
+    for who, session in sessions.items():
+        for page, button in (("models.py", "promote (verifies first)"),
+                             ("models.py", "retrain now"), ("abtest.py", "apply split"),
+                             ("stream.py", "replay")):
+            at = AppTest.from_file(str(PAGES / page), default_timeout=60)
+            if session is not None:
+                at.session_state["console_session"] = session
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+            labels = [b.label for b in at.button]
+            captions = " ".join(c.value for c in at.caption)
+            if who == "operator":
+                assert button in labels, (who, page, labels)
+            else:
+                assert button not in labels and "Sign in as an operator" in captions, (
+                    who, page, labels)
+
+
+def test_audit_filters():
+    frame = pd.DataFrame({"ts": ["3", "2", "1"], "actor": ["user:alice", "key:ops", "user:bo"],
+                          "action": ["split", "promote", "split"], "experiment": "",
+                          "detail": ['{"split": 0.3}', '{"variant": "A"}', '{"split": 1}']})
+    assert data.filter_audit(frame, [], []).equals(frame)
+    assert data.filter_audit(frame, ["user:alice", "user:bo"], ["split"])["ts"].tolist() == [
+        "3", "1"]
+    assert data.filter_audit(frame, [], [], "VARIANT")["actor"].tolist() == ["key:ops"]
+    assert data.filter_audit(frame, [], [], "user:")["ts"].tolist() == ["3", "1"]

@@ -45,6 +45,9 @@ class FakeProducer:
     def send(self, topic: str, event: Any) -> None:
         self.sent.append((topic, event))
 
+    def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.sent.append((topic, value))
+
     def close(self, timeout: float) -> None:
         self.closed = True
 
@@ -121,7 +124,8 @@ class Rig:
     def __init__(self, state: ServingStateLogic | None = None, sink: Sink | None = None,
                  variants: str = "AB", store: ExperimentStore | None = None,
                  registry: Any = None, quarantine: QuarantineStore | None = None,
-                 **cfg: Any) -> None:
+                 sessions: Any = None, dead_letters: Any = None,
+                 retrain_request: Path | None = None, **cfg: Any) -> None:
         self.cfg = serve_cfg(**cfg)
         self.state = state or ServingStateLogic(self.cfg.per_minute, {"key:sim": 6000},
                                                 self.cfg.split, self.cfg.salt,
@@ -137,6 +141,7 @@ class Rig:
             shared(self.state, self.down), self.sink, self.producer, "replica-1",
             registry=registry or _no_registry, experiments=self.store,
             audit=lambda *event: self.audits.append(event), quarantine=quarantine,
+            sessions=sessions, dead_letters=dead_letters, retrain_request=retrain_request,
             titles={101: "Heat (1995)"}, retry_on=(ConnectionError,),
             period=3600)
 

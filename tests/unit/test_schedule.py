@@ -128,3 +128,51 @@ def test_an_overrunning_retrain_is_stopped_and_recorded(settings):
     run = [r for r in read_jsonl(settings.var_dir / "schedule" / "runs.jsonl")
            if r["kind"] == "retrain"][0]
     assert run["outcome"] == "TIMEOUT" and "production is unchanged" in run["error"]
+
+
+def test_a_retrain_request_is_submitted_on_the_next_tick_once(settings):
+    """"Retrain now" from the API: submitted at once if none runs, after the running one if
+    one does, and the request is gone once a retrain started after it."""
+    from backend.core.requests import RetrainRequest, pending_retrain, request_retrain
+
+    settings.schedule.retrain_interval, settings.schedule.analyze_interval = 3600, 3600
+    jobs, path = FakeJobs(), settings.layout.retrain_request
+    sched = Scheduler(settings, jobs, analyze=lambda: None)
+    t0 = sched.logic.started
+    sched.step(t0 + 1)
+    assert jobs.submitted == []  # nothing due, nothing asked
+    request_retrain(path, RetrainRequest(actor="user:alice", requested=t0 + 2))
+    sched.step(t0 + 3)
+    assert len(jobs.submitted) == 1 and pending_retrain(path) is None
+    first = jobs.submitted[0][0]
+    request_retrain(path, RetrainRequest(actor="user:bob", requested=t0 + 4))
+    sched.step(t0 + 5)  # asked while one runs: waits
+    assert len(jobs.submitted) == 1 and pending_retrain(path) is not None
+    jobs.jobs[first] = "SUCCEEDED"
+    sched.step(t0 + 6)  # the first ended: the waiting request is submitted
+    assert len(jobs.submitted) == 2 and pending_retrain(path) is None
+    jobs.jobs[jobs.submitted[1][0]] = "SUCCEEDED"
+    sched.step(t0 + 7)
+    sched.step(t0 + 8)
+    assert len(jobs.submitted) == 2  # answered requests are not submitted again
+
+
+def test_a_request_older_than_the_latest_retrain_is_answered_by_it():
+    logic = SchedulerLogic({"retrain": 100, "analyze": 1000}, started=0.0)
+    logic.submitted("retrain", "r1", 50)
+    logic.finished("retrain", "SUCCEEDED", 60)
+    assert logic.due(70, requested=40) == []  # r1 started after it
+    assert logic.due(70, requested=65) == ["retrain"]
+
+
+def test_a_request_a_scheduled_retrain_answered_is_removed(settings):
+    from backend.core.requests import RetrainRequest, pending_retrain, request_retrain
+
+    settings.schedule.retrain_interval, settings.schedule.analyze_interval = 10, 3600
+    jobs, path = FakeJobs(), settings.layout.retrain_request
+    sched = Scheduler(settings, jobs, analyze=lambda: None)
+    t0 = sched.logic.started
+    sched.step(t0 + 11)  # the scheduled retrain starts ...
+    request_retrain(path, RetrainRequest(actor="user:alice", requested=t0 + 10))  # ... late
+    sched.step(t0 + 12)
+    assert pending_retrain(path) is None and len(jobs.submitted) == 1

@@ -123,6 +123,7 @@ def test_openapi_lists_every_operation_with_its_models():
         "GET /recommend": "recommend_json_recommend_get",
         "GET /recommend/{user_id}": "recommend_plain_recommend__user_id__get",
         "POST /rate": "rate_rate_post", "POST /watch": "watch_watch_post",
+        "POST /auth/signin": "sign_in_auth_signin_post",
         "GET /health": "health_health_get", "GET /metrics": "metrics_metrics_get",
         "GET /models": "models_models_get",
         "POST /admin/promote": "admin_promote_admin_promote_post",
@@ -139,6 +140,9 @@ def test_openapi_lists_every_operation_with_its_models():
             "experiment_add_arm_admin_experiments__experiment_id__arms_post",
         "POST /admin/experiments/{experiment_id}/stop":
             "experiment_stop_admin_experiments__experiment_id__stop_post",
+        "GET /admin/dlq": "dlq_list_admin_dlq_get",
+        "POST /admin/dlq/replay": "dlq_replay_admin_dlq_replay_post",
+        "POST /admin/retrain": "retrain_now_admin_retrain_post",
         "GET /admin/quarantine": "quarantine_list_admin_quarantine_get",
         "POST /admin/quarantine/{user_id}/release":
             "quarantine_release_admin_quarantine__user_id__release_post",

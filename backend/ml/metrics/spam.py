@@ -35,6 +35,16 @@ def robust_z(values: pd.Series) -> pd.Series:
     return (values - med) / (1.2533 * mean_ad)
 
 
+def robust_limit(values: pd.Series, z: float) -> float | None:
+    """The value whose `robust_z` is `z` (same fallback): what robust flags are above."""
+    med = values.median()
+    mad = (values - med).abs().median()
+    if mad > 0:
+        return float(med + z * mad / MAD_SCALE)
+    mean_ad = (values - med).abs().mean()
+    return float(med + z * 1.2533 * mean_ad) if mean_ad > 0 else None
+
+
 def rdma(ratings: pd.DataFrame) -> pd.Series:
     """Rating Deviation from Mean Agreement (Chirita, Nejdl & Zamfir 2005):
     RDMA_u = (1 / N_u) sum_{i in I_u} |r_ui - mean_i| / NR_i, with mean_i the item's mean
