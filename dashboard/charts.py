@@ -5,8 +5,16 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-VARIANT_COLORS = alt.Scale(domain=["A", "B", "C", "all"],
-                           range=["#4c78a8", "#f58518", "#54a24b", "#9d9d9d"])
+COLORS = {"A": "#4c78a8", "B": "#f58518", "C": "#54a24b", "all": "#9d9d9d"}
+EXTRA = ["#b279a2", "#e45756", "#72b7b2", "#eeca3b", "#ff9da6", "#9d755d"]
+
+
+def variant_scale(names: pd.Series) -> alt.Scale:
+    """One colour per variant on every page (A blue, B orange, C green, "all" grey; other
+    arm names from a second palette in sorted order), listing only the variants shown."""
+    shown = sorted({str(n) for n in names.dropna()})
+    extra = iter(EXTRA * (1 + len(shown) // len(EXTRA)))
+    return alt.Scale(domain=shown, range=[COLORS.get(n) or next(extra) for n in shown])
 
 
 def metric_bars(df: pd.DataFrame, title: str) -> alt.Chart:
@@ -14,7 +22,7 @@ def metric_bars(df: pd.DataFrame, title: str) -> alt.Chart:
     return alt.Chart(df, title=title).mark_bar().encode(
         x=alt.X("variant:N", title=None),
         y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("variant:N", scale=VARIANT_COLORS, legend=None),
+        color=alt.Color("variant:N", scale=variant_scale(df["variant"]), legend=None),
         column=alt.Column("metric:N", title=None),
         tooltip=["variant", "metric", alt.Tooltip("value:Q", format=".3f")],
     ).properties(width=90, height=180)
@@ -27,7 +35,7 @@ def segment_bars(df: pd.DataFrame, dimension: str) -> alt.Chart:
     return alt.Chart(sub, title=f"diversity by {dimension}").mark_bar().encode(
         x=alt.X("segment:N", title=None), xOffset="variant:N",
         y=alt.Y("diversity:Q", title="intra-list diversity"),
-        color=alt.Color("variant:N", scale=VARIANT_COLORS),
+        color=alt.Color("variant:N", scale=variant_scale(sub["variant"])),
         tooltip=["variant", "segment", alt.Tooltip("diversity:Q", format=".3f")],
     ).properties(height=200)
 
@@ -39,7 +47,7 @@ def window_lines(df: pd.DataFrame, metric: str) -> alt.LayerChart | alt.FacetCha
         low=lambda d: d["value"] - d["sd"].fillna(0), high=lambda d: d["value"] + d["sd"].fillna(0))
     base = alt.Chart(sub, title=f"{metric} per window").encode(
         x=alt.X("window:O", title="window (oldest first)"),
-        color=alt.Color("variant:N", scale=VARIANT_COLORS))
+        color=alt.Color("variant:N", scale=variant_scale(sub["variant"])))
     lines = base.mark_line(point=True).encode(
         y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
         tooltip=["variant", "window", alt.Tooltip("value:Q", format=".4f"),
@@ -54,10 +62,11 @@ GROUP_TITLES = {"rate": "share of each popularity group recommended",
 
 def group_rates(df: pd.DataFrame, column: str = "rate") -> alt.Chart:
     """Head / mid / tail per variant (columns: variant, group, `column` in 0..1)."""
-    return alt.Chart(df.dropna(subset=[column]), title=GROUP_TITLES[column]).mark_bar().encode(
+    df = df.dropna(subset=[column])
+    return alt.Chart(df, title=GROUP_TITLES[column]).mark_bar().encode(
         x=alt.X("group:N", sort=["head", "mid", "tail"], title=None), xOffset="variant:N",
         y=alt.Y(f"{column}:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("variant:N", scale=VARIANT_COLORS),
+        color=alt.Color("variant:N", scale=variant_scale(df["variant"])),
         tooltip=["variant", "group", alt.Tooltip(f"{column}:Q", format=".3f")],
     ).properties(height=220)
 
@@ -82,9 +91,11 @@ def interval_bars(df: pd.DataFrame) -> alt.Chart:
     """Watch-through per arm with its 95% interval (columns: variant, watch_through, wt_low,
     wt_high)."""
     base = alt.Chart(df, title="watch-through rate (95% Wilson interval)")
-    bars = base.mark_bar().encode(x="variant:N", y=alt.Y("watch_through:Q"),
-                                  color=alt.Color("variant:N", scale=VARIANT_COLORS))
-    errs = base.mark_errorbar().encode(x="variant:N", y="wt_low:Q", y2="wt_high:Q")
+    bars = base.mark_bar().encode(x="variant:N", y=alt.Y("watch_through:Q",
+                                                         title="watch-through"),
+                                  color=alt.Color("variant:N", scale=variant_scale(df["variant"])))
+    errs = base.mark_errorbar().encode(x="variant:N", y=alt.Y("wt_low:Q", title="watch-through"),
+                                       y2="wt_high:Q")
     return (bars + errs).properties(height=220)
 
 
@@ -93,7 +104,8 @@ def p_value_line(df: pd.DataFrame, alpha: float) -> alt.Chart:
     p_value) with the alpha line."""
     line = alt.Chart(df, title="sequential (mSPRT) p-value").mark_line(point=True).encode(
         x=alt.X("look:O"), y=alt.Y("p_value:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("arm:N"))
+        color=alt.Color("arm:N", scale=variant_scale(df["arm"])),
+        tooltip=["arm", "look", alt.Tooltip("p_value:Q", format=".4f")])
     rule = alt.Chart(pd.DataFrame({"alpha": [alpha]})).mark_rule(
         color="#e45756", strokeDash=[4, 4]).encode(y="alpha:Q")
     return (line + rule).properties(height=220)
@@ -103,7 +115,7 @@ def history_lines(df: pd.DataFrame, metric: str) -> alt.Chart:
     """A headline figure over snapshots (columns: end, variant, <metric>)."""
     return alt.Chart(df, title=f"{metric} over time").mark_line(point=True).encode(
         x=alt.X("end:T", title=None), y=alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False)),
-        color=alt.Color("variant:N", scale=VARIANT_COLORS),
+        color=alt.Color("variant:N", scale=variant_scale(df["variant"])),
         tooltip=["end:T", "variant", alt.Tooltip(f"{metric}:Q", format=".4f")],
     ).properties(height=200)
 

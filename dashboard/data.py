@@ -432,10 +432,23 @@ def history_frame(history: list[Snapshot]) -> pd.DataFrame:
     """One row per snapshot and variant: the headline figures over time."""
     rows = [{"end": pd.Timestamp(snap.window.end), "variant": v, "coverage": f.coverage,
              "gini": f.gini, "top10_share": f.top10_share,
-             "recommendations": snap.counts.recommendations}
+             "recommendations": snap.counts.recommendations,
+             "p95_ms": (lat.p95 if (lat := snap.sla.latency_ms.get(v)) else None),
+             "error_rate": snap.sla.error_rate,
+             "spam_flagged": len(snap.spam.flagged.combined)}
             for snap in history for v, f in snap.fairness.items()]
-    return pd.DataFrame(rows, columns=["end", "variant", "coverage", "gini", "top10_share",
-                                       "recommendations"])
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+HISTORY_COLUMNS = ["end", "variant", "coverage", "gini", "top10_share", "recommendations",
+                   "p95_ms", "error_rate", "spam_flagged"]
+
+
+def sparkline(history: pd.DataFrame, variant: str, column: str) -> list[float] | None:
+    """One variant's figure over the snapshots, oldest first, for a metric's sparkline;
+    None with fewer than two known points (a line needs two)."""
+    values = history[history["variant"] == variant].sort_values("end")[column].dropna()
+    return [float(x) for x in values] if len(values) > 1 else None
 
 
 def event_rates(times: pd.DataFrame, minutes: int) -> pd.DataFrame:

@@ -24,7 +24,7 @@ def body() -> None:
             ci = ("" if t.ci_low is None or t.ci_high is None
                   else f" [{t.ci_low:+.4f}, {t.ci_high:+.4f}]")
             col.metric(f"{v}: Gini slope / window", value,
-                       delta="echo chamber" if t.detected else verdict,
+                       delta="echo chamber" if t.detected else verdict, delta_arrow="off",
                        delta_color="inverse" if t.detected else "off",
                        help=f"least-squares slope of the rarefied Gini over the last "
                             f"{echo.windows} windows of {snap.window.minutes:g} min, 95% "
@@ -45,6 +45,7 @@ def body() -> None:
             ratio = tail.head_tail_ratio
             col.metric(f"{v}: head/tail ratio", data.fmt(ratio, ".2f", missing="no ratio"),
                        delta="starved" if tail.starved else (tail.reason or "ok"),
+                       delta_arrow="off",
                        delta_color="inverse" if tail.starved else "off",
                        help=f"share of head items recommended / share of tail items, by "
                             f"popularity before the window, with Katz's 95% interval "
@@ -62,7 +63,8 @@ def body() -> None:
                                                         missing="not enough data"),
                 help="mean Jaccard similarity of sampled user pairs' watches in the window, "
                      "users served in it only (Chaney 2018)")
-    right.metric("homogenisation slope / window", value, delta=verdict, delta_color="off")
+    right.metric("homogenisation slope / window", value, delta=verdict, delta_color="off",
+                 delta_arrow="off")
     st.altair_chart(charts.window_lines(frame, "homogenization"), use_container_width=True)
 
 

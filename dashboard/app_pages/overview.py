@@ -65,6 +65,41 @@ def body() -> None:
         col.metric(f"p95 latency {v}", "-" if p95 is None else f"{p95:.1f} ms",
                    delta=None if p95 is None else f"{target - p95:+.1f} ms to SLA",
                    help=f"95th percentile of logged latency; objective {target:g} ms")
+    trends(s)
+
+
+TRENDS = [  # (label, variant, history column, format, how it is computed)
+    ("coverage A", "A", "coverage", ".3f", "share of the catalog recommended in the window"),
+    ("coverage B", "B", "coverage", ".3f", "share of the catalog recommended in the window"),
+    ("Gini A", "A", "gini", ".4f", "Gini of recommendation counts per catalog item"),
+    ("Gini B", "B", "gini", ".4f", "Gini of recommendation counts per catalog item"),
+    ("p95 latency A (ms)", "A", "p95_ms", ".1f", "95th percentile of logged latency"),
+    ("p95 latency B (ms)", "B", "p95_ms", ".1f", "95th percentile of logged latency"),
+    ("error rate", "all", "error_rate", ".1%", "failed /health probes in the window"),
+    ("spam flagged", "all", "spam_flagged", "d", "users the combined spam flag caught"),
+]
+
+
+def trends(s) -> None:
+    """The headline figures over the selected range, one sparkline per tile (a point per
+    analytics snapshot)."""
+    st.subheader("Over the selected range")
+    history = data.in_range(data.history_frame(data.snapshot_history(str(s.var_dir))),
+                            data.range_minutes())
+    points = history["end"].nunique() if not history.empty else 0
+    if points < 2:
+        st.info(f"Not enough data for trends: {points} analytics snapshot(s) in the range "
+                f"(one per {s.schedule.analyze_interval} s while the scheduler runs).")
+        return
+    st.caption(f"{points} analytics snapshots, oldest to newest; each tile shows the newest")
+    cols = st.columns(4)
+    for i, (label, variant, column, spec, how) in enumerate(TRENDS):
+        line = data.sparkline(history, variant, column)
+        newest = line[-1] if line else None
+        cols[i % 4].metric(label, data.fmt(int(newest) if spec == "d" and newest is not None
+                                           else newest, spec, missing="not enough data"),
+                           chart_data=line, chart_type="line", border=True,
+                           help=f"{how}; one point per snapshot over the selected range")
 
 
 body()

@@ -142,6 +142,20 @@ def test_chart_builders_return_valid_specs():
     assert len(data.sequential_frame(snap)) == 12
 
 
+def test_a_variant_has_one_colour_on_every_chart_and_legends_list_only_those_shown():
+    snap = snapshot()
+    scales = [charts.interval_bars(data.arms_frame(snap)).to_dict()["layer"][0],
+              charts.p_value_line(data.sequential_frame(snap), 0.05).to_dict()["layer"][0],
+              charts.history_lines(data.history_frame([snap]), "gini").to_dict()]
+    colours = [dict(zip(c["encoding"]["color"]["scale"]["domain"],
+                        c["encoding"]["color"]["scale"]["range"], strict=True)) for c in scales]
+    assert all(c["B"] == charts.COLORS["B"] for c in colours), colours
+    assert "C" not in colours[1] and "all" not in colours[1]  # only the arms shown
+    other = charts.variant_scale(pd.Series(["A", "treat-2", "treat-1"])).to_dict()
+    assert other["domain"] == ["A", "treat-1", "treat-2"]
+    assert other["range"] == [charts.COLORS["A"], *charts.EXTRA[:2]]
+
+
 def test_the_app_navigates_to_its_default_page(var):
     app = Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py"
     at = AppTest.from_file(str(app), default_timeout=60).run()
@@ -314,3 +328,26 @@ def test_audit_filters():
         "3", "1"]
     assert data.filter_audit(frame, [], [], "VARIANT")["actor"].tolist() == ["key:ops"]
     assert data.filter_audit(frame, [], [], "user:")["ts"].tolist() == ["3", "1"]
+
+
+def test_overview_trends_need_two_snapshots_and_then_draw_sparklines(var):
+    """One snapshot: "not enough data for trends"; two: a tile per figure with its line."""
+    at = AppTest.from_file(str(PAGES / "overview.py"), default_timeout=60).run()
+    assert not at.exception
+    assert any("Not enough data for trends" in m.value for m in at.info)
+    snap = Snapshot.model_validate_json((var / "analytics" / "latest.json").read_text())
+    for minutes in (20, 10):  # two snapshots inside the selected hour
+        end = pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=minutes)
+        later = snap.model_copy(update={"window": snap.window.model_copy(
+            update={"end": end.isoformat()})})
+        (var / "analytics" / "snapshots" / f"{end:%Y%m%dT%H%M%SZ}.json").write_text(
+            later.model_dump_json())
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "overview.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    tiles = {m.label: m for m in at.metric}
+    assert tiles["coverage A"].value == f"{snap.fairness['A'].coverage:.3f}"
+    history = data.history_frame(data.snapshot_history(str(var)))
+    assert data.sparkline(data.in_range(history, 60), "A", "coverage") == [
+        snap.fairness["A"].coverage] * 2
+    assert data.sparkline(history.iloc[:0], "A", "coverage") is None
