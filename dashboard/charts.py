@@ -133,3 +133,16 @@ def rate_lines(df: pd.DataFrame) -> alt.Chart:
         x=alt.X("minute:T", title=None), y=alt.Y("per_second:Q", title="events/s"),
         color="topic:N", tooltip=["minute:T", "topic:N", alt.Tooltip("per_second:Q",
                                                                     format=".2f")])
+
+
+def rating_shift(df: pd.DataFrame) -> alt.Chart:
+    """Rating shares before the window and in it, side by side (columns: rating, period,
+    share, ratings)."""
+    return alt.Chart(df, title="ratings: before the window against in it").mark_bar().encode(
+        x=alt.X("rating:O", title="rating"), xOffset="period:N",
+        y=alt.Y("share:Q", title="share of ratings"),
+        color=alt.Color("period:N", scale=alt.Scale(range=["#9d9d9d", "#4c78a8"]),
+                        title=None),
+        tooltip=["period", "rating", alt.Tooltip("share:Q", format=".1%"),
+                 alt.Tooltip("ratings:Q", title="ratings")],
+    ).properties(height=220)

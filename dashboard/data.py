@@ -435,13 +435,36 @@ def history_frame(history: list[Snapshot]) -> pd.DataFrame:
              "recommendations": snap.counts.recommendations,
              "p95_ms": (lat.p95 if (lat := snap.sla.latency_ms.get(v)) else None),
              "error_rate": snap.sla.error_rate,
-             "spam_flagged": len(snap.spam.flagged.combined)}
+             "spam_flagged": len(snap.spam.flagged.combined),
+             "rating_psi": snap.drift.rating_psi, "popularity_psi": snap.drift.popularity_psi}
             for snap in history for v, f in snap.fairness.items()]
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 HISTORY_COLUMNS = ["end", "variant", "coverage", "gini", "top10_share", "recommendations",
-                   "p95_ms", "error_rate", "spam_flagged"]
+                   "p95_ms", "error_rate", "spam_flagged", "rating_psi", "popularity_psi"]
+
+
+PSI_BANDS = ((0.1, "stable"), (0.25, "moderate shift"))  # Yurdakul 2018; above: major shift
+
+
+def psi_verdict(value: float | None) -> str:
+    """A PSI's reading by the usual bands (see `ops.psi`), or "not enough data"."""
+    if value is None:
+        return "not enough data"
+    return next((word for limit, word in PSI_BANDS if value < limit), "major shift")
+
+
+def rating_shift_frame(snap: Snapshot) -> pd.DataFrame:
+    """The rating histogram's shares before the window and in it (columns: rating, period,
+    share, ratings); a period with no ratings has no rows."""
+    rows = []
+    for period, hist in (("before the window", snap.drift.rating_hist_train),
+                         ("in the window", snap.drift.rating_hist_now)):
+        total = sum(hist)
+        rows += [{"rating": r, "period": period, "share": n / total, "ratings": n}
+                 for r, n in enumerate(hist, start=1) if total]
+    return pd.DataFrame(rows, columns=["rating", "period", "share", "ratings"])
 
 
 def sparkline(history: pd.DataFrame, variant: str, column: str) -> list[float] | None:

@@ -14,6 +14,7 @@ pages = [
     st.Page("app_pages/security.py", title="Security"),
     st.Page("app_pages/abtest.py", title="A/B test"),
     st.Page("app_pages/models.py", title="Models"),
+    st.Page("app_pages/drift.py", title="Drift"),
     st.Page("app_pages/stream.py", title="Stream"),
     st.Page("app_pages/audit.py", title="Audit"),
 ]

@@ -27,6 +27,7 @@ def compute(win: LogWindow) -> Drift:
     cur = np.bincount(idx[win.during(ts)], minlength=len(catalog))
     e, a = ops.popularity_bins(train.tolist(), cur.tolist())
     return Drift(
-        rating_psi=ops.psi(hist_train.tolist(), hist_now.tolist()) if hist_now.sum() else None,
+        rating_psi=(ops.psi(hist_train.tolist(), hist_now.tolist())
+                    if hist_now.sum() and hist_train.sum() else None),
         popularity_psi=ops.psi(e.tolist(), a.tolist()) if cur.sum() and train.sum() else None,
         rating_hist_train=hist_train.tolist(), rating_hist_now=hist_now.tolist())

@@ -460,7 +460,7 @@ def test_simulator_closes_the_loop_through_the_api(served, simulated):
 
 DASHBOARD_PAGES = {"": "Overview", "fairness": "Fairness", "feedback": "Feedback loops",
                    "security": "Security", "abtest": "A/B test", "models": "Models",
-                   "stream": "Stream", "audit": "Audit"}
+                   "drift": "Drift", "stream": "Stream", "audit": "Audit"}
 OPERATOR, VIEWER, PASSWORD = "alice", "victor", "a long test password"
 
 

@@ -25,3 +25,8 @@ def test_no_events_in_the_window_no_psi():
     out = drift.compute(window(reco_log([]), rating=ratings([(90, 1, 1, 5)])))
     assert out.rating_psi is None and out.popularity_psi is None
     assert out.rating_hist_train == [0, 0, 0, 0, 1] and out.rating_hist_now == [0] * 5
+
+
+def test_no_ratings_before_the_window_no_rating_psi_rather_than_zero():
+    out = drift.compute(window(reco_log([]), rating=ratings([(10, 1, 1, 5), (5, 2, 1, 4)])))
+    assert out.rating_hist_train == [0] * 5 and out.rating_psi is None

@@ -131,6 +131,7 @@ def test_chart_builders_return_valid_specs():
         charts.interval_bars(data.arms_frame(snap)),
         charts.p_value_line(data.sequential_frame(snap), 0.05),
         charts.history_lines(data.history_frame([snap]), "gini"),
+        charts.rating_shift(data.rating_shift_frame(snap)),
         charts.counter_bars(pd.DataFrame({"status": ["401"], "value": [2.0]}), "status", "t"),
         charts.rate_lines(data.event_rates(pd.DataFrame(
             {"topic": ["events.rating"] * 3, "ts": [NOW] * 3}), 60)),
@@ -351,3 +352,16 @@ def test_overview_trends_need_two_snapshots_and_then_draw_sparklines(var):
     assert data.sparkline(data.in_range(history, 60), "A", "coverage") == [
         snap.fairness["A"].coverage] * 2
     assert data.sparkline(history.iloc[:0], "A", "coverage") is None
+
+
+def test_drift_reads_psi_by_its_bands_and_shows_both_histograms():
+    assert [data.psi_verdict(x) for x in (None, 0.02, 0.1, 0.3)] == [
+        "not enough data", "stable", "moderate shift", "major shift"]
+    snap = snapshot()
+    frame = data.rating_shift_frame(snap)
+    for period, hist in (("before the window", snap.drift.rating_hist_train),
+                         ("in the window", snap.drift.rating_hist_now)):
+        rows = frame[frame["period"] == period]
+        assert rows["ratings"].tolist() == (hist if sum(hist) else [])
+        if sum(hist):
+            assert abs(rows["share"].sum() - 1) < 1e-9
