@@ -146,3 +146,20 @@ def rating_shift(df: pd.DataFrame) -> alt.Chart:
         tooltip=["period", "rating", alt.Tooltip("share:Q", format=".1%"),
                  alt.Tooltip("ratings:Q", title="ratings")],
     ).properties(height=220)
+
+
+def lorenz_lines(df: pd.DataFrame) -> alt.LayerChart | alt.FacetChart:
+    """Lorenz curves of exposure per variant with the line of equal exposure (columns:
+    variant, items_share, exposure_share)."""
+    pct = alt.Axis(format="%")
+    lines = alt.Chart(df, title="Lorenz curve of position-weighted exposure").mark_line(
+        point=True).encode(
+        x=alt.X("items_share:Q", title="least-exposed share of the catalog", axis=pct),
+        y=alt.Y("exposure_share:Q", title="share of all exposure", axis=pct),
+        color=alt.Color("variant:N", scale=variant_scale(df["variant"])),
+        tooltip=["variant", alt.Tooltip("items_share:Q", format=".0%", title="items"),
+                 alt.Tooltip("exposure_share:Q", format=".1%", title="exposure")])
+    equal = alt.Chart(pd.DataFrame({"items_share": [0.0, 1.0], "exposure_share": [0.0, 1.0]})
+                      ).mark_line(color="#bbbbbb", strokeDash=[4, 4]).encode(
+        x="items_share:Q", y="exposure_share:Q")
+    return alt.layer(equal, lines).properties(height=260)

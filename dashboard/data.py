@@ -455,6 +455,15 @@ def psi_verdict(value: float | None) -> str:
     return next((word for limit, word in PSI_BANDS if value < limit), "major shift")
 
 
+def lorenz_frame(snap: Snapshot) -> pd.DataFrame:
+    """Each variant's Lorenz curve of position-weighted exposure (columns: variant,
+    items_share, exposure_share); a variant with no exposure has no rows."""
+    rows = [{"variant": v, "items_share": i / (len(f.exposure_lorenz) - 1),
+             "exposure_share": y}
+            for v, f in snap.fairness.items() for i, y in enumerate(f.exposure_lorenz)]
+    return pd.DataFrame(rows, columns=["variant", "items_share", "exposure_share"])
+
+
 def rating_shift_frame(snap: Snapshot) -> pd.DataFrame:
     """The rating histogram's shares before the window and in it (columns: rating, period,
     share, ratings); a period with no ratings has no rows."""

@@ -20,7 +20,7 @@ from backend.analytics.snapshot import (
 from backend.analytics.window import ArmExposure, LogWindow, RecoLog
 from backend.core.settings import AnalyticsSettings
 from backend.ml.metrics import fairness as fair_metrics
-from backend.ml.metrics.ranking import gini
+from backend.ml.metrics.ranking import gini, lorenz
 from backend.ml.recommenders.base import item_features
 
 
@@ -79,7 +79,7 @@ def arm_fairness(cfg: AnalyticsSettings, reco: RecoLog, mask: np.ndarray, exp: A
     parity = max(gaps.values(), default=0.0)
     return Fairness(
         coverage=coverage, gini=gini(counts), top10_share=fair_metrics.top_share(counts, 10),
-        exposure_gini=gini(exp.weighted),
+        exposure_gini=gini(exp.weighted), exposure_lorenz=lorenz(exp.weighted),
         diversity=float(np.nanmean(div)) if ok.any() else None,
         diversity_by_segment=diversity, parity_gap=gaps,
         requirements=Requirements(

@@ -86,6 +86,8 @@ class Fairness(Section):
     gini: float
     top10_share: float
     exposure_gini: float
+    # position-weighted exposure's Lorenz curve at item shares 0, 0.05, ..., 1 (none: empty)
+    exposure_lorenz: list[float] = []
     diversity: Figure  # mean intra-list diversity; None without lists of 2+ featured items
     diversity_by_segment: dict[str, dict[str, float]]  # dimension -> segment -> diversity
     parity_gap: dict[str, float]  # dimension -> max - min over its known segments

@@ -31,6 +31,14 @@ def body() -> None:
                             f"parity gap < {req.parity.max} (gap {req.parity.value:.3f}, "
                             f"{'fails' if 'parity' in failed else 'holds'})")
     st.altair_chart(charts.metric_bars(data.fairness_frame(snap), "exposure per variant"))
+    curves = data.lorenz_frame(snap)
+    if curves.empty:
+        st.info("Not enough data for the Lorenz curve: no recommendation in the window.")
+    else:
+        st.altair_chart(charts.lorenz_lines(curves), use_container_width=True)
+        st.caption("How unequal exposure is: the dashed line is equal exposure; the further "
+                   "below it, the more the slots go to few items (each slot weighted by "
+                   "1/log2(rank + 1); its Gini is the exposure Gini).")
     history = data.in_range(data.history_frame(data.snapshot_history(str(s.var_dir))),
                             data.range_minutes())
     if len(history) > 1:

@@ -132,6 +132,7 @@ def test_chart_builders_return_valid_specs():
         charts.p_value_line(data.sequential_frame(snap), 0.05),
         charts.history_lines(data.history_frame([snap]), "gini"),
         charts.rating_shift(data.rating_shift_frame(snap)),
+        charts.lorenz_lines(data.lorenz_frame(snap)),
         charts.counter_bars(pd.DataFrame({"status": ["401"], "value": [2.0]}), "status", "t"),
         charts.rate_lines(data.event_rates(pd.DataFrame(
             {"topic": ["events.rating"] * 3, "ts": [NOW] * 3}), 60)),
@@ -365,3 +366,12 @@ def test_drift_reads_psi_by_its_bands_and_shows_both_histograms():
         assert rows["ratings"].tolist() == (hist if sum(hist) else [])
         if sum(hist):
             assert abs(rows["share"].sum() - 1) < 1e-9
+
+
+def test_lorenz_frame_holds_each_variants_curve_from_the_snapshot():
+    snap = snapshot()
+    frame = data.lorenz_frame(snap)
+    for v, f in snap.fairness.items():
+        rows = frame[frame["variant"] == v]
+        assert rows["exposure_share"].tolist() == f.exposure_lorenz and len(rows) == 21
+        assert rows["items_share"].iloc[-1] == 1.0

@@ -65,3 +65,17 @@ def test_novelty_ild_aplt():
     # list [1,2,3]: pairs (1,2)=1, (1,3)=0, (2,3)=1 -> mean distance 2/3
     assert intra_list_diversity([[1, 2, 3]], feats) == pytest.approx(2 / 3)
     assert aplt([[1, 2, 3, 4], [5, 6]], {3, 4, 5}) == pytest.approx((0.5 + 0.5) / 2)
+
+
+def test_lorenz_curve_by_its_definition_and_against_gini():
+    from backend.ml.metrics.ranking import lorenz
+
+    # four items exposed 0, 1, 1, 2: the poorest quarter holds 0, half 1/4, three quarters 1/2
+    assert lorenz(np.array([2, 0, 1, 1]), points=5) == pytest.approx([0, 0, 0.25, 0.5, 1])
+    assert lorenz(np.zeros(3)) == [] and lorenz(np.array([])) == []
+    rng = np.random.default_rng(7)
+    counts = rng.zipf(1.6, 5000).astype(float)  # a long tail, as recommendations have
+    curve = np.array(lorenz(counts, points=5001))
+    area = float(((curve[1:] + curve[:-1]) / 2).sum() / 5000)  # trapezoids
+    assert 1 - 2 * area == pytest.approx(gini(counts), abs=2e-3)
+    assert np.all(np.diff(curve) >= 0) and curve[0] == 0 and curve[-1] == pytest.approx(1)

@@ -72,6 +72,19 @@ def gini(counts: np.ndarray) -> float:
     return float(((2 * i - n - 1) * x).sum() / (n * total))
 
 
+def lorenz(counts: np.ndarray, points: int = 21) -> list[float]:
+    """The Lorenz curve of exposure over the full catalog: at each of `points` equally
+    spaced item shares p in [0, 1], the share of all exposure held by the least-exposed
+    fraction p of items (linear between items; Lorenz 1905). 1 - 2 x its area is the Gini
+    index as n grows. Empty without exposure."""
+    x = np.sort(np.asarray(counts, dtype=np.float64))
+    if len(x) == 0 or x.sum() == 0:
+        return []
+    cum = np.concatenate([[0.0], np.cumsum(x) / x.sum()])
+    share = np.linspace(0, 1, len(cum))
+    return [float(v) for v in np.interp(np.linspace(0, 1, points), share, cum)]
+
+
 def novelty(lists: Iterable[Sequence[int]], popularity: Mapping[int, float],
             n_users: int) -> float:
     """Mean self-information -log2(pop(i) / n_users) of recommended items (Zhou et al.
