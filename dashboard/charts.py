@@ -163,3 +163,21 @@ def lorenz_lines(df: pd.DataFrame) -> alt.LayerChart | alt.FacetChart:
                       ).mark_line(color="#bbbbbb", strokeDash=[4, 4]).encode(
         x="items_share:Q", y="exposure_share:Q")
     return alt.layer(equal, lines).properties(height=260)
+
+
+def group_history(df: pd.DataFrame) -> alt.FacetChart:
+    """Head / mid / tail exposure shares over time, one panel per variant (columns: end,
+    variant, group, share)."""
+    return alt.Chart(df).mark_area().encode(
+        x=alt.X("end:T", title=None),
+        y=alt.Y("share:Q", stack="normalize", title="share of exposure", axis=alt.Axis(
+            format="%")),
+        color=alt.Color("group:N", sort=["head", "mid", "tail"],
+                        scale=alt.Scale(domain=["head", "mid", "tail"],
+                                        range=["#9d9d9d", "#bab0ac", "#54a24b"])),
+        order=alt.Order("group_order:Q"),
+        tooltip=["end:T", "variant", "group", alt.Tooltip("share:Q", format=".1%")],
+    ).transform_calculate(
+        group_order="indexof(['head', 'mid', 'tail'], datum.group)",
+    ).properties(height=150, width=260, title="head / mid / tail exposure over time").facet(
+        column=alt.Column("variant:N", title=None))

@@ -436,13 +436,25 @@ def history_frame(history: list[Snapshot]) -> pd.DataFrame:
              "p95_ms": (lat.p95 if (lat := snap.sla.latency_ms.get(v)) else None),
              "error_rate": snap.sla.error_rate,
              "spam_flagged": len(snap.spam.flagged.combined),
-             "rating_psi": snap.drift.rating_psi, "popularity_psi": snap.drift.popularity_psi}
+             "rating_psi": snap.drift.rating_psi, "popularity_psi": snap.drift.popularity_psi,
+             **{f"{g}_exposure": (getattr(t.exposure_share, g) if (t := snap.tail.get(v))
+                                  and t.exposure_share else None) for g in GROUPS}}
             for snap in history for v, f in snap.fairness.items()]
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 HISTORY_COLUMNS = ["end", "variant", "coverage", "gini", "top10_share", "recommendations",
-                   "p95_ms", "error_rate", "spam_flagged", "rating_psi", "popularity_psi"]
+                   "p95_ms", "error_rate", "spam_flagged", "rating_psi", "popularity_psi",
+                   "head_exposure", "mid_exposure", "tail_exposure"]
+GROUPS = ("head", "mid", "tail")
+
+
+def group_history(history: pd.DataFrame) -> pd.DataFrame:
+    """Head / mid / tail exposure shares over the snapshots (columns: end, variant, group,
+    share), snapshots without recommendations left out."""
+    long = history.melt(id_vars=["end", "variant"], value_vars=[f"{g}_exposure" for g in GROUPS],
+                        var_name="group", value_name="share").dropna(subset=["share"])
+    return long.assign(group=long["group"].str.removesuffix("_exposure"))
 
 
 PSI_BANDS = ((0.1, "stable"), (0.25, "moderate shift"))  # Yurdakul 2018; above: major shift

@@ -56,6 +56,13 @@ def body() -> None:
     left, right = st.columns(2)
     left.altair_chart(charts.group_rates(tails), use_container_width=True)
     right.altair_chart(charts.group_rates(tails, "exposure"), use_container_width=True)
+    groups = data.group_history(data.in_range(data.history_frame(
+        data.snapshot_history(str(s.var_dir))), data.range_minutes()))
+    if groups["end"].nunique() < 2:
+        st.info("Not enough data for head / mid / tail exposure over time: fewer than two "
+                "analytics snapshots with recommendations in the selected range.")
+    else:
+        st.altair_chart(charts.group_history(groups))
     value, verdict = data.trend_text(echo.variants["all"].homogenization_trend
                                      if "all" in echo.variants else None)
     left, right = st.columns(2)

@@ -133,6 +133,7 @@ def test_chart_builders_return_valid_specs():
         charts.history_lines(data.history_frame([snap]), "gini"),
         charts.rating_shift(data.rating_shift_frame(snap)),
         charts.lorenz_lines(data.lorenz_frame(snap)),
+        charts.group_history(data.group_history(data.history_frame([snap, snap]))),
         charts.counter_bars(pd.DataFrame({"status": ["401"], "value": [2.0]}), "status", "t"),
         charts.rate_lines(data.event_rates(pd.DataFrame(
             {"topic": ["events.rating"] * 3, "ts": [NOW] * 3}), 60)),
@@ -375,3 +376,15 @@ def test_lorenz_frame_holds_each_variants_curve_from_the_snapshot():
         rows = frame[frame["variant"] == v]
         assert rows["exposure_share"].tolist() == f.exposure_lorenz and len(rows) == 21
         assert rows["items_share"].iloc[-1] == 1.0
+
+
+def test_group_history_holds_the_snapshots_exposure_shares():
+    snap = snapshot()
+    long = data.group_history(data.history_frame([snap]))
+    shown = {v: t for v, t in snap.tail.items() if t.exposure_share is not None}
+    assert shown and set(long["variant"]) == set(shown) & set(snap.fairness)
+    for v, t in shown.items():
+        assert t.exposure_share is not None
+        mine = long[long["variant"] == v].set_index("group")["share"]
+        assert mine.to_dict() == {"head": t.exposure_share.head, "mid": t.exposure_share.mid,
+                                  "tail": t.exposure_share.tail}
