@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+from pathlib import Path
 
 import click
 
@@ -65,6 +66,12 @@ def accounts_remove(name: str) -> None:
     click.echo(f"removed {name}")
 
 
+def first_password_path(settings: Settings) -> Path:
+    """Where `ensure_first_account` leaves the `admin` operator's password (0600)."""
+    assert settings.registry.keys_dir is not None  # filled in by Settings
+    return settings.registry.keys_dir / "console-admin.password"
+
+
 def ensure_first_account(settings: Settings) -> str | None:
     """With no account yet, an operator account `admin` whose random password goes to
     `var/keys/console-admin.password` (0600); returns that file's path, or None."""
@@ -75,8 +82,7 @@ def ensure_first_account(settings: Settings) -> str | None:
     store = open_accounts(settings)
     if store.accounts():
         return None
-    assert settings.registry.keys_dir is not None
-    path = settings.registry.keys_dir / "console-admin.password"
+    path = first_password_path(settings)
     password = secrets.token_urlsafe(18)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)

@@ -1,10 +1,12 @@
 """`reco demo-record`: a scripted walkthrough of the live dashboard, recorded in headless
 Chromium while the simulator runs, stitched into a video with a caption per step.
 
-The platform must be up (`make up`). The script drives the real dashboard and API: every
-page in turn, a split change on the A/B page, a promotion on the Models page, and the Security
-page after a planted push attack (a burst of simulated traffic with many bots, then an
-analytics run). One frame per second goes to `var/demo/frames/`; ffmpeg (Debian) stitches
+The platform must be up (`make up`). The script drives the real dashboard and API: it signs
+in as the `admin` operator `reco up` created, shows every page in turn, changes the split on
+the A/B page and promotes on the Models page (each confirmed), shows the Security page after a
+planted push attack (a burst of simulated traffic with many bots, then an analytics run) and
+the Audit page with those actions, and ends on the report `reco report` writes. One frame
+per second goes to `var/demo/frames/`; ffmpeg (Debian) stitches
 `var/demo/demo.mp4` and an animated preview `var/demo/preview.gif`; the captions are burnt
 into the frames and also written as `var/demo/captions.srt` and `steps.json`.
 """
@@ -24,9 +26,11 @@ from pathlib import Path
 
 from backend.analytics.snapshot import Snapshot
 from backend.core.settings import Settings
+from backend.ops.cli_accounts import first_password_path
 from backend.ops.platform import health
 
 log = logging.getLogger(__name__)
+DEMO_ACCOUNT = "admin"  # the operator account `reco up` creates (see ensure_first_account)
 CAPTION_JS = """(text) => {
   let d = document.getElementById('reco-demo-caption');
   if (!d) {
@@ -93,7 +97,10 @@ class Recorder:
 
     def run_step(self, page, step: Step) -> None:
         start = self.n
-        page.goto(f"{self.base}/{step.path}")
+        if not page.url.startswith(self.base):
+            page.goto(f"{self.base}/{step.path}")
+        else:  # by the sidebar: a page load would end the console session
+            page.get_by_role("link", name=step.heading).first.click()
         page.get_by_role("heading", name=step.heading).first.wait_for(timeout=60_000)
         page.wait_for_timeout(2500)  # charts draw
         page.evaluate(CAPTION_JS, step.caption)
@@ -128,16 +135,27 @@ def record(settings: Settings, out: Path | None = None) -> dict:
     rec = Recorder(settings, out)
     attack: dict = {}
 
+    def sign_in(page) -> str:
+        password = first_password_path(settings).read_text().strip()
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_label("account", exact=True).fill(DEMO_ACCOUNT)
+        sidebar.get_by_label("password", exact=True).fill(password)
+        sidebar.get_by_role("button", name="sign in").click()
+        page.get_by_text(f"signed in as {DEMO_ACCOUNT}").first.wait_for(timeout=30_000)
+        return f"(signed in as {DEMO_ACCOUNT}, an operator: the controls appear)"
+
     def change_split(page) -> str:
         slider = page.get_by_role("slider").first
         slider.focus()
         for _ in range(4):  # 0.05 per key press
             page.keyboard.press("ArrowLeft")
+        page.get_by_text("I want to change what every user is served").click()
         page.get_by_role("button", name="apply split").click()
         page.locator('[data-testid="stAlert"]').first.wait_for(timeout=30_000)
         return "(split moved 4 steps towards B and applied live: no replica restarts)"
 
     def promote(page) -> str:
+        page.get_by_text("I want to change what this variant serves").click()
         page.get_by_role("button", name="promote (verifies first)").click()
         alert = page.locator('[data-testid="stAlert"]').first
         alert.wait_for(timeout=30_000)
@@ -162,6 +180,8 @@ def record(settings: Settings, out: Path | None = None) -> dict:
     steps = [
         Step("", "Overview", "Overview: API health, the versions A and B serve, live requests/s, "
              "uptime and p95 latency per variant against the 100 ms SLA.", 8),
+        Step("", "Overview", "Signing in: viewers see every page, operators act; the "
+             "session's token goes with every admin call.", 4, sign_in),
         Step("fairness", "Fairness", "Fairness: catalog coverage, Gini and top-10 share of "
              "what was actually served, diversity parity by activity and age segment.", 8),
         Step("feedback", "Feedback loops", "Feedback loops: Gini per window with its fitted "
@@ -180,6 +200,8 @@ def record(settings: Settings, out: Path | None = None) -> dict:
         Step("security", "Security", "Security after a planted push attack: users loud in "
              "volume and abnormal in profile (RDMA/DegSim) are flagged and quarantined before "
              "the next retrain.", 10, planted_attack),
+        Step("audit", "Audit", "Audit: the sign-in, the split change and the promotion, "
+             "each recorded server-side under the operator's account.", 7),
         Step("", "Overview", "Back on the overview: the system kept serving throughout.", 5),
     ]
     with sync_playwright() as pw:
@@ -189,6 +211,17 @@ def record(settings: Settings, out: Path | None = None) -> dict:
         try:
             for step in steps:
                 rec.run_step(page, step)
+            report = out / "report"
+            _reco(settings, "report", "--out", str(report))
+            start = rec.n
+            page.goto((report / "report.html").resolve().as_uri())
+            caption = ("The report (`reco report`): every section's charts with their numbers "
+                       "as JSON beside them, the models' provenance and the audit trail.")
+            page.evaluate(CAPTION_JS, caption)
+            for _ in range(3):
+                rec.hold(page, 3)
+                page.mouse.wheel(0, 900)
+            rec.captions.append((caption, start, rec.n))
         finally:
             browser.close()
     (out / "captions.srt").write_text(srt(rec.captions))
@@ -197,6 +230,7 @@ def record(settings: Settings, out: Path | None = None) -> dict:
     for cmd in ffmpeg_commands(rec.frames, out):
         subprocess.run(cmd, check=True, timeout=600)
     return {"frames": rec.n, "video_seconds": rec.n, "video": str(out / "demo.mp4"),
+            "report": str(out / "report" / "report.html"),
             "preview": str(out / "preview.gif"), "steps": len(rec.captions),
             "attack": {k: attack.get(k) for k in ("visits", "errors", "flagged",
                                                   "bots_flagged")}}
