@@ -532,6 +532,20 @@ def _dead_letters(settings: Settings, n: int, error: str) -> None:
 UNSUPPORTED = re.compile(r"\b(inf|-inf|NaN|nan)\b|Traceback")  # figures with no support
 
 
+def _every_page(page, base: str, shots: str):
+    """Each dashboard page in turn, once drawn: screenshot to `shots` + page name, no
+    Streamlit exception and no unsupported figure on it; yields (path, main text)."""
+    for path, title in DASHBOARD_PAGES.items():
+        page.goto(f"{base}/{path}")
+        page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)  # charts draw
+        page.screenshot(path=f"{shots}{path or 'overview'}.png", full_page=True)
+        assert page.locator('[data-testid="stException"]').count() == 0, path
+        text = page.locator('[data-testid="stMain"]').inner_text()
+        assert not UNSUPPORTED.search(text), (path, UNSUPPORTED.search(text))
+        yield path, text
+
+
 def test_a_fresh_platforms_dashboard_says_what_it_has_no_data_for(served, tmp_path):
     """The console of a platform with no traffic yet (an empty state folder, the API up), in
     headless Chromium: every page says what it lacks (an info box), none shows a figure
@@ -547,15 +561,7 @@ def test_a_fresh_platforms_dashboard_says_what_it_has_no_data_for(served, tmp_pa
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                          args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            for path, title in DASHBOARD_PAGES.items():
-                page.goto(f"{base}/{path}")
-                page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
-                page.wait_for_timeout(1500)
-                page.screenshot(path=str(screens / f"fresh-{path or 'overview'}.png"),
-                                full_page=True)
-                assert page.locator('[data-testid="stException"]').count() == 0, path
-                text = page.locator('[data-testid="stMain"]').inner_text()
-                assert not UNSUPPORTED.search(text), (path, UNSUPPORTED.search(text))
+            for path, text in _every_page(page, base, f"{screens}/fresh-"):
                 assert page.locator('[data-testid="stAlert"]').count() >= 1, (path, text)
             browser.close()
     finally:
@@ -594,14 +600,8 @@ def test_dashboard_in_a_real_browser(served):
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                          args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            for path, title in DASHBOARD_PAGES.items():
-                page.goto(f"{base}/{path}")
-                page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
-                page.wait_for_timeout(1500)  # charts draw
-                assert page.locator('[data-testid="stException"]').count() == 0, path
-                text = page.locator('[data-testid="stMain"]').inner_text()
-                assert not UNSUPPORTED.search(text), (path, UNSUPPORTED.search(text))
-                page.screenshot(path=str(screens / f"{path or 'overview'}.png"), full_page=True)
+            for _ in _every_page(page, base, f"{screens}/"):
+                pass
             # a headline figure equals the snapshot's
             page.goto(f"{base}/fairness")
             coverage = f"{snap.fairness['A'].coverage:.3f}"
