@@ -159,7 +159,7 @@ def registry_versions(var_dir: str) -> pd.DataFrame:
                          "rows": prov.rows if prov else None,
                          "git": prov.git_sha[:10] if prov else "",
                          "created": manifest.created_at.isoformat() if manifest else None})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"rows": "Int64"}) if rows else pd.DataFrame(rows)
 
 
 @st.cache_data(ttl=15)

@@ -17,6 +17,7 @@ pages = [
     st.Page("app_pages/drift.py", title="Drift"),
     st.Page("app_pages/stream.py", title="Stream"),
     st.Page("app_pages/audit.py", title="Audit"),
+    st.Page("app_pages/report.py", title="Report"),
 ]
 nav = st.navigation(pages)
 st.sidebar.selectbox("time range", list(RANGES), index=1, key="time_range",

@@ -53,6 +53,8 @@ class Counts(Section):
     ratings: int
     users: int  # users with a recommendation in the window
     catalog: int
+    # minutes of the window with at least one recommendation (None: written before it was)
+    traffic_minutes: int | None = None
 
 
 # -- fairness ----------------------------------------------------------------------------------

@@ -151,6 +151,12 @@ class LogWindow:
         """Mask of the catalog positions released before `end` (the catalog as it was)."""
         return np.isnat(self.released) | (self.released < end)
 
+    def traffic_minutes(self, reco: RecoLog) -> int:
+        """Minutes of the window (counted from its start) with at least one response: the
+        span a rate is taken over, so a quiet hour does not dilute the last minutes' rate."""
+        since = reco.ts[self.in_win] - self.start
+        return int(np.unique(since // np.timedelta64(1, "m")).size)
+
     def during(self, ts: np.ndarray) -> np.ndarray:
         """Mask of the times inside the window."""
         return (ts >= self.start) & (ts < self.end)

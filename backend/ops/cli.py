@@ -331,7 +331,7 @@ def dashboard(port: int) -> None:
 def report(since: datetime | None, out_dir: Path | None, no_pdf: bool) -> None:
     """The operations report (HTML with charts, its numbers as JSON, PDF) from the lake's
     analytics, the registry and the audit trail."""
-    from backend.ops.report import write_report
+    from dashboard.report import write_report
 
     s = _settings()
     since = since.replace(tzinfo=UTC) if since is not None else None

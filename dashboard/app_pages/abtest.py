@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import charts, console, data
+from dashboard import charts, console, data, tables
 
 st.title("A/B test")
 
@@ -22,7 +22,7 @@ def body() -> None:
     else:
         st.caption("No experiment: the window's users under the default split.")
     arms = data.arms_frame(snap)
-    st.dataframe(arms, hide_index=True)
+    tables.show(arms)
     w, srm = ab.winner, ab.srm
     if w is not None and ab.comparisons:
         cols = st.columns(3)
@@ -37,13 +37,13 @@ def body() -> None:
                    "method), fixed-horizon and always-valid p (mSPRT, safe to read at any "
                    "time), Holm-adjusted over arms and metrics, chance to beat the control "
                    "(flat prior, as GrowthBook), CUPED by pre-experiment watches.")
-        st.dataframe(data.comparisons_frame(snap), hide_index=True)
+        tables.show(data.comparisons_frame(snap))
         st.altair_chart(charts.p_value_line(data.sequential_frame(snap), s.analytics.alpha))
     if ab.guardrails:
-        st.dataframe(data.guardrails_frame(snap), hide_index=True)
+        tables.show(data.guardrails_frame(snap))
     if ab.epochs:
         st.subheader("Allocation epochs")
-        st.dataframe(data.epochs_frame(snap), hide_index=True)
+        tables.show(data.epochs_frame(snap))
     st.altair_chart(charts.interval_bars(arms.dropna(subset=["watch_through"])))
 
 body()

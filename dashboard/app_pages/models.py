@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import console, data
+from dashboard import console, data, tables
 
 st.title("Models")
 s = data.settings()
@@ -10,7 +10,7 @@ versions = data.registry_versions(str(s.var_dir))
 if versions.empty:
     st.info("The registry is empty: `make up` trains the first versions (or `reco train`).")
 else:
-    st.dataframe(versions, hide_index=True)
+    tables.show(versions, missing="not available")
     if console.can_act():
         with st.form("promote"):
             variant = st.selectbox("variant", sorted(versions["variant"].unique()))

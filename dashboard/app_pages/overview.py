@@ -53,8 +53,12 @@ def body() -> None:
     cols = st.columns(4)
     cols[0].metric("uptime", data.fmt(sla.uptime, ".1%"),
                    help="share of /health probes answered (ok or degraded) in the window")
-    cols[1].metric("recommendations/s", f"{snap.counts.recommendations / (minutes * 60):.2f}",
-                   help="recommendations logged per second over the analytics window")
+    active = snap.counts.traffic_minutes
+    cols[1].metric("recommendations/s", data.fmt(
+        snap.counts.recommendations / (active * 60) if active else None, ".2f",
+        missing="not enough data"),
+        help=f"recommendations logged per second over the {active or 0} minutes of the "
+             f"{minutes:g}-minute window that had any (a quiet stretch does not dilute it)")
     cols[2].metric("error rate", data.fmt(sla.error_rate, ".1%"), help="failed health probes")
     cols[3].metric("window", f"{minutes:g} min", help=f"ends {window.end}")
     target = s.analytics.sla_p95_ms

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import charts, console, data
+from dashboard import charts, console, data, tables
 
 st.title("Security")
 
@@ -32,7 +32,7 @@ def body() -> None:
             st.altair_chart(charts.rating_counts(hist, flagged, lines), use_container_width=True)
         else:
             st.caption("ratings per user: not enough data (no rating in the window)")
-        st.dataframe(data.detector_frame(snap), hide_index=True)
+        tables.show(data.detector_frame(snap))
         if not held.empty:
             st.subheader("quarantine review")
             st.dataframe(held, hide_index=True)

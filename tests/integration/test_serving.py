@@ -460,7 +460,7 @@ def test_simulator_closes_the_loop_through_the_api(served, simulated):
 
 DASHBOARD_PAGES = {"": "Overview", "fairness": "Fairness", "feedback": "Feedback loops",
                    "security": "Security", "abtest": "A/B test", "models": "Models",
-                   "drift": "Drift", "stream": "Stream", "audit": "Audit"}
+                   "drift": "Drift", "stream": "Stream", "audit": "Audit", "report": "Report"}
 OPERATOR, VIEWER, PASSWORD = "alice", "victor", "a long test password"
 
 
@@ -568,8 +568,7 @@ def test_a_fresh_platforms_dashboard_says_what_it_has_no_data_for(served, tmp_pa
         _stop_dashboard(proc)
 
 
-@pytest.mark.usefixtures("simulated")
-def test_dashboard_in_a_real_browser(served):
+def test_dashboard_in_a_real_browser(served, simulated):
     """Every page in headless Chromium on the simulated traffic's data. A viewer gets no
     controls and the admin API refuses a viewer's session; a wrong password is refused and
     counted; the operator signs in, changes the split, releases a quarantined user, rolls
@@ -581,8 +580,10 @@ def test_dashboard_in_a_real_browser(served):
 
     settings = served["settings"]
     _accounts(settings)
-    snap = Snapshot.model_validate_json(
-        (settings.var_dir / "analytics" / "latest.json").read_text())
+    # the simulated traffic's snapshot: another test's analytics (a 2-minute window of bots
+    # only) may have replaced it
+    (settings.var_dir / "analytics" / "latest.json").write_text(simulated.snapshot)
+    snap = Snapshot.model_validate_json(simulated.snapshot)
     quarantine = open_quarantine(settings)
     planted = 4242
     if planted not in quarantine.held():
@@ -703,6 +704,14 @@ def test_dashboard_in_a_real_browser(served):
             page.keyboard.press("Enter")
             page.get_by_text(f"{len(actions)} of ").first.wait_for(timeout=30_000)
             page.screenshot(path=str(screens / "audit-signed-in.png"), full_page=True)
+            # the report of the period from its page, with those actions in its audit section
+            go(page, "Report")
+            page.get_by_role("button", name="write the report").click()
+            page.get_by_role("button", name="download report.html").wait_for(timeout=180_000)
+            written = max((settings.var_dir / "reports").glob("*/report.json"))
+            trail = json.loads(written.read_text())["sections"]["audit"]
+            assert set(actions) <= {e["action"] for e in trail
+                                    if e["actor"] == f"user:{OPERATOR}"}, trail
             browser.close()
     finally:
         _stop_dashboard(proc)
@@ -1252,7 +1261,7 @@ def test_report_from_simulated_traffic_opens_in_chromium(served, tmp_path):
     every section, its JSON numbers equal the latest snapshot's, and a PDF is printed."""
     from playwright.sync_api import sync_playwright
 
-    from backend.ops.report import SECTIONS
+    from dashboard.report import SECTIONS
 
     out = subprocess.run([sys.executable, "-m", "backend.ops.cli", "report", "--out",
                           str(tmp_path / "report")], env=served["env"], cwd=ROOT,

@@ -41,3 +41,13 @@ def test_an_empty_log_gives_an_empty_window():
     win = window(reco_log([]))
     assert len(win.in_win) == 0 and win.variants == [] and win.arm.empty
     assert win.exposure(win.in_win).counts.tolist() == [0.0] * 6
+
+
+def test_traffic_minutes_count_the_minutes_with_a_response():
+    # minutes before the end of a 60-minute window: 30 and 29.9 share the window's minute 30,
+    # 90 is before it; three distinct minutes remain (rates are taken over them)
+    reco = reco_log([(90, 1, "A", [1]), (30, 1, "A", [1]), (29.9, 2, "B", [2]),
+                     (10, 3, "A", [3]), (0.5, 4, "A", [4])])
+    assert window(reco).traffic_minutes(reco) == 3
+    quiet = reco_log([(90, 1, "A", [1])])
+    assert window(quiet).traffic_minutes(quiet) == 0

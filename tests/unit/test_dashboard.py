@@ -112,9 +112,10 @@ def test_overview_figures_match_the_snapshot(var):
     snap = Snapshot.model_validate_json((var / "analytics" / "latest.json").read_text())
     at = AppTest.from_file(str(PAGES / "overview.py"), default_timeout=60).run()
     shown = {m.label: m.value for m in at.metric}
-    minutes = snap.window.minutes
+    active = snap.counts.traffic_minutes
+    assert 0 < active < snap.window.minutes
     assert shown["recommendations/s"] == \
-        f"{snap.counts.recommendations / (minutes * 60):.2f}"
+        f"{snap.counts.recommendations / (active * 60):.2f}"
     at = AppTest.from_file(str(PAGES / "fairness.py"), default_timeout=60).run()
     shown = {m.label: m.value for m in at.metric}
     assert shown["A: catalog coverage"] == f"{snap.fairness['A'].coverage:.3f}"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timedelta
 
 from backend.analytics.snapshot import Snapshot
 from backend.core.settings import Settings
-from backend.ops.report import SECTIONS, write_report
+from dashboard.report import SECTIONS, write_report
 from tests.unit.test_dashboard import var  # noqa: F401  (the fixture)
 
 
@@ -32,3 +33,21 @@ def test_report_has_every_section_with_the_snapshots_numbers(var, tmp_path):  # 
     assert numbers["models"]["models"]["A"]["production"]["variant"] == "A"
     assert page.count("<svg") >= 3  # charts drawn as inline SVG
     assert json.loads(paths["json"].read_text())["sections"] == numbers
+
+
+def test_the_report_page_writes_the_report_of_the_sidebars_range(var):  # noqa: F811
+    from streamlit.testing.v1 import AppTest
+
+    from tests.unit.test_dashboard import PAGES
+
+    at = AppTest.from_file(str(PAGES / "report.py"), default_timeout=120)
+    at.session_state["time_range"] = "15 min"
+    at.run()
+    assert not at.exception and "last 15 minutes" in at.caption[0].value
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    written = list((var / "reports").glob("*/report.json"))
+    assert len(written) == 1 and str(written[0].parent) in at.success[0].value
+    record = json.loads(written[0].read_text())
+    span = datetime.fromisoformat(record["generated"]) - datetime.fromisoformat(record["since"])
+    assert timedelta(minutes=15) <= span < timedelta(minutes=16)
