@@ -20,13 +20,22 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictFloat,
+    ValidationError,
+)
 
 from backend.core.errors import RecoError
 
@@ -67,34 +76,47 @@ GuardrailMetric = Literal["latency_p95_ms", "error_rate", "watch_through", "mean
 class Guardrail(_Frozen):
     """A metric an arm must keep within bounds to win (e.g. latency_p95_ms <= 100)."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     metric: GuardrailMetric
-    max: float | None = None
-    min: float | None = None
-
-
-class ExperimentSpec(_Frozen):
-    """What starting an experiment fixes; `weights` per arm variant (normalised on use)."""
-
-    id: str = Field(pattern=NAME)
-    arms: list[ArmSpec] = Field(min_length=2)
-    control: str = Field(pattern=NAME)
-    salt: str = Field(min_length=1, max_length=64)
-    weights: dict[str, float]
-    primary_metric: str = "watch_through"
-    guardrails: list[Guardrail] = []
-
-    @field_validator("weights")
-    @classmethod
-    def _positive(cls, weights: dict[str, float]) -> dict[str, float]:
-        return check_weights(weights)
+    max: StrictFloat | None = None
+    min: StrictFloat | None = None
 
 
 def check_weights(weights: dict[str, float]) -> dict[str, float]:
+    bad = [name for name in weights if not re.fullmatch(NAME, name)]
+    if bad:
+        raise ValueError(f"weight names must match {NAME}: {bad[0]!r} does not")
     values = list(weights.values())
     if not values or any(not math.isfinite(w) or w < 0 for w in values) or \
             not 0 < sum(values) < math.inf:
         raise ValueError("weights must be finite and non-negative with a positive sum")
     return dict(weights)
+
+
+# per arm variant, relative (normalised on use); the schema states every rule: named like a
+# variant, 0..1e6, at least one, and not all zero ("not every weight is at most 0")
+# (names as propertyNames, not pydantic's patternProperties: a generator cannot combine those
+# with the `not`)
+Weights = Annotated[
+    dict[str, Annotated[StrictFloat, Field(ge=0, le=1e6)]],
+    AfterValidator(check_weights),
+    Field(json_schema_extra={"minProperties": 1, "propertyNames": {"pattern": NAME},
+                             "not": {"additionalProperties": {"maximum": 0}}})]
+
+
+class ExperimentSpec(_Frozen):
+    """What starting an experiment fixes. Three rules across fields no JSON Schema states,
+    refused with 422 and the reason: each variant is one arm, the control is one of them,
+    and `weights` names exactly the arms."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    id: str = Field(pattern=NAME)
+    arms: list[ArmSpec] = Field(min_length=2)
+    control: str = Field(pattern=NAME)
+    salt: str = Field(min_length=1, max_length=64)
+    weights: Weights
+    primary_metric: Literal["watch_through"] = "watch_through"
+    guardrails: list[Guardrail] = []
 
 
 class AuditEvent(_Frozen):
@@ -190,7 +212,9 @@ class ExperimentStore:
             raise ExperimentError(str(exc), status_code=422) from None
         with self._locked() as (fd, now):
             exp = _live(now, experiment)
-            _check_arms(exp.spec.arms, weights, exp.spec.control)
+            names = sorted(a.variant for a in exp.spec.arms)
+            if sorted(weights) != names:  # 409: the experiment's arms are its state
+                raise ExperimentError(f"weights must name exactly {experiment}'s arms {names}")
             if weights == exp.epoch.weights:  # in force already: no new epoch (a retry)
                 return exp
             detail: dict[str, JsonValue] = {k: v for k, v in weights.items()}

@@ -14,6 +14,9 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.core.errors import RecoError
@@ -52,14 +55,32 @@ from backend.serving.schemas import (
 from registry.experiments import NAME, ExperimentSpec
 from registry.quarantine import Quarantine, QuarantineEntry
 
-# one documented error shape for 422, always JSON (FastAPI's default documents only its own
+# one documented error shape, always JSON (FastAPI's default documents only its own 422
 # field-error list, in the route's media type: schemathesis found both mismatches)
 _ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+
+def _error(what: str, **extra: Any) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": what, "content": _ERROR_JSON, **extra}
+
+
+# every route may answer these (the guard and the body parser run before any handler)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("the body is not JSON (or not UTF-8)"),
+    401: _error("missing or unknown API key (X-API-Key) or console session (Bearer)"),
+    403: _error("the key or session may not do this operation"),
+    404: _error("no such resource"),
+    413: _error("the body is larger than the API takes"),
+    422: _error("invalid input: a field error list, or the reason"),
+    429: _error("rate limit exceeded: retry after the seconds in Retry-After", headers={
+        "Retry-After": {"description": "seconds until the key's bucket has a token",
+                        "schema": {"type": "integer", "minimum": 1}}}),
+}
 _REFUSALS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": what, "content": _ERROR_JSON}
-    for status, what in ((404, "no such experiment, or the user is not quarantined"),
-                         (409, "refused: it conflicts with the current state"),
-                         (503, "recorded, but not yet shared with every replica"))}
+    404: _error("no such experiment, or the user is not quarantined"),
+    409: _error("refused: it conflicts with the current state (what is deployed, promoted "
+                "or running)"),
+    503: _error("recorded, but not yet shared with every replica")}
 ExperimentId = Path(pattern=NAME)
 HOT_ROUTE = SimpleNamespace(path="/recommend/{user_id}")  # what the metrics read of a route
 
@@ -163,12 +184,38 @@ class HotPath:
 
 def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
     """The app, its routes answered by `current()`."""
-    api = FastAPI(title="Movie recommender", version="0.1.0", responses={
-        422: {"model": ErrorBody, "description": "invalid input", "content": _ERROR_JSON}})
+    api = FastAPI(title="Movie recommender", version="0.1.0", responses=_ERRORS)
 
     @api.exception_handler(RecoError)
     async def reco_error(_request: Request, exc: RecoError) -> JSONResponse:
         return error_response(exc)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals in the one shape; a 405 names every method the path
+        has (Starlette's names only the first route matching the path)."""
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = {m for r in api.routes if isinstance(r, APIRoute)
+                       and r.matches(request.scope)[0] != Match.NONE for m in r.methods or ()}
+            headers["Allow"] = ", ".join(sorted(allowed))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=headers)
+
+    generated = api.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with every error documented as the JSON it is (FastAPI adds the
+        route's media type, text/plain on the course route, to each error response)."""
+        schema = generated()
+        for operations in schema["paths"].values():
+            for op in operations.values():
+                for status, response in op["responses"].items():
+                    if status[0] in "45" and "content" in response:
+                        response["content"] = dict(_ERROR_JSON)
+        return schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
 
     # Starlette wraps the last added outermost: the metrics see the hot path's responses too
     api.add_middleware(HotPath, current=current)
@@ -182,10 +229,9 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         return logic.titled(await logic.recommend(request.scope["state"], user_id, k))
 
     @api.get("/recommend/{user_id}", response_class=PlainTextResponse)
-    async def recommend_plain(request: Request, user_id: int,
+    async def recommend_plain(request: Request, user_id: int = Path(ge=1, le=MAX_ID),
                               k: int = Query(10, ge=1, le=100)) -> str:
-        if not 1 <= user_id <= MAX_ID:
-            raise RecoError(f"user_id must be within 1..{MAX_ID}", status_code=422)
+        """The course's format: the ids, comma-separated."""
         logic = current()
         await guard(logic, request, None)
         r = await logic.recommend(request.scope["state"], user_id, k)
@@ -206,8 +252,8 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
     @api.post("/auth/signin", responses={
         401: {"model": ErrorBody, "description": "wrong account name or password",
               "content": _ERROR_JSON},
-        429: {"model": ErrorBody, "description": "too many failed sign-ins or requests; "
-              "see Retry-After", "content": _ERROR_JSON},
+        429: _ERRORS[429] | {"description": "too many failed sign-ins or requests: retry "
+                             "after the seconds in Retry-After"},
         503: {"model": ErrorBody, "description": "sign-in is not configured",
               "content": _ERROR_JSON}})
     async def sign_in(request: Request, body: SignInRequest) -> SignedIn:

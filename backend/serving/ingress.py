@@ -500,12 +500,13 @@ class IngressLogic:
 
     def _servable(self, arms: list[ArmSpec]) -> None:
         """Every arm is a deployed variant, at its pinned version if it pins one (variants
-        serve their production version: pin the one that is production)."""
+        serve their production version: pin the one that is production); 409 otherwise,
+        as what is deployed and promoted is the platform's state."""
         for arm in arms:
             if arm.variant not in self.variants:
                 raise RecoError(f"variant {arm.variant!r} is not deployed (deployed: "
                                 f"{sorted(self.variants)}): add it to RECO_VARIANTS and "
-                                "redeploy (reco serve start)", status_code=422)
+                                "redeploy (reco serve start)", status_code=409)
             if arm.version is not None:
                 production = self.registry().aliases(arm.variant).production
                 if production != arm.version:

@@ -12,9 +12,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, SecretStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    SecretStr,
+    StrictFloat,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
-from registry.experiments import ArmSpec, AuditEvent, Experiment
+from backend.core.numbers import JSON_INTEGER
+from registry.experiments import ArmSpec, AuditEvent, Experiment, Weights
 
 Knob = float | int  # an int stays an int in JSON, a float a float
 
@@ -44,18 +54,37 @@ class PromoteRequest(RollbackRequest):
     version: str = Field(pattern=r"^v\d{1,8}$")
 
 
-class SplitRequest(BaseModel):
-    split: float | None = Field(None, ge=0, le=1)
-    salt: str | None = Field(None, min_length=1, max_length=64)
+class Change(BaseModel):
+    """A change of some settings: at least one field given and none null (leave a field out
+    to keep it); the schema states both (minProperties, no null type)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _given(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if not data:
+                raise ValueError(f"give at least one of {', '.join(cls.model_fields)}")
+            nulls = sorted(k for k, v in data.items() if v is None)
+            if nulls:
+                raise ValueError(f"{nulls[0]} may not be null: leave it out to keep it")
+        return data
 
 
-class DiversityRequest(BaseModel):
+class SplitRequest(Change):
+    """The default allocation: the first variant's share and the assignment salt."""
+
+    split: Annotated[StrictFloat, Field(ge=0, le=1)] | SkipJsonSchema[None] = None
+    salt: Annotated[str, Field(min_length=1, max_length=64)] | SkipJsonSchema[None] = None
+
+
+class DiversityRequest(Change):
     """Model B's run-time strengths (see DiversityKNN)."""
 
-    model_config = ConfigDict(extra="forbid")
-    mmr_lambda: float | None = Field(None, ge=0, le=1)
-    exploration: float | None = Field(None, ge=0, le=5)
-    tail_slots: int | None = Field(None, ge=0, le=100)
+    mmr_lambda: Annotated[StrictFloat, Field(ge=0, le=1)] | SkipJsonSchema[None] = None
+    exploration: Annotated[StrictFloat, Field(ge=0, le=5)] | SkipJsonSchema[None] = None
+    tail_slots: Annotated[int, Field(ge=0, le=100), JSON_INTEGER] | SkipJsonSchema[None] = None
 
 
 class ReleaseRequest(BaseModel):
@@ -195,14 +224,15 @@ class WeightsRequest(BaseModel):
     """`POST /admin/experiments/{id}/weights`: every arm's weight (a new allocation epoch,
     unless they are the weights in force)."""
 
-    weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+    weights: Weights
 
 
 class AddArmRequest(BaseModel):
     """`POST /admin/experiments/{id}/arms`: a deployed variant joins with `weight`."""
 
+    model_config = ConfigDict(extra="forbid")
     arm: ArmSpec
-    weight: float = Field(gt=0, allow_inf_nan=False)
+    weight: StrictFloat = Field(gt=0, le=1e6)
 
 
 class ExperimentView(BaseModel):

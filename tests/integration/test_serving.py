@@ -886,6 +886,35 @@ def test_fuzzed_api_never_5xx_and_matches_its_schema(served):
     assert {"GET /recommend", "POST /rate", "POST /watch", "POST /admin/split"} <= set(tried)
 
 
+@pytest.mark.parametrize("key", [CLIENT, ADMIN], ids=["client", "operator"])
+def test_the_deployed_api_does_what_its_openapi_says(served, key, tmp_path):
+    """schemathesis' own runner with every check (`--checks all`: positive data accepted,
+    negative refused, statuses, headers and bodies as documented, Allow on 405, stateful
+    links) against the deployed app, as a client and as the operator: zero failures. The
+    operator's run changes real state (split, knobs, quarantine, a retrain request): `served`
+    puts the serving state back for the next test, and this test the rest."""
+    from registry import open_quarantine
+
+    settings = served["settings"]
+    held = open_quarantine(settings).held()
+    try:
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "schemathesis"), "--config-file",
+             str(Path(__file__).parent / "schemathesis.toml"), "run",
+             served["url"] + "/openapi.json", "--checks", "all", "-H", f"X-API-Key: {key}",
+             "--max-examples", "25", "--seed", "20", "--workers", "1", "--no-color",
+             "--suppress-health-check", "filter_too_much"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-6000:]
+        cases = re.search(r"(\d+) generated, (\d+) passed", out.stdout)
+        assert cases and cases[1] == cases[2] and int(cases[1]) > 500, out.stdout[-3000:]
+    finally:
+        quarantine = open_quarantine(settings)
+        for user in quarantine.held() - held:
+            quarantine.release(user, "key:test", "flagged by the contract test's fuzzing")
+        settings.layout.retrain_request.unlink(missing_ok=True)
+
+
 def test_every_write_and_admin_route_refuses_missing_or_wrong_keys(served):
     routes = {"/rate": {"user_id": 1, "item_id": 2, "rating": 4},
               "/watch": {"user_id": 1, "item_id": 2, "minutes": 10.0},

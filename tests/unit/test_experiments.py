@@ -47,7 +47,7 @@ def test_every_change_is_an_audited_event_and_weights_open_epochs(tmp_path):
     (lambda s: s.start(spec(), "x"), 409, "exists"),
     (lambda s: s.start(spec(id="exp-2"), "x"), 409, "is running"),
     (lambda s: s.get("nope"), 404, "no experiment"),
-    (lambda s: s.set_weights("exp-1", {"A": 1.0}, "x"), 422, "exactly the arms"),
+    (lambda s: s.set_weights("exp-1", {"A": 1.0}, "x"), 409, "exactly exp-1.s arms"),
     (lambda s: s.set_weights("exp-1", {"A": -1.0, "B": 2.0}, "x"), 422, "non-negative"),
     (lambda s: s.add_arm("exp-1", ArmSpec(variant="B"), 0.2, "x"), 409, "already an arm"),
     (lambda s: s.add_arm("exp-1", ArmSpec(variant="C"), 0.0, "x"), 422, "positive weight"),

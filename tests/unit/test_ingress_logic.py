@@ -15,7 +15,7 @@ import pytest
 
 from backend.core.errors import RecoError
 from backend.core.settings import ApiKeySpec, ServeSettings
-from backend.data.events import RatingEvent, RecoEvent
+from backend.data.events import MAX_ID, RatingEvent, RecoEvent
 from backend.serving.auth import digest
 from backend.serving.ingress import IngressLogic, SharedState, VariantCalls
 from backend.serving.metrics import MetricsDelta, take_replica_delta
@@ -70,7 +70,9 @@ class Variant:
         if self.fail:
             self.fail -= 1
             raise ConnectionError("replica lost")
-        return [VariantAnswer(items=[u * 100 + i for i in range(k)], variant=self.name,
+        # ids as a model's are: within 1..MAX_ID (700, 701, ... for user 7)
+        return [VariantAnswer(items=[(u * 100 + i - 1) % MAX_ID + 1 for i in range(k)],
+                              variant=self.name,
                               model_version=self.version, model_ms=0.1) for u, k in requests]
 
     async def status(self) -> VariantStatus:
@@ -590,7 +592,7 @@ def test_an_experiment_started_reweighted_grown_and_stopped_reaches_every_replic
 
     with one, two:
         out = run(scenario())
-    assert out["undeployed"] == 422 and out["split_refused"] == 409
+    assert out["undeployed"] == 409 and out["split_refused"] == 409
     assert out["pin_refused"] == 409 and out["rollback_refused"] == 409
     assert out["started"].experiment.epoch.weights == {"A": 1, "B": 1}
     assert out["two_after_start"].experiment == "e1" and out["two_after_start"].epoch == 0
