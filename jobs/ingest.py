@@ -51,12 +51,12 @@ class _Metrics:
 class IngestActor:
     """One partition worker as a Ray actor (options in `start`: restarted when it dies)."""
 
-    def __init__(self, settings: Settings, worker_id: int) -> None:
+    def __init__(self, settings: Settings, worker_id: int, members: int | None = None) -> None:
         setup_logging()
         # below the API's replicas: ingest tolerates seconds of delay (it pauses anyway),
         # a recommendation does not
         os.nice(max(0, settings.ingest.niceness - os.nice(0)))
-        self.worker = PartitionWorker(settings, worker_id)
+        self.worker = PartitionWorker(settings, worker_id, members)
         metrics = _Metrics()
         self.worker.logic.on_batch = metrics.observe
         self._stop = threading.Event()
@@ -71,13 +71,16 @@ class IngestActor:
         return self.worker.progress()
 
 
-def start(settings: Settings, actors: int | None = None) -> tuple[list, list]:
-    """Create the actors and start their loops; returns (actor handles, run refs)."""
+def start(settings: Settings, actors: int | None = None, drain: bool = False
+          ) -> tuple[list, list]:
+    """Create the actors and start their loops; returns (actor handles, run refs). A drain's
+    actors each take a fixed share of the partitions instead of joining the group."""
     n = actors or settings.ingest.actors or settings.kafka.partitions
     actor = ray.remote(IngestActor).options(
         max_restarts=-1, max_task_retries=-1, num_cpus=0.25, max_concurrency=2,
         runtime_env={"env_vars": job_env(settings)})
-    workers: list[Any] = [actor.remote(settings, i) for i in range(n)]  # Ray actor handles
+    workers: list[Any] = [actor.remote(settings, i, n if drain else None)  # Ray actor handles
+                          for i in range(n)]
     log.info("ingest started actors=%d lake=%s", n, settings.lake_root)
     return workers, [w.run.remote() for w in workers]
 
@@ -86,9 +89,9 @@ def drained(progress: list[dict], idle_seconds: float) -> bool:
     """True when the live members together hold every partition, none is failing, and each
     has polled without getting a record for `idle_seconds` since its last assignment.
 
-    Decided by the group, not by one member: a member that restarts after a crash takes a
-    rebalance to get partitions back, and the embedded broker's high-watermark cannot say
-    where a partition ends."""
+    Decided by all members, not by one: a member restarting after a crash holds nothing
+    until it has its share again, and the embedded broker's high-watermark cannot say where
+    a partition ends."""
     known = set().union(*(p["known"] for p in progress))
     held = set().union(*(p["assigned"] for p in progress))
     return (bool(known) and known <= held and not any(p["failing"] for p in progress)
@@ -96,7 +99,9 @@ def drained(progress: list[dict], idle_seconds: float) -> bool:
 
 
 def wait_drained(settings: Settings, workers: list, poll: float = 0.5) -> None:
-    """Block until `drained`; an actor that is restarting makes the check wait."""
+    """Block until `drained`; an actor that is restarting makes the check wait. Says every
+    ten seconds what it waits for."""
+    said = time.monotonic()
     while True:
         try:
             progress = ray.get([w.progress.remote() for w in workers], timeout=30)
@@ -104,6 +109,9 @@ def wait_drained(settings: Settings, workers: list, poll: float = 0.5) -> None:
             progress = None
         if progress and drained(progress, settings.ingest.idle_seconds):
             return
+        if time.monotonic() - said > 10:
+            said = time.monotonic()
+            log.info("waiting for the drain progress=%s", json.dumps(progress))
         time.sleep(poll)
 
 
@@ -120,7 +128,7 @@ def stop(workers: list, refs: list) -> list[dict]:
 
 def run(settings: Settings, once: bool = False, actors: int | None = None) -> list[dict]:
     """Run the job until done (forever unless `once`); returns each actor's stats."""
-    workers, refs = start(settings, actors)
+    workers, refs = start(settings, actors, drain=once)
     try:
         if once:
             wait_drained(settings, workers)

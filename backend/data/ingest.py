@@ -190,11 +190,21 @@ class _OnAssign(ConsumerRebalanceListener):
 
 
 class PartitionWorker:
-    """One member of the ingest consumer group: poll, hand to IngestLogic, commit."""
+    """One member of the ingest consumer group: poll, hand to IngestLogic, commit.
 
-    def __init__(self, settings: Settings, worker_id: int = 0) -> None:
+    Subscribed (the group assigns partitions, rebalancing when a member comes or goes), or,
+    with `members` (a drain, `ingest --once`), assigned a fixed share of the partitions by
+    `worker_id` and committing to the group's offsets without joining it. A drain never
+    waits on a group join: the embedded broker keeps members that left together (a job's
+    actors stopping) in the group, and the next job's join waits past its rebalance timeout
+    for them; a join that times out is resent as another member, and the group never
+    forms (docs/architecture.md, "The drain")."""
+
+    def __init__(self, settings: Settings, worker_id: int = 0,
+                 members: int | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
+        self.members = members
         self._producer: KafkaProducer | None = None
         self.logic = IngestLogic(Lake(settings.lake_root), settings.kafka.max_message_bytes,
                                  settings.lake.dedupe_days, self._send_dlq, tag=f"w{worker_id}-",
@@ -227,8 +237,22 @@ class PartitionWorker:
                           fetch_max_wait_ms=int(self.settings.ingest.batch_seconds * 1000),
                           fetch_max_bytes=16 * 1024 * 1024,
                           max_partition_fetch_bytes=4 * 1024 * 1024)
-        c.subscribe(list(TOPICS), listener=_OnAssign(self))
+        if self.members is None:
+            c.subscribe(list(TOPICS), listener=_OnAssign(self))
+        else:
+            self._assign_share(c)
         return c
+
+    def _assign_share(self, c: KafkaConsumer) -> None:
+        """Take this worker's share of every partition the metadata lists (again when it
+        lists more): the i-th partition, in topic and number order, goes to worker i mod n."""
+        assert self.members is not None
+        every = [TopicPartition(t, p) for t in sorted(TOPICS)
+                 for p in sorted(c.partitions_for_topic(t) or ())]
+        share = set(every[self.worker_id::self.members])
+        if share != c.assignment():
+            c.assign(sorted(share))
+            self.active_at = time.monotonic()  # new partitions: not drained until polled
 
     def _close(self) -> None:
         if self._consumer is not None:
@@ -294,6 +318,8 @@ class PartitionWorker:
         if c is None:
             self._assigned = frozenset()
             return
+        if self.members is not None:
+            self._assign_share(c)
         self._assigned = frozenset(f"{tp.topic}:{tp.partition}" for tp in c.assignment())
         cluster = c._client.cluster
         self._known = frozenset(f"{t}:{p}" for t in TOPICS

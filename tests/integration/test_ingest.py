@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import sys
 import uuid
 from collections import Counter
@@ -317,7 +318,13 @@ def test_back_to_back_drains_of_one_group_each_finish_with_what_was_sent(platfor
                 sent.append(rec["event_id"])
         producer.flush()
         t0 = time.monotonic()
-        platform.ingest_once(timeout=120)
+        try:
+            out = platform.run(sys.executable, "-m", "jobs.ingest", "--once", timeout=120)
+        except subprocess.TimeoutExpired as exc:
+            stderr = exc.stderr.decode() if isinstance(exc.stderr, bytes) else exc.stderr
+            waited = [line for line in (stderr or "").splitlines() if "waiting for" in line]
+            raise AssertionError(f"drain {len(took) + 1} did not end: {waited[-3:]}") from None
+        assert out.returncode == 0, out.stderr[-3000:]
         took.append(round(time.monotonic() - t0, 1))
     producer.close()
     landed = [i for t in ("events.rating", "events.watch", "events.reco")
