@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -221,32 +221,45 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
     api.add_middleware(HotPath, current=current)
     api.add_middleware(RequestMetrics)
 
-    @api.get("/recommend")
+    # the guard runs as a dependency, before the body and the parameters are validated: a
+    # caller without a key gets 401 (and the rate limit), never a field error list
+    async def anyone(request: Request) -> None:
+        await guard(current(), request, None)
+
+    async def client(request: Request) -> None:
+        await guard(current(), request, "client")
+
+    async def admin(request: Request) -> None:
+        await guard(current(), request, "admin")
+
+    async def acting(request: Request) -> str:
+        return await operator(current(), request)
+
+    Actor = Annotated[str, Depends(acting)]
+
+    @api.get("/recommend", dependencies=[Depends(anyone)])
     async def recommend_json(request: Request, user_id: int = Query(ge=1, le=MAX_ID),
                              k: int = Query(10, ge=1, le=100)) -> RecommendResponse:
         logic = current()
-        await guard(logic, request, None)
         return logic.titled(await logic.recommend(request.scope["state"], user_id, k))
 
-    @api.get("/recommend/{user_id}", response_class=PlainTextResponse)
+    @api.get("/recommend/{user_id}", response_class=PlainTextResponse,
+             dependencies=[Depends(anyone)])
     async def recommend_plain(request: Request, user_id: int = Path(ge=1, le=MAX_ID),
                               k: int = Query(10, ge=1, le=100)) -> str:
         """The course's format: the ids, comma-separated."""
         logic = current()
-        await guard(logic, request, None)
         r = await logic.recommend(request.scope["state"], user_id, k)
         return ",".join(str(i) for i in r["items"])
 
-    @api.post("/rate", status_code=202)
-    async def rate(request: Request, event: RatingEvent) -> Accepted:
+    @api.post("/rate", status_code=202, dependencies=[Depends(client)])
+    async def rate(event: RatingEvent) -> Accepted:
         logic = current()
-        await guard(logic, request, "client")
         return logic.accept("events.rating", event)
 
-    @api.post("/watch", status_code=202)
-    async def watch(request: Request, event: WatchEvent) -> Accepted:
+    @api.post("/watch", status_code=202, dependencies=[Depends(client)])
+    async def watch(event: WatchEvent) -> Accepted:
         logic = current()
-        await guard(logic, request, "client")
         return logic.accept("events.watch", event)
 
     @api.post("/auth/signin", responses={
@@ -255,12 +268,11 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         429: _ERRORS[429] | {"description": "too many failed sign-ins or requests: retry "
                              "after the seconds in Retry-After"},
         503: {"model": ErrorBody, "description": "sign-in is not configured",
-              "content": _ERROR_JSON}})
+              "content": _ERROR_JSON}}, dependencies=[Depends(anyone)])
     async def sign_in(request: Request, body: SignInRequest) -> SignedIn:
         """A console session: its token goes in `Authorization: Bearer` on admin calls;
         a viewer's token reads, an operator's acts, named in the audit trail."""
         logic = current()
-        await guard(logic, request, None)
         return await asyncio.to_thread(logic.sign_in, body.account,
                                        body.password.get_secret_value(),
                                        request.client.host if request.client else None)
@@ -277,123 +289,111 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         return PlainTextResponse(await current().metrics_text(),
                                  media_type="text/plain; version=0.0.4")
 
-    @api.get("/models")
-    async def models(request: Request) -> ModelsResponse:
+    @api.get("/models", dependencies=[Depends(admin)])
+    async def models() -> ModelsResponse:
         logic = current()
-        await guard(logic, request, "admin")
         return logic.models()
 
     @api.post("/admin/promote", responses={409: _REFUSALS[409]})
-    async def admin_promote(request: Request, body: PromoteRequest) -> AliasesResponse:
+    async def admin_promote(actor: Actor, body: PromoteRequest) -> AliasesResponse:
         """Verify, then make `version` production; variants pick it up on their next poll."""
         logic = current()
-        return logic.promote(body.variant, body.version, await operator(logic, request))
+        return logic.promote(body.variant, body.version, actor)
 
     @api.post("/admin/rollback", responses={409: _REFUSALS[409]})
-    async def admin_rollback(request: Request, body: RollbackRequest) -> AliasesResponse:
+    async def admin_rollback(actor: Actor, body: RollbackRequest) -> AliasesResponse:
         logic = current()
-        return logic.rollback(body.variant, await operator(logic, request))
+        return logic.rollback(body.variant, actor)
 
     @api.post("/admin/diversity")
-    async def admin_diversity(request: Request, body: DiversityRequest) -> RuntimeKnobs:
+    async def admin_diversity(actor: Actor, body: DiversityRequest) -> RuntimeKnobs:
         """Change Model B's strengths on every B replica (applied within a second)."""
         logic = current()
-        return await logic.set_diversity(body.model_dump(exclude_none=True),
-                                         await operator(logic, request))
+        return await logic.set_diversity(body.model_dump(exclude_none=True), actor)
 
     @api.post("/admin/split", responses={k: _REFUSALS[k] for k in (409, 503)})
-    async def admin_split(request: Request, body: SplitRequest) -> SplitResponse:
+    async def admin_split(actor: Actor, body: SplitRequest) -> SplitResponse:
         """Change the experiment for every replica (through the shared state)."""
         logic = current()
-        return await logic.set_split(body.split, body.salt, await operator(logic, request))
+        return await logic.set_split(body.split, body.salt, actor)
 
-    @api.get("/admin/experiments")
-    async def experiments_list(request: Request) -> ExperimentsResponse:
+    @api.get("/admin/experiments", dependencies=[Depends(admin)])
+    async def experiments_list() -> ExperimentsResponse:
         logic = current()
-        await guard(logic, request, "admin")
         return logic.list_experiments()
 
-    @api.get("/admin/experiments/{experiment_id}", responses={404: _REFUSALS[404]})
-    async def experiment_show(request: Request, experiment_id: str = ExperimentId
-                              ) -> ExperimentView:
+    @api.get("/admin/experiments/{experiment_id}", responses={404: _REFUSALS[404]},
+             dependencies=[Depends(admin)])
+    async def experiment_show(experiment_id: str = ExperimentId) -> ExperimentView:
         """The experiment as its audit trail leaves it (arms, epochs, stop), and the trail."""
         logic = current()
-        await guard(logic, request, "admin")
         return logic.show_experiment(experiment_id)
 
     @api.post("/admin/experiments", status_code=201, responses=_REFUSALS)
-    async def experiment_start(request: Request, body: ExperimentSpec) -> ExperimentView:
+    async def experiment_start(actor: Actor, body: ExperimentSpec) -> ExperimentView:
         """Start an experiment over deployed variants (one at a time; ids never reused)."""
         logic = current()
-        return await logic.start_experiment(body, await operator(logic, request))
+        return await logic.start_experiment(body, actor)
 
     @api.post("/admin/experiments/{experiment_id}/weights", responses=_REFUSALS)
-    async def experiment_weights(request: Request, body: WeightsRequest,
+    async def experiment_weights(actor: Actor, body: WeightsRequest,
                                  experiment_id: str = ExperimentId) -> ExperimentView:
         """New weights for every arm: a new allocation epoch, on every replica."""
         logic = current()
-        return await logic.set_weights(experiment_id, body.weights,
-                                       await operator(logic, request))
+        return await logic.set_weights(experiment_id, body.weights, actor)
 
     @api.post("/admin/experiments/{experiment_id}/arms", responses=_REFUSALS)
-    async def experiment_add_arm(request: Request, body: AddArmRequest,
+    async def experiment_add_arm(actor: Actor, body: AddArmRequest,
                                  experiment_id: str = ExperimentId) -> ExperimentView:
         """A deployed variant joins the running experiment (a new allocation epoch)."""
         logic = current()
-        return await logic.add_arm(experiment_id, body.arm, body.weight,
-                                   await operator(logic, request))
+        return await logic.add_arm(experiment_id, body.arm, body.weight, actor)
 
     @api.post("/admin/experiments/{experiment_id}/stop", responses=_REFUSALS)
-    async def experiment_stop(request: Request, experiment_id: str = ExperimentId
+    async def experiment_stop(actor: Actor, experiment_id: str = ExperimentId
                               ) -> ExperimentView:
         """Stop it: users go back to the default allocation."""
         logic = current()
-        return await logic.stop_experiment(experiment_id, await operator(logic, request))
+        return await logic.stop_experiment(experiment_id, actor)
 
-    @api.get("/admin/dlq")
-    async def dlq_list(request: Request, which: Annotated[DeadLetterFilter, Query()]
+    @api.get("/admin/dlq", dependencies=[Depends(admin)])
+    async def dlq_list(which: Annotated[DeadLetterFilter, Query()]
                        ) -> DeadLetterCounts:
         """Dead letters by source topic and reason (the error's first line)."""
         logic = current()
-        await guard(logic, request, "admin")
         return await asyncio.to_thread(logic.dead_letter_counts, which)
 
     @api.post("/admin/dlq/replay")
-    async def dlq_replay(request: Request, body: DeadLetterFilter) -> Replayed:
+    async def dlq_replay(actor: Actor, body: DeadLetterFilter) -> Replayed:
         """Produce the matching dead letters back to their source topics (audited)."""
         logic = current()
-        actor = await operator(logic, request)
         return await asyncio.to_thread(logic.replay_dead_letters, body, actor)
 
     @api.post("/admin/retrain", status_code=202)
-    async def retrain_now(request: Request, body: RetrainRequestBody) -> RetrainRequested:
+    async def retrain_now(actor: Actor, body: RetrainRequestBody) -> RetrainRequested:
         """Ask the scheduler for a retrain on its next tick (audited); the Models page and
         `reco status` show its progress."""
         logic = current()
-        actor = await operator(logic, request)
         return await asyncio.to_thread(logic.request_retrain, body.reason, actor)
 
-    @api.get("/admin/quarantine")
-    async def quarantine_list(request: Request) -> Quarantine:
+    @api.get("/admin/quarantine", dependencies=[Depends(admin)])
+    async def quarantine_list() -> Quarantine:
         """Every user the spam detectors or an operator quarantined, with the evidence."""
         logic = current()
-        await guard(logic, request, "admin")
         return logic.quarantined()
 
     @api.post("/admin/quarantine/{user_id}/release", responses={404: _REFUSALS[404]})
-    async def quarantine_release(request: Request, body: ReleaseRequest,
+    async def quarantine_release(actor: Actor, body: ReleaseRequest,
                                  user_id: int = Path(ge=1, le=MAX_ID)) -> QuarantineEntry:
         """The user's events count again from the next retrain (audited)."""
         logic = current()
-        actor = await operator(logic, request)
         return await asyncio.to_thread(logic.release, user_id, body.reason, actor)
 
     @api.post("/admin/quarantine/{user_id}", responses={409: _REFUSALS[409]})
-    async def quarantine_flag(request: Request, body: FlagRequest,
+    async def quarantine_flag(actor: Actor, body: FlagRequest,
                               user_id: int = Path(ge=1, le=MAX_ID)) -> QuarantineEntry:
         """Quarantine the user by hand (audited); refused if quarantined already."""
         logic = current()
-        actor = await operator(logic, request)
         return await asyncio.to_thread(logic.flag, user_id, body.reason, actor)
 
     return api

@@ -249,17 +249,17 @@ def test_auth_and_rate_limit(served):
     assert get(served, "/models", key=CLIENT).status_code == 403
     assert get(served, "/models", key=ADMIN).status_code == 200
     t0 = time.monotonic()
-    codes = [get(served, "/recommend", user_id=3).status_code for _ in range(50)]
+    burst = [get(served, "/recommend", user_id=3) for _ in range(50)]
     refill = (time.monotonic() - t0) / 3 + 1  # 20/min refills one token every 3 s
+    codes = [r.status_code for r in burst]
     # anonymous limit 20/min, held across the two ingress replicas (not 2 x 20)
     assert 20 <= codes.count(200) <= 20 + refill, codes
     assert codes.count(429) == 50 - codes.count(200)
-    limited = get(served, "/recommend", user_id=3)
-    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
-    assert "detail" in limited.json()
-    plain = get(served, "/recommend/3")  # the hot path refuses the same way
-    assert plain.status_code == 429 and int(plain.headers["Retry-After"]) >= 1
-    assert "detail" in plain.json()
+    # the hot path refuses the same way (a token may have refilled since: two tries)
+    plain = [get(served, "/recommend/3") for _ in range(2)]
+    assert 429 in [r.status_code for r in plain]
+    for r in [r for r in burst + plain if r.status_code == 429]:
+        assert int(r.headers["Retry-After"]) >= 1 and "detail" in r.json()
     assert get(served, "/recommend", key=CLIENT, user_id=3).status_code == 200
 
 

@@ -83,6 +83,21 @@ def test_every_refusal_is_json_detail_with_its_status():
         assert "unmatched" in requests and "/rate" in requests
 
 
+def test_the_key_is_checked_before_the_body_and_the_parameters():
+    """A caller without the right key learns nothing of the schema: 401/403, not 422."""
+    with Rig() as rig:
+        out = call(rig,
+                   ("POST", "/admin/diversity", {"json": {}}),
+                   ("POST", "/admin/diversity", {"json": {"bogus": 1}, **key(CLIENT)}),
+                   ("POST", "/rate", {"json": {"rating": 9}, **key("wrong")}),
+                   ("POST", "/admin/quarantine/0", {"json": {}, **key(CLIENT)}),
+                   ("GET", "/admin/dlq", {"params": {"topic": 5}}),
+                   ("POST", "/admin/diversity", {"json": {}, **key(ADMIN)}))
+        assert [r.status_code for r in out] == [401, 403, 401, 403, 401, 422]
+        for r in out:
+            assert r.json()["detail"]
+
+
 def test_the_rate_limit_refuses_on_the_hot_path_as_on_the_routes():
     with Rig() as rig:  # anonymous: 3 a minute
         out = call(rig, *[("GET", "/recommend/3", {})] * 3,
