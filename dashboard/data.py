@@ -436,7 +436,7 @@ def history_frame(history: list[Snapshot]) -> pd.DataFrame:
              "p95_ms": (lat.p95 if (lat := snap.sla.latency_ms.get(v)) else None),
              "error_rate": snap.sla.error_rate,
              "spam_flagged": len(snap.spam.flagged.combined),
-             "rating_psi": snap.drift.rating_psi, "popularity_psi": snap.drift.popularity_psi,
+             **_psi_of(snap, v),
              **{f"{g}_exposure": (getattr(t.exposure_share, g) if (t := snap.tail.get(v))
                                   and t.exposure_share else None) for g in GROUPS}}
             for snap in history for v, f in snap.fairness.items()]
@@ -465,6 +465,29 @@ def psi_verdict(value: float | None) -> str:
     if value is None:
         return "not enough data"
     return next((word for limit, word in PSI_BANDS if value < limit), "major shift")
+
+
+def _psi_of(snap: Snapshot, variant: str) -> dict[str, float | None]:
+    """The snapshot's two PSIs over all traffic ("all") or a variant's users."""
+    d = snap.drift if variant == "all" else snap.drift.by_variant.get(variant)
+    return {"rating_psi": d.rating_psi if d else None,
+            "popularity_psi": d.popularity_psi if d else None}
+
+
+def drift_frame(snap: Snapshot) -> pd.DataFrame:
+    """Per variant: the window's events by its users and their PSIs against the training
+    window, each with its reading (columns as in `DRIFT_COLUMNS`)."""
+    rows = [{"variant": v, "ratings_now": d.ratings_now,
+             "interactions_now": d.interactions_now,
+             "rating_psi": d.rating_psi, "rating_reading": psi_verdict(d.rating_psi),
+             "popularity_psi": d.popularity_psi,
+             "popularity_reading": psi_verdict(d.popularity_psi)}
+            for v, d in sorted(snap.drift.by_variant.items())]
+    return pd.DataFrame(rows, columns=DRIFT_COLUMNS)
+
+
+DRIFT_COLUMNS = ["variant", "ratings_now", "interactions_now", "rating_psi", "rating_reading",
+                 "popularity_psi", "popularity_reading"]
 
 
 def lorenz_frame(snap: Snapshot) -> pd.DataFrame:

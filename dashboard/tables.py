@@ -52,6 +52,17 @@ HELP: dict[str, str] = {
     # spam detectors
     "detector": "a spam detector over the window's ratings",
     "flagged": "users the detector flags in the window",
+    # drift
+    "ratings_now": f"ratings by the variant's users {WINDOW} (a user belongs to the variant "
+                   "of their latest recommendation in it)",
+    "interactions_now": f"watches and ratings by the variant's users {WINDOW}",
+    "rating_psi": "PSI of the variant's users' rating histogram (1-5) in the window against "
+                  "every rating before it (the training window); not enough data when the "
+                  "counts cannot tell a shift from noise",
+    "rating_reading": "< 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift",
+    "popularity_psi": "PSI of the variant's users' watches and ratings per popularity decile "
+                      "(deciles from before the window) against the training window",
+    "popularity_reading": "< 0.1 stable, 0.1-0.25 moderate shift, > 0.25 major shift",
     # registry
     "version": "registry version (content-addressed)",
     "alias": "aliases pointing at the version (production, previous, ...)",

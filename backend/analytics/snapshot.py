@@ -375,13 +375,25 @@ class Sla(Section):
     error_rate: Figure
 
 
+class VariantDrift(Section):
+    """One variant's users in the window against the training window (None: too few events
+    on either side for the PSI to tell a shift from noise; see `ops.psi_supported`)."""
+
+    rating_psi: Figure
+    popularity_psi: Figure
+    ratings_now: int  # ratings in the window by the variant's users
+    interactions_now: int  # watches and ratings in the window by the variant's users
+
+
 class Drift(Section):
-    """The window against everything before it ("the training window")."""
+    """The window against everything before it ("the training window"): over all traffic,
+    and per variant by the users it served (both variants train on the same lake)."""
 
     rating_psi: Figure
     popularity_psi: Figure
     rating_hist_train: list[int]  # ratings 1..5
     rating_hist_now: list[int]
+    by_variant: dict[VariantName, VariantDrift] = {}
 
 
 # -- the snapshot ----------------------------------------------------------------------------

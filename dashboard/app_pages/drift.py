@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from dashboard import charts, data
+from dashboard import charts, data, tables
 
 st.title("Drift")
 
@@ -39,8 +39,16 @@ def body() -> None:
                 "the window and in it.")
     else:
         st.altair_chart(charts.rating_shift(shift), use_container_width=True)
-    st.caption("Drift is over all traffic, not per variant: both variants train on the same "
-               "lake, so their training window is the same.")
+    st.subheader("Per variant")
+    per_variant = data.drift_frame(snap)
+    if per_variant.empty:
+        st.info("No recommendation in the window: no variant has users to compare.")
+    else:
+        tables.show(per_variant)
+    st.caption("Both variants train on the same lake, so the training window is the same; "
+               "each variant's figures are the window's events by the users it served. A PSI "
+               "reads \"not enough data\" when, with no shift at all, sampling alone would "
+               "exceed 0.1 more often than one time in twenty (Yurdakul 2018).")
 
 
 body()

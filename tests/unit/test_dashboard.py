@@ -13,7 +13,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from backend.analytics.engine import AnalyticsLogic
-from backend.analytics.snapshot import Snapshot
+from backend.analytics.snapshot import Snapshot, VariantDrift
 from backend.core.files import append_jsonl
 from backend.core.settings import AnalyticsSettings
 from dashboard import charts, data
@@ -369,6 +369,25 @@ def test_drift_reads_psi_by_its_bands_and_shows_both_histograms():
         if sum(hist):
             assert abs(rows["share"].sum() - 1) < 1e-9
 
+
+
+def test_drift_per_variant_rows_and_history_read_the_variants_own_psi():
+    snap = snapshot().model_copy(update={"drift": snapshot().drift.model_copy(update={
+        "by_variant": {"B": VariantDrift(rating_psi=None, popularity_psi=0.3, ratings_now=9,
+                                         interactions_now=40),
+                       "A": VariantDrift(rating_psi=0.05, popularity_psi=None,
+                                         ratings_now=900, interactions_now=2000)}})})
+    frame = data.drift_frame(snap)
+    assert frame["variant"].tolist() == ["A", "B"]
+    assert frame["rating_reading"].tolist() == ["stable", "not enough data"]
+    assert frame["popularity_reading"].tolist() == ["not enough data", "major shift"]
+    history = data.history_frame([snap])
+    by = history.set_index("variant")
+    assert by.loc["B", "popularity_psi"] == 0.3 and pd.isna(by.loc["A", "popularity_psi"])
+    assert (by.loc["all", "rating_psi"] == snap.drift.rating_psi
+            or pd.isna(by.loc["all", "rating_psi"]) and snap.drift.rating_psi is None)
+    assert data.drift_frame(snapshot().model_copy(update={"drift": snap.drift.model_copy(
+        update={"by_variant": {}})})).empty
 
 def test_lorenz_frame_holds_each_variants_curve_from_the_snapshot():
     snap = snapshot()

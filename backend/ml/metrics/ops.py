@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import stats
 
 
 def latency_percentiles(latency_ms: Sequence[float]) -> dict[str, float | None]:
@@ -46,6 +47,18 @@ def psi(expected: Sequence[float], actual: Sequence[float], eps: float = 1e-4) -
     e = np.maximum(e / e.sum(), eps)
     a = np.maximum(a / a.sum(), eps)
     return float(((a - e) * np.log(a / e)).sum())
+
+
+def psi_supported(bins: int, n_expected: float, n_actual: float, stable: float = 0.1,
+                  level: float = 0.95) -> bool:
+    """Whether samples of these sizes can tell a shift from noise: with no shift,
+    PSI ~ (1/n + 1/m) chi2(bins - 1) asymptotically (the PSI is Jeffreys' divergence;
+    Yurdakul 2018), so the PSI is supported when that noise's `level` quantile is
+    below the `stable` band's edge and a reading past it is not sampling alone."""
+    if n_expected <= 0 or n_actual <= 0:
+        return False
+    noise = float(stats.chi2.ppf(level, bins - 1)) * (1 / n_expected + 1 / n_actual)
+    return noise < stable
 
 
 def popularity_bins(train_counts: Sequence[float], current_counts: Sequence[float],
