@@ -143,9 +143,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--once", action="store_true", help="stop when the topics are drained")
     parser.add_argument("--actors", type=int, default=None)
+    parser.add_argument("--course-topic", default=None,
+                        help="also read this external topic of course-format lines")
     args = parser.parse_args(argv)
     setup_logging()
     settings = Settings()
+    if args.course_topic:
+        settings = settings.model_copy(update={"ingest": settings.ingest.model_copy(
+            update={"course_topic": args.course_topic})})
     init_ray(settings)
     stats = run(settings, once=args.once, actors=args.actors)
     log.info("ingest finished stats=%s", json.dumps(stats))

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.core.layout import StoreLayout
 
-TOPICS = ("events.rating", "events.watch", "events.reco", "events.dlq")
+TOPICS = ("events.rating", "events.watch", "events.reco", "events.course_request", "events.dlq")
 
 
 class KafkaSettings(BaseModel):
@@ -99,6 +99,9 @@ class IngestSettings(BaseModel):
     actors: int | None = Field(None, description="defaults to kafka.partitions")
     per_message_validation: bool = Field(
         False, description="validate each message alone: the baseline bench/ingest.py compares")
+    course_topic: str | None = Field(None, min_length=1, max_length=249, description=(
+        "an external topic of course-format lines, read beside the event topics and "
+        "translated (`reco ingest --course-topic`)"))
 
 
 class RegistrySettings(BaseModel):

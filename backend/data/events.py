@@ -43,7 +43,6 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 TS_PATTERN = (r"^(199\d|[2-9]\d{3})-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?"
               r"(Z|[+-]\d\d:\d\d)$")
 _TS = re.compile(TS_PATTERN)
-_TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")
 
 # Namespace for deterministic event ids (bootstrap history, DLQ records): replays dedupe.
 EVENT_NAMESPACE = uuid.UUID("6f1d2c3e-8a4b-4c5d-9e6f-7a8b9c0d1e2f")
@@ -119,6 +118,18 @@ class RecoEvent(Event):
     epoch: Annotated[int, Field(ge=0, le=1_000_000), JSON_INTEGER] | None = None
 
 
+class CourseRequestEvent(Event):
+    """A course stream's recommendation-request line: the course's server answered the user
+    with `items` (its status and latency as the line gives them). It names no experiment or
+    epoch, so it is its own topic, not `events.reco`."""
+
+    user_id: UserId
+    server: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    status: Annotated[int, Field(ge=0, le=999), JSON_INTEGER]
+    items: Annotated[list[ItemId], Field(max_length=100)]
+    latency_ms: Annotated[StrictFloat, Field(ge=0, le=600_000)]
+
+
 class DlqEvent(Event):
     source_topic: Annotated[str, StringConstraints(max_length=256)]
     partition: Annotated[int, Field(ge=-1), JSON_INTEGER]
@@ -132,6 +143,7 @@ EVENT_MODELS: dict[str, type[Event]] = {
     "events.rating": RatingEvent,
     "events.watch": WatchEvent,
     "events.reco": RecoEvent,
+    "events.course_request": CourseRequestEvent,
     "events.dlq": DlqEvent,
 }
 
@@ -324,47 +336,3 @@ def typed_frame(model: type[Event], frame: pd.DataFrame) -> pd.DataFrame:
         elif s.name == "event_id" or s.name == "request_id":
             out[s.name] = col.str.lower()
     return out
-
-
-# --- the course-style text line format -----------------------------------------------------
-
-_PREFIX = r"^(?P<ts>[^,]+),(?P<user>\d+),GET "
-_RATE_LINE = re.compile(_PREFIX + r"/rate/(?P<item>\d+)=(?P<rating>\d+)$")
-_WATCH_LINE = re.compile(_PREFIX + r"/data/m/(?P<item>\d+)/(?P<min>\d+)\.mpg$")
-
-
-class LineFormatError(ValueError):
-    """A text line that is not one of the course formats."""
-
-
-def parse_line(line: str) -> tuple[str, dict[str, Any]]:
-    """Adapt a course-style log line to (topic, record).
-
-    `<time>,<user_id>,GET /rate/<movie_id>=<rating>` becomes a rating event and
-    `<time>,<user_id>,GET /data/m/<movie_id>/<minute>.mpg` a watch event whose `minutes` is the
-    minute of the movie reached. The event id is derived from the line, so a replayed log
-    dedupes. Times without an offset are taken as UTC. The record is not validated here: the
-    ingest job validates it like any other.
-    """
-    text = line.strip()
-    m = _RATE_LINE.match(text)
-    topic = "events.rating"
-    if m is None:
-        m = _WATCH_LINE.match(text)
-        topic = "events.watch"
-    if m is None:
-        raise LineFormatError(f"not a course-format rate or watch line: {text[:200]!r}")
-    ts = m["ts"].strip()
-    if not _TZ_SUFFIX.search(ts):
-        ts = ts.replace(" ", "T") + "Z"
-    record: dict[str, Any] = {
-        "event_id": str(uuid.uuid5(EVENT_NAMESPACE, text)),
-        "ts": ts,
-        "user_id": int(m["user"]),
-        "item_id": int(m["item"]),
-    }
-    if topic == "events.rating":
-        record["rating"] = int(m["rating"])
-    else:
-        record["minutes"] = float(m["min"])
-    return topic, record

@@ -28,6 +28,8 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from backend.core.failpoints import failpoint
 from backend.core.settings import TOPICS, Settings
 from backend.data import batch
+from backend.data.catalog import load_catalog
+from backend.data.course import CourseTopic, LineFormatError
 from backend.data.events import EVENT_NAMESPACE, DlqEvent
 from backend.data.kafka import consumer as make_consumer
 from backend.data.kafka import encode
@@ -46,6 +48,7 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes | None
+    origin: Message | None = None  # the course line this event was translated from
 
 
 @dataclass
@@ -86,8 +89,9 @@ class IngestLogic:
 
     def __init__(self, lake: Lake, max_bytes: int, dedupe_days: int,
                  send_dlq: Callable[[list[DlqEvent]], None], tag: str = "",
-                 per_message: bool = False) -> None:
+                 per_message: bool = False, course: CourseTopic | None = None) -> None:
         self.lake = lake
+        self.course = course
         self.max_bytes = max_bytes
         self.send_dlq = send_dlq
         self.tag = tag
@@ -112,11 +116,13 @@ class IngestLogic:
         """Validate, route and durably land one poll's messages (all topics)."""
         start = time.perf_counter()
         delta = IngestStats()
+        dlq: list[DlqEvent] = []
+        if self.course is not None:
+            messages = self._translate(messages, dlq, delta)
         by_topic: dict[str, list[Message]] = {}
         for m in messages:
             by_topic.setdefault(m.topic, []).append(m)
         landed: list[tuple[str, pd.DataFrame]] = []
-        dlq: list[DlqEvent] = []
         for topic, msgs in by_topic.items():
             delta.consumed[topic] += len(msgs)
             result = self._validate(topic, msgs)
@@ -124,8 +130,9 @@ class IngestLogic:
                 if topic == DLQ:  # cannot dead-letter the dead letters: log them loudly
                     log.error("invalid DLQ record dropped offset=%s reason=%s",
                               msgs[rej.index].offset, rej.reason)
-                else:
-                    dlq.append(dlq_event(msgs[rej.index], rej.reason))
+                else:  # a translated course line is dead-lettered as the line it was
+                    m = msgs[rej.index]
+                    dlq.append(dlq_event(m.origin or m, rej.reason))
             delta.invalid[topic] += len(result.rejected)
             delta.valid[topic] += len(result.valid)
             frame = self._dedupe(topic, result.valid, delta)
@@ -145,6 +152,26 @@ class IngestLogic:
         self.stats.merge(delta)
         if self.on_batch is not None:
             self.on_batch(delta)
+
+    def _translate(self, messages: list[Message], dlq: list[DlqEvent],
+                   delta: IngestStats) -> list[Message]:
+        """Course lines as the events they name (rows keep the line's partition and offset);
+        a line that is not one, or names an unknown movie, goes to `dlq` with the reason."""
+        assert self.course is not None
+        out = []
+        for m in messages:
+            if m.topic != self.course.name:
+                out.append(m)
+                continue
+            delta.consumed[m.topic] += 1
+            try:
+                topic, value = self.course.translate(m.value)
+            except LineFormatError as exc:
+                dlq.append(dlq_event(m, str(exc)))
+                delta.invalid[m.topic] += 1
+                continue
+            out.append(Message(topic, m.partition, m.offset, m.key, value, origin=m))
+        return out
 
     def _validate(self, topic: str, msgs: list[Message]) -> batch.BatchResult:
         values = [m.value for m in msgs]
@@ -206,9 +233,13 @@ class PartitionWorker:
         self.worker_id = worker_id
         self.members = members
         self._producer: KafkaProducer | None = None
+        name = settings.ingest.course_topic
+        course = CourseTopic(name, lambda: load_catalog(settings)) if name else None
+        self.topics = (*TOPICS, name) if name else TOPICS
         self.logic = IngestLogic(Lake(settings.lake_root), settings.kafka.max_message_bytes,
                                  settings.lake.dedupe_days, self._send_dlq, tag=f"w{worker_id}-",
-                                 per_message=settings.ingest.per_message_validation)
+                                 per_message=settings.ingest.per_message_validation,
+                                 course=course)
         self._consumer: KafkaConsumer | None = None
         self._cluster_id: str | None = None
         self.rewind_until = 0.0  # monotonic deadline for rewinding assigned partitions
@@ -238,7 +269,7 @@ class PartitionWorker:
                           fetch_max_bytes=16 * 1024 * 1024,
                           max_partition_fetch_bytes=4 * 1024 * 1024)
         if self.members is None:
-            c.subscribe(list(TOPICS), listener=_OnAssign(self))
+            c.subscribe(list(self.topics), listener=_OnAssign(self))
         else:
             self._assign_share(c)
         return c
@@ -247,7 +278,7 @@ class PartitionWorker:
         """Take this worker's share of every partition the metadata lists (again when it
         lists more): the i-th partition, in topic and number order, goes to worker i mod n."""
         assert self.members is not None
-        every = [TopicPartition(t, p) for t in sorted(TOPICS)
+        every = [TopicPartition(t, p) for t in sorted(self.topics)
                  for p in sorted(c.partitions_for_topic(t) or ())]
         share = set(every[self.worker_id::self.members])
         if share != c.assignment():
@@ -322,7 +353,7 @@ class PartitionWorker:
             self._assign_share(c)
         self._assigned = frozenset(f"{tp.topic}:{tp.partition}" for tp in c.assignment())
         cluster = c._client.cluster
-        self._known = frozenset(f"{t}:{p}" for t in TOPICS
+        self._known = frozenset(f"{t}:{p}" for t in self.topics
                                 for p in (cluster.partitions_for_topic(t) or ()))
 
     def run(self, stop: Callable[[], bool] = lambda: False) -> dict:

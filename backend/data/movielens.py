@@ -53,7 +53,7 @@ def fetch(cache_dir: Path) -> Path:
 
 
 def _read(zf: zipfile.ZipFile, ext: str) -> pd.DataFrame:
-    raw = zf.read(f"{PREFIX}.{ext}").decode("latin-1")
+    raw = zf.read(f"{PREFIX}.{ext}").decode("utf-8")  # recbole's atomic files are UTF-8
     frame = pd.read_csv(io.StringIO(raw), sep="\t", dtype=str, keep_default_na=False)
     frame.columns = [c.split(":")[0] for c in frame.columns]  # "user_id:token" -> "user_id"
     return frame

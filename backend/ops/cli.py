@@ -16,7 +16,7 @@ import click
 from backend.core.errors import RecoError
 from backend.core.logs import setup_logging
 from backend.core.settings import Settings
-from backend.ops import cli_accounts, cli_experiments, cli_models, cli_quarantine
+from backend.ops import cli_accounts, cli_experiments, cli_models, cli_quarantine, cli_topics
 
 
 def _settings() -> Settings:
@@ -82,14 +82,6 @@ def broker_status() -> None:
     st = b.status()
     click.echo(json.dumps(st))
     sys.exit(0 if st["running"] else 3)
-
-
-@main.command()
-def topics() -> None:
-    """Create the event topics if missing (idempotent)."""
-    from backend.data.kafka import ensure_topics
-
-    click.echo(f"created: {ensure_topics(_settings().kafka)}")
 
 
 # -- data, lake, jobs ---------------------------------------------------------------------
@@ -178,12 +170,17 @@ def dlq_replay(topic: str | None, contains: str | None, yes: bool) -> None:
 @main.command()
 @click.option("--once", is_flag=True, help="stop once the topics are drained")
 @click.option("--actors", type=int, default=None, help="default: one per partition")
-def ingest(once: bool, actors: int | None) -> None:
+@click.option("--course-topic", default=None, metavar="NAME",
+              help="also read this external topic of course-format lines")
+def ingest(once: bool, actors: int | None, course_topic: str | None) -> None:
     """Run the ingest job (Kafka -> validated, deduplicated lake) on Ray."""
     from backend.core.runtime import init_ray
     from jobs.ingest import run
 
     s = _settings()
+    if course_topic:
+        s = s.model_copy(update={"ingest": s.ingest.model_copy(
+            update={"course_topic": course_topic})})
     init_ray(s)
     stats = run(s, once=once, actors=actors)
     click.echo(json.dumps(stats))
@@ -209,11 +206,16 @@ def bootstrap(wait: float) -> None:
 @main.command()
 @click.argument("source", type=click.File("r"), default="-")
 def produce(source) -> None:
-    """Produce course-format log lines (rate and watch) from a file or stdin."""
-    from backend.data.events import DlqEvent, LineFormatError, parse_line
+    """Produce course-format log lines (rate, watch, recommendation request; movies by id
+    or slug) from a file or stdin; a line that is not one, or names an unknown movie, goes
+    to the DLQ with the reason."""
+    from backend.data.catalog import load_catalog
+    from backend.data.course import LineFormatError, SlugIndex, parse_line
+    from backend.data.events import DlqEvent
     from backend.data.kafka import EventProducer
 
     s = _settings()
+    index = SlugIndex(load_catalog(s))
     producer = EventProducer(s.kafka, s.spool_dir / "cli")
     sent = bad = 0
     try:
@@ -221,7 +223,7 @@ def produce(source) -> None:
             if not line.strip():
                 continue
             try:
-                topic, record = parse_line(line)
+                topic, record = parse_line(line, index)
             except LineFormatError as exc:  # dead-lettered, not dropped
                 bad += 1
                 producer.send("events.dlq", DlqEvent(
@@ -232,7 +234,7 @@ def produce(source) -> None:
             sent += 1
     finally:
         producer.close()
-    click.echo(f"produced={sent} unparseable={bad}")
+    click.echo(f"produced={sent} refused={bad}")
 
 
 # -- simulate, analyze ----------------------------------------------------------------
@@ -393,7 +395,7 @@ def status() -> None:
 
 for _command in (cli_models.train, cli_models.evaluate, cli_models.models,
                  cli_experiments.experiment, cli_quarantine.quarantine,
-                 cli_accounts.accounts):
+                 cli_accounts.accounts, cli_topics.topics):
     main.add_command(_command)
 
 

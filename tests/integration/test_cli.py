@@ -30,7 +30,7 @@ def test_broker_start_is_idempotent_and_stop_stops(platform):
                                     "events.dlq"])
     admin.close()
     assert [len(t["partitions"]) for t in topics] == [3, 3, 3, 3]
-    assert reco(platform, "topics").stdout.strip() == "created: []"
+    assert reco(platform, "topics", "create").stdout.strip() == "created: []"
     out = reco(platform, "broker", "stop")
     assert out.returncode == 0 and "broker stopped" in out.stdout
     assert reco(platform, "broker", "status").returncode == 3

@@ -950,6 +950,7 @@ def test_every_write_and_admin_route_refuses_missing_or_wrong_keys(served):
     assert logs.stdout == "", logs.stdout
 
 
+@pytest.mark.slow  # make test-slow: test_ingest.py's outage test covers the spool in make test
 @pytest.mark.usefixtures("movielens_cache")
 def test_broker_outage_during_simulated_traffic(served):
     """While the simulator drives the API, the broker becomes
@@ -1192,6 +1193,7 @@ def test_a_refused_model_fires_its_alert_in_prometheus_and_on_the_dashboard(serv
         registry.set_alias("B", "production", good)
 
 
+@pytest.mark.slow  # make test-slow: the detectors' unit and validity tests run in make test
 @pytest.mark.usefixtures("simulated")  # a lake with a past for the pushed-item test
 def test_a_planted_push_attack_fires_spam_flagged_in_prometheus_and_on_the_dashboard(
         served, tmp_path):

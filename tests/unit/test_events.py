@@ -12,12 +12,10 @@ from backend.data.batch import validate
 from backend.data.events import (
     EVENT_MODELS,
     TS_PATTERN,
-    LineFormatError,
     RatingEvent,
     RecoEvent,
     WatchEvent,
     arrow_schema,
-    parse_line,
 )
 
 NOW = datetime.now(UTC)
@@ -129,21 +127,3 @@ def test_api_defaults_fill_id_and_time():
     assert e.ts.tzinfo is not None
     rec = e.to_record()
     assert len(validate(RatingEvent, [rec]).valid) == 1
-
-
-def test_course_lines():
-    topic, rec = parse_line("2024-05-01T10:00:00,123,GET /rate/456=4")
-    assert topic == "events.rating"
-    assert rec | {"event_id": EID} == RATING | {"user_id": 123, "item_id": 456,
-                                                "ts": "2024-05-01T10:00:00Z"}
-    RatingEvent.model_validate(rec)
-    topic, rec = parse_line("2024-05-01 10:00:00,123,GET /data/m/456/17.mpg\n")
-    assert topic == "events.watch" and rec["minutes"] == 17.0
-    WatchEvent.model_validate(rec)
-    assert parse_line("2024-05-01T10:00:00,123,GET /rate/456=4")[1]["event_id"] == \
-        parse_line("2024-05-01T10:00:00,123,GET /rate/456=4")[1]["event_id"]
-    with pytest.raises(LineFormatError):
-        parse_line("2024-05-01T10:00:00,123,GET /recommend/123")
-    # out-of-range values parse, then fail validation like any other record
-    _, rec = parse_line("2024-05-01T10:00:00,123,GET /rate/456=9")
-    assert validate(RatingEvent, [rec]).rejected

@@ -7,8 +7,10 @@ import uuid
 
 import pytest
 
+from backend.data.course import CourseTopic
 from backend.data.ingest import IngestLogic, Message
 from backend.data.lake import Lake
+from tests.unit.test_course import CATALOG
 
 
 def rating(**kw):
@@ -46,6 +48,33 @@ def test_valid_deduped_invalid_dead_lettered(tmp_path, sink):
     assert (s.consumed["events.rating"], s.valid["events.rating"],
             s.invalid["events.rating"], s.deduplicated["events.rating"]) == (7, 4, 3, 1)
 
+
+
+def test_course_lines_land_as_the_events_they_name_and_the_rest_dead_letters(tmp_path, sink):
+    logic = IngestLogic(Lake(tmp_path), 4096, 7, sink.extend,
+                        course=CourseTopic("course", lambda: CATALOG))
+    lines = [b"2024-05-01T10:00:00,5,GET /rate/seven+1995=4",
+             b"2024-05-01T10:00:01,5,GET /data/m/3/20.mpg",
+             b"2024-05-01T10:00:02,5,recommendation request s:1, status 200, result: 1, 2, 9 ms",
+             b"2024-05-01T10:00:03,5,GET /rate/the+godfather+1972=4",  # unknown movie
+             b"2024-05-01T10:00:04,5,GET /rate/seven+1995=9",  # parses, fails validation
+             b"hello"]
+    batch = msgs(lines, topic="course", start=100) + msgs([rating()], start=7)
+    logic.handle(batch)
+    logic.handle(batch)  # replayed: the line's event id dedupes it
+    lake = Lake(tmp_path)
+    rated = lake.read("events.rating")
+    assert sorted(rated["item_id"]) == [2, 2] and sorted(rated["kafka_offset"]) == [7, 100]
+    assert lake.read("events.watch")["item_id"].tolist() == [3]
+    request = lake.read("events.course_request")
+    assert request["items"].map(list).tolist() == [[1, 2]] and request["server"][0] == "s:1"
+    first = sink[:3]
+    assert [(e.source_topic, e.offset) for e in first] == [("course", 103), ("course", 105),
+                                                           ("course", 104)]
+    assert "unknown movie: the+godfather+1972" in first[0].error
+    assert "not a course-format" in first[1].error and "rating" in first[2].error
+    assert first[2].raw == lines[4].decode()  # the line, not its translation
+    assert (logic.stats.consumed["course"], logic.stats.invalid["course"]) == (12, 4)
 
 def test_replayed_batch_after_crash_writes_nothing(tmp_path, sink):
     values = [rating() for _ in range(10)]
