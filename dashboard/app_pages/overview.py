@@ -66,8 +66,11 @@ def body() -> None:
     for col, v in zip(per_variant, ("A", "B", "all"), strict=True):
         latency = sla.latency_ms.get(v)
         p95 = latency.p95 if latency else None
-        col.metric(f"p95 latency {v}", "-" if p95 is None else f"{p95:.1f} ms",
-                   delta=None if p95 is None else f"{target - p95:+.1f} ms to SLA",
+        over = p95 is not None and p95 > target
+        col.metric(f"p95 latency {v}", "not enough data" if p95 is None else f"{p95:.1f} ms",
+                   delta=None if p95 is None else
+                   f"{abs(p95 - target):.1f} ms {'over' if over else 'under'} the SLA",
+                   delta_color="inverse" if over else "normal", delta_arrow="off",
                    help=f"95th percentile of logged latency; objective {target:g} ms")
     trends(s)
 

@@ -351,6 +351,10 @@ def test_overview_trends_need_two_snapshots_and_then_draw_sparklines(var):
     assert not at.exception, [e.value for e in at.exception]
     tiles = {m.label: m for m in at.metric}
     assert tiles["coverage A"].value == f"{snap.fairness['A'].coverage:.3f}"
+    p95 = snap.sla.latency_ms["A"].p95
+    target = AnalyticsSettings().sla_p95_ms
+    assert p95 is not None and tiles["p95 latency A"].delta == (
+        f"{abs(p95 - target):.1f} ms {'over' if p95 > target else 'under'} the SLA")
     history = data.history_frame(data.snapshot_history(str(var)))
     assert data.sparkline(data.in_range(history, 60), "A", "coverage") == [
         snap.fairness["A"].coverage] * 2
