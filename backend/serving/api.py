@@ -12,9 +12,10 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,6 +64,14 @@ _ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/Err
 def _error(what: str, **extra: Any) -> dict[str, Any]:
     return {"model": ErrorBody, "description": what, "content": _ERROR_JSON, **extra}
 
+
+API_KEY = APIKeyHeader(name="X-API-Key", scheme_name="ApiKey", auto_error=False,
+                       description="a client key (writes) or an admin key (admin routes)")
+CONSOLE_SESSION = HTTPBearer(scheme_name="ConsoleSession", auto_error=False,
+                             description="a console session's token (`POST /auth/signin`): "
+                                         "a viewer's reads, an operator's acts")
+Key = Annotated[str | None, Security(API_KEY)]
+Session = Annotated[Any, Security(CONSOLE_SESSION)]
 
 # every route may answer these (the guard and the body parser run before any handler)
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -208,11 +217,15 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         """FastAPI's schema, with every error documented as the JSON it is (FastAPI adds the
         route's media type, text/plain on the course route, to each error response)."""
         schema = generated()
-        for operations in schema["paths"].values():
+        anonymous = {r.path_format for r in api.routes if isinstance(r, APIRoute)
+                     and any(d.call is anyone for d in r.dependant.dependencies)}
+        for path, operations in schema["paths"].items():
             for op in operations.values():
                 for status, response in op["responses"].items():
                     if status[0] in "45" and "content" in response:
                         response["content"] = dict(_ERROR_JSON)
+                if path in anonymous and {} not in op.get("security", [{}]):
+                    op["security"].append({})  # a key or session is optional there
         return schema
 
     api.openapi = openapi  # type: ignore[method-assign]
@@ -222,17 +235,19 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
     api.add_middleware(RequestMetrics)
 
     # the guard runs as a dependency, before the body and the parameters are validated: a
-    # caller without a key gets 401 (and the rate limit), never a field error list
-    async def anyone(request: Request) -> None:
+    # caller without a key gets 401 (and the rate limit), never a field error list. The
+    # security parameters only declare the two schemes in the OpenAPI (either one will do);
+    # the guard reads the headers itself.
+    async def anyone(request: Request, _key: Key = None, _session: Session = None) -> None:
         await guard(current(), request, None)
 
-    async def client(request: Request) -> None:
+    async def client(request: Request, _key: Key = None, _session: Session = None) -> None:
         await guard(current(), request, "client")
 
-    async def admin(request: Request) -> None:
+    async def admin(request: Request, _key: Key = None, _session: Session = None) -> None:
         await guard(current(), request, "admin")
 
-    async def acting(request: Request) -> str:
+    async def acting(request: Request, _key: Key = None, _session: Session = None) -> str:
         return await operator(current(), request)
 
     Actor = Annotated[str, Depends(acting)]

@@ -107,3 +107,25 @@ def test_a_body_that_is_not_json_is_a_documented_400():
                                                                "content-type":
                                                                    "application/json"}}))
         assert r.status_code in (400, 422) and r.json()["detail"]
+
+
+def test_the_two_credentials_are_declared_where_the_guard_asks_for_them():
+    """An API key or a console session on every guarded operation (either will do), optional
+    where anyone may call (rate-limited by address), none on health and metrics."""
+    schemes = SPEC["components"]["securitySchemes"]
+    assert schemes["ApiKey"] | {"description": ""} == {"type": "apiKey", "in": "header",
+                                                        "name": "X-API-Key", "description": ""}
+    assert schemes["ConsoleSession"]["scheme"] == "bearer"
+    either = [{"ApiKey": []}, {"ConsoleSession": []}]
+    for path, operations in SPEC["paths"].items():
+        for method, op in operations.items():
+            if path in ("/health", "/metrics"):
+                assert "security" not in op, path
+            elif path in ("/recommend", "/recommend/{user_id}", "/auth/signin"):
+                assert op["security"] == [*either, {}], path
+            else:
+                assert op["security"] == either, (method, path)
+    with Rig() as rig:  # the header the schema names is the one the guard reads
+        ok, refused = call(rig, ("GET", "/admin/experiments", key(ADMIN)),
+                           ("GET", "/admin/experiments", {}))
+        assert (ok.status_code, refused.status_code) == (200, 401)
