@@ -7,7 +7,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     RAY_AUTH_MODE=token \
-    RECO_VAR_DIR=/var/lib/reco
+    RECO_VAR_DIR=/var/lib/reco \
+    RECO_DASHBOARD_HOST=0.0.0.0 \
+    RECO_SERVE__HOST=0.0.0.0
 
 RUN groupadd --system --gid 10001 reco && useradd --system --uid 10001 --gid reco --create-home reco \
     && mkdir -p /var/lib/reco /opt/reco && chown reco:reco /var/lib/reco /opt/reco

@@ -317,6 +317,9 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     kafka_bootstrap_servers: str | None = None
     dashboard_port: int = Field(8501, description="the Streamlit dashboard `reco up` starts")
+    dashboard_host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:-]{1,253}$", description=(
+        "the dashboard's bind address: 127.0.0.1 on a host, 0.0.0.0 inside a container so a "
+        "published port reaches it (operators sign in to act; viewers see every figure)"))
     variants: dict[str, VariantSpec] = Field(default_factory=default_variants, description=(
         "the variants, in order, that the retrain job trains, the registry keeps and Serve "
         "deploys (JSON, e.g. {\"A\": {\"model\": \"item_knn\"}, \"C\": {\"model\": \"als\"}})"))

@@ -314,14 +314,17 @@ def serve_stop() -> None:
 
 
 @main.command()
-@click.option("--port", type=int, default=8501)
-def dashboard(port: int) -> None:
-    """The Streamlit operations dashboard on 127.0.0.1 (blocks; Ctrl-C stops it)."""
+@click.option("--port", type=int, default=None, help="default: the dashboard_port setting")
+@click.option("--host", default=None, help="bind address; default: the dashboard_host setting")
+def dashboard(port: int | None, host: str | None) -> None:
+    """The Streamlit operations dashboard (blocks; Ctrl-C stops it)."""
     import subprocess
 
     from backend.ops.platform import dashboard_command
 
-    raise SystemExit(subprocess.call(dashboard_command(port)))
+    s = _settings()
+    raise SystemExit(subprocess.call(dashboard_command(port or s.dashboard_port,
+                                                       host or s.dashboard_host)))
 
 
 @main.command()

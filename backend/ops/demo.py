@@ -27,7 +27,7 @@ from pathlib import Path
 from backend.analytics.snapshot import Snapshot
 from backend.core.settings import Settings
 from backend.ops.cli_accounts import first_password_path
-from backend.ops.platform import health
+from backend.ops.platform import dashboard_url, health
 
 log = logging.getLogger(__name__)
 DEMO_ACCOUNT = "admin"  # the operator account `reco up` creates (see ensure_first_account)
@@ -83,7 +83,7 @@ class Recorder:
         self.frames.mkdir(parents=True)
         self.n = 0
         self.captions: list[tuple[str, int, int]] = []
-        self.base = f"http://127.0.0.1:{settings.dashboard_port}"
+        self.base = dashboard_url(settings)
 
     def frame(self, page) -> None:
         self.n += 1

@@ -109,8 +109,16 @@ def dashboard_command(port: int, address: str = "127.0.0.1") -> list[str]:
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
 
 
+def dashboard_url(settings: Settings) -> str:
+    """Where this machine reaches the dashboard (a wildcard bind answers on loopback)."""
+    host = settings.dashboard_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.dashboard_port}"
+
+
 def start_dashboard(settings: Settings, echo: Callable[[str], object]) -> None:
-    """The Streamlit dashboard on 127.0.0.1, in its own session (stopped by process group)."""
+    """The Streamlit dashboard on `dashboard_host`, in its own session (stopped by process
+    group)."""
     import os
     import subprocess
 
@@ -120,11 +128,11 @@ def start_dashboard(settings: Settings, echo: Callable[[str], object]) -> None:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     with open(settings.run_dir / "dashboard.log", "ab") as out:
         proc = subprocess.Popen(
-            dashboard_command(settings.dashboard_port),
+            dashboard_command(settings.dashboard_port, settings.dashboard_host),
             env=os.environ | {"RECO_VAR_DIR": str(settings.var_dir)}, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True)
     (settings.run_dir / "dashboard.pid").write_text(str(proc.pid))
-    echo(f"dashboard: started http://127.0.0.1:{settings.dashboard_port}")
+    echo(f"dashboard: started {dashboard_url(settings)} (bound to {settings.dashboard_host})")
 
 
 def stop_dashboard(settings: Settings, echo: Callable[[str], object]) -> None:
@@ -142,7 +150,7 @@ def stop_dashboard(settings: Settings, echo: Callable[[str], object]) -> None:
 
 def urls(settings: Settings) -> dict[str, str]:
     api = f"http://{settings.serve.host}:{settings.serve.port}"
-    return {"api": api, "dashboard": f"http://127.0.0.1:{settings.dashboard_port}",
+    return {"api": api, "dashboard": dashboard_url(settings),
             "ray_dashboard": RayHead(settings).dashboard_url, "metrics": f"{api}/metrics",
             "alerts": settings.prometheus.base_url + "/alerts"}
 
@@ -284,7 +292,7 @@ def status(settings: Settings) -> dict[str, object]:
         "jobs": running_jobs(head) if head.running() else {},
         "api": _api_health(settings),
         "dashboard": {"running": _dashboard_pid(settings) is not None,
-                      "url": f"http://127.0.0.1:{settings.dashboard_port}"},
+                      "url": dashboard_url(settings)},
         "schedule": _schedule(settings),
         "alerting": (prom.status() if (prom := embedded_prometheus(settings)) is not None
                      else {"external": settings.prometheus.url}),

@@ -77,6 +77,8 @@ def test_dockerfile_passes_hadolint():
     assert out.returncode == 0, out.stdout + out.stderr
     text = (ROOT / "Dockerfile").read_text()
     assert "--require-hashes" in text and "USER 10001" in text and "HEALTHCHECK" in text
+    # inside the container the API and the dashboard bind every interface (`docker run -p`)
+    assert "RECO_DASHBOARD_HOST=0.0.0.0" in text and "RECO_SERVE__HOST=0.0.0.0" in text
 
 
 def test_hadolint_catches_a_bad_dockerfile(tmp_path):

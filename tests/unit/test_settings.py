@@ -125,3 +125,26 @@ def test_haproxy_wrapper_pins_the_side_listeners_to_the_api_host(settings, tmp_p
         assert "sed -i -E" not in haproxy_wrapper(wild).read_text()  # nothing to pin
     finally:
         shutil.rmtree(haproxy_dir(settings), ignore_errors=True)
+
+
+def test_the_dashboard_binds_where_the_setting_says(monkeypatch, tmp_path):
+    """127.0.0.1 on a host; 0.0.0.0 in a container, where a published port must reach it."""
+    import pytest
+
+    from backend.ops.platform import dashboard_command, dashboard_url
+
+    s = Settings(var_dir=tmp_path)
+    cmd = dashboard_command(s.dashboard_port, s.dashboard_host)
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert dashboard_url(s) == "http://127.0.0.1:8501"
+    monkeypatch.setenv("RECO_DASHBOARD_HOST", "0.0.0.0")
+    monkeypatch.setenv("RECO_DASHBOARD_PORT", "9501")
+    s = Settings(var_dir=tmp_path)
+    cmd = dashboard_command(s.dashboard_port, s.dashboard_host)
+    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("--server.port") + 1] == "9501"
+    assert dashboard_url(s) == "http://127.0.0.1:9501"  # a wildcard bind answers on loopback
+    assert dashboard_url(s.model_copy(update={"dashboard_host": "::1"})) == "http://[::1]:9501"
+    monkeypatch.setenv("RECO_DASHBOARD_HOST", "0.0.0.0; rm -rf /")
+    with pytest.raises(ValueError, match="dashboard_host"):
+        Settings(var_dir=tmp_path)
