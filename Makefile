@@ -66,6 +66,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/feedback_validity.py
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/extraction.py
 
 # the recorded dashboard walkthrough (the platform must be up: `make up`)
 demo: $(STAMP) /usr/bin/chromium
