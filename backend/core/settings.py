@@ -172,6 +172,10 @@ class ServeSettings(BaseModel):
         "with no experiment running, the share of users the first variant serves (the second "
         "serves the rest; any others serve nobody until an experiment names them)"))
     salt: str = "exp-1"
+    answer_temperature: float = Field(0.0, ge=0, le=100, description=(
+        "answer noise against model extraction: each list a Plackett-Luce sample over the "
+        "model's ranking with weights exp(-rank / this), seeded per user and model version "
+        "(0: the ranking as is; bench/extraction.py measures the trade-off)"))
     reload_seconds: float = Field(10.0, gt=0, description="how often variants look for a new "
                                                            "production version")
     max_k: int = 100

@@ -89,7 +89,8 @@ def _replica_id() -> str:
 class VariantDeployment:
     def __init__(self, settings: Settings, variant: str,
                  state: DeploymentHandle[Any] | None = None) -> None:
-        self.logic = VariantLogic(open_registry(settings), variant)
+        self.logic = VariantLogic(open_registry(settings), variant,
+                                  settings.serve.answer_temperature)
         self.state = state  # variant B: follows the shared run-time knobs
         self._follower: asyncio.Task[None] | None = None
         self._period = settings.serve.reload_seconds

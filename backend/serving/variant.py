@@ -7,6 +7,7 @@ import logging
 import time
 
 from backend.ml.recommenders import Recommender
+from backend.ml.recommenders.noise import candidates, plackett_luce
 from backend.serving.schemas import Knob, SharedExperiment, VariantAnswer, VariantStatus
 from registry import Registry, RegistryError
 
@@ -14,9 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class VariantLogic:
-    def __init__(self, registry: Registry, variant: str) -> None:
+    def __init__(self, registry: Registry, variant: str, temperature: float = 0.0) -> None:
         self.registry = registry
         self.variant = variant
+        self.temperature = temperature  # answer noise (noise.py); 0: the ranking as is
         self.model: Recommender | None = None
         self.version: str | None = None
         self.refused: dict[str, str] = {}  # version -> why it was not loaded
@@ -72,7 +74,12 @@ class VariantLogic:
         by_k: dict[int, list[int]] = {}
         for user_id, k in requests:
             by_k.setdefault(int(k), []).append(int(user_id))
-        items = {k: model.recommend_many(users, k) for k, users in by_k.items()}
+        if self.temperature > 0:
+            items = {k: {u: plackett_luce(ranked, k, self.temperature, f"{version}/{u}")
+                         for u, ranked in model.recommend_many(users, candidates(k)).items()}
+                     for k, users in by_k.items()}
+        else:
+            items = {k: model.recommend_many(users, k) for k, users in by_k.items()}
         ms = (time.perf_counter() - t0) * 1000
         return [VariantAnswer(items=items[int(k)][int(u)], variant=self.variant,
                               model_version=version, model_ms=ms) for u, k in requests]
