@@ -103,6 +103,13 @@ class IngestSettings(BaseModel):
         "an external topic of course-format lines, read beside the event topics and "
         "translated (`reco ingest --course-topic`)"))
 
+    @model_validator(mode="after")
+    def _course_topic_is_external(self) -> IngestSettings:
+        if self.course_topic in TOPICS:
+            raise ValueError(f"course_topic {self.course_topic!r} is one of the event topics; "
+                             "it names an external topic of course-format lines")
+        return self
+
 
 class RegistrySettings(BaseModel):
     """`public_key` alone is enough to verify (serving); signing needs `keys_dir`'s private key."""

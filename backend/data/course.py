@@ -29,11 +29,15 @@ from backend.data.events import EVENT_NAMESPACE
 COURSE_REQUEST_TOPIC = "events.course_request"
 TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")
 
-_PREFIX = r"^(?P<ts>[^,]+),(?P<user>\d+),"
-_RATE = re.compile(_PREFIX + r"GET /rate/(?P<item>[^=/\s]+)=(?P<rating>\d+)$")
-_WATCH = re.compile(_PREFIX + r"GET /data/m/(?P<item>[^/\s]+)/(?P<min>\d+)\.mpg$")
-_REQUEST = re.compile(_PREFIX + r"recommendation request (?P<server>[^,]+), status "
-                      r"(?P<status>\d+), result: (?P<result>.*?),? (?P<ms>\d+(?:\.\d+)?) ?ms$")
+# ASCII digits, bounded: a number the contracts could take (`\d` would match "²", which
+# int() refuses); anything else is not a course line
+_INT = r"[0-9]{1,12}"
+_PREFIX = rf"^(?P<ts>[^,]{{1,64}}),(?P<user>{_INT}),"
+_RATE = re.compile(_PREFIX + rf"GET /rate/(?P<item>[^=/\s]{{1,300}})=(?P<rating>{_INT})$")
+_WATCH = re.compile(_PREFIX + rf"GET /data/m/(?P<item>[^/\s]{{1,300}})/(?P<min>{_INT})\.mpg$")
+_REQUEST = re.compile(_PREFIX + r"recommendation request (?P<server>[^,]{1,256}), status "
+                      rf"(?P<status>{_INT}), result: (?P<result>.*?),? "
+                      r"(?P<ms>[0-9]{1,12}(?:\.[0-9]{1,9})?) ?ms$")
 # an article the catalog moves to the end ("Usual Suspects, The"); slugs put it first
 _ARTICLE = re.compile(r"^(?P<rest>.+), (?P<article>the|a|an|les|la|le|l'|il|el|das|der|die)$",
                       re.IGNORECASE)
@@ -43,6 +47,10 @@ _ALTERNATE = re.compile(r"\s*\((?P<alt>[^()]*)\)\s*$")  # "Seven (Se7en)"
 class LineFormatError(ValueError):
     """A text line that is not one of the course formats, or names a movie the catalog lacks
     (the ingest dead-letters it with this message as the reason)."""
+
+
+class UnknownMovie(LineFormatError):
+    """A course line naming a movie the catalog does not have."""
 
 
 def words(text: str, apostrophe: str = "") -> tuple[str, ...]:
@@ -86,7 +94,7 @@ class SlugIndex:
 
     def item(self, movie: str) -> int | None:
         """The item a line's movie names: an id as is, a slug through the catalog."""
-        if movie.isdigit():
+        if re.fullmatch(_INT, movie):
             return int(movie)
         return self._ids.get(words(movie.replace("+", " ")))
 
@@ -94,14 +102,24 @@ class SlugIndex:
 def _item(index: SlugIndex, movie: str) -> int:
     item = index.item(movie)
     if item is None:
-        raise LineFormatError(f"unknown movie: {movie[:200]}")
+        raise UnknownMovie(f"unknown movie: {movie[:200]}")
     return item
 
 
 def parse_line(line: str, index: SlugIndex) -> tuple[str, dict[str, Any]]:
     """Adapt one course line to (topic, record); raises LineFormatError (not a course line,
-    or an unknown movie). Times without an offset are taken as UTC; a watch's `minutes` is
-    the minute of the movie reached."""
+    or an unknown movie), never another error: the ingest dead-letters what this refuses.
+    Times without an offset are taken as UTC; a watch's `minutes` is the minute of the movie
+    reached."""
+    try:
+        return _parse(line, index)
+    except LineFormatError:
+        raise
+    except ValueError as exc:  # a number the patterns let through but Python refuses
+        raise LineFormatError(f"not a course-format line: {exc}") from None
+
+
+def _parse(line: str, index: SlugIndex) -> tuple[str, dict[str, Any]]:
     text = line.strip()
     record: dict[str, Any]
     if m := _RATE.match(text):
@@ -127,17 +145,17 @@ def parse_line(line: str, index: SlugIndex) -> tuple[str, dict[str, Any]]:
 
 class CourseTopic:
     """An external topic carrying course lines: the ingest reads it beside its own topics and
-    translates each message to the event topic its line names. An unknown slug reloads the
-    catalog (at most every `reload_seconds`: the simulator releases items) before it is
-    refused."""
+    translates each message to the event topic its line names. The catalog is read at the
+    first line; an unknown slug reads it again (at most every `reload_seconds`: the
+    simulator releases items) before it is refused."""
 
     def __init__(self, name: str, catalog: Callable[[], pd.DataFrame],
                  reload_seconds: float = 60.0) -> None:
         self.name = name
         self._catalog = catalog
         self._reload_seconds = reload_seconds
-        self._index = SlugIndex(catalog())
-        self._loaded = time.monotonic()
+        self._index: SlugIndex | None = None
+        self._loaded = 0.0
 
     def translate(self, value: bytes | None) -> tuple[str, bytes]:
         """(event topic, JSON value) of one message; raises LineFormatError."""
@@ -145,11 +163,12 @@ class CourseTopic:
             line = (value or b"").decode("utf-8")
         except UnicodeDecodeError as exc:
             raise LineFormatError(f"not UTF-8 text: {exc}") from None
+        if self._index is None:  # first course line: the catalog, once
+            self._index, self._loaded = SlugIndex(self._catalog()), time.monotonic()
         try:
             topic, record = parse_line(line, self._index)
-        except LineFormatError as exc:
-            if not str(exc).startswith("unknown movie") or \
-                    time.monotonic() - self._loaded < self._reload_seconds:
+        except UnknownMovie:
+            if time.monotonic() - self._loaded < self._reload_seconds:
                 raise
             self._index, self._loaded = SlugIndex(self._catalog()), time.monotonic()
             topic, record = parse_line(line, self._index)

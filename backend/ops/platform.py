@@ -23,7 +23,7 @@ from backend.data.kafka import ensure_topics
 from backend.data.lake import Lake
 from backend.ops.alerting import EmbeddedPrometheus
 from backend.ops.broker import EmbeddedBroker
-from backend.ops.raycluster import RayHead
+from backend.ops.raycluster import WILDCARD_HOSTS, RayHead
 from registry import open_registry
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def dashboard_command(port: int, address: str = "127.0.0.1") -> list[str]:
 def dashboard_url(settings: Settings) -> str:
     """Where this machine reaches the dashboard (a wildcard bind answers on loopback)."""
     host = settings.dashboard_host
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    host = "127.0.0.1" if host in WILDCARD_HOSTS else f"[{host}]" if ":" in host else host
     return f"http://{host}:{settings.dashboard_port}"
 
 

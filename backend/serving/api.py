@@ -13,6 +13,8 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -211,6 +213,24 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
                             headers=headers)
 
+    @api.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI parses a JSON body before any dependency runs, so a body that is not JSON
+        meets the route's guard here first (401/403/429 before the 400 it is documented as);
+        any other invalid input was guarded already and gets FastAPI's field error list."""
+        if not any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return await request_validation_exception_handler(request, exc)
+        route = request.scope.get("route")
+        for dep in route.dependant.dependencies if isinstance(route, APIRoute) else ():
+            if dep.call in guards:
+                try:
+                    await dep.call(request)
+                except RecoError as refused:
+                    return error_response(refused)
+        return JSONResponse({"detail": "the body is not JSON: "
+                             + "; ".join(str(e.get("ctx", {}).get("error", e["msg"]))
+                                         for e in exc.errors())}, status_code=400)
+
     generated = api.openapi
 
     def openapi() -> dict[str, Any]:
@@ -251,6 +271,7 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         return await operator(current(), request)
 
     Actor = Annotated[str, Depends(acting)]
+    guards = (anyone, client, admin, acting)
 
     @api.get("/recommend", dependencies=[Depends(anyone)])
     async def recommend_json(request: Request, user_id: int = Query(ge=1, le=MAX_ID),

@@ -107,6 +107,10 @@ def test_the_event_id_is_the_lines_so_a_replayed_stream_dedupes():
     ("2024-05-01T10:00:00,123,GET /rate/456=oops", "not a course-format"),
     ("2024-05-01T10:00:00,abc,GET /rate/456=4", "not a course-format"),
     ("", "not a course-format"),
+    ("2024-05-01T10:00:00,123,GET /rate/²=4", "unknown movie"),  # not an ASCII digit
+    ("2024-05-01T10:00:00,1²,GET /rate/5=4", "not a course-format"),
+    ("2024-05-01T10:00:00," + "9" * 5000 + ",GET /rate/5=4", "not a course-format"),
+    ("2024-05-01T10:00:00,1,GET /data/m/5/" + "9" * 5000 + ".mpg", "not a course-format"),
 ])
 def test_other_lines_are_refused_with_their_reason(line, reason):
     with pytest.raises(LineFormatError, match=reason.replace("+", r"\+")):
@@ -118,9 +122,11 @@ def test_out_of_range_values_parse_then_fail_validation_like_any_record():
     assert validate(RatingEvent, [rec]).rejected
 
 
-def test_a_course_topic_reloads_the_catalog_for_a_slug_released_since():
+def test_a_course_topic_reads_the_catalog_at_its_first_line_and_again_for_a_new_slug():
     catalog = [CATALOG]
-    topic = CourseTopic("course", lambda: catalog[0], reload_seconds=0)
+    reads = []
+    topic = CourseTopic("course", lambda: reads.append(1) or catalog[0], reload_seconds=0)
+    assert not reads  # nothing read until a course line arrives
     line = b"2024-05-01T10:00:00,5,GET /rate/new+film+2024=3"
     with pytest.raises(LineFormatError, match="unknown movie"):
         topic.translate(line)
@@ -128,5 +134,10 @@ def test_a_course_topic_reloads_the_catalog_for_a_slug_released_since():
                                                    "year": pd.array([2024], "Int64")})])
     name, value = topic.translate(line)
     assert name == "events.rating" and json.loads(value)["item_id"] == 9
+    assert len(reads) == 3  # the first line, its retry, the line after the release
+    slow = CourseTopic("course", lambda: reads.append(1) or catalog[0], reload_seconds=60)
+    with pytest.raises(LineFormatError, match="unknown movie"):
+        slow.translate(b"2024-05-01T10:00:00,5,GET /rate/newer+film+2025=3")
+    assert len(reads) == 4  # read once; no second read within reload_seconds
     with pytest.raises(LineFormatError, match="not UTF-8"):
         topic.translate(b"\xff\xfe")

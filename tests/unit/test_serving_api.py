@@ -92,10 +92,17 @@ def test_the_key_is_checked_before_the_body_and_the_parameters():
                    ("POST", "/rate", {"json": {"rating": 9}, **key("wrong")}),
                    ("POST", "/admin/quarantine/0", {"json": {}, **key(CLIENT)}),
                    ("GET", "/admin/dlq", {"params": {"topic": 5}}),
-                   ("POST", "/admin/diversity", {"json": {}, **key(ADMIN)}))
-        assert [r.status_code for r in out] == [401, 403, 401, 403, 401, 422]
+                   ("POST", "/admin/diversity", {"json": {}, **key(ADMIN)}),
+                   *[("POST", "/admin/diversity", {"content": b"{not json", "headers": {
+                       "content-type": "application/json"} | h}) for h in (
+                       {}, {"X-API-Key": CLIENT}, {"X-API-Key": ADMIN})],
+                   ("POST", "/rate", {"content": b"[1,", "headers": {
+                       "content-type": "application/json", "X-API-Key": CLIENT}}))
+        assert [r.status_code for r in out] == [401, 403, 401, 403, 401, 422,
+                                                401, 403, 400, 400]
         for r in out:
             assert r.json()["detail"]
+        assert "not JSON" in out[-1].json()["detail"]
 
 
 def test_the_rate_limit_refuses_on_the_hot_path_as_on_the_routes():

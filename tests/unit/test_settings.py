@@ -148,3 +148,13 @@ def test_the_dashboard_binds_where_the_setting_says(monkeypatch, tmp_path):
     monkeypatch.setenv("RECO_DASHBOARD_HOST", "0.0.0.0; rm -rf /")
     with pytest.raises(ValueError, match="dashboard_host"):
         Settings(var_dir=tmp_path)
+
+
+def test_the_course_topic_must_be_an_external_topic(monkeypatch, tmp_path):
+    import pytest
+
+    monkeypatch.setenv("RECO_INGEST__COURSE_TOPIC", "events.rating")
+    with pytest.raises(ValueError, match="one of the event topics"):
+        Settings(var_dir=tmp_path)
+    monkeypatch.setenv("RECO_INGEST__COURSE_TOPIC", "course.stream")
+    assert Settings(var_dir=tmp_path).ingest.course_topic == "course.stream"
