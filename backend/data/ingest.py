@@ -351,6 +351,10 @@ class PartitionWorker:
             return
         if self.members is not None:
             self._assign_share(c)
+        if not c._subscription.has_all_fetch_positions():
+            # not idle while it does not know where each partition resumes: a restarted
+            # member's first polls wait for the coordinator's committed offsets
+            self.active_at = time.monotonic()
         self._assigned = frozenset(f"{tp.topic}:{tp.partition}" for tp in c.assignment())
         cluster = c._client.cluster
         self._known = frozenset(f"{t}:{p}" for t in self.topics
