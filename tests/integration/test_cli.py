@@ -43,6 +43,7 @@ def test_broker_refuses_non_loopback(platform):
     assert out.returncode != 0 and "loopback" in (out.stderr + out.stdout)
 
 
+@pytest.mark.slow  # make test-slow (about 70 s): keeps make test under 20 minutes
 def test_bootstrap_lands_all_movielens_ratings(platform, movielens_wheel):
     cache = platform.settings.data_cache
     cache.mkdir(parents=True, exist_ok=True)

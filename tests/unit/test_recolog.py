@@ -40,16 +40,25 @@ def test_records_leave_together_once_per_interval_in_bounded_batches():
     assert local == [] and shipper.shipped == 6 and shipper.fell_back == 0
 
 
+async def _until(cond, timeout: float = 10.0) -> None:
+    """Wait for the shipper's loop (not a fixed sleep: a loaded machine runs it late)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "the shipper did not get there"
+        await asyncio.sleep(0.01)
+
+
 def test_a_batch_that_cannot_be_shipped_falls_back_record_by_record():
     async def scenario():
         sink, local = Sink(fail=True), []
         shipper = LogShipper(sink, local.append, interval=0.01)
         shipper.add({"n": 1})
         shipper.add({"n": 2})
-        await asyncio.sleep(0.04)
+        await _until(lambda: shipper.fell_back == 2)
         sink.fail = False
         shipper.add({"n": 3})
-        await asyncio.sleep(0.04)
+        await _until(lambda: shipper.shipped == 1)
         await shipper.close()
         return sink, local, shipper
 

