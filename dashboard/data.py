@@ -20,6 +20,7 @@ import streamlit as st
 from pydantic import ValidationError
 
 from backend.analytics.snapshot import Snapshot, Trend
+from backend.core.errors import RecoError
 from backend.core.files import read_jsonl
 from backend.core.layout import StoreLayout
 from backend.core.requests import RetrainRequest, pending_retrain
@@ -28,7 +29,7 @@ from backend.data.deadletters import reason as dead_letter_reason
 from backend.data.events import EVENT_MODELS
 from backend.data.lake import Lake
 from backend.serving.schemas import HealthResponse
-from registry import Manifest, open_experiments, open_registry
+from registry import Manifest, open_experiments, open_quarantine, open_registry
 
 REFRESH = "5s"
 log = logging.getLogger(__name__)
@@ -236,14 +237,12 @@ QUARANTINE_COLUMNS = ["user_id", "status", "since", "source", "why", "actor"]
 
 
 @st.cache_data(ttl=10)
-def quarantine(var_dir: str) -> pd.DataFrame:
+def quarantine() -> pd.DataFrame:
     """The quarantine's entries, newest first: who, since when, and why (the operator's
     reason or the detectors that flagged them)."""
-    from registry.quarantine import QuarantineStore
-
     try:
-        entries = QuarantineStore(StoreLayout(root=Path(var_dir)).quarantine).read().entries
-    except (OSError, ValueError):
+        entries = open_quarantine(settings()).read().entries
+    except (RecoError, ValueError):
         return pd.DataFrame(columns=QUARANTINE_COLUMNS)
     rows = [{"user_id": u, "status": e.status, "since": e.since, "source": e.source,
              "why": e.why, "actor": e.actor} for u, e in entries.items()]

@@ -26,13 +26,12 @@ __all__ = ["AccountStore", "Aliases", "Decision", "ExperimentStore", "Manifest",
 
 def open_experiments(settings: Settings) -> ExperimentStore:
     """The experiments and the audit log, kept beside the registry's variants."""
-    assert settings.registry.root is not None
-    return ExperimentStore(settings.registry.root)
+    return ExperimentStore(settings.shared_store())
 
 
 def open_quarantine(settings: Settings) -> QuarantineStore:
     """The spam quarantine training reads and operators review."""
-    return QuarantineStore(settings.layout.quarantine)
+    return QuarantineStore(settings.shared_store())
 
 
 def open_accounts(settings: Settings) -> AccountStore:

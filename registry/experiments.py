@@ -8,24 +8,21 @@ API). Changing the weights or the arms opens a new allocation epoch: users are a
 other weights from then on, so the analysis reads each epoch's users against that epoch's
 weights and never pools epochs as if one allocation had held throughout.
 
-Records live under `<registry>/experiments/audit.jsonl`, one JSON object per line, appended
-under an exclusive lock so that concurrent admin calls (several ingress replicas) interleave
-whole lines.
+Records live in the shared store under `registry/experiments/audit/`, one object per event
+(a `RecordLog`): a change reads the log, checks, and commits only if no other writer (an
+ingress replica on another node, the CLI, the retrain job) committed meanwhile, else it reads
+and checks again.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -38,6 +35,7 @@ from pydantic import (
 )
 
 from backend.core.errors import RecoError
+from backend.core.store import RecordLog, Store
 
 Action = Literal["start", "set_weights", "add_arm", "stop", "promote", "rollback", "split",
                  "diversity", "release", "quarantine", "signin", "signin_failed",
@@ -166,17 +164,14 @@ class Experiment(_Frozen):
 class ExperimentStore:
     """The audit log and the experiments it records."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root) / "experiments"
-        self.log = self.root / "audit.jsonl"
+    def __init__(self, store: Store, prefix: str = "registry/experiments/audit") -> None:
+        self.log = RecordLog(store, prefix)
 
     # -- reading -------------------------------------------------------------------------
 
     def events(self, experiment: str | None = None) -> list[AuditEvent]:
         """The audit trail, oldest first (one experiment's, or everything)."""
-        if not self.log.exists():
-            return []
-        return _parse(self.log.read_bytes(), experiment)
+        return _parse(self.log.read(), experiment)
 
     def experiments(self) -> dict[str, Experiment]:
         return fold(self.events())
@@ -188,10 +183,10 @@ class ExperimentStore:
         """The experiment serving now, if any (at most one runs at a time)."""
         return _running(self.experiments())
 
-    # -- changes: each reads, checks and appends under one exclusive lock ----------------
+    # -- changes: each reads, checks and commits only if no one committed meanwhile ------
 
     def start(self, spec: ExperimentSpec, actor: str) -> Experiment:
-        with self._locked() as (fd, now):
+        def decide(now: dict[str, Experiment]) -> AuditEvent:
             if spec.id in now:
                 raise ExperimentError(f"experiment {spec.id!r} exists (ids are never reused)")
             live = _running(now)
@@ -202,7 +197,9 @@ class ExperimentStore:
                 raise ExperimentError(f"salt {spec.salt!r} was experiment {used[spec.salt]!r}'s:"
                                       " a new experiment draws its users afresh")
             _check_arms(spec.arms, spec.weights, spec.control)
-            self._append(fd, actor, "start", spec.id, {"spec": spec.model_dump(mode="json")})
+            return _event(actor, "start", spec.id, {"spec": spec.model_dump(mode="json")})
+
+        self._commit(decide)
         return self.get(spec.id)
 
     def set_weights(self, experiment: str, weights: dict[str, float], actor: str) -> Experiment:
@@ -210,32 +207,40 @@ class ExperimentStore:
             weights = check_weights(weights)
         except ValueError as exc:
             raise ExperimentError(str(exc), status_code=422) from None
-        with self._locked() as (fd, now):
+
+        def decide(now: dict[str, Experiment]) -> AuditEvent | None:
             exp = _live(now, experiment)
             names = sorted(a.variant for a in exp.spec.arms)
             if sorted(weights) != names:  # 409: the experiment's arms are its state
                 raise ExperimentError(f"weights must name exactly {experiment}'s arms {names}")
             if weights == exp.epoch.weights:  # in force already: no new epoch (a retry)
-                return exp
+                return None
             detail: dict[str, JsonValue] = {k: v for k, v in weights.items()}
-            self._append(fd, actor, "set_weights", experiment, {"weights": detail})
+            return _event(actor, "set_weights", experiment, {"weights": detail})
+
+        self._commit(decide)
         return self.get(experiment)
 
     def add_arm(self, experiment: str, arm: ArmSpec, weight: float, actor: str) -> Experiment:
         if weight <= 0:
             raise ExperimentError("a new arm needs a positive weight", status_code=422)
-        with self._locked() as (fd, now):
+
+        def decide(now: dict[str, Experiment]) -> AuditEvent:
             exp = _live(now, experiment)
             if any(a.variant == arm.variant for a in exp.spec.arms):
                 raise ExperimentError(f"{arm.variant} is already an arm of {experiment}")
-            self._append(fd, actor, "add_arm", experiment,
-                         {"arm": arm.model_dump(mode="json"), "weight": weight})
+            return _event(actor, "add_arm", experiment,
+                          {"arm": arm.model_dump(mode="json"), "weight": weight})
+
+        self._commit(decide)
         return self.get(experiment)
 
     def stop(self, experiment: str, actor: str) -> Experiment:
-        with self._locked() as (fd, now):
+        def decide(now: dict[str, Experiment]) -> AuditEvent:
             _live(now, experiment)
-            self._append(fd, actor, "stop", experiment, {})
+            return _event(actor, "stop", experiment, {})
+
+        self._commit(decide)
         return self.get(experiment)
 
     def check_unpinned(self, variant: str, version: str | None) -> None:
@@ -254,40 +259,44 @@ class ExperimentStore:
         """An operator action from outside the experiment's own changes: one that changes what
         is served (promote, rollback, split, diversity) under the running experiment, if
         any; the others (a quarantine release or flag) under none."""
-        with self._locked() as (fd, now):
+        def decide(now: dict[str, Experiment]) -> AuditEvent:
             live = _running(now) if action in SERVING_ACTIONS else None
-            return self._append(fd, actor, action, live.spec.id if live else None, detail)
+            return _event(actor, action, live.spec.id if live else None, detail)
 
-    @contextmanager
-    def _locked(self) -> Iterator[tuple[int, dict[str, Experiment]]]:
-        """The log open for appending under an exclusive lock, and the experiments it holds."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.log, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
-            data = os.pread(fd, size, 0) if size else b""
-            if data and not data.endswith(b"\n"):  # a torn last line: end it, lose no more
-                os.write(fd, b"\n")
-            yield fd, fold(_parse(data, None))
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    def _append(self, fd: int, actor: str, action: Action, experiment: str | None,
-                detail: dict[str, JsonValue]) -> AuditEvent:
-        event = AuditEvent(ts=datetime.now(UTC), actor=actor, action=action,
-                           experiment=experiment, detail=detail)
-        os.write(fd, (event.model_dump_json() + "\n").encode())
-        os.fsync(fd)
+        event = self._commit(decide)
+        assert event is not None
         return event
 
+    def _commit(self, decide: Callable[[dict[str, Experiment]], AuditEvent | None]
+                ) -> AuditEvent | None:
+        """`decide` on the experiments as the log holds them, committed as the next record
+        only if the log is still as read (else decided again on what it holds then)."""
+        made: list[AuditEvent] = []
 
-def _parse(data: bytes, experiment: str | None) -> list[AuditEvent]:
+        def on_records(records: list[Any]) -> Any:
+            made.clear()
+            event = decide(fold(_parse(records, None)))
+            if event is None:
+                return None
+            made.append(event)
+            return event.model_dump(mode="json")
+
+        return made[0] if self.log.commit(on_records) is not None else None
+
+
+def _event(actor: str, action: Action, experiment: str | None,
+           detail: dict[str, JsonValue]) -> AuditEvent:
+    return AuditEvent(ts=datetime.now(UTC), actor=actor, action=action, experiment=experiment,
+                      detail=detail)
+
+
+def _parse(records: list[Any], experiment: str | None) -> list[AuditEvent]:
     out = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
+    for record in records:
         try:
-            event = AuditEvent.model_validate_json(line)
-        except ValidationError:  # a torn last line (a crash mid-append)
+            event = AuditEvent.model_validate(record)
+        except ValidationError:  # a record this version cannot read: say so, skip it
+            log.warning("audit record unreadable record=%.200s", record)
             continue
         if experiment is None or event.experiment == experiment:
             out.append(event)

@@ -8,25 +8,21 @@ audit trail. A released user is quarantined again automatically only on evidence
 after the release (a window that starts after it), so the next cycle does not undo the
 operator's decision on the same ratings.
 
-One JSON file (`var/analytics/quarantine.json`), rewritten atomically under an exclusive lock
-(the cycle and several ingress replicas write it); it keeps the older readers' `users` list
-of the quarantined ids.
+One document in the shared store (`analytics/quarantine/`, a `Document`: each edit commits
+the next version only if no other writer, the cycle or an ingress replica on any node,
+committed meanwhile); it keeps the older readers' `users` list of the quarantined ids.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, JsonValue, computed_field, model_validator
 
 from backend.core.errors import RecoError
-from backend.core.files import atomic_write
+from backend.core.store import Document, Store
 
 Status = Literal["quarantined", "released"]
 
@@ -90,17 +86,19 @@ class Quarantine(BaseModel):
         return sorted(u for u, e in self.entries.items() if e.status == "quarantined")
 
 
+T = TypeVar("T")
+
+
 class QuarantineStore:
     """The quarantine file. Releases and manual flags are operator actions: their callers
     (the admin API, the CLI) audit them once they have taken effect."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, store: Store, prefix: str = "analytics/quarantine") -> None:
+        self.doc = Document(store, prefix)
 
     def read(self) -> Quarantine:
-        if not self.path.exists():
-            return Quarantine()
-        return Quarantine.model_validate_json(self.path.read_bytes())
+        data = self.doc.read()
+        return Quarantine() if data is None else Quarantine.model_validate(data)
 
     def held(self) -> set[int]:
         """The users training leaves out."""
@@ -113,8 +111,9 @@ class QuarantineStore:
         quarantined keep their first evidence; released users come back only when the window
         starts after their release."""
         now = datetime.now(UTC)
-        added = []
-        with self._editing() as entries:
+
+        def change(entries: dict[int, QuarantineEntry]) -> list[int]:
+            added = []
             for user, scores in evidence.items():
                 old = entries.get(user)
                 if old is not None and (old.status == "quarantined" or (
@@ -123,42 +122,49 @@ class QuarantineStore:
                 entries[user] = QuarantineEntry(user_id=user, status="quarantined", since=now,
                                                 source="detector", evidence=scores)
                 added.append(user)
-        return added
+            return added
+
+        return self._edit(change) if evidence else []
 
     def release(self, user: int, actor: str, reason: str | None = None) -> QuarantineEntry:
         """An operator lets the user's events count again (from the next retrain)."""
-        with self._editing() as entries:
+        def change(entries: dict[int, QuarantineEntry]) -> QuarantineEntry:
             old = entries.get(user)
             if old is None or old.status != "quarantined":
                 raise QuarantineError(f"user {user} is not quarantined", status_code=404)
-            entry = old.model_copy(update={"status": "released", "actor": actor,
-                                           "reason": reason, "released_at": datetime.now(UTC)})
-            entries[user] = entry
-        return entry
+            entries[user] = old.model_copy(update={
+                "status": "released", "actor": actor, "reason": reason,
+                "released_at": datetime.now(UTC)})
+            return entries[user]
+
+        return self._edit(change)
 
     def flag(self, user: int, actor: str, reason: str) -> QuarantineEntry:
         """An operator quarantines a user by hand (a re-flag after a release, or a report)."""
-        with self._editing() as entries:
+        def change(entries: dict[int, QuarantineEntry]) -> QuarantineEntry:
             old = entries.get(user)
             if old is not None and old.status == "quarantined":
                 raise QuarantineError(f"user {user} is quarantined already")
-            entry = QuarantineEntry(user_id=user, status="quarantined", since=datetime.now(UTC),
-                                    source="operator", reason=reason, actor=actor,
-                                    evidence=dict(old.evidence) if old else {})
-            entries[user] = entry
-        return entry
+            entries[user] = QuarantineEntry(
+                user_id=user, status="quarantined", since=datetime.now(UTC), source="operator",
+                reason=reason, actor=actor, evidence=dict(old.evidence) if old else {})
+            return entries[user]
 
-    @contextmanager
-    def _editing(self) -> Iterator[dict[int, QuarantineEntry]]:
-        """The entries to change in place, under an exclusive lock; written back atomically
-        when the block ends without an error."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            entries = dict(self.read().entries)
-            yield entries
-            body = Quarantine(updated=datetime.now(UTC), entries=entries)
-            atomic_write(self.path, body.model_dump_json(indent=1).encode())
-        finally:
-            os.close(fd)
+        return self._edit(change)
+
+    def _edit(self, change: Callable[[dict[int, QuarantineEntry]], T]) -> T:
+        """Apply `change` to the entries (in place) and commit them as the next version; on a
+        race with another writer, `change` runs again on what that writer left."""
+        out: list[T] = []
+
+        def on_doc(data: Any | None) -> Any:
+            entries = dict((Quarantine() if data is None
+                            else Quarantine.model_validate(data)).entries)
+            before = dict(entries)
+            out[:] = [change(entries)]
+            if entries == before:
+                return None  # nothing changed: no new version
+            return Quarantine(updated=datetime.now(UTC), entries=entries).model_dump(mode="json")
+
+        self.doc.edit(on_doc)
+        return out[0]

@@ -58,11 +58,6 @@ class StoreLayout(BaseModel):
         return self.analytics / "probes.jsonl"
 
     @property
-    def quarantine(self) -> Path:
-        """Users the combined spam flag caught; the retrain job leaves them out."""
-        return self.analytics / "quarantine.json"
-
-    @property
     def schedule(self) -> Path:
         return self.root / "schedule"
 

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.core.errors import ConfigError
 from backend.core.layout import StoreLayout
+from backend.core.store import Store
 
 TOPICS = ("events.rating", "events.watch", "events.reco", "events.course_request", "events.dlq")
 
@@ -429,6 +430,10 @@ class Settings(BaseSettings):
         if self.registry.public_key is None:
             self.registry.public_key = self.registry.keys_dir / "registry_ed25519.pub"
         return self
+
+    def shared_store(self) -> Store:
+        """The shared store (`store.uri`): registry, analytics, quarantine, experiments."""
+        return Store.open(self.store)
 
     @property
     def lake_root(self) -> Path:

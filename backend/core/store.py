@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -59,7 +63,16 @@ class Store:
 
     @classmethod
     def open(cls, cfg: StoreSettings) -> Store:
-        """The store `cfg` names (its `uri` is set by `Settings`)."""
+        """The store `cfg` names (its `uri` is set by `Settings`); one client per process and
+        store (clients are thread-safe and keep their connections)."""
+        assert cfg.uri is not None
+        key = (cfg.uri, cfg.endpoint_url, cfg.credentials() if cfg.is_s3 else None)
+        if (found := _OPEN.get(key)) is None:
+            found = _OPEN[key] = cls._connect(cfg)
+        return found
+
+    @classmethod
+    def _connect(cls, cfg: StoreSettings) -> Store:
         assert cfg.uri is not None
         if cfg.uri.startswith("file://"):
             return cls.local(Path(cfg.uri.removeprefix("file://")))
@@ -158,6 +171,14 @@ class Store:
             return list(pool.map(self.get, keys))
 
 
+_OPEN: dict[tuple[object, ...], Store] = {}
+
+
+def _backoff(attempt: int) -> None:
+    """A short random wait after losing a race, so that racing writers spread out."""
+    time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
+
+
 def _key(key: str) -> str:
     if not KEY.fullmatch(key) or any(part in (".", "..") for part in key.split("/")):
         raise ValueError(f"not a store key: {key!r}")
@@ -177,6 +198,7 @@ class RecordLog:
     def __init__(self, store: Store, prefix: str) -> None:
         self.store, self.prefix = store, prefix
         self._held: list[tuple[int, Any]] = []
+        self._lock = threading.Lock()  # one log object may serve several threads
 
     def _name(self, seq: int) -> str:
         return f"{self.prefix}/{seq:0{self.WIDTH}d}.json"
@@ -186,15 +208,16 @@ class RecordLog:
         return [rec for _, rec in self.entries()]
 
     def entries(self) -> list[tuple[int, Any]]:
-        after = self._name(self._held[-1][0]) if self._held else None
-        keys = [k for k in self.store.keys(self.prefix, after=after) if k.endswith(".json")]
-        if keys:
-            for key, data in zip(keys, self.store.get_many(keys), strict=True):
-                if data is None:
-                    continue  # pruned between list and get
-                seq = int(key.rsplit("/", 1)[-1].split(".")[0])
-                self._held.append((seq, json.loads(data)))
-        return list(self._held)
+        with self._lock:
+            after = self._name(self._held[-1][0]) if self._held else None
+            keys = [k for k in self.store.keys(self.prefix, after=after) if k.endswith(".json")]
+            if keys:
+                for key, data in zip(keys, self.store.get_many(keys), strict=True):
+                    if data is None:
+                        continue  # pruned between list and get
+                    seq = int(key.rsplit("/", 1)[-1].split(".")[0])
+                    self._held.append((seq, json.loads(data)))
+            return list(self._held)
 
     @property
     def last(self) -> int:
@@ -215,6 +238,22 @@ class RecordLog:
             seq = self.last + 1
         raise StoreError(f"{self.prefix}: no free record after {attempts} attempts")
 
+    def commit(self, decide: Callable[[list[Any]], Any | None], attempts: int = 50) -> Any:
+        """Read, decide, and append what `decide` returns (None: nothing) only if no record
+        was committed meanwhile; after a race, read and decide again. `decide` may raise to
+        refuse; it sees every record, oldest first."""
+        for attempt in range(attempts):
+            entries = self.entries()
+            record = decide([rec for _, rec in entries])
+            if record is None:
+                return None
+            try:
+                self.append(record, after=entries[-1][0] if entries else 0)
+                return record
+            except Conflict:
+                _backoff(attempt)
+        raise StoreError(f"{self.prefix}: still racing other writers after {attempts} tries")
+
     def prune(self, keep: int) -> int:
         """Delete all but the last `keep` records (for logs whose readers need only recent
         ones); returns how many went."""
@@ -224,3 +263,41 @@ class RecordLog:
             self.store.delete(self._name(seq))
         self._held = self._held[len(gone):]
         return len(gone)
+
+
+class Document:
+    """One JSON document that writers on any node edit: each version is a record of a
+    `RecordLog`, the newest is the document, and an edit commits the next version only if
+    it is still the newest (else it re-reads and edits again). Old versions are pruned."""
+
+    def __init__(self, store: Store, prefix: str, keep: int = 20) -> None:
+        self.log, self.keep = RecordLog(store, prefix), keep
+
+    def read(self) -> Any | None:
+        keys = [k for k in self.log.store.keys(self.log.prefix) if k.endswith(".json")]
+        for key in reversed(keys):  # the newest, unless pruned between list and get
+            if (data := self.log.store.get(key)) is not None:
+                return json.loads(data)
+        return None
+
+    def edit(self, change: Callable[[Any | None], Any], attempts: int = 50) -> Any:
+        """Commit `change(current)` as the next version and return it; if `change` returns
+        None, nothing is committed."""
+        for attempt in range(attempts):
+            keys = [k for k in self.log.store.keys(self.log.prefix) if k.endswith(".json")]
+            last = int(keys[-1].rsplit("/", 1)[-1].split(".")[0]) if keys else 0
+            data = self.log.store.get(keys[-1]) if keys else None
+            if keys and data is None:
+                continue  # pruned under us: look again
+            new = change(None if data is None else json.loads(data))
+            if new is None:
+                return None
+            try:
+                self.log.append(new, after=last)
+            except Conflict:
+                _backoff(attempt)
+                continue
+            for key in keys[:max(0, len(keys) + 1 - self.keep)]:  # keep the newest `keep`
+                self.log.store.delete(key)
+            return new
+        raise StoreError(f"{self.log.prefix}: still racing other writers after {attempts} tries")

@@ -22,7 +22,7 @@ def body() -> None:
                             "(spam_flood ratings in a minute), or a volume outlier (robust "
                             "z of count or burst > spam_z) whose profile is also abnormal "
                             "(RDMA or DegSim)")
-        held = data.quarantine(str(s.var_dir))
+        held = data.quarantine()
         cols[2].metric("quarantined users", int((held["status"] == "quarantined").sum()),
                        help="left out of every retrain until an operator releases them "
                             "(`reco quarantine release USER`, POST "
@@ -59,7 +59,7 @@ def body() -> None:
 body()
 
 
-entries = data.quarantine(str(data.settings().var_dir))
+entries = data.quarantine()
 held_now = entries[entries["status"] == "quarantined"]["user_id"].tolist()
 if held_now and console.can_act():
     with st.form("release"):

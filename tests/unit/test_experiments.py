@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 from scipy.stats import binomtest
 
+from backend.core.store import Store
 from backend.serving.router import RouterLogic
 from backend.serving.schemas import Allocation
 from registry.experiments import ArmSpec, ExperimentError, ExperimentSpec, ExperimentStore
@@ -23,7 +24,7 @@ def spec(**changes) -> ExperimentSpec:
 
 
 def test_every_change_is_an_audited_event_and_weights_open_epochs(tmp_path):
-    store = ExperimentStore(tmp_path)
+    store = ExperimentStore(Store.local(tmp_path))
     store.start(spec(), actor="key:ops")
     store.set_weights("exp-1", {"A": 0.8, "B": 0.2}, actor="key:ops")
     exp = store.add_arm("exp-1", ArmSpec(variant="C"), 0.1, actor="alice")
@@ -39,7 +40,7 @@ def test_every_change_is_an_audited_event_and_weights_open_epochs(tmp_path):
         ("start", "key:ops"), ("set_weights", "key:ops"), ("add_arm", "alice"),
         ("promote", "key:ops"), ("stop", "alice")]
     assert all(a.ts <= b.ts for a, b in zip(trail, trail[1:], strict=False))
-    again = ExperimentStore(tmp_path).get("exp-1")  # state is the fold of the log
+    again = ExperimentStore(Store.local(tmp_path)).get("exp-1")  # state is the fold of the log
     assert again == stopped
 
 
@@ -53,7 +54,7 @@ def test_every_change_is_an_audited_event_and_weights_open_epochs(tmp_path):
     (lambda s: s.add_arm("exp-1", ArmSpec(variant="C"), 0.0, "x"), 422, "positive weight"),
 ])
 def test_refusals_carry_their_status_and_change_nothing(tmp_path, change, status, match):
-    store = ExperimentStore(tmp_path)
+    store = ExperimentStore(Store.local(tmp_path))
     store.start(spec(), "x")
     before = store.events()
     with pytest.raises(ExperimentError, match=match) as err:
@@ -62,7 +63,7 @@ def test_refusals_carry_their_status_and_change_nothing(tmp_path, change, status
 
 
 def test_a_stopped_experiment_takes_no_changes_and_ids_are_not_reused(tmp_path):
-    store = ExperimentStore(tmp_path)
+    store = ExperimentStore(Store.local(tmp_path))
     store.start(spec(), "x")
     store.stop("exp-1", "x")
     with pytest.raises(ExperimentError, match="has stopped"):
@@ -79,22 +80,21 @@ def test_malformed_specs_are_refused_before_anything_is_written(tmp_path):
         spec(arms=[{"variant": "A"}])  # one arm
     with pytest.raises(ValueError):
         spec(weights={"A": 0, "B": 0})
-    store = ExperimentStore(tmp_path)
+    store = ExperimentStore(Store.local(tmp_path))
     with pytest.raises(ExperimentError, match="control"):
         store.start(spec(control="C"), "x")
     assert store.events() == []
 
 
-def test_concurrent_appends_interleave_whole_lines_and_a_torn_line_is_skipped(tmp_path):
-    store = ExperimentStore(tmp_path)
+def test_concurrent_changes_all_land_and_an_unreadable_record_is_skipped(tmp_path):
+    store = ExperimentStore(Store.local(tmp_path))
     threads = [threading.Thread(target=lambda i=i: [
         store.record("split", f"t{i}", {"n": n}) for n in range(50)]) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    with open(store.log, "a") as fh:
-        fh.write('{"ts": "2026-')  # a crash mid-append
+    store.log.append({"ts": "2026-"})  # a record this version cannot read
     assert Counter(e.actor for e in store.events()) == {f"t{i}": 50 for i in range(4)}
     store.record("split", "after", {"n": 0})  # the next append is not lost with the tear
     assert [e.actor for e in store.events()][-1] == "after"
@@ -102,11 +102,11 @@ def test_concurrent_appends_interleave_whole_lines_and_a_torn_line_is_skipped(tm
 
 
 def test_an_event_that_cannot_apply_is_skipped_and_later_changes_still_work(tmp_path):
-    store = ExperimentStore(tmp_path)
+    store = ExperimentStore(Store.local(tmp_path))
     store.start(spec(), "x")
-    with open(store.log, "a") as fh:  # valid JSON, a malformed detail (written by hand)
-        fh.write('{"ts": "2026-12-02T00:00:00Z", "actor": "y", "action": "set_weights", '
-                 '"experiment": "exp-1", "detail": {"weights": "lots"}}\n')
+    store.log.append({  # a malformed detail (written by hand)
+        "ts": "2026-12-02T00:00:00Z", "actor": "y", "action": "set_weights",
+        "experiment": "exp-1", "detail": {"weights": "lots"}})
     exp = store.set_weights("exp-1", {"A": 0.7, "B": 0.3}, "x")
     assert [e.weights for e in exp.epochs] == [{"A": 0.5, "B": 0.5}, {"A": 0.7, "B": 0.3}]
 
@@ -178,7 +178,7 @@ def test_weights_that_are_not_finite_are_refused_before_anything_is_recorded(tmp
 
     from backend.serving.schemas import AddArmRequest, WeightsRequest
 
-    store = ExperimentStore(tmp_path)
+    store = ExperimentStore(Store.local(tmp_path))
     for bad in ({"A": float("nan"), "B": 1.0}, {"A": float("inf"), "B": 1.0},
                 {"A": 1e308, "B": 1e308}):
         with pytest.raises(pydantic.ValidationError):

@@ -15,6 +15,7 @@ import pytest
 
 from backend.core.errors import RecoError
 from backend.core.settings import ApiKeySpec, ServeSettings
+from backend.core.store import Store
 from backend.data.events import MAX_ID, RatingEvent, RecoEvent
 from backend.serving.auth import digest
 from backend.serving.ingress import IngressLogic, SharedState, VariantCalls
@@ -134,7 +135,7 @@ class Rig:
                                                 variants=list(variants))
         self.down = [False]
         self.variants = {v: Variant(v) for v in variants}
-        self.store = store or ExperimentStore(Path(tempfile.mkdtemp(prefix="rig-")))
+        self.store = store or ExperimentStore(Store.local(Path(tempfile.mkdtemp(prefix="rig-"))))
         self.sink = sink or Sink()
         self.producer = FakeProducer()
         self.audits: list[tuple[str, str, dict[str, Any]]] = []
@@ -550,7 +551,7 @@ def test_an_experiment_started_reweighted_grown_and_stopped_reaches_every_replic
     model = Popularity().fit(*dataset())
     v1 = registry.register("C", model, {}, {})
     registry.promote("C", v1)
-    store = ExperimentStore(tmp_path / "registry")
+    store = ExperimentStore(Store.local(tmp_path / "registry"))
     state = ServingStateLogic(100, {"key:sim": 6000}, 0.5, "exp-1", variants=list("ABC"))
     one = Rig(state=state, variants="ABC", store=store, registry=lambda: registry)
     two = Rig(state=state, variants="ABC", store=store, registry=lambda: registry)
@@ -628,7 +629,7 @@ def test_an_allocation_naming_an_undeployed_variant_falls_back_to_the_default_sp
 def test_a_stop_the_serving_state_missed_is_repaired_by_repeating_it(tmp_path):
     from registry.experiments import ArmSpec, ExperimentSpec
 
-    with Rig(store=ExperimentStore(tmp_path)) as rig:
+    with Rig(store=ExperimentStore(Store.local(tmp_path))) as rig:
         spec = ExperimentSpec(id="e1", arms=[ArmSpec(variant="A"), ArmSpec(variant="B")],
                               control="A", salt="e1", weights={"A": 1, "B": 1})
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from backend.analytics import spam
 from backend.analytics.snapshot import Spam, SpamFlags, SpamUser
 from backend.core.errors import RecoError
+from backend.core.store import Document, Store
 from backend.ops.cli import main as cli
 from backend.training.dataset import quarantined
 from registry import open_experiments, open_quarantine
@@ -27,19 +28,19 @@ EVIDENCE = {"detectors": ["robust_rdma", "robust_count"], "ratings": 300}
 
 
 def test_detector_flags_keep_their_first_evidence(tmp_path):
-    store = QuarantineStore(tmp_path / "q.json")
+    store = QuarantineStore(Store.local(tmp_path))
     start = datetime.now(UTC) - timedelta(hours=1)
     assert store.flag_detected({7: EVIDENCE, 8: {}}, start) == [7, 8]
     assert store.flag_detected({7: {"detectors": ["other"]}}, start) == []  # held already
     q = store.read()
     assert q.users == [7, 8] and store.held() == {7, 8}
     assert q.entries[7].evidence == EVIDENCE and q.entries[7].source == "detector"
-    # the file keeps the older readers' list
-    assert json.loads((tmp_path / "q.json").read_text())["users"] == [7, 8]
+    # the stored document keeps the older readers' list
+    assert Document(Store.local(tmp_path), "analytics/quarantine").read()["users"] == [7, 8]
 
 
 def test_a_release_holds_until_evidence_from_after_it(tmp_path):
-    store = QuarantineStore(tmp_path / "q.json")
+    store = QuarantineStore(Store.local(tmp_path))
     before = datetime.now(UTC) - timedelta(minutes=30)
     store.flag_detected({7: EVIDENCE}, before)
     released = store.release(7, "key:ops", "a heavy but honest rater")
@@ -54,7 +55,7 @@ def test_a_release_holds_until_evidence_from_after_it(tmp_path):
 
 
 def test_refusals_carry_their_status(tmp_path):
-    store = QuarantineStore(tmp_path / "q.json")
+    store = QuarantineStore(Store.local(tmp_path))
     with pytest.raises(RecoError) as caught:
         store.release(5, "key:ops")
     assert caught.value.status_code == 404
@@ -68,16 +69,15 @@ def test_refusals_carry_their_status(tmp_path):
 
 
 def test_the_first_file_shape_still_reads(tmp_path):
-    path = tmp_path / "q.json"
-    path.write_text(json.dumps({"users": [3, 4], "updated": "20240301T120000Z",
-                                "source": "combined spam flag"}))
-    q = QuarantineStore(path).read()
+    Document(Store.local(tmp_path), "analytics/quarantine").edit(lambda _: {
+        "users": [3, 4], "updated": "20240301T120000Z", "source": "combined spam flag"})
+    q = QuarantineStore(Store.local(tmp_path)).read()
     assert q.users == [3, 4] and q.entries[3].since == datetime(2024, 3, 1, 12, tzinfo=UTC)
     assert Quarantine.model_validate({"users": [9]}).users == [9]
 
 
 def test_concurrent_writers_lose_no_flag(tmp_path):
-    store = QuarantineStore(tmp_path / "q.json")
+    store = QuarantineStore(Store.local(tmp_path))
     start = datetime.now(UTC)
     threads = [threading.Thread(target=store.flag_detected, args=({u: {}}, start))
                for u in range(1, 41)]
@@ -86,6 +86,8 @@ def test_concurrent_writers_lose_no_flag(tmp_path):
     for t in threads:
         t.join()
     assert store.held() == set(range(1, 41))
+    assert store.flag_detected({5: {}}, start) == []  # no change: no new version
+    assert len(store.doc.log.store.keys("analytics/quarantine")) == 20  # older ones pruned
 
 
 def test_training_counts_a_released_user_again(settings):
@@ -109,7 +111,7 @@ def test_evidence_names_the_detectors_and_scores():
 
 
 def test_admin_api_reviews_releases_and_flags_with_an_audit_record(tmp_path):
-    with Rig(quarantine=QuarantineStore(tmp_path / "q.json"), per_minute=100) as rig:
+    with Rig(quarantine=QuarantineStore(Store.local(tmp_path)), per_minute=100) as rig:
         rig.logic.quarantine.flag_detected({7: EVIDENCE}, datetime.now(UTC))
         listed, release, again, unknown, flag, bad = call(
             rig, ("GET", "/admin/quarantine", key(ADMIN)),
@@ -133,7 +135,7 @@ def test_admin_api_reviews_releases_and_flags_with_an_audit_record(tmp_path):
 
 
 def test_quarantine_actions_are_not_audited_under_a_running_experiment(tmp_path):
-    store = ExperimentStore(tmp_path)
+    store = ExperimentStore(Store.local(tmp_path))
     store.start(spec(), "key:ops")
     assert store.record("release", "key:ops", {"user_id": 7}).experiment is None
     assert store.record("promote", "key:ops", {"variant": "A"}).experiment == "exp-1"
@@ -160,17 +162,20 @@ def test_cli_lists_releases_and_flags_with_an_audit_record(settings, monkeypatch
     assert "source=operator why=back at it" in listed
 
 
-def test_dashboard_reviews_the_quarantine_newest_first(settings):
+def test_dashboard_reviews_the_quarantine_newest_first(settings, monkeypatch):
     from dashboard import data
 
+    monkeypatch.setenv("RECO_VAR_DIR", str(settings.var_dir))
+    data.settings.clear()
+    assert data.quarantine.__wrapped__().empty
     store = open_quarantine(settings)
     store.flag_detected({7: EVIDENCE}, datetime.now(UTC))
     store.flag(9, "key:ops", "reported")
-    frame = data.quarantine.__wrapped__(str(settings.var_dir))
+    frame = data.quarantine.__wrapped__()
     assert frame[["user_id", "status", "source", "why"]].values.tolist() == [
         [9, "quarantined", "operator", "reported"],
         [7, "quarantined", "detector", "robust_rdma,robust_count"]]
-    assert data.quarantine.__wrapped__(str(settings.var_dir / "none")).empty
+    data.settings.clear()
 
 
 def test_the_analytics_cycle_quarantines_the_combined_flag_with_evidence(settings):

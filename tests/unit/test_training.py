@@ -24,7 +24,7 @@ from backend.training import dataset as training_dataset
 from backend.training.dataset import evaluate_model, evaluate_production, load_training_set
 from backend.training.result import RetrainResult
 from backend.training.retrain import model_params, retrain
-from registry import open_registry
+from registry import open_quarantine, open_registry
 from tests.unit.test_recommenders import dataset
 
 
@@ -48,8 +48,7 @@ def lake_settings(settings, monkeypatch):
         {"event_id": str(uuid.uuid4()), "ts": (r.ts + pd.Timedelta(1, "min")).isoformat(),
          "user_id": int(r.user_id), "item_id": int(r.item_id), "minutes": 90.0}
         for r in inter.iloc[::5].itertuples()]))
-    settings.layout.quarantine.parent.mkdir(parents=True, exist_ok=True)
-    settings.layout.quarantine.write_text(json.dumps({"users": [3]}))
+    open_quarantine(settings).flag(3, "key:ops", "a test's spammer")
     release(settings, {"item_id": 500, "title": "new", "year": 2024, "genres": ["Drama"],
                        "released_at": "2024-03-01T00:00:00+00:00"})
     return settings
