@@ -14,9 +14,9 @@ from registry.store import Registry, RegistryError
 def open_registry(settings: Settings, signer: bool = False) -> Registry:
     """The registry of `settings`; with `signer`, keys are created if missing."""
     reg = settings.registry
-    assert reg.root is not None and reg.keys_dir is not None and reg.public_key is not None
+    assert reg.keys_dir is not None and reg.public_key is not None
     private = ensure_keys(reg.keys_dir)[0] if signer else None
-    return Registry(reg.root, reg.public_key, private)
+    return Registry(settings.shared_store(), reg.public_key, private)
 
 
 __all__ = ["AccountStore", "Aliases", "Decision", "ExperimentStore", "Manifest", "Provenance",

@@ -1,24 +1,28 @@
-"""Versioned, signed model store: `<root>/<variant>/<version>/` plus aliases per variant.
+"""Versioned, signed model store: `registry/<variant>/<version>/` in the shared store, plus
+aliases per variant.
 
-A version folder holds the model files, `manifest.json` (per-file SHA-256 and size,
-provenance, offline metrics) and `manifest.sig` (Ed25519 over the manifest bytes). `verify`
-checks the signature first, then that the folder holds exactly the listed files with the
-listed digests; `load` verifies before it deserialises anything. Aliases (`production`,
-`candidate`, `previous`) live in `aliases.json`, replaced atomically. Gate decisions are
-appended to `decisions.jsonl` beside them (outside the signed folders).
+A version holds the model files, `manifest.json` (per-file SHA-256 and size, provenance,
+offline metrics) and `manifest.sig` (Ed25519 over the manifest bytes). `register` claims the
+next version by creating its manifest create-only, uploads the files, and writes the
+signature last: a version is usable only once signed. `verify` checks the signature first,
+then that the version holds exactly the listed files with the listed digests; `load` verifies
+the bytes it fetched and deserialises those same bytes (from a private temporary folder),
+never an unverified file. Aliases (`production`, `candidate`, `previous`) live in
+`aliases.json`, replaced atomically. Gate decisions are a `RecordLog` beside them
+(`decisions/`, outside the signed versions).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.core.errors import RecoError
-from backend.core.files import atomic_write
-from backend.core.hashing import sha256_file
+from backend.core.store import RecordLog, Store
 from backend.ml.recommenders import Recommender
 from backend.ml.results import OfflineMetrics
 from registry import signing
@@ -33,7 +37,8 @@ from registry.manifest import (
 )
 
 MANIFEST, SIGNATURE, ALIASES, DECISIONS = (
-    "manifest.json", "manifest.sig", "aliases.json", "decisions.jsonl")
+    "manifest.json", "manifest.sig", "aliases.json", "decisions")
+VERSION = re.compile(r"^v[0-9]{4,}$")
 
 
 class RegistryError(RecoError):
@@ -43,10 +48,15 @@ class RegistryError(RecoError):
 
 
 class Registry:
-    def __init__(self, root: Path, public_key: Path, private_key: Path | None = None) -> None:
-        self.root = Path(root)
+    def __init__(self, store: Store, public_key: Path, private_key: Path | None = None,
+                 prefix: str = "registry") -> None:
+        self.store, self.prefix = store, prefix
         self.public_key = Path(public_key)
         self.private_key = private_key
+
+    def key(self, variant: str, *parts: str) -> str:
+        """The store key of a variant's object (`key("A", "v0001", "model.npz")`)."""
+        return "/".join((self.prefix, variant, *parts))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -56,31 +66,35 @@ class Registry:
         or metrics (a model fitted outside the retrain pipeline) they are stored empty."""
         if self.private_key is None:
             raise RegistryError("no signing key configured: this registry is read-only")
-        base = self.root / variant
-        base.mkdir(parents=True, exist_ok=True)
-        existing = [int(p.name[1:]) for p in base.glob("v*") if p.name[1:].isdigit()]
-        version = f"v{max(existing, default=0) + 1:04d}"
-        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
-        files = model.save(tmp)
-        manifest = Manifest(
-            variant=variant, version=version, kind=model.kind, created_at=datetime.now(UTC),
-            files={p.name: FileDigest(sha256=sha256_file(p), bytes=p.stat().st_size)
-                   for p in sorted(files)},
-            params=model.params, metrics=metrics, provenance=provenance)
-        payload = manifest.canonical()
-        (tmp / MANIFEST).write_bytes(payload)
-        (tmp / SIGNATURE).write_bytes(
-            signing.sign(signing.load_private(self.private_key), payload))
-        os.replace(tmp, base / version)
+        private = signing.load_private(self.private_key)
+        with tempfile.TemporaryDirectory(prefix="reco-register-") as tmp:
+            files = {p.name: p.read_bytes() for p in sorted(model.save(Path(tmp)))}
+        digests = {name: FileDigest(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+                   for name, data in files.items()}
+        taken = [int(v[1:]) for v in self.versions(variant)]
+        number = max(taken, default=0) + 1
+        while True:  # the manifest, created only if absent, claims the version
+            version = f"v{number:04d}"
+            manifest = Manifest(
+                variant=variant, version=version, kind=model.kind,
+                created_at=datetime.now(UTC), files=digests, params=model.params,
+                metrics=metrics, provenance=provenance)
+            payload = manifest.canonical()
+            if self.store.put_new(self.key(variant, version, MANIFEST), payload):
+                break
+            number += 1
+        for name, data in files.items():
+            self.store.put(self.key(variant, version, name), data)
+        self.store.put(self.key(variant, version, SIGNATURE), signing.sign(private, payload))
         self.set_alias(variant, "candidate", version)
         return version
 
     def aliases(self, variant: str) -> Aliases:
-        path = self.root / variant / ALIASES
-        return Aliases.model_validate_json(path.read_bytes()) if path.exists() else Aliases()
+        data = self.store.get(self.key(variant, ALIASES))
+        return Aliases.model_validate_json(data) if data is not None else Aliases()
 
     def _write_aliases(self, variant: str, aliases: Aliases) -> None:
-        atomic_write(self.root / variant / ALIASES, canonical_json(aliases.named()))
+        self.store.put(self.key(variant, ALIASES), canonical_json(aliases.named()))
 
     def set_alias(self, variant: str, alias: str, version: str | None) -> None:
         if alias not in ALIAS_NAMES:
@@ -114,25 +128,28 @@ class Registry:
         self._write_aliases(variant, aliases)
         return aliases
 
+    def decisions(self, variant: str) -> RecordLog:
+        return RecordLog(self.store, self.key(variant, DECISIONS))
+
     def record_decision(self, variant: str, decision: Decision) -> None:
-        line = json.dumps({"at": datetime.now(UTC).isoformat()} | decision.model_dump(),
-                          sort_keys=True)
-        with open(self.root / variant / DECISIONS, "a") as fh:
-            fh.write(line + "\n")
+        self.decisions(variant).append(
+            {"at": datetime.now(UTC).isoformat()} | decision.model_dump())
 
     # -- reading ---------------------------------------------------------------------------
 
     def variants(self) -> list[str]:
-        """Folders holding versions or aliases (not `experiments/`, the audit log beside)."""
-        if not self.root.exists():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir()
-                      and not p.name.startswith(".")
-                      and ((p / ALIASES).exists() or any(p.glob("v[0-9]*"))))
+        """Variants holding versions or aliases (not `experiments/`, the audit log beside)."""
+        out = []
+        for name in self.store.children(self.prefix):
+            if name.startswith(".") or name == "experiments":
+                continue
+            inside = self.store.children(f"{self.prefix}/{name}")
+            if ALIASES in inside or any(VERSION.match(n) for n in inside):
+                out.append(name)
+        return out
 
     def versions(self, variant: str) -> list[str]:
-        base = self.root / variant
-        return sorted(p.name for p in base.glob("v*") if p.is_dir()) if base.exists() else []
+        return [n for n in self.store.children(f"{self.prefix}/{variant}") if VERSION.match(n)]
 
     def resolve(self, variant: str, ref: str) -> str:
         """A version name from a version or an alias."""
@@ -146,23 +163,30 @@ class Registry:
     def manifest(self, variant: str, ref: str) -> Manifest:
         """The manifest as stored (unverified: use `verify` before trusting it)."""
         where = f"{variant}/{ref}"
-        path = self.root / variant / self.resolve(variant, ref) / MANIFEST
-        if not path.exists():
+        data = self.store.get(self.key(variant, self.resolve(variant, ref), MANIFEST))
+        if data is None:
             raise RegistryError(f"{where}: no such version")
-        return _parse(where, path.read_bytes())
+        return _parse(where, data)
 
     def verify(self, variant: str, ref: str) -> Manifest:
         """The manifest if signature and every file check out; RegistryError saying why not."""
+        return self._verified(variant, ref)[0]
+
+    def _verified(self, variant: str, ref: str) -> tuple[Manifest, dict[str, bytes]]:
+        """The manifest and the bytes of every file it lists, all checked."""
         version = self.resolve(variant, ref)
-        folder = self.root / variant / version
         where = f"{variant}/{version}"
-        if not folder.is_dir():
+        if not VERSION.match(version):
             raise RegistryError(f"{where}: no such version")
-        try:
-            payload = (folder / MANIFEST).read_bytes()
-            signature = (folder / SIGNATURE).read_bytes()
-        except FileNotFoundError as exc:
-            raise RegistryError(f"{where}: missing {Path(exc.filename).name}") from None
+        present = {k.rsplit("/", 1)[-1] for k in self.store.keys(self.key(variant, version))}
+        if not present:
+            raise RegistryError(f"{where}: no such version")
+        payload = self.store.get(self.key(variant, version, MANIFEST))
+        signature = self.store.get(self.key(variant, version, SIGNATURE))
+        for name, data in ((MANIFEST, payload), (SIGNATURE, signature)):
+            if data is None:
+                raise RegistryError(f"{where}: missing {name}")
+        assert payload is not None and signature is not None
         if not signing.valid(signing.load_public(self.public_key), payload, signature):
             raise RegistryError(f"{where}: manifest signature does not verify with "
                                 f"{self.public_key.name}")
@@ -171,21 +195,27 @@ class Registry:
             raise RegistryError(f"{where}: manifest names {manifest.variant}/"
                                 f"{manifest.version}")
         listed = set(manifest.files)
-        present = {p.name for p in folder.iterdir()} - {MANIFEST, SIGNATURE}
+        present -= {MANIFEST, SIGNATURE}
         if present - listed:
             raise RegistryError(f"{where}: unexpected files {sorted(present - listed)}")
         if listed - present:
             raise RegistryError(f"{where}: missing files {sorted(listed - present)}")
-        for name, meta in manifest.files.items():
-            if sha256_file(folder / name) != meta.sha256:
+        names = sorted(listed)
+        contents = dict(zip(names, self.store.get_many(
+            [self.key(variant, version, n) for n in names]), strict=True))
+        for name in names:
+            data = contents[name]
+            if data is None or hashlib.sha256(data).hexdigest() != manifest.files[name].sha256:
                 raise RegistryError(f"{where}: {name} does not match its digest")
-        return manifest
+        return manifest, {n: d for n, d in contents.items() if d is not None}
 
     def load(self, variant: str, ref: str = "production") -> tuple[Recommender, Manifest]:
-        """Verify, then deserialise. Never loads an unverified file."""
-        manifest = self.verify(variant, ref)
-        folder = self.root / variant / manifest.version
-        return Recommender.load(folder), manifest
+        """Verify, then deserialise the very bytes verified. Never loads an unverified file."""
+        manifest, contents = self._verified(variant, ref)
+        with tempfile.TemporaryDirectory(prefix="reco-model-") as tmp:
+            for name, data in contents.items():
+                (Path(tmp) / name).write_bytes(data)
+            return Recommender.load(Path(tmp)), manifest
 
 
 def _parse(where: str, payload: bytes) -> Manifest:

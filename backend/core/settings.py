@@ -168,9 +168,9 @@ class IngestSettings(BaseModel):
 
 
 class RegistrySettings(BaseModel):
-    """`public_key` alone is enough to verify (serving); signing needs `keys_dir`'s private key."""
+    """`public_key` alone is enough to verify (serving); signing needs `keys_dir`'s private key.
+    The versions themselves are in the shared store, under `registry/`."""
 
-    root: Path | None = None
     keys_dir: Path | None = None
     public_key: Path | None = None
 
@@ -423,8 +423,6 @@ class Settings(BaseSettings):
             self.store.credentials_file = self.layout.root / "keys" / "store.json"
         if self.lake.root is None:
             self.lake.root = self.layout.root / "lake"
-        if self.registry.root is None:
-            self.registry.root = self.layout.root / "registry"
         if self.registry.keys_dir is None:
             self.registry.keys_dir = self.layout.root / "keys"
         if self.registry.public_key is None:

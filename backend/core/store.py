@@ -51,15 +51,17 @@ class Conflict(RecoError):
 class Store:
     """Objects by key under one root (see the module docstring)."""
 
-    def __init__(self, backend: LocalStore | S3Store, uri: str) -> None:
+    def __init__(self, backend: LocalStore | S3Store, uri: str,
+                 root: Path | None = None) -> None:
         self._backend = backend
         self.uri = uri
+        self.root = root  # the folder of a local store (None on S3)
 
     @classmethod
     def local(cls, root: Path) -> Store:
         root = Path(root).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        return cls(LocalStore(root, mkdir=True), root.as_uri())
+        return cls(LocalStore(root, mkdir=True), root.as_uri(), root)
 
     @classmethod
     def open(cls, cfg: StoreSettings) -> Store:

@@ -75,7 +75,7 @@ def test_bootstrap_lands_all_movielens_ratings(platform, movielens_wheel):
     manifest = json.loads(reco(platform, "models", "show", "A").stdout)
     assert manifest["provenance"]["rows"] == 100_000
     assert manifest["metrics"]["ndcg"] > 0.1
-    model_json = platform.settings.registry.root / "A" / "v0001" / "model.json"
+    model_json = platform.settings.var_dir / "registry" / "A" / "v0001" / "model.json"
     model_json.write_text(model_json.read_text().replace("50", "51"))
     out = reco(platform, "models", "verify")
     assert out.returncode == 1 and "A/v0001: model.json does not match its digest" in out.stdout

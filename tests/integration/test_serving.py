@@ -353,7 +353,7 @@ def _tamper(registry, attack: str, version: str, tmp) -> None:
     from registry.signing import ensure_keys
     from registry.store import Registry
 
-    folder = registry.root / "A" / version
+    folder = registry.store.root / "registry" / "A" / version
     if attack == "flip_byte":
         data = bytearray((folder / "model.npz").read_bytes())
         data[100] ^= 0xFF
@@ -366,7 +366,7 @@ def _tamper(registry, attack: str, version: str, tmp) -> None:
         (folder / "evil.py").write_text("import os; os.system('id')")
     elif attack == "foreign_key":  # a whole version signed with someone else's key
         foreign, _ = ensure_keys(tmp / "other-keys")
-        rogue = Registry(registry.root, registry.public_key, foreign)
+        rogue = Registry(registry.store, registry.public_key, foreign)
         shutil.rmtree(folder)
         assert rogue.register("A", ItemKNN(neighbours=7).fit(*dataset())) == version
 
@@ -1163,7 +1163,7 @@ def test_a_refused_model_fires_its_alert_in_prometheus_and_on_the_dashboard(serv
         time.sleep(3)
         assert b_alerts() == []  # nothing refused under B yet: no alert
         bad = registry.register("B", DiversityKNN().fit(*dataset()))
-        model = registry.root / "B" / bad / "model.npz"
+        model = registry.store.root / "registry" / "B" / bad / "model.npz"
         data = bytearray(model.read_bytes())
         data[100] ^= 0xFF
         model.write_bytes(bytes(data))

@@ -65,10 +65,10 @@ def test_promote_and_rollback(registry, models):
     registry.promote("A", v1)
     assert registry.promote("A", v2) == Aliases(production=v2, previous=v1)
     assert registry.rollback("A") == Aliases(production=v1, previous=v2)
-    stored = (registry.root / "A" / "aliases.json").read_text()
+    stored = (registry.store.root / "registry" / "A" / "aliases.json").read_text()
     assert json.loads(stored) == {"production": v1, "previous": v2}  # unset ones left out
     with pytest.raises(RegistryError):
-        Registry(registry.root, registry.public_key, registry.private_key).rollback("B")
+        Registry(registry.store, registry.public_key, registry.private_key).rollback("B")
 
 
 @pytest.mark.parametrize("attack", ["flip_byte", "edit_manifest", "missing_file",
@@ -76,7 +76,7 @@ def test_promote_and_rollback(registry, models):
 def test_tampering_is_refused(registry, models, attack):
     v_other = registry.register("A", models[1])
     v = registry.register("A", models[0])
-    folder = registry.root / "A" / v
+    folder = registry.store.root / "registry" / "A" / v
     if attack == "flip_byte":
         data = bytearray((folder / "model.npz").read_bytes())
         data[len(data) // 2] ^= 0x01
@@ -90,7 +90,7 @@ def test_tampering_is_refused(registry, models, attack):
     elif attack == "extra_file":
         (folder / "evil.py").write_text("print('hi')")
     elif attack == "swap_file":
-        shutil.copy(registry.root / "A" / v_other / "model.npz", folder / "model.npz")
+        shutil.copy(folder.parent / v_other / "model.npz", folder / "model.npz")
     elif attack == "drop_signature":
         (folder / "manifest.sig").unlink()
     with pytest.raises(RegistryError):
@@ -104,14 +104,14 @@ def test_tampering_is_refused(registry, models, attack):
 
 def test_signed_with_another_key_is_refused(registry, models, tmp_path):
     foreign_private, _ = ensure_keys(tmp_path / "other-keys")
-    rogue = Registry(registry.root, registry.public_key, foreign_private)
+    rogue = Registry(registry.store, registry.public_key, foreign_private)
     v = rogue.register("A", models[0])
     with pytest.raises(RegistryError, match="signature"):
         registry.verify("A", v)
 
 
 def test_read_only_registry_cannot_register(registry, models):
-    reader = Registry(registry.root, registry.public_key)
+    reader = Registry(registry.store, registry.public_key)
     with pytest.raises(RegistryError):
         reader.register("A", models[0])
 
@@ -159,7 +159,7 @@ def _old_manifest(variant, version, model, files, created_at, provenance, metric
 
 def _register_old_way(registry, variant, model, provenance: dict, metrics: dict) -> str:
     """What `Registry.register` wrote before: a plain dict as canonical JSON, signed."""
-    base = registry.root / variant
+    base = registry.store.root / "registry" / variant
     base.mkdir(parents=True, exist_ok=True)
     existing = [int(p.name[1:]) for p in base.glob("v*") if p.name[1:].isdigit()]
     version = f"v{max(existing, default=0) + 1:04d}"
@@ -182,7 +182,7 @@ def test_manifest_signed_the_old_way_verifies_loads_and_reads_back_byte_for_byte
     assert registry.aliases("A") == Aliases(candidate=bare)
     for version in (trained, bare):
         manifest = registry.verify("A", version)
-        stored = (registry.root / "A" / version / "manifest.json").read_bytes()
+        stored = (registry.store.root / "registry" / "A" / version / "manifest.json").read_bytes()
         assert manifest.canonical() == stored  # nothing lost or changed in the model
     manifest = registry.verify("A", trained)
     assert manifest.provenance == PROVENANCE and manifest.metrics is not None
@@ -199,14 +199,14 @@ def test_register_writes_what_the_old_code_wrote(registry, models):
     """Same inputs, same manifest bytes as the dict-based register (and so the same JSON for
     every reader of manifest.json)."""
     version = registry.register("A", models[0], PROVENANCE, METRICS)
-    folder = registry.root / "A" / version
+    folder = registry.store.root / "registry" / "A" / version
     stored = (folder / "manifest.json").read_bytes()
     files = [folder / "model.json", folder / "model.npz"]
     created = json.loads(stored)["created_at"]
     assert stored == _old_canonical(_old_manifest("A", version, models[0], files, created,
                                                   OLD_PROVENANCE, OLD_METRICS))
     bare = registry.register("A", models[0])
-    stored = (registry.root / "A" / bare / "manifest.json").read_bytes()
+    stored = (registry.store.root / "registry" / "A" / bare / "manifest.json").read_bytes()
     assert stored == _old_canonical(_old_manifest("A", bare, models[0], files,
                                                   json.loads(stored)["created_at"], {}, {}))
 
@@ -216,12 +216,12 @@ def test_decisions_are_appended_as_before(registry, models):
     registry.record_decision("A", Decision(version=version, promoted=False,
                                            reasons=["Gini 0.995 > 0.99"], metrics=METRICS,
                                            forecast=FORECAST))
-    line = (registry.root / "A" / "decisions.jsonl").read_text().splitlines()[-1]
-    at = json.loads(line)["at"]
+    record = registry.decisions("A").read()[-1]
+    at = record["at"]
     assert datetime.fromisoformat(at).tzinfo is not None
-    assert line == json.dumps({"at": at, "version": version, "promoted": False,
-                               "reasons": ["Gini 0.995 > 0.99"], "metrics": OLD_METRICS,
-                               "forecast": OLD_FORECAST}, sort_keys=True)
+    assert json.dumps(record, sort_keys=True) == json.dumps({
+        "at": at, "version": version, "promoted": False, "reasons": ["Gini 0.995 > 0.99"],
+        "metrics": OLD_METRICS, "forecast": OLD_FORECAST}, sort_keys=True)
 
 
 def test_signed_manifest_that_is_not_a_manifest_is_refused(registry, models):

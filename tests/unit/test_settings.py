@@ -7,7 +7,7 @@ def test_defaults_live_under_var(settings):
     assert settings.kafka.embedded
     assert settings.kafka.servers == "127.0.0.1:9092"
     assert settings.lake_root == settings.var_dir / "lake"
-    assert settings.registry.root == settings.var_dir / "registry"
+    assert settings.store.uri == settings.var_dir.as_uri()
     assert settings.kafka.partitions == 3
 
 

@@ -39,7 +39,7 @@ def test_a_promoted_version_is_picked_up_and_a_tampered_one_refused(registry, mo
     registry.promote("B", good)
     assert variant.reload() and variant.version == good
     bad = registry.register("B", model, {}, {})
-    (registry.root / "B" / bad / "evil.py").write_text("import os")
+    (registry.store.root / "registry" / "B" / bad / "evil.py").write_text("import os")
     registry.set_alias("B", "production", bad)  # bypassing promote, which verifies
     assert not variant.reload()
     assert variant.version == good and bad in variant.refused
