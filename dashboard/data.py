@@ -21,10 +21,10 @@ from pydantic import ValidationError
 
 from backend.analytics.snapshot import Snapshot, Trend
 from backend.core.errors import RecoError
-from backend.core.files import read_jsonl
-from backend.core.layout import StoreLayout
+from backend.core.layout import Keys
 from backend.core.requests import RetrainRequest, pending_retrain
 from backend.core.settings import Settings
+from backend.core.store import Store
 from backend.data.deadletters import reason as dead_letter_reason
 from backend.data.events import EVENT_MODELS
 from backend.data.lake import Lake
@@ -52,28 +52,42 @@ def api_url() -> str:
 
 
 @st.cache_data(ttl=5)
-def latest_snapshot(var_dir: str) -> Snapshot | None:
-    return load_snapshot(StoreLayout(root=Path(var_dir)).latest_snapshot)
+def latest_snapshot() -> Snapshot | None:
+    return read_snapshot(settings().shared_store(), Keys.latest_snapshot)
 
 
 @st.cache_data(ttl=5)
-def snapshot_history(var_dir: str, limit: int = 96) -> list[Snapshot]:
-    files = sorted(StoreLayout(root=Path(var_dir)).snapshots.glob("*.json"))[-limit:]
-    return [snap for f in files if (snap := load_snapshot(f)) is not None]
+def snapshot_history(limit: int = 96) -> list[Snapshot]:
+    return snapshots(settings().shared_store(), limit)
 
 
-def load_snapshot(path: Path) -> Snapshot | None:
-    """The snapshot in `path`; None when there is none yet, it is being replaced (the next
-    refresh reads it), or it was written in a shape this version cannot read (skipped with a
-    warning: the pages show the snapshots they can read)."""
+def snapshots(store: Store, limit: int | None = None) -> list[Snapshot]:
+    """The stored snapshots (the last `limit`), oldest first, the unreadable ones skipped."""
+    keys = [k for k in store.keys(Keys.snapshots) if k.endswith(".json")]
+    keys = keys[-limit:] if limit else keys
+    return [snap for key, body in zip(keys, store.get_many(keys), strict=True)
+            if (snap := parse_snapshot(body, key)) is not None]
+
+
+def read_snapshot(store: Store, key: str) -> Snapshot | None:
+    """The snapshot at `key` (see `parse_snapshot`); None also when the store is away."""
     try:
-        text = path.read_text()
-    except OSError:
+        return parse_snapshot(store.get(key), key)
+    except RecoError as exc:
+        log.warning("snapshot unreadable key=%s error=%s", key, exc)
+        return None
+
+
+def parse_snapshot(body: bytes | None, where: str) -> Snapshot | None:
+    """The snapshot in `body`; None when there is none yet, or it was written in a shape this
+    version cannot read (skipped with a warning: the pages show the snapshots they can
+    read)."""
+    if body is None:
         return None
     try:
-        return Snapshot.model_validate_json(text)
+        return Snapshot.model_validate_json(body)
     except ValidationError as exc:  # also a torn or non-JSON file
-        log.warning("snapshot skipped path=%s errors=%d first=%s", path, exc.error_count(),
+        log.warning("snapshot skipped key=%s errors=%d first=%s", where, exc.error_count(),
                     exc.errors()[0]["msg"])
         return None
 
@@ -185,19 +199,20 @@ def dead_letters(lake_root: str, cache: str) -> pd.DataFrame:
     return dlq.assign(reason=dead_letter_reason(dlq["error"]))
 
 
-def schedule_state(var_dir: str) -> dict[str, Any] | None:
+def schedule_state() -> dict[str, Any] | None:
     """What the scheduler runs now and when the next runs are due; None when it has not
     written for a minute (not running: its `running` would be stale)."""
-    path = StoreLayout(root=Path(var_dir)).schedule_state
     try:
-        state = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        state = settings().shared_store().get_json(Keys.schedule_state)
+    except (RecoError, ValueError):
+        return None
+    if not isinstance(state, dict):
         return None
     return state if time.time() - float(state.get("updated", 0)) < 60 else None
 
 
-def retrain_request(var_dir: str) -> RetrainRequest | None:
-    return pending_retrain(StoreLayout(root=Path(var_dir)).retrain_request)
+def retrain_request() -> RetrainRequest | None:
+    return pending_retrain(settings().shared_store())
 
 
 def ago(ts: float) -> str:
@@ -213,10 +228,10 @@ def ago(ts: float) -> str:
 
 
 @st.cache_data(ttl=5)
-def schedule_runs(var_dir: str, limit: int = 50) -> pd.DataFrame:
+def schedule_runs(limit: int = 50) -> pd.DataFrame:
     """The scheduler's latest runs, newest first."""
 
-    runs = read_jsonl(StoreLayout(root=Path(var_dir)).schedule_runs)[-limit:][::-1]
+    runs = settings().shared_store().log(Keys.schedule_runs).read()[-limit:][::-1]
     rows = []
     for r in runs:
         result = r.get("result") or {}

@@ -27,6 +27,7 @@ import vl_convert as vlc
 from pydantic import BaseModel
 
 from backend.analytics.snapshot import Snapshot
+from backend.core.layout import Keys
 from backend.core.settings import Settings
 from dashboard import charts, data
 from registry import open_experiments, open_quarantine, open_registry
@@ -50,8 +51,7 @@ def svg(chart: alt.TopLevelMixin) -> str:
 
 
 def snapshots_since(settings: Settings, since: datetime | None) -> list[Snapshot]:
-    files = sorted(settings.layout.snapshots.glob("*.json"))
-    snaps = [s for f in files if (s := data.load_snapshot(f)) is not None]
+    snaps = data.snapshots(settings.shared_store())
     if since is not None:
         snaps = [s for s in snaps if pd.Timestamp(s.window.end) >= pd.Timestamp(since)]
     return snaps
@@ -150,7 +150,7 @@ def write_report(settings: Settings, out: Path, since: datetime | None = None,
                  pdf: bool = True) -> dict[str, Path]:
     """Write report.html, report.json (and report.pdf when chromium is there) to `out`."""
     history = snapshots_since(settings, since)
-    snap = data.load_snapshot(settings.layout.latest_snapshot)
+    snap = data.read_snapshot(settings.shared_store(), Keys.latest_snapshot)
     if snap is None:
         raise FileNotFoundError("no analytics snapshot yet: run `reco analyze --once` after "
                                 "some traffic")

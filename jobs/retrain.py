@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 
-from backend.core.files import write_json
 from backend.core.logs import setup_logging
 from backend.core.runtime import init_ray
 from backend.core.settings import Settings
@@ -22,14 +20,15 @@ log = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--result", type=Path, help="write the outcome per variant here (JSON)")
+    parser.add_argument("--result", metavar="KEY",
+                        help="write the outcome per variant to this key of the shared store")
     args = parser.parse_args(argv)
     setup_logging()
     settings = Settings()
     init_ray(settings)
     result = retrain(settings)
     if args.result:
-        write_json(args.result, result.model_dump())
+        settings.shared_store().put_model(args.result, result)
     log.info("retrain finished result=%s", json.dumps(result.model_dump(), default=str))
 
 

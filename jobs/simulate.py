@@ -2,7 +2,8 @@
 
 Run with `reco simulate --rps R --duration S --seed N` (or `ray job submit -- python -m
 jobs.simulate`). Bounded in rate and duration; refuses any non-loopback URL. Writes the bots'
-ground truth to `var/sim/ground_truth.json` and a run summary to `var/sim/last_run.json`.
+ground truth to `sim/ground_truth.json` and a run summary to `sim/last_run.json` in the shared
+store.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import urlparse
 import httpx
 
 from backend.core.errors import BadRequest
-from backend.core.files import write_json
+from backend.core.layout import Keys
 from backend.core.logs import setup_logging
 from backend.core.settings import Settings
 from backend.data import catalog
@@ -133,17 +134,16 @@ def simulate(settings: Settings, rps: float | None = None, duration: float | Non
     base = loopback_url(url or cfg.url or f"http://127.0.0.1:{settings.serve.port}")
     ml = load_movielens(settings.data_cache)
     logic = SimulatorLogic(ml.ratings, catalog.load_catalog(settings, ml.items), ml.users, cfg)
-    layout = settings.layout
-    layout.sim.mkdir(parents=True, exist_ok=True)
+    store = settings.shared_store()
     sim = Simulation(settings, logic, base, api_key(settings))
-    write_json(layout.ground_truth, logic.ground_truth())  # before traffic: bots known
+    store.put_json(Keys.ground_truth, logic.ground_truth())  # before traffic: bots known
     log.info("simulation started url=%s rps=%s duration=%s seed=%s bots=%d", sim.url, cfg.rps,
              cfg.duration, cfg.seed, len(logic.bots))
     t0 = time.time()
     summary = asyncio.run(sim.run(cfg.rps, cfg.duration))
     summary |= {"seed": cfg.seed, "rps": cfg.rps, "started": t0}
-    write_json(layout.ground_truth, logic.ground_truth())  # with the released items
-    write_json(layout.last_sim_run, summary)
+    store.put_json(Keys.ground_truth, logic.ground_truth())  # with the released items
+    store.put_json(Keys.last_sim_run, summary)
     log.info("simulation finished summary=%s", json.dumps(summary))
     return summary
 

@@ -1,11 +1,12 @@
-"""The analytics cycle: lake -> analytics snapshot per window -> `var/analytics/` + gauges.
+"""The analytics cycle: lake -> analytics snapshot per window -> the shared store + gauges.
 
 The scheduler (`jobs.schedule`) runs this cycle every `schedule.analyze_interval` in its own
 process and exports the headline figures (`gauge_values`) as Prometheus gauges; `reco analyze`
 or `ray job submit -- python -m jobs.analyze` runs it by hand (without --once: in a loop).
 Each cycle probes `/health` (the SLA's uptime), computes a snapshot of the window ending now,
-writes it to `var/analytics/snapshots/<end>.json` and `latest.json`, and adds the users the
-combined spam flag caught to `var/analytics/quarantine.json`, which the retrain job reads.
+writes it to `analytics/snapshots/<end>.json` and `analytics/latest.json` in the shared store,
+and adds the users the combined spam flag caught to the quarantine, which the retrain job
+reads.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from backend.analytics import spam
 from backend.analytics.engine import AnalyticsLogic, RecoLog
 from backend.analytics.snapshot import Snapshot
-from backend.core.files import append_jsonl, read_jsonl, write_json
+from backend.core.layout import Keys
 from backend.core.settings import Settings
 from backend.data import catalog
 from backend.data.lake import Lake
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 class Probe(BaseModel):
-    """One health probe of the API (a line of `probes.jsonl`)."""
+    """One health probe of the API (a record of the `analytics/probes` log)."""
 
     ts: str  # ISO 8601, UTC
     ok: bool
@@ -44,8 +45,8 @@ class Probe(BaseModel):
 
 
 def probe(settings: Settings, timeout: float = 5.0) -> Probe:
-    """One health probe of the API, appended to `probes.jsonl`: up = HTTP 200 and status ok
-    or degraded (degraded still serves recommendations)."""
+    """One health probe of the API, appended to the `analytics/probes` log: up = HTTP 200
+    and status ok or degraded (degraded still serves recommendations)."""
     url = f"http://{settings.serve.host}:{settings.serve.port}/health"
     t0 = time.perf_counter()
     split = None
@@ -61,7 +62,7 @@ def probe(settings: Settings, timeout: float = 5.0) -> Probe:
     ms = round((time.perf_counter() - t0) * 1000, 2)
     rec = Probe(ts=datetime.now(UTC).isoformat(), ok=ok, detail=detail, ms=ms, split=split,
                 requests=request_counts(url.removesuffix("/health"), timeout) if ok else None)
-    append_jsonl(settings.layout.probes, rec.model_dump(mode="json"))
+    settings.shared_store().log(Keys.probes).append(rec.model_dump(mode="json"))
     return rec
 
 
@@ -92,7 +93,7 @@ def request_counts(base: str, timeout: float) -> dict[str, tuple[float, float]] 
 
 
 def read_probes(settings: Settings) -> pd.DataFrame:
-    return pd.DataFrame(read_jsonl(settings.layout.probes),
+    return pd.DataFrame(settings.shared_store().log(Keys.probes).read(),
                         columns=["ts", "ok", "detail", "ms", "requests"])
 
 
@@ -113,18 +114,17 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     items, users = catalog.load_catalog(settings, ml.items), ml.users
     t0 = time.perf_counter()
     split = settings.serve.split if split is None else split
-    store = open_experiments(settings)
-    changes = [pd.Timestamp(e.ts) for e in store.events() if e.action == "split"]
+    experiments = open_experiments(settings)
+    changes = [pd.Timestamp(e.ts) for e in experiments.events() if e.action == "split"]
     snap = AnalyticsLogic(settings.analytics, split, changes, list(settings.variants),
-                          store.running()).snapshot(
+                          experiments.running()).snapshot(
         reco, watch, rating, items, users, end, read_probes(settings))
     snap = snap.model_copy(update={"compute_seconds": round(time.perf_counter() - t0, 3)})
-    layout = settings.layout
-    layout.snapshots.mkdir(parents=True, exist_ok=True)
+    store = settings.shared_store()
     stamp = end.strftime("%Y%m%dT%H%M%SZ")
     body = snap.model_dump(mode="json")
-    write_json(layout.snapshot(stamp), body)
-    write_json(layout.latest_snapshot, body)
+    store.put_json(Keys.snapshot(stamp), body)
+    store.put_json(Keys.latest_snapshot, body)
     flagged = snap.spam.flagged.combined
     if flagged:
         log.info("quarantine flagged=%d added=%s", len(flagged), quarantine(settings, snap))

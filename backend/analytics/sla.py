@@ -1,5 +1,5 @@
 """SLA section: logged latency percentiles per variant and uptime from the cycle's health
-probes (`var/analytics/probes.jsonl`) inside the window."""
+probes (the `analytics/probes` log) inside the window."""
 
 from __future__ import annotations
 

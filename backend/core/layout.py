@@ -1,5 +1,7 @@
-"""Every path under `var/`, spelled once. `Settings.layout` builds it; readers and writers of
-the store (jobs, the dashboard, the CLI, tests) ask it instead of joining folder names."""
+"""Every local path under `var/` and every key of the shared store, spelled once.
+`Settings.layout` builds the local layout (this node's pid files, spool, caches, keys); the
+shared store's keys (`Keys`) are the same on every node and every backend, and on the default
+local store they are paths under `var/` too."""
 
 from __future__ import annotations
 
@@ -39,62 +41,30 @@ class StoreLayout(BaseModel):
         return self.root / "tls"
 
     @property
-    def analytics(self) -> Path:
-        return self.root / "analytics"
-
-    @property
-    def snapshots(self) -> Path:
-        return self.analytics / "snapshots"
-
-    def snapshot(self, stamp: str) -> Path:
-        return self.snapshots / f"{stamp}.json"
-
-    @property
-    def latest_snapshot(self) -> Path:
-        return self.analytics / "latest.json"
-
-    @property
-    def probes(self) -> Path:
-        return self.analytics / "probes.jsonl"
-
-    @property
-    def schedule(self) -> Path:
-        return self.root / "schedule"
-
-    @property
-    def schedule_runs(self) -> Path:
-        return self.schedule / "runs.jsonl"
-
-    @property
-    def schedule_state(self) -> Path:
-        return self.schedule / "state.json"
-
-    @property
-    def retrain_request(self) -> Path:
-        """An operator's "retrain now", until the scheduler submits that retrain."""
-        return self.schedule / "retrain-request.json"
-
-    def retrain_result(self, job_id: str) -> Path:
-        return self.schedule / "results" / f"{job_id}.json"
-
-    @property
-    def sim(self) -> Path:
-        return self.root / "sim"
-
-    @property
-    def ground_truth(self) -> Path:
-        """The simulator's bots, targets and releases: for tests and benchmarks only."""
-        return self.sim / "ground_truth.json"
-
-    @property
-    def last_sim_run(self) -> Path:
-        return self.sim / "last_run.json"
-
-    @property
-    def releases(self) -> Path:
-        """Items released after MovieLens (appended by the simulator)."""
-        return self.root / "catalog" / "releases.jsonl"
-
-    @property
     def demo(self) -> Path:
         return self.root / "demo"
+
+
+class Keys:
+    """Keys of the shared store (`backend.core.store`): state several nodes read or write."""
+
+    registry = "registry"
+    audit = "registry/experiments/audit"  # a RecordLog
+    snapshots = "analytics/snapshots"
+    latest_snapshot = "analytics/latest.json"
+    probes = "analytics/probes"  # a RecordLog
+    quarantine = "analytics/quarantine"  # a Document
+    schedule_runs = "schedule/runs"  # a RecordLog
+    schedule_state = "schedule/state.json"
+    retrain_request = "schedule/retrain-request.json"
+    ground_truth = "sim/ground_truth.json"  # the simulator's bots and targets: tests only
+    last_sim_run = "sim/last_run.json"
+    releases = "catalog/releases"  # a RecordLog: items released after MovieLens
+
+    @staticmethod
+    def snapshot(stamp: str) -> str:
+        return f"{Keys.snapshots}/{stamp}.json"
+
+    @staticmethod
+    def retrain_result(job_id: str) -> str:
+        return f"schedule/results/{job_id}.json"

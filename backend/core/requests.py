@@ -1,17 +1,17 @@
 """Requests one part leaves in the store for another that polls it.
 
-A "retrain now" from the console or the admin API is a file the scheduler reads on its next
-tick (the API has no handle on the scheduler's job, and the request must outlive a restart of
-either). One request at a time: asking again while one waits only updates who asked.
+A "retrain now" from the console or the admin API is an object in the shared store that the
+scheduler reads on its next tick (the API has no handle on the scheduler's job, and the
+request must outlive a restart of either). One request at a time: asking again while one
+waits only updates who asked.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from backend.core.files import atomic_write
+from backend.core.layout import Keys
+from backend.core.store import Store
 
 
 class RetrainRequest(BaseModel):
@@ -21,13 +21,20 @@ class RetrainRequest(BaseModel):
     requested: float  # unix seconds
 
 
-def request_retrain(path: Path, request: RetrainRequest) -> None:
-    atomic_write(path, request.model_dump_json().encode())
+def request_retrain(store: Store, request: RetrainRequest) -> None:
+    store.put(Keys.retrain_request, request.model_dump_json().encode())
 
 
-def pending_retrain(path: Path) -> RetrainRequest | None:
+def pending_retrain(store: Store) -> RetrainRequest | None:
     """The waiting request, if any (an unreadable one counts as none)."""
+    data = store.get(Keys.retrain_request)
     try:
-        return RetrainRequest.model_validate_json(path.read_bytes())
-    except (FileNotFoundError, ValidationError):
+        return None if data is None else RetrainRequest.model_validate_json(data)
+    except ValidationError:
         return None
+
+
+def answered_retrain(store: Store, request: RetrainRequest) -> None:
+    """Remove the request once a retrain began after it, unless a newer one replaced it."""
+    if pending_retrain(store) == request:
+        store.delete(Keys.retrain_request)

@@ -56,6 +56,7 @@ class Store:
         self._backend = backend
         self.uri = uri
         self.root = root  # the folder of a local store (None on S3)
+        self._logs: dict[str, RecordLog] = {}
 
     @classmethod
     def local(cls, root: Path) -> Store:
@@ -91,6 +92,18 @@ class Store:
             retry_config={"max_retries": 3,
                           "retry_timeout": timedelta(seconds=cfg.timeout_s * 2)})
         return cls(backend, cfg.uri)
+
+    def log(self, prefix: str) -> RecordLog:
+        """The record log under `prefix`, one per store and prefix in a process, so that
+        every reader in it shares what was read already."""
+        if (found := self._logs.get(prefix)) is None:
+            found = self._logs[prefix] = RecordLog(self, prefix)
+        return found
+
+    def put_model(self, key: str, model: Any) -> None:
+        """A pydantic model as JSON (NaN kept as Python's json writes it)."""
+        self.put(key, json.dumps(model.model_dump(mode="python"), indent=1,
+                                 default=str).encode())
 
     @property
     def is_local(self) -> bool:

@@ -1,32 +1,27 @@
-"""The item catalog: MovieLens items plus the items released since (`var/catalog/`).
+"""The item catalog: MovieLens items plus the items released since.
 
-Releases are appended to a JSON-lines file by whoever adds items (the simulator); retraining
-and analytics read the union, so a released item is recommendable (cold start by content)
-from the next retrain on and counts in coverage from the moment it exists.
+Releases are appended to a record log in the shared store (`catalog/releases`) by whoever
+adds items (the simulator); retraining and analytics read the union, so a released item is
+recommendable (cold start by content) from the next retrain on and counts in coverage from
+the moment it exists.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from backend.core.files import append_jsonl, read_jsonl
+from backend.core.layout import Keys
 from backend.core.settings import Settings
 from backend.data.movielens import load as load_movielens
 
 
-def releases_path(settings: Settings) -> Path:
-    return settings.layout.releases
-
-
 def release(settings: Settings, item: dict) -> None:
-    """Append one released item (item_id, title, year, genres, released_at) durably."""
-    append_jsonl(releases_path(settings), item, fsync=True)
+    """Append one released item (item_id, title, year, genres, released_at)."""
+    settings.shared_store().log(Keys.releases).append(item)
 
 
 def released(settings: Settings) -> pd.DataFrame:
-    frame = pd.DataFrame(read_jsonl(releases_path(settings)),
+    frame = pd.DataFrame(settings.shared_store().log(Keys.releases).read(),
                          columns=["item_id", "title", "year", "genres", "released_at"])
     frame["item_id"] = frame["item_id"].astype("int64")
     return frame

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.analytics.snapshot import Snapshot
+from backend.core.layout import Keys
 from backend.core.settings import Settings
 from backend.ops.cli_accounts import first_password_path
 from backend.ops.platform import dashboard_url, health
@@ -167,8 +168,9 @@ def record(settings: Settings, out: Path | None = None) -> dict:
         attack.update(json.loads(summary.strip().splitlines()[-1]))
         time.sleep(3)  # the last events land
         _reco(settings, "analyze", "--once")
-        snap = Snapshot.model_validate_json(settings.layout.latest_snapshot.read_text())
-        truth = json.loads(settings.layout.ground_truth.read_text())
+        store = settings.shared_store()
+        snap = Snapshot.model_validate_json(store.get(Keys.latest_snapshot) or b"")
+        truth = store.get_json(Keys.ground_truth)
         flagged = set(snap.spam.flagged.combined)
         attack.update(flagged=len(flagged), bots_flagged=len(flagged & set(truth["bots"])))
         page.reload()

@@ -22,6 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pyarrow.fs as pafs
 
 from backend.core.errors import ConfigError
@@ -130,25 +131,43 @@ class EmbeddedObjectStore:
                 raise ConfigError(f"seaweedfs exited with {proc.returncode}; see {self.log_file}")
             if port_open(self.host, self.port):
                 try:
-                    self._ensure_bucket(access, secret)
+                    self._ready(access, secret, master)
                     log.info("store started pid=%s endpoint=%s bucket=%s", proc.pid,
                              self.cfg.endpoint_url, self.cfg.bucket)
                     return proc.pid
-                except OSError as exc:  # the gateway listens before the filer is ready
+                except OSError as exc:  # the gateway listens before filer and volumes are
                     last = exc
             time.sleep(0.3)
         self.stop()
         raise ConfigError(f"seaweedfs did not serve S3 on {self.address} within {timeout}s "
                           f"({last}); see {self.log_file}")
 
-    def _ensure_bucket(self, access: str, secret: str) -> None:
+    def _ready(self, access: str, secret: str, master_port: int) -> None:
+        """Raises OSError until the server serves what it held before and takes new objects:
+        every volume on disk has registered with the master again (until then, objects in
+        it answer 500), the bucket exists (created on the first start), and a canary
+        writes and reads back."""
+        on_disk = len(list(self.data_dir.rglob("*.dat")))
+        try:
+            status = httpx.get(f"http://{self.host}:{master_port}/vol/status", timeout=2).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise OSError(f"master not answering: {exc}") from None
+        registered = json.dumps(status).count('"Id":')
+        if registered < on_disk:
+            raise OSError(f"{registered} of {on_disk} volumes registered")
         fs = pafs.S3FileSystem(access_key=access, secret_key=secret, region=self.cfg.region,
                                endpoint_override=self.cfg.endpoint_url, scheme="http",
                                connect_timeout=2, request_timeout=5,
                                allow_bucket_creation=True)
         if fs.get_file_info(self.cfg.bucket).type == pafs.FileType.NotFound:
             fs.create_dir(self.cfg.bucket)
-        fs.get_file_info(pafs.FileSelector(self.cfg.bucket, allow_not_found=True))
+        canary = f"{self.cfg.bucket}/.reco-ready"
+        stamp = str(time.time()).encode()
+        with fs.open_output_stream(canary) as out:
+            out.write(stamp)
+        with fs.open_input_stream(canary) as fh:
+            if fh.read() != stamp:
+                raise OSError("the canary did not read back")
 
     def stop(self) -> bool:
         pid = self.pid()

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from backend.core.files import read_jsonl
+from backend.core.layout import Keys
 from backend.core.runtime import job_env, ray_env
 from backend.core.settings import Settings
 from backend.data.kafka import ensure_topics
@@ -335,13 +335,9 @@ def _production_models(settings: Settings) -> dict[str, str | None]:
 
 def _schedule(settings: Settings) -> dict[str, object]:
     """What the scheduler runs now, when it runs next, and its latest retrain."""
-    import json
-
-
-    path = settings.layout.schedule_state
-    state = json.loads(path.read_text()) if path.exists() else {}
-    retrains = [r for r in read_jsonl(settings.layout.schedule_runs)
-                if r["kind"] == "retrain"]
+    store = settings.shared_store()
+    state = store.get_json(Keys.schedule_state) or {}
+    retrains = [r for r in store.log(Keys.schedule_runs).read() if r["kind"] == "retrain"]
     return {"running": state.get("running", {}), "next_due": {
                 k: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v))
                 for k, v in state.get("next_due", {}).items()},

@@ -8,8 +8,9 @@ pushed the API's p99 under a 50 req/s soak from 58 ms to 0.6 s (bench/soak.py).
 `python -m jobs.analyze` still runs the same cycle as a job or by hand.
 
 Run with `ray job submit -- python -m jobs.schedule` (`reco up` does). Every finished run is
-appended to `var/schedule/runs.jsonl` (kind, submission id, start, end, outcome, and for
-retrains the result per variant and the production versions afterwards); `state.json` holds
+appended to the shared store's `schedule/runs` log (kind, submission id, start, end, outcome,
+and for retrains the result per variant and the production versions afterwards);
+`schedule/state.json` holds
 what runs now and when the next runs are due, for `reco status` and the dashboard. After each
 analytics run the headline figures are exported as Prometheus gauges (`ray_reco_analytics_*`).
 """
@@ -28,8 +29,8 @@ from typing import Any
 
 from backend.analytics.cycle import cycle, gauge_values
 from backend.analytics.snapshot import Snapshot
-from backend.core.files import append_jsonl, read_jsonl, write_json
-from backend.core.requests import pending_retrain
+from backend.core.layout import Keys
+from backend.core.requests import answered_retrain, pending_retrain
 from backend.core.runtime import job_env
 from backend.core.settings import Settings
 from backend.training.result import RetrainResult
@@ -86,12 +87,12 @@ class Scheduler:
         self.settings, self.client, self.gauges = settings, client, gauges
         self.analyze = analyze or (lambda: _analytics_cycle(settings))
         self._local: dict[str, tuple[threading.Thread, list[str]]] = {}  # id -> (thread, outcome)
-        self.layout = settings.layout
-        self.layout.schedule.mkdir(parents=True, exist_ok=True)
+        self.store = settings.shared_store()
+        self.runs = self.store.log(Keys.schedule_runs)
         cfg = settings.schedule
         self.logic = SchedulerLogic.resume(
             {"retrain": cfg.retrain_interval, "analyze": cfg.analyze_interval},
-            read_jsonl(self.layout.schedule_runs), time.time())
+            self.runs.read(), time.time())
         self._adopt_running()
 
     def _adopt_running(self) -> None:
@@ -118,7 +119,7 @@ class Scheduler:
         # batch work at the lowest CPU priority: the API's replicas run at niceness 0
         entry = f"nice -n 19 {sys.executable} -m {JOBS[kind]}"
         if kind == "retrain":
-            entry += f" --result {self.layout.retrain_result(job_id)}"
+            entry += f" --result {Keys.retrain_result(job_id)}"
         self.client.submit_job(entrypoint=entry, submission_id=job_id,
                                runtime_env={"env_vars": job_env(self.settings)})
         self.logic.submitted(kind, job_id, now)
@@ -161,15 +162,15 @@ class Scheduler:
                 record |= self._retrain_outcome(job_id)
             elif status == "SUCCEEDED":
                 self._export_gauges()
-            append_jsonl(self.layout.schedule_runs, record)
+            self.runs.append(record)
             log.info("finished kind=%s id=%s outcome=%s", kind, job_id, status)
             done.append(record)
         return done
 
     def _retrain_outcome(self, job_id: str) -> dict[str, Any]:
-        path = self.layout.retrain_result(job_id)
-        result = (RetrainResult.model_validate(json.loads(path.read_text()))
-                  if path.exists() else None)  # json.loads: NaN metrics as the job wrote them
+        data = self.store.get(Keys.retrain_result(job_id))
+        result = (RetrainResult.model_validate(json.loads(data))
+                  if data is not None else None)  # json.loads: NaN metrics as the job wrote
         registry = open_registry(self.settings)
         out: dict[str, Any] = {"production": {v: registry.aliases(v).production
                                               for v in registry.variants()}}
@@ -185,13 +186,13 @@ class Scheduler:
         if self.gauges is None:
             return
 
-        path = self.layout.latest_snapshot
-        if path.exists():
-            for g in gauge_values(Snapshot.model_validate_json(path.read_text())):
+        data = self.store.get(Keys.latest_snapshot)
+        if data is not None:
+            for g in gauge_values(Snapshot.model_validate_json(data)):
                 self.gauges[g.name].set(g.value, tags=g.tags)
 
     def write_state(self, now: float) -> None:
-        write_json(self.layout.schedule_state, {
+        self.store.put_json(Keys.schedule_state, {
             "updated": now,
             "running": {k: {"id": i, "start": s} for k, (i, s) in self.logic.running.items()},
             "next_due": {k: self.logic.next_due(k) for k in KINDS},
@@ -199,7 +200,7 @@ class Scheduler:
 
     def step(self, now: float) -> None:
         self.poll(now)
-        request = pending_retrain(self.layout.retrain_request)
+        request = pending_retrain(self.store)
         for kind in self.logic.due(now, request.requested if request else None):
             try:
                 self.submit(kind, now)
@@ -207,8 +208,7 @@ class Scheduler:
                 log.exception("submit failed kind=%s", kind)
         if request is not None and self.logic.last.get("retrain", -1.0) >= request.requested:
             log.info("retrain request answered actor=%s", request.actor)  # a retrain since
-            if pending_retrain(self.layout.retrain_request) == request:  # not a newer one
-                self.layout.retrain_request.unlink(missing_ok=True)
+            answered_retrain(self.store, request)
         self.write_state(now)
 
 

@@ -231,7 +231,7 @@ class Ingress:
             replica, functools.partial(open_registry, settings), open_experiments(settings),
             quarantine=open_quarantine(settings), sessions=open_sessions(settings),
             dead_letters=DeadLetters(settings.lake_root),
-            retrain_request=settings.layout.retrain_request,
+            request_store=settings.shared_store(),
             titles=load_titles(settings.data_cache),
             retry_on=(RayActorError,))
         http.answer_with(self.logic)

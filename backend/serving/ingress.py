@@ -28,6 +28,7 @@ from pydantic import JsonValue
 from backend.core.errors import RecoError
 from backend.core.requests import RetrainRequest, request_retrain
 from backend.core.settings import ServeSettings
+from backend.core.store import Store
 from backend.data.deadletters import DeadLetterCounts, DeadLetters
 from backend.data.events import RatingEvent, RecoEvent, WatchEvent
 from backend.data.movielens import load
@@ -121,7 +122,7 @@ class IngressLogic:
                  quarantine: QuarantineStore | None = None,
                  sessions: Sessions | None = None,
                  dead_letters: DeadLetters | None = None,
-                 retrain_request: Path | None = None,
+                 request_store: Store | None = None,
                  titles: Mapping[int, str] | None = None,
                  retry_on: tuple[type[BaseException], ...] = (),
                  period: float = PUSH_SECONDS) -> None:
@@ -130,8 +131,8 @@ class IngressLogic:
         store of experiments and the operators' audit trail (`audit`: its `record`, unless
         given); `quarantine`: the spam quarantine operators review; `sessions`: console
         sign-in and its bearer tokens (none: API keys only); `dead_letters`: the lake's
-        DLQ, to count and replay; `retrain_request`: where a "retrain now" waits for the
-        scheduler; `retry_on`: errors after
+        DLQ, to count and replay; `request_store`: the shared store where a "retrain now"
+        waits for the scheduler; `retry_on`: errors after
         which a variant call is made once more (a replica lost mid-call: Serve routes the
         retry to a live one)."""
         self.variants = dict(variants)
@@ -143,7 +144,7 @@ class IngressLogic:
         self.quarantine = quarantine
         self.sessions = sessions
         self.dead_letters = dead_letters
-        self.retrain_request = retrain_request
+        self.request_store = request_store
         self.titles = dict(titles or {})
         self.retry_on = retry_on
         self.period = period
@@ -412,11 +413,11 @@ class IngressLogic:
 
     def request_retrain(self, reason: str | None, actor: str) -> RetrainRequested:
         """Leave a "retrain now" for the scheduler, which submits it on its next tick."""
-        if self.retrain_request is None:
+        if self.request_store is None:
             raise RecoError("this replica cannot reach the scheduler's requests",
                             status_code=503)
         request = RetrainRequest(actor=actor, requested=time.time())
-        request_retrain(self.retrain_request, request)
+        request_retrain(self.request_store, request)
         self._audit("retrain", actor, {"reason": reason})
         return RetrainRequested(actor=actor,
                                 requested=datetime.fromtimestamp(request.requested, UTC))

@@ -10,7 +10,7 @@ st.title("A/B test")
 @st.fragment(run_every=data.REFRESH)
 def body() -> None:
     s = data.settings()
-    snap = data.latest_snapshot(str(s.var_dir))
+    snap = data.latest_snapshot()
     if snap is None or not snap.ab.arms:
         st.info("No arms yet: run `reco simulate` and `reco analyze --once`.")
         return

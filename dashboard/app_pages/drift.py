@@ -9,13 +9,12 @@ st.title("Drift")
 
 @st.fragment(run_every=data.REFRESH)
 def body() -> None:
-    s = data.settings()
-    snap = data.latest_snapshot(str(s.var_dir))
+    snap = data.latest_snapshot()
     if snap is None:
         st.info("No analytics snapshot yet: drift compares the analytics window with the "
                 "events before it (`reco analyze --once`; `reco simulate` drives traffic).")
         return
-    history = data.in_range(data.history_frame(data.snapshot_history(str(s.var_dir))),
+    history = data.in_range(data.history_frame(data.snapshot_history()),
                             data.range_minutes())
     cols = st.columns(2)
     for col, (label, column, value, what) in zip(cols, (

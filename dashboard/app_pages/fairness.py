@@ -9,8 +9,7 @@ st.title("Fairness")
 
 @st.fragment(run_every=data.REFRESH)
 def body() -> None:
-    s = data.settings()
-    snap = data.latest_snapshot(str(s.var_dir))
+    snap = data.latest_snapshot()
     if snap is None or not snap.fairness:
         st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
         return
@@ -39,7 +38,7 @@ def body() -> None:
         st.caption("How unequal exposure is: the dashed line is equal exposure; the further "
                    "below it, the more the slots go to few items (each slot weighted by "
                    "1/log2(rank + 1); its Gini is the exposure Gini).")
-    history = data.in_range(data.history_frame(data.snapshot_history(str(s.var_dir))),
+    history = data.in_range(data.history_frame(data.snapshot_history()),
                             data.range_minutes())
     if len(history) > 1:
         pair = st.columns(2)

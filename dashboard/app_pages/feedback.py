@@ -10,7 +10,7 @@ st.title("Feedback loops")
 @st.fragment(run_every=data.REFRESH)
 def body() -> None:
     s = data.settings()
-    snap = data.latest_snapshot(str(s.var_dir))
+    snap = data.latest_snapshot()
     if snap is None:
         st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
         return
@@ -57,7 +57,7 @@ def body() -> None:
     left.altair_chart(charts.group_rates(tails), use_container_width=True)
     right.altair_chart(charts.group_rates(tails, "exposure"), use_container_width=True)
     groups = data.group_history(data.in_range(data.history_frame(
-        data.snapshot_history(str(s.var_dir))), data.range_minutes()))
+        data.snapshot_history()), data.range_minutes()))
     if groups["end"].nunique() < 2:
         st.info("Not enough data for head / mid / tail exposure over time: fewer than two "
                 "analytics snapshots with recommendations in the selected range.")

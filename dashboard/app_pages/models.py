@@ -30,9 +30,9 @@ else:
         console.needs_operator("promote or roll back")
 
 st.subheader("Scheduled runs")
-state = data.schedule_state(str(s.var_dir))
+state = data.schedule_state()
 running = state.get("running", {}).get("retrain") if state else None
-request = data.retrain_request(str(s.var_dir))
+request = data.retrain_request()
 if running:
     st.info(f"A retrain is running: {running['id']}, started "
             f"{data.ago(running['start'])}; its outcome appears below when it ends.")
@@ -48,7 +48,7 @@ if console.can_act():
             console.act_confirmed(sure, "/admin/retrain", {"reason": reason or None})
 else:
     console.needs_operator("ask for a retrain now")
-runs = data.schedule_runs(str(s.var_dir))
+runs = data.schedule_runs()
 if runs.empty:
     st.info("No scheduled run yet: the scheduler job (`reco up`) retrains every "
             f"{s.schedule.retrain_interval} s and runs analytics every "

@@ -23,7 +23,7 @@ def body() -> None:
             show(f"**{a['alert']}** {a['state']} ({a['labels'] or 'all'}) since {a['since']}: "
                  f"{a['summary']}")
     health = data.health()
-    snap = data.latest_snapshot(str(s.var_dir))
+    snap = data.latest_snapshot()
     if health is None:
         st.error(f"The API at {data.api_url()} does not answer: start the platform with "
                  "`make up`.")
@@ -91,7 +91,7 @@ def trends(s) -> None:
     """The headline figures over the selected range, one sparkline per tile (a point per
     analytics snapshot)."""
     st.subheader("Over the selected range")
-    history = data.in_range(data.history_frame(data.snapshot_history(str(s.var_dir))),
+    history = data.in_range(data.history_frame(data.snapshot_history()),
                             data.range_minutes())
     points = history["end"].nunique() if not history.empty else 0
     if points < 2:

@@ -9,7 +9,7 @@ from dashboard.report import write_report
 
 st.title("Report")
 s = data.settings()
-if data.load_snapshot(s.layout.latest_snapshot) is None:
+if data.latest_snapshot() is None:
     st.info("Not enough data for a report: it is written from the latest analytics snapshot, "
             "and there is none yet (`make up` writes one after some traffic, or "
             "`reco analyze --once`).")

@@ -10,7 +10,7 @@ st.title("Security")
 @st.fragment(run_every=data.REFRESH)
 def body() -> None:
     s = data.settings()
-    snap = data.latest_snapshot(str(s.var_dir))
+    snap = data.latest_snapshot()
     prom = data.prometheus()
     if snap is not None:
         sp = snap.spam

@@ -30,6 +30,7 @@ from schemathesis.checks import (
 from scipy.stats import binomtest
 
 from backend.analytics.snapshot import Snapshot
+from backend.core.layout import Keys
 from backend.core.settings import Settings
 from backend.data.kafka import ensure_topics
 from backend.ml.recommenders import ALS, DiversityKNN, ItemKNN
@@ -727,7 +728,6 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
     Prometheus), retrains on an interval; the first retrain crashes before promoting (a
     failpoint) and leaves production untouched, the next one promotes or refuses with reasons,
     and the two never overlap."""
-    from backend.core.files import read_jsonl
 
     settings, registry = served["settings"], served["registry"]
     before = {v: registry.aliases(v).production for v in VARIANTS}
@@ -740,17 +740,17 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
     job = client.submit_job(entrypoint=f"{sys.executable} -m jobs.schedule --tick 1",
                             submission_id=f"reco-schedule-test-{int(time.time())}",
                             runtime_env={"env_vars": env})
-    runs_file = settings.var_dir / "schedule" / "runs.jsonl"
+    runs = settings.shared_store().log(Keys.schedule_runs)
     url = f"http://127.0.0.1:{served['head'].cfg.metrics_export_port}/metrics"
     try:
         deadline, retrains, gauge = time.monotonic() + 240, [], []
         while time.monotonic() < deadline and (len(retrains) < 2 or not gauge):
             time.sleep(2)
-            retrains = [r for r in read_jsonl(runs_file) if r["kind"] == "retrain"]
+            retrains = [r for r in runs.read() if r["kind"] == "retrain"]
             gauge = gauge or [line for line in httpx.get(url, timeout=5).text.splitlines()
                               if line.startswith("ray_reco_analytics_coverage{")
                               and 'variant="A"' in line]
-        assert len(retrains) >= 2, (read_jsonl(runs_file), client.get_job_logs(job)[-3000:])
+        assert len(retrains) >= 2, (runs.read(), client.get_job_logs(job)[-3000:])
         assert gauge and 0 < float(gauge[0].rsplit(" ", 1)[1]) <= 1
         crashed, ok = retrains[0], retrains[1]
         assert crashed["outcome"] == "FAILED" and crashed["production"] == before
@@ -765,7 +765,7 @@ def test_scheduler_survives_a_crashed_retrain_and_exports_gauges(served):
             assert ok["production"][v] == expected
             manifest = registry.verify(v, r["version"])
             assert manifest.provenance.feedback_forecast.steps == 5
-        analyses = [r for r in read_jsonl(runs_file) if r["kind"] == "analyze"]
+        analyses = [r for r in runs.read() if r["kind"] == "analyze"]
         assert analyses and all(r["outcome"] == "SUCCEEDED" for r in analyses)
         state = json.loads((settings.var_dir / "schedule" / "state.json").read_text())
         assert set(state["next_due"]) == {"retrain", "analyze"}
@@ -912,7 +912,7 @@ def test_the_deployed_api_does_what_its_openapi_says(served, key, tmp_path):
         quarantine = open_quarantine(settings)
         for user in quarantine.held() - held:
             quarantine.release(user, "key:test", "flagged by the contract test's fuzzing")
-        settings.layout.retrain_request.unlink(missing_ok=True)
+        settings.shared_store().delete(Keys.retrain_request)
 
 
 def test_every_write_and_admin_route_refuses_missing_or_wrong_keys(served):
@@ -1103,7 +1103,7 @@ def test_an_experiment_reweighted_and_grown_to_three_arms_is_served_logged_and_a
     assert sum(a.users for a in ab.arms.values()) == len(users[2])
     assert set(ab.comparisons) == {"B", "C"} and ab.winner is not None
     # the cycle's probe scraped every arm's request counters (the error-rate guardrail)
-    probe = json.loads(settings.layout.probes.read_text().splitlines()[-1])
+    probe = settings.shared_store().log(Keys.probes).read()[-1]
     assert {"A", "B", "C"} <= set(probe["requests"])
     assert all(total > 0 for total, _ in probe["requests"].values())
     assert {(g.arm, g.metric) for g in ab.guardrails} == {

@@ -60,11 +60,14 @@ def test_reco_store_start_status_stop_and_the_data_survives_a_restart(tmp_path):
 
         settings = Settings(var_dir=tmp_path / "var", store={
             "uri": "s3://reco/p", "embedded_port": env["RECO_STORE__EMBEDDED_PORT"]})
-        RecordLog(Store.open(settings.store), "kept").append({"n": 1})
+        kept = RecordLog(Store.open(settings.store), "kept")
+        for n in range(30):
+            kept.append({"n": n})
         assert reco("stop").stdout.strip() == "store stopped"
         assert reco("status").returncode == 3
         assert reco("start").returncode == 0
-        assert RecordLog(Store.open(settings.store), "kept").read() == [{"n": 1}]
+        assert RecordLog(Store.open(settings.store), "kept").read() == [
+            {"n": n} for n in range(30)]  # every object, as soon as start returns
     finally:
         reco("stop")
     assert reco("stop").stdout.strip() == "store was not running"

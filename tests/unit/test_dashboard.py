@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from backend.analytics.engine import AnalyticsLogic
 from backend.analytics.snapshot import Snapshot, VariantDrift
-from backend.core.files import append_jsonl
+from backend.core.layout import Keys
 from backend.core.settings import AnalyticsSettings
 from dashboard import charts, data
 from tests.conftest import free_port
@@ -78,7 +78,7 @@ def var(tmp_path, monkeypatch):
     for variant, model in (("A", ItemKNN()), ("B", DiversityKNN())):
         registry.promote(variant, registry.register(variant, model.fit(*dataset())))
     lake_fixture(tmp_path / "lake")
-    append_jsonl(tmp_path / "schedule" / "runs.jsonl", RETRAIN_RUN)
+    Settings(var_dir=tmp_path).shared_store().log(Keys.schedule_runs).append(RETRAIN_RUN)
     st.cache_data.clear()
     st.cache_resource.clear()
     yield tmp_path
@@ -208,7 +208,7 @@ def test_demo_captions_and_stitching_commands():
 
 def test_loaders_return_typed_snapshots_and_skip_unreadable_files(var):
     out = var / "analytics"
-    snap = data.latest_snapshot(str(var))
+    snap = data.latest_snapshot()
     assert isinstance(snap, Snapshot) and snap == snapshot()
     body = json.loads((out / "latest.json").read_text())
     # a file of an older run (echo variants inline, no compute_seconds) still loads
@@ -217,12 +217,12 @@ def test_loaders_return_typed_snapshots_and_skip_unreadable_files(var):
     (out / "snapshots" / "20240301T110000Z.json").write_text(json.dumps(older))
     (out / "snapshots" / "20240301T113000Z.json").write_text('{"window": {"end": "x"}}')
     (out / "snapshots" / "20240301T114500Z.json").write_text('{"window": ')  # torn
-    history = data.snapshot_history(str(var))
+    history = data.snapshot_history()
     assert history == [snap, snap]  # the older file and the fixture; the others skipped
     assert data.history_frame(history)["variant"].tolist() == ["A", "B", "all"] * 2
     (out / "latest.json").write_text("{}")
     st.cache_data.clear()
-    assert data.latest_snapshot(str(var)) is None
+    assert data.latest_snapshot() is None
 
 
 def test_frame_builders_read_the_snapshot():
@@ -355,7 +355,7 @@ def test_overview_trends_need_two_snapshots_and_then_draw_sparklines(var):
     target = AnalyticsSettings().sla_p95_ms
     assert p95 is not None and tiles["p95 latency A"].delta == (
         f"{abs(p95 - target):.1f} ms {'over' if p95 > target else 'under'} the SLA")
-    history = data.history_frame(data.snapshot_history(str(var)))
+    history = data.history_frame(data.snapshot_history())
     assert data.sparkline(data.in_range(history, 60), "A", "coverage") == [
         snap.fairness["A"].coverage] * 2
     assert data.sparkline(history.iloc[:0], "A", "coverage") is None

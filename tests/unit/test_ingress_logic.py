@@ -128,7 +128,7 @@ class Rig:
                  variants: str = "AB", store: ExperimentStore | None = None,
                  registry: Any = None, quarantine: QuarantineStore | None = None,
                  sessions: Any = None, dead_letters: Any = None,
-                 retrain_request: Path | None = None, **cfg: Any) -> None:
+                 request_store: Store | None = None, **cfg: Any) -> None:
         self.cfg = serve_cfg(**cfg)
         self.state = state or ServingStateLogic(self.cfg.per_minute, {"key:sim": 6000},
                                                 self.cfg.split, self.cfg.salt,
@@ -144,7 +144,7 @@ class Rig:
             shared(self.state, self.down), self.sink, self.producer, "replica-1",
             registry=registry or _no_registry, experiments=self.store,
             audit=lambda *event: self.audits.append(event), quarantine=quarantine,
-            sessions=sessions, dead_letters=dead_letters, retrain_request=retrain_request,
+            sessions=sessions, dead_letters=dead_letters, request_store=request_store,
             titles={101: "Heat (1995)"}, retry_on=(ConnectionError,),
             period=3600)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from backend.core.requests import pending_retrain
+from backend.core.store import Store
 from backend.data.deadletters import DeadLetters
 from backend.ops.cli import main as cli
 from registry import open_experiments
@@ -53,8 +54,8 @@ def test_admin_api_lists_and_replays_dead_letters_audited(tmp_path):
 
 
 def test_admin_api_leaves_a_retrain_request_for_the_scheduler_audited(tmp_path):
-    path = tmp_path / "schedule" / "retrain-request.json"
-    with Rig(retrain_request=path, per_minute=100) as rig:
+    path = Store.local(tmp_path)
+    with Rig(request_store=path, per_minute=100) as rig:
         asked, refused = call(
             rig, ("POST", "/admin/retrain", {"json": {"reason": "new films"}, **key(ADMIN)}),
             ("POST", "/admin/retrain", {"json": {}, **key(CLIENT)}))

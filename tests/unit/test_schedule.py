@@ -7,7 +7,7 @@ import os
 import threading
 from types import SimpleNamespace
 
-from backend.core.files import read_jsonl
+from backend.core.layout import Keys
 from backend.scheduling.scheduler import Scheduler, SchedulerLogic
 
 
@@ -71,7 +71,7 @@ def test_scheduler_records_outcomes_and_production(settings):
     sched.step(t0 + 61)
     assert [i.split("-")[1] for i, _ in jobs.submitted] == ["retrain"]  # analytics: no job
     retrain_id, entry = jobs.submitted[0]
-    assert entry.endswith(f"-m jobs.retrain --result {settings.layout.retrain_result(retrain_id)}")
+    assert entry.endswith(f"-m jobs.retrain --result {Keys.retrain_result(retrain_id)}")
     assert entry.startswith("nice -n 19 ")
     state = json.loads((settings.var_dir / "schedule" / "state.json").read_text())
     assert set(state["running"]) == {"retrain", "analyze"}
@@ -84,7 +84,7 @@ def test_scheduler_records_outcomes_and_production(settings):
 
     jobs.jobs[retrain_id] = "FAILED"  # crashed: no result file
     sched.step(t0 + 70)
-    runs = {r["kind"]: r for r in read_jsonl(settings.var_dir / "schedule" / "runs.jsonl")}
+    runs = {r["kind"]: r for r in settings.shared_store().log(Keys.schedule_runs).read()}
     assert runs["retrain"]["outcome"] == "FAILED"
     assert "production is unchanged" in runs["retrain"]["error"]
     assert runs["analyze"]["outcome"] == "SUCCEEDED" and runs["analyze"]["id"] == analyze_id
@@ -110,7 +110,7 @@ def test_a_failing_analytics_run_is_recorded_and_the_schedule_goes_on(settings):
     join_run(analyze_id)
     sched.step(t0 + 11)
     sched.step(t0 + 20)
-    runs = read_jsonl(settings.var_dir / "schedule" / "runs.jsonl")
+    runs = settings.shared_store().log(Keys.schedule_runs).read()
     assert [r["outcome"] for r in runs] == ["FAILED"] and "analyze" in sched.logic.running
 
 
@@ -125,7 +125,7 @@ def test_an_overrunning_retrain_is_stopped_and_recorded(settings):
     assert jobs.jobs[retrain_id] == "RUNNING"  # within its time
     sched.step(t0 + 161)
     assert jobs.jobs[retrain_id] == "STOPPED"
-    run = [r for r in read_jsonl(settings.var_dir / "schedule" / "runs.jsonl")
+    run = [r for r in settings.shared_store().log(Keys.schedule_runs).read()
            if r["kind"] == "retrain"][0]
     assert run["outcome"] == "TIMEOUT" and "production is unchanged" in run["error"]
 
@@ -136,7 +136,7 @@ def test_a_retrain_request_is_submitted_on_the_next_tick_once(settings):
     from backend.core.requests import RetrainRequest, pending_retrain, request_retrain
 
     settings.schedule.retrain_interval, settings.schedule.analyze_interval = 3600, 3600
-    jobs, path = FakeJobs(), settings.layout.retrain_request
+    jobs, path = FakeJobs(), settings.shared_store()
     sched = Scheduler(settings, jobs, analyze=lambda: None)
     t0 = sched.logic.started
     sched.step(t0 + 1)
@@ -169,7 +169,7 @@ def test_a_request_a_scheduled_retrain_answered_is_removed(settings):
     from backend.core.requests import RetrainRequest, pending_retrain, request_retrain
 
     settings.schedule.retrain_interval, settings.schedule.analyze_interval = 10, 3600
-    jobs, path = FakeJobs(), settings.layout.retrain_request
+    jobs, path = FakeJobs(), settings.shared_store()
     sched = Scheduler(settings, jobs, analyze=lambda: None)
     t0 = sched.logic.started
     sched.step(t0 + 11)  # the scheduled retrain starts ...

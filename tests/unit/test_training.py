@@ -5,14 +5,13 @@ recommender tests' small data set."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from backend.core.files import write_json
+from backend.core.layout import Keys
 from backend.data.batch import validate
 from backend.data.catalog import release
 from backend.data.events import RatingEvent, WatchEvent
@@ -132,9 +131,9 @@ def test_retrain_registers_gates_promotes_and_reports_what_the_scheduler_reads(l
                   for e in open_experiments(lake_settings).events()) == [
         ("job:retrain", "promote", v, first[v].version) for v in ("A", "B")]
     # the --result file, as the retrain job writes it and the scheduler parses it
-    path = lake_settings.layout.retrain_result("job-1")
-    write_json(path, second.model_dump())
-    parsed = RetrainResult.model_validate(json.loads(path.read_text()))
+    store = lake_settings.shared_store()
+    store.put_model(Keys.retrain_result("job-1"), second)
+    parsed = RetrainResult.model_validate(store.get_json(Keys.retrain_result("job-1")))
     assert parsed["B"].version == second["B"].version and parsed["B"].reasons
 
 
