@@ -7,8 +7,7 @@ import multiprocessing as mp
 
 import pytest
 
-from backend.core.settings import StoreSettings
-from backend.core.store import Conflict, RecordLog, Store
+from backend.core.store import Conflict, RecordLog, Store, StoreSettings
 
 
 def check_objects(store: Store) -> None:

@@ -21,19 +21,71 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import obstore as obs
 from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
 from obstore.store import LocalStore, S3Store
+from pydantic import BaseModel, Field, SecretStr
 
-from backend.core.errors import RecoError
-
-if TYPE_CHECKING:
-    from backend.core.settings import StoreSettings
+from backend.core.errors import ConfigError, RecoError
 
 log = logging.getLogger(__name__)
 KEY = re.compile(r"^[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*$")
+
+
+class StoreSettings(BaseModel):
+    """Where shared state lives (docs/architecture.md, "Storage"): `var/` by default, or an S3
+    bucket. With an `s3://` URI and no `endpoint`, the embedded SeaweedFS (`reco store start`,
+    started by `reco up`) on `embedded_host:embedded_port`, with the credentials it generated
+    in `var/keys/store.json` (0600)."""
+
+    uri: str | None = Field(None, pattern=r"^(file:///|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])"
+                            r"[A-Za-z0-9._=/-]*$", description=(
+        "file:///path (default: the var folder) or s3://bucket/prefix"))
+    endpoint: str | None = Field(None, pattern=r"^https?://[A-Za-z0-9.:\[\]-]+/?$", description=(
+        "the S3 endpoint (http://host:port); unset: the embedded SeaweedFS"))
+    region: str = "us-east-1"
+    access_key: str | None = None
+    secret_key: SecretStr | None = None
+    credentials_file: Path | None = Field(None, description=(
+        "a 0600 JSON file with access_key and secret_key (default for the embedded server: "
+        "var/keys/store.json)"))
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = Field(8333, ge=1, le=65535, description="the embedded S3 port")
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+    @property
+    def is_s3(self) -> bool:
+        return bool(self.uri and self.uri.startswith("s3://"))
+
+    @property
+    def embedded(self) -> bool:
+        """The URI points at the embedded SeaweedFS: `reco up` starts and stops it."""
+        return self.is_s3 and self.endpoint is None
+
+    @property
+    def endpoint_url(self) -> str:
+        return (self.endpoint or f"http://{self.embedded_host}:{self.embedded_port}").rstrip("/")
+
+    @property
+    def bucket(self) -> str:
+        assert self.is_s3 and self.uri is not None
+        return self.uri.removeprefix("s3://").partition("/")[0]
+
+    def credentials(self) -> tuple[str, str]:
+        """The access key and secret: from settings (env), or else the 0600 credentials file."""
+        if self.access_key and self.secret_key is not None:
+            return self.access_key, self.secret_key.get_secret_value()
+        path = self.credentials_file
+        if path is None or not path.exists():
+            raise ConfigError(f"store {self.uri}: no credentials (set RECO_STORE__ACCESS_KEY "
+                              f"and RECO_STORE__SECRET_KEY, or start the embedded server)")
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path}: credentials file readable by others (chmod 600 it)")
+        doc = json.loads(path.read_text())
+        return str(doc["access_key"]), str(doc["secret_key"])
+
 
 
 class StoreError(RecoError):

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from backend.core.errors import ConfigError
-from backend.core.settings import Settings, StoreSettings
-from backend.core.store import Store
+from backend.core.settings import Settings
+from backend.core.store import Store, StoreSettings
 from tests.store_cases import check_concurrent_appends, check_objects, check_record_log
 
 
