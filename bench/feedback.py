@@ -118,7 +118,7 @@ class Arm:
     def cycle(self, i: int) -> dict:
         from backend.analytics.cycle import analyze_once
 
-        lake = Lake(self.settings.lake_root)
+        lake = Lake.open(self.settings)
         before = lake.count("events.reco")
         summary = json.loads(self.reco("simulate", "--rps", str(self.args.rps), "--duration",
                                        str(self.args.duration), "--seed",

@@ -85,7 +85,7 @@ def leg(name: str, n: int, per_message: bool, workdir: Path) -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError("consumer group did not form")
             time.sleep(0.2)
-        lake = Lake(settings.lake_root)
+        lake = Lake.open(settings)
         ctx = mp.get_context("spawn")
         done = ctx.Queue()
         t0 = time.perf_counter()

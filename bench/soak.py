@@ -139,7 +139,7 @@ def main() -> None:
     from backend.data.movielens import load
 
     ml = load(settings.data_cache)
-    lake = Lake(settings.lake_root)
+    lake = Lake.open(settings)
     dlq_before = lake.count("events.dlq")
     mem_start = memory()
     load_ = Load(url, key, ml.users["user_id"].tolist(), ml.items["item_id"].tolist(),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -178,24 +177,23 @@ def registry_versions(var_dir: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=15)
-def lake_times(lake_root: str, cache: str, minutes: int) -> pd.DataFrame:
+def lake_times(minutes: int) -> pd.DataFrame:
     """(topic, ts) of every lake event in the last `minutes`: the `ts` column only."""
-
-    lake, cutoff = Lake(Path(lake_root)), pd.Timestamp.now(tz="UTC") - pd.Timedelta(
-        minutes=minutes)
+    s = settings()
+    lake, cutoff = Lake.open(s), pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=minutes)
     frames = []
     for topic in EVENT_MODELS:
-        ts = lake.read(topic, columns=["ts"], cache=Path(cache))["ts"]
+        ts = lake.read(topic, columns=["ts"], cache=s.lake_cache)["ts"]
         frames.append(pd.DataFrame({"topic": topic, "ts": ts[ts >= cutoff]}))
     return pd.concat(frames, ignore_index=True)
 
 
 @st.cache_data(ttl=15)
-def dead_letters(lake_root: str, cache: str) -> pd.DataFrame:
+def dead_letters() -> pd.DataFrame:
     """Dead letters with their source topic, time and reason (the error's first line)."""
-
-    dlq = Lake(Path(lake_root)).read("events.dlq", columns=["ts", "source_topic", "error"],
-                                     cache=Path(cache))
+    s = settings()
+    dlq = Lake.open(s).read("events.dlq", columns=["ts", "source_topic", "error"],
+                            cache=s.lake_cache)
     return dlq.assign(reason=dead_letter_reason(dlq["error"]))
 
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     ids = publish(settings)
     if args.wait:
-        missing = wait_landed(Lake(settings.lake_root), ids, args.wait)
+        missing = wait_landed(Lake.open(settings), ids, args.wait)
         log.info("bootstrap landed missing=%s", json.dumps(missing))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     JsonValue,
     SerializerFunctionWrapHandler,
     field_serializer,
@@ -42,12 +43,19 @@ class FileDigest(_Frozen):
 
 
 class LakeProvenance(_Frozen):
-    """The lake files a version was trained on: how many, one digest over their names and
-    digests, and the highest Kafka offset per topic and partition."""
+    """The lake data a version was trained on: the table version per topic (`versions`: a
+    retrain at these versions reads the same rows, `Lake.read_table(..., version=)`), the
+    lake's location, how many data files, one digest over their paths (Delta data files
+    are immutable and uniquely named; versions registered before the lake was a Delta
+    table digested names and contents and have no `versions`), and the highest Kafka offset
+    per topic and partition."""
 
     files: int
     files_sha256: str
     max_offsets: dict[str, dict[str, int]]
+    # left out when unset, so manifests signed before they existed read back byte for byte
+    versions: dict[str, int | None] | None = Field(None, exclude_if=lambda v: v is None)
+    uri: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Provenance(_Frozen):

@@ -151,6 +151,18 @@ class Registry:
     def versions(self, variant: str) -> list[str]:
         return [n for n in self.store.children(f"{self.prefix}/{variant}") if VERSION.match(n)]
 
+    def trained_lake_versions(self) -> dict[str, set[int]]:
+        """Per lake topic, the table versions that the models the aliases name (production,
+        previous, candidate: what serves or can be rolled back to) were trained on."""
+        out: dict[str, set[int]] = {}
+        for variant in self.variants():
+            for version in {v for v in self.aliases(variant).named().values()}:
+                prov = self.manifest(variant, version).provenance
+                for topic, v in ((prov.lake.versions or {}) if prov else {}).items():
+                    if v is not None:
+                        out.setdefault(topic, set()).add(v)
+        return out
+
     def resolve(self, variant: str, ref: str) -> str:
         """A version name from a version or an alias."""
         if ref in ALIAS_NAMES:

@@ -103,7 +103,7 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     A's share in force, for the sample-ratio check (the API's, from `probe`); without it the
     configured one."""
     end = end or pd.Timestamp.now(tz="UTC")
-    lake = Lake(settings.lake_root)
+    lake = Lake.open(settings)
     cache = settings.lake_cache  # each run reads the rows landed since the last one
     reco = RecoLog.from_table(lake.read_table(
         "events.reco", ["ts", "user_id", "variant", "latency_ms", "items", "experiment",

@@ -83,7 +83,8 @@ class KafkaSettings(BaseModel):
 
 
 class LakeSettings(BaseModel):
-    root: Path | None = None
+    """The event lake: a Delta table per topic under `lake/` in the shared store."""
+
     dedupe_days: int = Field(7, ge=1, description="days of landed event_ids kept for dedupe")
 
 
@@ -366,8 +367,6 @@ class Settings(BaseSettings):
             self.store.uri = self.var_dir.as_uri()
         if self.store.is_s3 and self.store.credentials_file is None:
             self.store.credentials_file = self.layout.root / "keys" / "store.json"
-        if self.lake.root is None:
-            self.lake.root = self.layout.root / "lake"
         if self.registry.keys_dir is None:
             self.registry.keys_dir = self.layout.root / "keys"
         if self.registry.public_key is None:
@@ -377,11 +376,6 @@ class Settings(BaseSettings):
     def shared_store(self) -> Store:
         """The shared store (`store.uri`): registry, analytics, quarantine, experiments."""
         return Store.open(self.store)
-
-    @property
-    def lake_root(self) -> Path:
-        assert self.lake.root is not None
-        return self.lake.root
 
     @property
     def layout(self) -> StoreLayout:

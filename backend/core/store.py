@@ -73,6 +73,24 @@ class StoreSettings(BaseModel):
         assert self.is_s3 and self.uri is not None
         return self.uri.removeprefix("s3://").partition("/")[0]
 
+    def delta_options(self) -> dict[str, str]:
+        """delta-rs storage options for tables in this bucket (the lake)."""
+        access, secret = self.credentials()
+        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_REGION": self.region,
+                "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret,
+                "AWS_ALLOW_HTTP": str(self.endpoint_url.startswith("http://")).lower()}
+
+    def arrow_filesystem(self) -> Any:
+        """A pyarrow filesystem on this bucket (paths are `bucket/key`): for pyarrow and
+        Ray Data reads of the lake's files."""
+        import pyarrow.fs as pafs
+
+        access, secret = self.credentials()
+        return pafs.S3FileSystem(access_key=access, secret_key=secret, region=self.region,
+                                 endpoint_override=self.endpoint_url,
+                                 scheme=self.endpoint_url.split("://")[0],
+                                 connect_timeout=self.timeout_s, request_timeout=self.timeout_s)
+
     def credentials(self) -> tuple[str, str]:
         """The access key and secret: from settings (env), or else the 0600 credentials file."""
         if self.access_key and self.secret_key is not None:

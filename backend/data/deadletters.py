@@ -51,8 +51,8 @@ def reason(error: pd.Series) -> pd.Series:
 class DeadLetters:
     """The lake's `events.dlq`, filtered by source topic and error text."""
 
-    def __init__(self, lake_root: Path, cache: Path | None = None) -> None:
-        self.lake = Lake(lake_root)
+    def __init__(self, lake: Lake, cache: Path | None = None) -> None:
+        self.lake = lake
         self.cache = cache
 
     def read(self, topic: str | None = None, contains: str | None = None) -> pd.DataFrame:

@@ -144,7 +144,7 @@ class IngestLogic:
         if dlq:
             self.send_dlq(dlq)  # acknowledged before the offsets move past the bad records
         for topic, frame in landed:
-            self._read[topic].add(self.lake.write(topic, frame, tag=self.tag))
+            self.lake.write(topic, frame, tag=self.tag)
             self.seen[topic].update(frame["event_id"])
             delta.written[topic] += len(frame)
         delta.batches += 1
@@ -236,7 +236,7 @@ class PartitionWorker:
         name = settings.ingest.course_topic
         course = CourseTopic(name, lambda: load_catalog(settings)) if name else None
         self.topics = (*TOPICS, name) if name else TOPICS
-        self.logic = IngestLogic(Lake(settings.lake_root), settings.kafka.max_message_bytes,
+        self.logic = IngestLogic(Lake.open(settings), settings.kafka.max_message_bytes,
                                  settings.lake.dedupe_days, self._send_dlq, tag=f"w{worker_id}-",
                                  per_message=settings.ingest.per_message_validation,
                                  course=course)

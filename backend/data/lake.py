@@ -1,10 +1,18 @@
-"""The event lake: Parquet files under `<root>/<topic>/date=YYYY-MM-DD/`.
+"""The event lake: one Delta Lake table per topic under `lake/<topic>` in the shared store (a
+local folder or an S3 bucket), partitioned by `date` (the landing date, UTC, processing time,
+so a replay never scatters history; filter on `ts` for event time).
 
-`date=` is the landing date (UTC, processing time), so one micro-batch is one file and a replay
-never scatters history over many folders; filter on `ts` for event time. A file appears only
-complete: it is written to a dot-named temp file (which readers skip), fsynced, renamed into
-place and the folder fsynced. Readers: pandas (`read`), pyarrow, or Ray Data
-(`ray.data.read_parquet(lake.topic_dir(topic))`).
+Why Delta (`deltalake`, delta-rs): a micro-batch is one atomic commit, from any number of
+ingest actors on any node at once (each commit is created create-only, `If-None-Match` on S3;
+a writer that loses the race rebases and retries); a new optional field in an event contract
+merges into the table's schema (old rows read it as null, old readers never ask for it);
+`compact` and `vacuum` keep the file count and the disk bounded; and a table version names the
+exact rows a model was trained on (`read_table(..., version=)`), which a file list cannot
+once files are compacted away (`vacuum` keeps the versions asked for). The measurements
+behind the choice: docs/storage.md.
+
+Readers: pandas (`read`), pyarrow (`read_table`), or Ray Data over `files(topic)` with
+`filesystem`.
 """
 
 from __future__ import annotations
@@ -13,65 +21,111 @@ import hashlib
 import json
 import logging
 import os
+import random
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from backend.data.events import EVENT_MODELS, arrow_schema
 
+if TYPE_CHECKING:
+    from backend.core.settings import Settings
+
 log = logging.getLogger(__name__)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+PARTITION = "date"
+COMMIT_RETRIES = 100  # racing ingest actors rebase and retry; more than delta-rs's 15
+WRITE_ATTEMPTS = 5
 
 
 class Lake:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path, storage_options: dict[str, str] | None = None,
+                 filesystem: pafs.FileSystem | None = None) -> None:
+        """`root`: a local folder, or `s3://bucket/prefix/lake` with the `storage_options`
+        delta-rs needs and the pyarrow `filesystem` that reads its files."""
+        self.root = str(root).rstrip("/")
+        self.options = storage_options
+        self.fs = filesystem or pafs.LocalFileSystem()
+        self._tables: dict[str, DeltaTable] = {}
 
-    def topic_dir(self, topic: str) -> Path:
+    @classmethod
+    def open(cls, settings: Settings) -> Lake:
+        """The lake of `settings`: `lake/` in the shared store."""
+        cfg = settings.store
+        assert cfg.uri is not None
+        if not cfg.is_s3:
+            return cls(Path(cfg.uri.removeprefix("file://")) / "lake")
+        return cls(cfg.uri.rstrip("/") + "/lake", cfg.delta_options(), cfg.arrow_filesystem())
+
+    def table_uri(self, topic: str) -> str:
         if topic not in EVENT_MODELS:
             raise ValueError(f"unknown topic {topic!r}")
-        return self.root / topic
+        return f"{self.root}/{topic}"
 
-    def files(self, topic: str, since: datetime | None = None) -> list[Path]:
-        """Complete files of a topic, oldest landing date first; optionally only from `since`."""
-        base = self.topic_dir(topic)
-        if not base.exists():
+    def table(self, topic: str, version: int | None = None) -> DeltaTable | None:
+        """The topic's table at its latest version (or `version`); None before its first
+        write."""
+        uri = self.table_uri(topic)
+        if version is not None:
+            return DeltaTable(uri, version=version, storage_options=self.options)
+        dt = self._tables.get(topic)
+        try:
+            if dt is None:
+                dt = self._tables[topic] = DeltaTable(uri, storage_options=self.options)
+            else:
+                dt.update_incremental()
+        except TableNotFoundError:
+            return None
+        return dt
+
+    def version(self, topic: str) -> int | None:
+        dt = self.table(topic)
+        return None if dt is None else dt.version()
+
+    def files(self, topic: str, since: datetime | None = None,
+              version: int | None = None) -> list[str]:
+        """The table's data files (paths its `filesystem` reads), optionally only those
+        landed from `since` on."""
+        dt = self.table(topic, version)
+        if dt is None:
             return []
-        out = []
-        for day in sorted(base.glob("date=*")):
-            if since is not None and day.name[5:] < since.strftime("%Y-%m-%d"):
-                continue
-            out += sorted(p for p in day.glob("*.parquet") if not p.name.startswith("."))
-        return out
+        where = None if since is None else [(PARTITION, ">=", since.strftime("%Y-%m-%d"))]
+        return sorted(_path(u) for u in dt.file_uris(file_pruning_predicate=where))
 
-    def write(self, topic: str, frame: pd.DataFrame, tag: str = "") -> Path:
-        """Durably append a typed frame (model columns plus Kafka source columns) as one file."""
+    def write(self, topic: str, frame: pd.DataFrame, tag: str = "") -> None:
+        """Append a typed frame (model columns plus Kafka source columns) as one atomic
+        commit; `tag` names the writer in the commit's metadata."""
         schema = arrow_schema(EVENT_MODELS[topic])
         table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
-        now = datetime.now(UTC)
-        day = self.topic_dir(topic) / f"date={now:%Y-%m-%d}"
-        day.mkdir(parents=True, exist_ok=True)
-        name = f"part-{now:%H%M%S%f}-{tag}{uuid.uuid4().hex[:8]}.parquet"
-        tmp = day / f".tmp-{name}"
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, day / name)
-        _fsync_dir(day)
-        return day / name
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
+        table = table.append_column(PARTITION, pa.array([day] * len(table), pa.string()))
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                write_deltalake(self.table_uri(topic), table, mode="append",
+                                partition_by=[PARTITION], schema_mode="merge",
+                                storage_options=self.options,
+                                commit_properties=CommitProperties(
+                                    custom_metadata={"writer": tag or "reco"},
+                                    max_commit_retries=COMMIT_RETRIES))
+                return
+            except CommitFailedError as exc:  # not committed: safe to write again
+                # two writers creating the table, or changing its schema, at once: the
+                # loser's commit is refused whole and it writes again on what won
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                log.info("lake commit refused, writing again topic=%s attempt=%d error=%s",
+                         topic, attempt + 1, exc)
+                time.sleep(random.uniform(0.01, 0.1) * (attempt + 1))
 
     def read(self, topic: str, columns: list[str] | None = None,
              cache: Path | None = None) -> pd.DataFrame:
@@ -79,22 +133,24 @@ class Lake:
         return self.read_table(topic, columns, cache).to_pandas()
 
     def read_table(self, topic: str, columns: list[str] | None = None,
-                   cache: Path | None = None) -> pa.Table:
-        """All rows of a topic as an Arrow table (list columns stay columnar).
+                   cache: Path | None = None, version: int | None = None) -> pa.Table:
+        """All rows of a topic (at `version`, default the latest) as an Arrow table in the
+        event contract's schema: a column the table gained later reads as null in older
+        rows, and a column the contract no longer has is not returned.
 
-        With `cache` (a folder), the rows read before are kept there in one consolidated
-        file per topic and column set, which names the lake files it holds in its own
-        metadata (one atomic file: it never holds rows without naming their source); a read
-        then opens that file and only the lake files landed since. A reader that runs every
-        minute thus reads one file and a minute's worth, not every micro-batch ever landed."""
-        files = self.files(topic)
+        With `cache` (a local folder), the rows read before are kept there in one
+        consolidated file per topic and column set, which names the data files it holds in
+        its own metadata (one atomic file: it never holds rows without naming their
+        source); a read then opens that file and only the files landed since. A reader that
+        runs every minute thus reads one file and a minute's worth, not every commit ever
+        landed; after a compaction it starts again."""
+        files = self.files(topic, version=version)
         schema = arrow_schema(EVENT_MODELS[topic])
         names = columns or schema.names
         if cache is None:
             return self._read_files(files, schema, names)
-        key = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:12]
+        key = hashlib.sha256(json.dumps([self.root, names]).encode()).hexdigest()[:12]
         path = Path(cache) / f"{topic}-{key}.parquet"
-        rel = {str(f.relative_to(self.root)): f for f in files}
         empty = schema.empty_table().select(names)
         held: list[str] = []
         table = empty
@@ -107,14 +163,14 @@ class Lake:
             except (OSError, KeyError, ValueError, pa.ArrowInvalid) as exc:
                 log.warning("lake cache unreadable, rebuilt path=%s error=%s", path, exc)
                 held, table = [], empty
-            if not set(held) <= rel.keys():  # files gone (a new lake): start again
+            if not set(held) <= set(files):  # files gone (compacted, a new lake): again
                 held, table = [], empty
         known = set(held)
-        new = [f for r, f in rel.items() if r not in known]
+        new = [f for f in files if f not in known]
         if not new:
             return table
         table = pa.concat_tables([table, self._read_files(new, schema, names)])
-        held += [str(f.relative_to(self.root)) for f in new]
+        held += new
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
         pq.write_table(table.replace_schema_metadata({"reco.lake_files": json.dumps(held)}),
@@ -122,44 +178,73 @@ class Lake:
         os.replace(tmp, path)
         return table
 
-    @staticmethod
-    def _read_files(files: list[Path], schema: pa.Schema, names: list[str]) -> pa.Table:
+    def _read_files(self, files: list[str], schema: pa.Schema, names: list[str]) -> pa.Table:
         if not files:
             return schema.empty_table().select(names)
-        return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(
-            columns=names)
+        # the contract's schema: files written before a field existed read it as null
+        return ds.dataset(files, schema=schema, format="parquet",
+                          filesystem=self.fs).to_table(columns=names)
 
-    def event_ids(self, topic: str, days: int, skip: set[Path] | None = None,
-                  ) -> tuple[set[str], set[Path]]:
+    def event_ids(self, topic: str, days: int, skip: set[str] | None = None,
+                  ) -> tuple[set[str], set[str]]:
         """Event ids landed in the last `days` landing days, from files not in `skip`: the
         ingest job's dedupe memory. Returns (ids, files read)."""
         since = datetime.now(UTC) - timedelta(days=days)
         files = [f for f in self.files(topic, since=since) if not skip or f not in skip]
         if not files:
             return set(), set()
-        table = ds.dataset([str(f) for f in files], format="parquet").to_table(
-            columns=["event_id"]
-        )
+        table = ds.dataset(files, format="parquet", filesystem=self.fs).to_table(
+            columns=["event_id"])
         return set(table.column("event_id").to_pylist()), set(files)
 
     def stats(self) -> dict[str, dict[str, object]]:
-        """Rows, files and newest event time per topic (row counts from Parquet footers)."""
+        """Rows, files, table version and newest event time per topic (from the table's
+        log: its per-file row counts and column statistics, no data file read)."""
         out: dict[str, dict[str, object]] = {}
         for topic in EVENT_MODELS:
-            files = self.files(topic)
-            rows = _rows(files)
+            dt = self.table(topic)
+            if dt is None:
+                out[topic] = {"rows": 0, "files": 0, "version": None, "newest_ts": None}
+                continue
+            actions = pa.table(dt.get_add_actions(flatten=True))
             newest = None
-            if files:
-                ts = ds.dataset([str(f) for f in files], format="parquet").to_table(
-                    columns=["ts"]
-                ).column("ts")
-                newest = pa.compute.max(ts).as_py() if len(ts) else None
-            out[topic] = {"rows": rows, "files": len(files), "newest_ts": newest}
+            if actions.num_rows and "max.ts" in actions.column_names:
+                newest = pc.max(actions.column("max.ts")).as_py()
+            out[topic] = {"rows": int(pc.sum(actions.column("num_records")).as_py() or 0),
+                          "files": actions.num_rows, "version": dt.version(),
+                          "newest_ts": newest}
         return out
 
     def count(self, topic: str) -> int:
-        return _rows(self.files(topic))
+        dt = self.table(topic)
+        if dt is None:
+            return 0
+        return int(pc.sum(pa.table(dt.get_add_actions(flatten=True)).column(
+            "num_records")).as_py() or 0)
+
+    # -- upkeep ----------------------------------------------------------------------------
+
+    def compact(self, topic: str) -> dict[str, Any]:
+        """Rewrite the small files of each landing date into large ones (one commit; older
+        versions still read until `vacuum` removes their files)."""
+        dt = self.table(topic)
+        if dt is None:
+            return {"numFilesAdded": 0, "numFilesRemoved": 0}
+        return dict(dt.optimize.compact(commit_properties=CommitProperties(
+            max_commit_retries=COMMIT_RETRIES)))
+
+    def vacuum(self, topic: str, older_than: timedelta, keep_versions: list[int] | None = None,
+               dry_run: bool = False) -> list[str]:
+        """Delete files no version newer than `older_than` needs, except those of
+        `keep_versions` (the versions registered models were trained on); returns them."""
+        dt = self.table(topic)
+        if dt is None:
+            return []
+        return dt.vacuum(retention_hours=int(older_than.total_seconds() // 3600),
+                         dry_run=dry_run, enforce_retention_duration=False,
+                         keep_versions=keep_versions or None)
 
 
-def _rows(files: list[Path]) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+def _path(uri: str) -> str:
+    """A file URI as the lake's pyarrow filesystem names it (no scheme)."""
+    return uri.removeprefix("s3://").removeprefix("file://")

@@ -7,6 +7,7 @@ costs (import-linter reads these imports all the same)."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,7 +111,7 @@ def data_fetch() -> None:
 
 @main.group()
 def lake() -> None:
-    """The Parquet event lake."""
+    """The event lake: a Delta table per topic in the shared store."""
 
 
 @lake.command("stats")
@@ -118,13 +119,67 @@ def lake() -> None:
 def lake_stats(as_json: bool) -> None:
     from backend.data.lake import Lake
 
-    stats = Lake(_settings().lake_root).stats()
+    stats = Lake.open(_settings()).stats()
     if as_json:
         click.echo(json.dumps(stats, default=str))
         return
-    click.echo(f"{'topic':<16}{'rows':>10}{'files':>8}  newest event")
+    click.echo(f"{'topic':<22}{'rows':>10}{'files':>8}{'version':>9}  newest event")
     for topic, st in stats.items():
-        click.echo(f"{topic:<16}{st['rows']:>10}{st['files']:>8}  {st['newest_ts'] or '-'}")
+        version = "-" if st["version"] is None else st["version"]
+        click.echo(f"{topic:<22}{st['rows']:>10}{st['files']:>8}{version:>9}  "
+                   f"{st['newest_ts'] or '-'}")
+
+
+def _topics(names: tuple[str, ...]) -> list[str]:
+    from backend.data.events import EVENT_MODELS
+
+    unknown = sorted(set(names) - set(EVENT_MODELS))
+    if unknown:
+        raise click.BadParameter(f"unknown topics {unknown}; the lake's: {sorted(EVENT_MODELS)}")
+    return list(names) or list(EVENT_MODELS)
+
+
+@lake.command("compact")
+@click.argument("topics", nargs=-1)
+def lake_compact(topics: tuple[str, ...]) -> None:
+    """Rewrite each landing date's small files into large ones (every topic, or TOPICS)."""
+    from backend.data.lake import Lake
+
+    lake = Lake.open(_settings())
+    for topic in _topics(topics):
+        result = lake.compact(topic)
+        click.echo(f"{topic}: files removed={result.get('numFilesRemoved', 0)} "
+                   f"added={result.get('numFilesAdded', 0)} version={lake.version(topic)}")
+
+
+DURATION = re.compile(r"^(\d+)([dhm]?)$")
+
+
+@lake.command("vacuum")
+@click.argument("topics", nargs=-1)
+@click.option("--older-than", "older_than", default="7d", show_default=True,
+              help="keep what versions newer than this need: 7d, 12h, 30m, 0")
+@click.option("--dry-run", is_flag=True, help="list the files, delete nothing")
+def lake_vacuum(topics: tuple[str, ...], older_than: str, dry_run: bool) -> None:
+    """Delete data files that no table version newer than --older-than needs, except the
+    versions the registry's production, previous and candidate models were trained on (so
+    their training data can still be read back)."""
+    from datetime import timedelta
+
+    from backend.data.lake import Lake
+    from registry import open_registry
+
+    match = DURATION.match(older_than)
+    if not match:
+        raise click.BadParameter(f"{older_than!r}: give a number and d, h or m (7d, 12h, 0)")
+    unit = {"d": "days", "h": "hours", "m": "minutes", "": "days"}[match[2]]
+    age = timedelta(**{unit: int(match[1])})
+    settings = _settings()
+    lake, kept = Lake.open(settings), open_registry(settings).trained_lake_versions()
+    for topic in _topics(topics):
+        gone = lake.vacuum(topic, age, sorted(kept.get(topic, ())), dry_run=dry_run)
+        click.echo(f"{topic}: {'would delete' if dry_run else 'deleted'} {len(gone)} files; "
+                   f"kept versions {sorted(kept.get(topic, ())) or '-'}")
 
 
 @main.group()
@@ -134,8 +189,9 @@ def dlq() -> None:
 
 def _dead_letters():
     from backend.data.deadletters import DeadLetters
+    from backend.data.lake import Lake
 
-    return DeadLetters(_settings().lake_root)
+    return DeadLetters(Lake.open(_settings()))
 
 
 @dlq.command("list")
@@ -204,7 +260,7 @@ def bootstrap(wait: float) -> None:
     ids = publish(s)
     click.echo(f"published: {', '.join(f'{t}={len(v)}' for t, v in ids.items())}")
     if wait:
-        missing = wait_landed(Lake(s.lake_root), ids, wait)
+        missing = wait_landed(Lake.open(s), ids, wait)
         click.echo(f"missing from the lake: {missing}")
         if any(missing.values()):
             raise click.ClickException("not all events landed; is the ingest job running?")

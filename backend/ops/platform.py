@@ -231,7 +231,7 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool =
     echo(f"ray: {'started' if head.start() else 'already running'} {head.dashboard_url}")
     job, new = submit_job(settings, head, "ingest")
     echo(f"ingest job: {'submitted' if new else 'already running'} {job}")
-    lake = Lake(settings.lake_root)
+    lake = Lake.open(settings)
     if lake.count("events.rating") == 0:
         from jobs.bootstrap import publish, wait_landed  # first start only: spare `reco status`
 
@@ -312,7 +312,7 @@ def status(settings: Settings) -> dict[str, object]:
         "schedule": _schedule(settings),
         "alerting": (prom.status() if (prom := embedded_prometheus(settings)) is not None
                      else {"external": settings.prometheus.url}),
-        "lake": {t: st["rows"] for t, st in Lake(settings.lake_root).stats().items()},
+        "lake": {t: st["rows"] for t, st in Lake.open(settings).stats().items()},
         "models": _production_models(settings),
     }
     return out

@@ -30,6 +30,7 @@ from ray.serve.handle import DeploymentHandle
 from backend.core.settings import Settings
 from backend.data.deadletters import DeadLetters
 from backend.data.kafka import EventProducer, claim_spool
+from backend.data.lake import Lake
 from backend.serving import api as http
 from backend.serving.ingress import IngressLogic, SharedState, VariantCalls, load_titles
 from backend.serving.metrics import Gauge, MetricsPayload
@@ -230,7 +231,7 @@ class Ingress:
             EventProducer(settings.kafka, spool),  # writes; the reco log's fallback
             replica, functools.partial(open_registry, settings), open_experiments(settings),
             quarantine=open_quarantine(settings), sessions=open_sessions(settings),
-            dead_letters=DeadLetters(settings.lake_root),
+            dead_letters=DeadLetters(Lake.open(settings)),
             request_store=settings.shared_store(),
             titles=load_titles(settings.data_cache),
             retry_on=(RayActorError,))

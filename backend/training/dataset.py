@@ -29,6 +29,7 @@ class TrainingSet:
     simulator's hidden tastes, for the feedback-loop forecast)."""
 
     lake: Lake
+    versions: dict[str, int | None]  # the table versions read: the data's provenance
     quarantine: frozenset[int]
     interactions: pd.DataFrame
     train: pd.DataFrame
@@ -38,16 +39,21 @@ class TrainingSet:
     history: pd.DataFrame
 
 
-def read_events(lake: Lake, topic: str, columns: list[str]) -> pd.DataFrame:
-    """A topic's columns from the lake, through Ray Data when this process runs on Ray."""
+TRAINING_TOPICS = ("events.rating", "events.watch")
+
+
+def read_events(lake: Lake, topic: str, columns: list[str], version: int | None
+                ) -> pd.DataFrame:
+    """A topic's columns at a table version, through Ray Data when this process runs on
+    Ray."""
     import ray
 
-    files = lake.files(topic)
+    files = lake.files(topic, version=version)
     if ray.is_initialized() and files:
         frame: pd.DataFrame = ray.data.read_parquet(
-            [str(f) for f in files], columns=columns).to_pandas()
+            files, columns=columns, filesystem=lake.fs).to_pandas()
         return frame
-    return lake.read(topic, columns=columns)
+    return lake.read_table(topic, columns=columns, version=version).to_pandas()
 
 
 def quarantined(settings: Settings) -> set[int]:
@@ -58,11 +64,14 @@ def quarantined(settings: Settings) -> set[int]:
 def load_training_set(settings: Settings) -> TrainingSet:
     """The lake's interactions (spam quarantined), split by `train.test_fraction`; raises
     RuntimeError when the lake holds nothing to train on."""
-    lake = Lake(settings.lake_root)
+    lake = Lake.open(settings)
+    versions = {t: lake.version(t) for t in TRAINING_TOPICS}  # pinned: what provenance names
     quarantine = quarantined(settings)
     inter = build_interactions(
-        read_events(lake, "events.rating", ["user_id", "item_id", "rating", "ts"]),
-        read_events(lake, "events.watch", ["user_id", "item_id", "ts"]), quarantine)
+        read_events(lake, "events.rating", ["user_id", "item_id", "rating", "ts"],
+                    versions["events.rating"]),
+        read_events(lake, "events.watch", ["user_id", "item_id", "ts"],
+                    versions["events.watch"]), quarantine)
     if inter.empty:
         raise RuntimeError("the lake holds no ratings or watches yet: nothing to train on")
     ml = load_movielens(settings.data_cache)
@@ -70,7 +79,8 @@ def load_training_set(settings: Settings) -> TrainingSet:
     train, test = temporal_split(inter, settings.train.test_fraction)
     log.info("training set rows=%d train=%d test=%d items=%d quarantined=%d", len(inter),
              len(train), len(test), len(items), len(quarantine))
-    return TrainingSet(lake=lake, quarantine=frozenset(quarantine), interactions=inter,
+    return TrainingSet(lake=lake, versions=versions, quarantine=frozenset(quarantine),
+                       interactions=inter,
                        train=train, test=test, items=items, users=ml.users,
                        history=ml.ratings)
 

@@ -84,10 +84,11 @@ def provenance(data: TrainingSet) -> Provenance:
     """Code, data and libraries a version is trained from (per-variant fields left unset)."""
     lake, inter = data.lake, data.interactions
     files, max_offsets = [], {}
-    for topic in ("events.rating", "events.watch"):
-        for f in lake.files(topic):
-            files.append(f"{f.relative_to(lake.root)}:{sha256_file(f)}")
-        frame = lake.read(topic, columns=["kafka_partition", "kafka_offset"])
+    for topic, version in data.versions.items():
+        files += [f.removeprefix(lake.root.removeprefix("s3://")).lstrip("/")
+                  for f in lake.files(topic, version=version)]
+        frame = lake.read_table(topic, ["kafka_partition", "kafka_offset"],
+                                version=version).to_pandas()
         max_offsets[topic] = {str(p): int(o) for p, o in
                               frame.groupby("kafka_partition")["kafka_offset"].max().items()}
     try:
@@ -103,7 +104,7 @@ def provenance(data: TrainingSet) -> Provenance:
         lake=LakeProvenance(
             files=len(files),
             files_sha256=hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest(),
-            max_offsets=max_offsets),
+            max_offsets=max_offsets, versions=dict(data.versions), uri=lake.root),
         libraries={p: pkg_version(p) for p in
                    ("numpy", "scipy", "pandas", "pyarrow", "implicit", "ray")},
         lockfile_sha256=sha256_file(LOCKFILE) if LOCKFILE.exists() else None,

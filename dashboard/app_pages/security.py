@@ -9,7 +9,6 @@ st.title("Security")
 
 @st.fragment(run_every=data.REFRESH)
 def body() -> None:
-    s = data.settings()
     snap = data.latest_snapshot()
     prom = data.prometheus()
     if snap is not None:
@@ -38,7 +37,7 @@ def body() -> None:
             st.dataframe(held, hide_index=True)
     else:
         st.info("No analytics snapshot yet: run `reco analyze --once` after some traffic.")
-    dlq = data.dead_letters(str(s.lake_root), str(s.lake_cache))
+    dlq = data.dead_letters()
     st.metric("dead letters", len(dlq), help="refused messages, each kept with its reason")
     if not dlq.empty:
         st.dataframe(dlq.groupby("reason").size().rename("count").reset_index()

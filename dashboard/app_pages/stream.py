@@ -13,20 +13,20 @@ st.title("Stream")
 @st.fragment(run_every=data.REFRESH)
 def body() -> None:
     s = data.settings()
-    stats = Lake(s.lake_root).stats()
+    stats = Lake.open(s).stats()
     frame = pd.DataFrame([{"topic": t, "value": st_["rows"]} for t, st_ in stats.items()])
     cols = st.columns(len(stats))
     for col, (topic, st_) in zip(cols, stats.items(), strict=True):
         col.metric(topic, f"{st_['rows']:,}", help=f"rows in the lake; newest {st_['newest_ts']}")
     st.altair_chart(charts.counter_bars(frame, "topic", "events in the lake"))
     minutes = data.range_minutes()
-    rates = data.event_rates(data.lake_times(str(s.lake_root), str(s.lake_cache), minutes), minutes)
+    rates = data.event_rates(data.lake_times(minutes), minutes)
     if rates.empty:
         st.info("No events landed in the selected time range: start traffic with "
                 "`reco simulate` (or `make up`, which runs the simulator).")
     else:
         st.altair_chart(charts.rate_lines(rates), use_container_width=True)
-    dlq = data.dead_letters(str(s.lake_root), str(s.lake_cache))
+    dlq = data.dead_letters()
     st.metric("dead letters (all time)", len(dlq),
               help="messages the ingest job refused (malformed, oversized, out of range), "
                    "kept with the reason in events.dlq; `reco dlq list` / `replay`")

@@ -54,7 +54,7 @@ class Platform:
         self.settings = settings
         self.broker = broker
         self.head = head
-        self.lake = Lake(settings.lake_root)
+        self.lake = Lake.open(settings)
         self.procs: list[subprocess.Popen] = []
 
     def env(self, **extra: str) -> dict[str, str]:

@@ -442,7 +442,7 @@ def test_simulator_closes_the_loop_through_the_api(served, simulated):
     truth = json.loads(simulated.truth)
     assert truth["bots"] and len(truth["released"]) == summary["released"]
 
-    lake = Lake(settings.lake_root)
+    lake = Lake.open(settings)
     assert lake.count("events.reco") >= summary["visits"]
     assert lake.count("events.watch") >= summary["status"]["/watch 202"]
     assert lake.count("events.rating") >= summary["status"].get("/rate 202", 0) > 0
@@ -526,7 +526,7 @@ def _dead_letters(settings: Settings, n: int, error: str) -> None:
                   "user_id": 4000 + i, "item_id": 50, "rating": 4}), "error": error}
             for i in range(n)]
     frame = validate(DlqEvent, recs).valid.drop(columns="_pos")
-    Lake(settings.lake_root).write("events.dlq", frame.assign(kafka_partition=0,
+    Lake.open(settings).write("events.dlq", frame.assign(kafka_partition=0,
                                                               kafka_offset=range(n)))
 
 
@@ -1005,7 +1005,7 @@ def test_broker_outage_during_simulated_traffic(served):
     out = subprocess.run([sys.executable, "-m", "jobs.ingest", "--once"], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    lake, accepted = Lake(settings.lake_root), set(sim.accepted)
+    lake, accepted = Lake.open(settings), set(sim.accepted)
     landed = [i for t in ("events.rating", "events.watch")
               for i in lake.read(t, columns=["event_id"])["event_id"] if i in accepted]
     assert len(accepted) == len(sim.accepted) == summary["accepted_writes"]
@@ -1086,7 +1086,7 @@ def test_an_experiment_reweighted_and_grown_to_three_arms_is_served_logged_and_a
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
     settings = served["settings"]
-    reco = Lake(settings.lake_root).read("events.reco", ["user_id", "variant", "experiment",
+    reco = Lake.open(settings).read("events.reco", ["user_id", "variant", "experiment",
                                                          "epoch"])
     mine = reco[reco["user_id"].between(50_001, 50_700)]
     assert (mine["experiment"] == exp_id).all() and set(mine["epoch"]) == {0, 1, 2}

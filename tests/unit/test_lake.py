@@ -3,6 +3,8 @@ from __future__ import annotations
 import uuid
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from backend.data.batch import validate
@@ -30,19 +32,23 @@ def test_write_read_roundtrip_and_stats(tmp_path):
     stats = lake.stats()
     assert stats["events.rating"]["rows"] == 5 and stats["events.rating"]["files"] == 2
     assert str(stats["events.rating"]["newest_ts"]).startswith("2024-01-01")
-    assert stats["events.watch"] == {"rows": 0, "files": 0, "newest_ts": None}
+    assert stats["events.rating"]["version"] == 1  # two commits: versions 0 and 1
+    assert stats["events.watch"] == {"rows": 0, "files": 0, "version": None, "newest_ts": None}
     ids, files = lake.event_ids("events.rating", days=1)
     assert ids == set(back["event_id"]) and len(files) == 2
     assert lake.event_ids("events.rating", days=1, skip=files) == (set(), set())
 
 
-def test_partial_files_are_invisible(tmp_path):
+def test_files_no_commit_names_are_invisible(tmp_path):
+    """A writer that died after writing its data file and before its commit left a file the
+    table's log does not name: readers never see it."""
     lake = Lake(tmp_path)
-    path = lake.write("events.rating", rating_frame(2))
-    (path.parent / ".tmp-part-crashed.parquet").write_bytes(b"PAR1 half written")
+    lake.write("events.rating", rating_frame(2))
+    (day,) = (tmp_path / "events.rating").glob("date=*")
+    pq.write_table(pa.Table.from_pandas(rating_frame(5), preserve_index=False),
+                   day / "part-00000-orphan-c000.snappy.parquet")
     assert lake.count("events.rating") == 2
-    assert len(lake.read("events.rating")) == 2
-    assert not list(path.parent.glob(".tmp-*.parquet"))[0].name.endswith(path.name)
+    assert len(lake.read("events.rating")) == 2 and len(lake.files("events.rating")) == 1
 
 
 def test_empty_topic_reads_typed_empty_frame(tmp_path):
@@ -64,8 +70,8 @@ def test_cached_read_equals_a_full_read_and_reads_only_new_files(tmp_path, monke
     lake.write("events.rating", rating_frame(2, offset=3))
     read = []
     real = Lake._read_files
-    monkeypatch.setattr(Lake, "_read_files", staticmethod(
-        lambda files, *a: read.append(len(files)) or real(files, *a)))
+    monkeypatch.setattr(Lake, "_read_files",
+                        lambda self, files, *a: read.append(len(files)) or real(self, files, *a))
     second = lake.read("events.rating", cols, cache=cache)
     assert read == [1]  # only the file landed since the cache was written
     full = lake.read("events.rating", cols)
@@ -88,3 +94,72 @@ def test_cache_of_another_lake_or_broken_is_rebuilt(tmp_path):
     for f in cache.glob("*.parquet"):
         f.write_bytes(b"not parquet")
     assert len(new.read("events.rating", ["event_id"], cache=cache)) == 1
+
+
+def test_writers_racing_on_one_table_lose_and_duplicate_nothing(tmp_path):
+    """Four ingest actors append to one topic's table at once: every commit lands once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lake = Lake(tmp_path)
+    frames = [rating_frame(10, offset=10 * i) for i in range(24)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda f: Lake(tmp_path).write("events.rating", f), frames))
+    back = lake.read("events.rating")
+    assert len(back) == 240 and back["event_id"].is_unique
+    assert set(back["event_id"]) == {e for f in frames for e in f["event_id"]}
+    assert lake.version("events.rating") == 23  # one commit each
+
+
+def test_a_version_reads_as_it_was_and_vacuum_keeps_the_versions_asked_for(tmp_path):
+    from datetime import timedelta
+
+    lake = Lake(tmp_path)
+    for i in range(4):
+        lake.write("events.rating", rating_frame(5, offset=5 * i))
+    trained_on = lake.version("events.rating")  # a model's provenance names this
+    assert trained_on == 3
+    lake.write("events.rating", rating_frame(5, offset=20))
+    assert len(lake.read_table("events.rating", ["event_id"], version=trained_on)) == 20
+    result = lake.compact("events.rating")
+    assert result["numFilesRemoved"] == 5 and len(lake.files("events.rating")) == 1
+    assert len(lake.read("events.rating")) == 25
+    removed = lake.vacuum("events.rating", timedelta(0), keep_versions=[trained_on])
+    assert len(removed) == 1  # the fifth write's file: the kept version never named it
+    assert len(lake.read_table("events.rating", ["event_id"], version=trained_on)) == 20
+    with pytest.raises(OSError):  # a version neither kept nor current: its files are gone
+        lake.read_table("events.rating", ["event_id"], version=trained_on + 1)
+    assert len(lake.read("events.rating")) == 25
+
+
+def test_reco_lake_compact_and_vacuum_keep_what_served_models_were_trained_on(settings,
+                                                                             monkeypatch):
+    from click.testing import CliRunner
+
+    from backend.ml.recommenders import Popularity
+    from backend.ops.cli import main as cli
+    from registry import open_registry
+    from registry.manifest import LakeProvenance
+    from tests.unit.test_recommenders import dataset
+    from tests.unit.test_registry import PROVENANCE
+
+    monkeypatch.setenv("RECO_VAR_DIR", str(settings.var_dir))
+    lake = Lake.open(settings)
+    for i in range(4):
+        lake.write("events.rating", rating_frame(5, offset=5 * i))
+    registry = open_registry(settings, signer=True)
+    trained = PROVENANCE.model_copy(update={"lake": LakeProvenance(
+        files=4, files_sha256="0" * 64, max_offsets={}, versions={"events.rating": 3})})
+    registry.promote("A", registry.register("A", Popularity().fit(*dataset()), trained))
+    lake.write("events.rating", rating_frame(5, offset=20))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["lake", "compact", "events.rating"])
+    assert out.exit_code == 0 and "files removed=5 added=1" in out.output, out.output
+    out = runner.invoke(cli, ["lake", "vacuum", "--older-than", "0", "--dry-run"])
+    assert "events.rating: would delete 1 files; kept versions [3]" in out.output, out.output
+    out = runner.invoke(cli, ["lake", "vacuum", "--older-than", "0"])
+    assert "events.rating: deleted 1 files; kept versions [3]" in out.output
+    assert len(lake.read_table("events.rating", ["event_id"], version=3)) == 20
+    assert runner.invoke(cli, ["lake", "vacuum", "--older-than", "soon"]).exit_code == 2
+    assert runner.invoke(cli, ["lake", "compact", "events.nope"]).exit_code == 2
+    stats = runner.invoke(cli, ["lake", "stats"]).output
+    assert "events.rating" in stats and "25" in stats

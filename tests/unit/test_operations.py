@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from backend.core.requests import pending_retrain
 from backend.core.store import Store
 from backend.data.deadletters import DeadLetters
+from backend.data.lake import Lake
 from backend.ops.cli import main as cli
 from registry import open_experiments
 from tests.conftest import free_port
@@ -18,7 +19,7 @@ from tests.unit.test_serving_api import call, key
 
 def test_dead_letters_are_counted_by_reason_and_filtered(tmp_path):
     lake_fixture(tmp_path)
-    letters = DeadLetters(tmp_path)
+    letters = DeadLetters(Lake(tmp_path))
     counts = letters.counts()
     assert (counts.total, counts.replayable) == (3, 3)
     assert [(r.reason, r.count) for r in counts.reasons] == [
@@ -30,14 +31,14 @@ def test_dead_letters_are_counted_by_reason_and_filtered(tmp_path):
 def test_a_replay_sends_each_raw_message_to_its_source_topic(tmp_path):
     lake_fixture(tmp_path)
     sent: list[tuple[str, bytes, bytes | None]] = []
-    n = DeadLetters(tmp_path).replay(lambda t, v, k: sent.append((t, v, k)),
+    n = DeadLetters(Lake(tmp_path)).replay(lambda t, v, k: sent.append((t, v, k)),
                                      contains="malformed")
     assert n == 2 and sent == [("events.rating", b"{", None)] * 2
 
 
 def test_admin_api_lists_and_replays_dead_letters_audited(tmp_path):
     lake_fixture(tmp_path)
-    with Rig(dead_letters=DeadLetters(tmp_path), per_minute=100) as rig:
+    with Rig(dead_letters=DeadLetters(Lake(tmp_path)), per_minute=100) as rig:
         listed, filtered, replay, viewer, bad = call(
             rig, ("GET", "/admin/dlq", key(ADMIN)),
             ("GET", "/admin/dlq", {"params": {"contains": "oversized"}, **key(ADMIN)}),
@@ -76,7 +77,7 @@ def test_a_replica_without_the_lake_answers_503_not_500():
 
 def test_cli_replays_only_with_yes_and_audits(settings, monkeypatch):
     monkeypatch.setenv("RECO_VAR_DIR", str(settings.var_dir))
-    lake_fixture(settings.lake_root)
+    lake_fixture(settings.var_dir / "lake")
     runner = CliRunner()
     listed = runner.invoke(cli, ["dlq", "list"])
     assert listed.exit_code == 0 and listed.output.splitlines()[-1].split() == ["3", "total"]

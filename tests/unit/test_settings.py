@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from backend.core.settings import Settings
+from backend.data.lake import Lake
 
 
 def test_defaults_live_under_var(settings):
     assert settings.kafka.embedded
     assert settings.kafka.servers == "127.0.0.1:9092"
-    assert settings.lake_root == settings.var_dir / "lake"
+    assert Lake.open(settings).root == str(settings.var_dir / "lake")
     assert settings.store.uri == settings.var_dir.as_uri()
     assert settings.kafka.partitions == 3
 

@@ -39,7 +39,7 @@ def lake_settings(settings, monkeypatch):
     inter, items, users = dataset()
     monkeypatch.setattr(training_dataset, "load_movielens", lambda _cache: MovieLens(
         ratings=inter[["user_id", "item_id", "rating", "ts"]], items=items, users=users))
-    lake = Lake(settings.lake_root)
+    lake = Lake.open(settings)
     lake.write("events.rating", _landed(RatingEvent, [
         {"event_id": str(uuid.uuid4()), "ts": r.ts.isoformat(), "user_id": int(r.user_id),
          "item_id": int(r.item_id), "rating": int(r.rating)} for r in inter.itertuples()]))
@@ -56,7 +56,7 @@ def lake_settings(settings, monkeypatch):
 def test_training_set_is_the_lake_quarantined_and_split_with_the_released_catalog(
         lake_settings):
     data = load_training_set(lake_settings)
-    lake = Lake(lake_settings.lake_root)
+    lake = Lake.open(lake_settings)
     expected = build_interactions(lake.read("events.rating"), lake.read("events.watch"), {3})
     pd.testing.assert_frame_equal(data.interactions, expected)
     assert 3 not in set(data.interactions["user_id"]) and data.quarantine == {3}
