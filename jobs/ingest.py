@@ -79,6 +79,7 @@ def start(settings: Settings, actors: int | None = None, drain: bool = False
     n = actors or settings.ingest.actors or settings.kafka.partitions
     actor = ray.remote(IngestActor).options(
         max_restarts=-1, max_task_retries=-1, num_cpus=0.25, max_concurrency=2,
+        scheduling_strategy="SPREAD",  # over the cluster's nodes: one node lost, not all
         runtime_env={"env_vars": job_env(settings)})
     workers: list[Any] = [actor.remote(settings, i, n if drain else None)  # Ray actor handles
                           for i in range(n)]

@@ -172,6 +172,9 @@ def default_variants() -> dict[str, VariantSpec]:
     return {"A": VariantSpec(model="item_knn"), "B": VariantSpec(model="diversity_knn")}
 
 
+Role = Literal["Ingress", "Variant", "ServingState", "RecoLog"]  # a Serve deployment's role
+
+
 class ServeSettings(BaseModel):
     host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9.:-]{1,253}$")
     port: int = 8000
@@ -206,6 +209,10 @@ class ServeSettings(BaseModel):
                                                         "`host`")
     haproxy_stats_port: int = Field(8404, description="HAProxy's stats page, on `host`")
     haproxy_threads: int = Field(1, ge=1, le=64, description="HAProxy's nbthread")
+    placement: dict[Role, dict[str, float]] = Field(default_factory=dict, description=(
+        "custom Ray resources a deployment's replicas ask for, to place them on a cluster: "
+        "{\"Variant\": {\"reco_worker\": 0.01}} puts every variant replica on nodes started "
+        "with that resource (`ray start --resources`); empty: anywhere"))
 
 
 class SimSettings(BaseModel):
@@ -290,6 +297,9 @@ class RaySettings(BaseModel):
     metrics_export_port: int = 8090
     num_cpus: int | None = Field(None, description=(
         "logical CPUs of the head `reco up` starts; default max(4, 2 x cores)"))
+    resources: dict[str, float] = Field(default_factory=dict, description=(
+        "custom resources of the head `reco up` starts (`ray start --resources`), for "
+        "`serve.placement`"))
 
 
 class PrometheusSettings(BaseModel):

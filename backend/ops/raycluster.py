@@ -6,6 +6,7 @@ process group, so stopping kills exactly that group (never other Ray instances o
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -111,7 +112,38 @@ def _kill_matching(fragment: str) -> int:
     return killed
 
 
-class RayHead:
+class _ProcessGroup:
+    """Processes `ray start` left behind, found by the process group recorded at start."""
+
+    pgid_file: Path
+
+    def pgid(self) -> int | None:
+        try:
+            pgid = int(self.pgid_file.read_text())
+            os.killpg(pgid, 0)
+            return pgid
+        except (OSError, ValueError):
+            return None
+
+    def _stop_group(self, timeout: float) -> bool:
+        """SIGTERM the group, SIGKILL what is left after `timeout`; False if none ran."""
+        pgid = self.pgid()
+        self.pgid_file.unlink(missing_ok=True)
+        if pgid is None:
+            return False
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+
+
+class RayHead(_ProcessGroup):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cfg = settings.ray
@@ -125,14 +157,6 @@ class RayHead:
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.cfg.dashboard_port}"
-
-    def pgid(self) -> int | None:
-        try:
-            pgid = int(self.pgid_file.read_text())
-            os.killpg(pgid, 0)
-            return pgid
-        except (OSError, ValueError):
-            return None
 
     def running(self) -> bool:
         return port_open("127.0.0.1", self.cfg.head_port) and port_open(
@@ -155,6 +179,8 @@ class RayHead:
         # that add up to about 2; with only the 2 physical cores a retrain's Ray Data read
         # task would wait for a free CPU forever
         cmd.append(f"--num-cpus={c.num_cpus or max(4, 2 * (os.cpu_count() or 1))}")
+        if c.resources:
+            cmd.append(f"--resources={json.dumps(c.resources)}")
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.settings.run_dir / "ray-start.log", "ab") as out:
             # jobs submitted as `ray job submit -- python -m jobs.x` find this environment's
@@ -180,20 +206,8 @@ class RayHead:
         return True
 
     def stop(self, timeout: float = 8.0) -> bool:
-        pgid = self.pgid()
-        self.pgid_file.unlink(missing_ok=True)
-        if pgid is None:
+        if not self._stop_group(timeout):
             return False
-        os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.killpg(pgid, signal.SIGKILL)
         _kill_matching(str(haproxy_dir(self.settings)))  # Serve's haproxy, if any
         shutil.rmtree(haproxy_dir(self.settings), ignore_errors=True)
         return True
@@ -208,3 +222,57 @@ class RayHead:
         token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
         return JobSubmissionClient(self.dashboard_url,
                                    headers={"Authorization": f"Bearer {token}"})
+
+
+class RayWorker(_ProcessGroup):
+    """A worker node joining the head of `settings` on this machine (`ray start --address`):
+    its own ports, CPUs, a small object store and custom resources (for `serve.placement`),
+    tracked by process group like the head, so stopping or killing it takes exactly its
+    raylet and the workers it started. Several run beside one head, as on a cluster."""
+
+    def __init__(self, settings: Settings, name: str, ports: list[int], num_cpus: int = 2,
+                 object_store_mb: int = 100, resources: dict[str, float] | None = None) -> None:
+        if len(ports) != 6:
+            raise ConfigError("a worker node needs 6 free ports")
+        self.settings, self.name, self.ports = settings, name, ports
+        self.num_cpus, self.object_store_mb = num_cpus, object_store_mb
+        self.resources = resources or {}
+        self.pgid_file = settings.run_dir / f"ray-{name}.pgid"
+
+    def start(self, timeout: float = 90.0) -> None:
+        manager, objects, agent, agent_grpc, metrics, env_agent = self.ports
+        head = RayHead(self.settings)
+        cmd = [str(Path(sys.executable).with_name("ray")), "start",
+               f"--address={head.address}", "--node-ip-address=127.0.0.1",
+               f"--node-manager-port={manager}", f"--object-manager-port={objects}",
+               f"--dashboard-agent-listen-port={agent}",
+               f"--dashboard-agent-grpc-port={agent_grpc}",
+               f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
+               f"--num-cpus={self.num_cpus}",
+               f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
+               "--disable-usage-stats"]
+        if self.resources:
+            cmd.append(f"--resources={json.dumps(self.resources)}")
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = (os.environ | ray_env(self.settings) | job_env(self.settings)
+               | {"PATH": path, "RAY_worker_niceness": "0"})
+        with open(self.settings.run_dir / f"ray-{self.name}.log", "ab") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            self.pgid_file.write_text(str(proc.pid))
+            if proc.wait(timeout=timeout) != 0:
+                self.stop()
+                raise ConfigError(f"ray start of {self.name} failed; see its log in var/run")
+        log.info("ray worker started name=%s head=%s cpus=%d", self.name, head.address,
+                 self.num_cpus)
+
+    def kill(self) -> bool:
+        """SIGKILL the node's whole process group at once: a machine lost, not a shutdown."""
+        pgid = self.pgid()
+        if pgid is None:
+            return False
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+
+    def stop(self, timeout: float = 8.0) -> bool:
+        return self._stop_group(timeout)

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import yaml
 
 from backend.core.errors import ConfigError
 from backend.core.runtime import job_env
-from backend.core.settings import Settings
+from backend.core.settings import Role, Settings
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
 APP = "reco"
@@ -33,7 +34,9 @@ def effective_config(settings: Settings, path: Path = CONFIG) -> dict[str, Any]:
     app["args"] = (app.get("args") or {}) | {
         "split": settings.serve.split, "salt": settings.serve.salt,
         "ingress_replicas": settings.serve.ingress_replicas}
-    app["deployments"] = variant_deployments(app.get("deployments") or [], list(settings.variants))
+    app["deployments"] = placed(
+        variant_deployments(app.get("deployments") or [], list(settings.variants)),
+        settings.serve.placement)
     env = (app.get("runtime_env") or {}).get("env_vars") or {}
     keys = {n: k.model_dump() for n, k in settings.serve.api_keys.items()}  # digests only
     app["runtime_env"] = (app.get("runtime_env") or {}) | {
@@ -51,6 +54,28 @@ def variant_deployments(deployments: list[dict[str, Any]], variants: list[str]
     template = next(iter(own.values()), {"name": "Variant"})
     return others + [own.get(f"Variant{v}", template | {"name": f"Variant{v}"})
                      for v in variants]
+
+
+def placed(deployments: list[dict[str, Any]], placement: Mapping[Role, dict[str, float]]
+           ) -> list[dict[str, Any]]:
+    """Each deployment with the custom resources `serve.placement` gives its role (`Variant`
+    for every `Variant<name>`), beside the CPUs its class asks for (a config's
+    `ray_actor_options` replaces the class's whole)."""
+    if not placement:
+        return deployments
+    from backend.serving import deployments as classes  # Ray Serve: only when placing
+
+    own = {"Ingress": classes.Ingress, "Variant": classes.VariantDeployment,
+           "ServingState": classes.ServingState, "RecoLog": classes.RecoLogDeployment}
+    out = []
+    for d in deployments:
+        role: Role = "Variant" if d["name"].startswith("Variant") else d["name"]
+        if role in placement:
+            base = dict(getattr(own[role], "ray_actor_options", None) or {})
+            d = d | {"ray_actor_options": base | d.get("ray_actor_options", {})
+                     | {"resources": dict(placement[role])}}
+        out.append(d)
+    return out
 
 
 def deploy(settings: Settings, dashboard_url: str, path: Path = CONFIG) -> dict[str, Any]:

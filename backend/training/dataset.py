@@ -52,8 +52,13 @@ def read_events(lake: Lake, topic: str, columns: list[str], version: int | None
     if ray.is_initialized() and files:
         frame: pd.DataFrame = ray.data.read_parquet(
             files, columns=columns, filesystem=lake.fs).to_pandas()
-        return frame
-    return lake.read_table(topic, columns=columns, version=version).to_pandas()
+        via = "ray_data"
+    else:
+        frame = lake.read_table(topic, columns=columns, version=version).to_pandas()
+        via = "pyarrow"
+    log.info("lake read topic=%s version=%s files=%d rows=%d via=%s", topic, version,
+             len(files), len(frame), via)
+    return frame
 
 
 def quarantined(settings: Settings) -> set[int]:

@@ -132,11 +132,11 @@ def test_mixed_stream_lands_distinct_valid_and_dead_letters_the_rest(platform, t
     assert dlq["error"].str.contains("oversized").sum() == 3
     assert dlq["error"].str.contains("malformed JSON").sum() == 6
 
-    # the lake is readable by Ray Data as well as pandas
-    script = ("import ray, sys; ray.init(); "
-              "print(ray.data.read_parquet(sys.argv[1]).count())")
+    # the lake's table files are readable by Ray Data as well as pandas
+    script = ("import json, ray, sys; ray.init(); "
+              "print(ray.data.read_parquet(json.loads(sys.argv[1])).count())")
     out = platform.run(sys.executable, "-c", script,
-                       str(platform.lake.topic_dir("events.reco")))
+                       json.dumps(platform.lake.files("events.reco")))
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) == len(events["events.reco"])
 

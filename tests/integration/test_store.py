@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 
+import pandas as pd
 import pytest
 
 from backend.core.store import RecordLog, Store
@@ -113,3 +114,61 @@ def test_the_registry_on_s3_signs_verifies_loads_and_refuses_tampering(seaweed, 
     registry.record_decision("A", Decision(version="v0002", promoted=True, reasons=[],
                                            metrics=METRICS, forecast=None))
     assert [d["version"] for d in registry.decisions("A").read()] == ["v0002"]
+
+
+def test_ingest_train_and_analyze_keep_everything_in_the_bucket(platform, seaweed,
+                                                                 movielens_wheel):
+    """The real jobs with RECO_STORE__URI on SeaweedFS: the ingest job lands the topics in
+    the lake's Delta tables in the bucket, `reco train` reads them there and registers signed
+    models there, `reco analyze` writes its snapshot there; nothing lands under var/."""
+    import shutil
+
+    from kafka import KafkaProducer
+
+    from backend.core.layout import Keys
+    from backend.data.lake import Lake
+    from backend.data.movielens import WHEEL_NAME
+    from registry import open_registry
+    from tests.integration.test_ingest import valid_events
+
+    cfg, store = _fresh(seaweed)
+    settings = platform.settings.model_copy(update={"store": cfg})
+    env = {"RECO_STORE__URI": cfg.uri, "RECO_STORE__EMBEDDED_PORT": str(cfg.embedded_port),
+           "RECO_STORE__CREDENTIALS_FILE": str(cfg.credentials_file),
+           "RECO_TRAIN__FORECAST_STEPS": "3", "RECO_TRAIN__FORECAST_VISITS": "50"}
+    cache = settings.data_cache
+    cache.mkdir(parents=True, exist_ok=True)
+    shutil.copy(movielens_wheel, cache / WHEEL_NAME)
+    events = valid_events(600)
+    producer = KafkaProducer(**settings.kafka.client_config(), acks="all")
+    for topic, records in events.items():
+        for rec in records:
+            producer.send(topic, json.dumps(rec).encode(), key=str(rec["user_id"]).encode())
+    producer.flush()
+    producer.close()
+    platform.ingest_once(**env)
+
+    lake = Lake.open(settings)
+    assert lake.root.startswith("s3://")
+    for topic, records in events.items():
+        ids = lake.read(topic, ["event_id"])["event_id"]
+        assert sorted(ids) == sorted(r["event_id"] for r in records), topic
+    assert lake.stats()["events.rating"]["version"] is not None
+    out = platform.run(sys.executable, "-m", "backend.ops.cli", "train", **env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    registry = open_registry(settings)
+    assert registry.variants() == ["A", "B"]
+    manifest = registry.verify("A", registry.versions("A")[-1])
+    assert manifest.provenance is not None and manifest.provenance.lake.uri == lake.root
+    assert manifest.provenance.lake.versions == {
+        t: lake.version(t) for t in ("events.rating", "events.watch")}
+    out = platform.run(sys.executable, "-m", "backend.ops.cli", "analyze", "--once", **env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    snap = json.loads(store.get(Keys.latest_snapshot) or b"{}")
+    assert store.keys(Keys.snapshots) == [Keys.snapshot(
+        pd.Timestamp(snap["window"]["end"]).strftime("%Y%m%dT%H%M%SZ"))]
+    assert pd.Timestamp(snap["window"]["end"]) > pd.Timestamp.now(tz="UTC") - pd.Timedelta(
+        minutes=10)  # the window ending now (the events are of 2024: none inside it)
+    local = settings.var_dir
+    assert not (local / "lake").exists() and not (local / "registry").exists()
+    assert not (local / "analytics").exists()
