@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import obstore as obs
 from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
@@ -63,6 +65,12 @@ class StoreSettings(BaseModel):
     def embedded(self) -> bool:
         """The URI points at the embedded SeaweedFS: `reco up` starts and stops it."""
         return self.is_s3 and self.endpoint is None
+
+    @property
+    def local_root(self) -> Path:
+        """The folder of a `file://` URI (percent-escapes decoded: a space is `%20` there)."""
+        assert self.uri is not None and not self.is_s3
+        return Path(url2pathname(urlparse(self.uri).path))
 
     @property
     def endpoint_url(self) -> str:
@@ -148,7 +156,7 @@ class Store:
     def _connect(cls, cfg: StoreSettings) -> Store:
         assert cfg.uri is not None
         if cfg.uri.startswith("file://"):
-            return cls.local(Path(cfg.uri.removeprefix("file://")))
+            return cls.local(cfg.local_root)
         bucket, _, prefix = cfg.uri.removeprefix("s3://").partition("/")
         access, secret = cfg.credentials()
         backend = S3Store(

@@ -64,7 +64,7 @@ class Lake:
         cfg = settings.store
         assert cfg.uri is not None
         if not cfg.is_s3:
-            return cls(Path(cfg.uri.removeprefix("file://")) / "lake")
+            return cls(cfg.local_root / "lake")
         return cls(cfg.uri.rstrip("/") + "/lake", cfg.delta_options(), cfg.arrow_filesystem())
 
     def table_uri(self, topic: str) -> str:

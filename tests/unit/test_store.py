@@ -60,3 +60,21 @@ def test_s3_credentials_come_from_settings_or_a_private_file(tmp_path, monkeypat
 def test_store_uri_is_checked(uri, tmp_path):
     with pytest.raises(ValueError):
         StoreSettings(uri=uri)
+
+
+def test_a_var_folder_with_spaces_and_brackets_is_the_same_folder(tmp_path, monkeypatch):
+    """The default URI is the var folder's file:// URI, percent-escaped; the store and the
+    lake must land in the folder itself, not in one named with the escapes."""
+    from backend.data.lake import Lake
+    from tests.unit.test_lake import rating_frame
+
+    for key in [k for k in __import__("os").environ if k.startswith("RECO_")]:
+        monkeypatch.delenv(key)
+    var = tmp_path / "batch (platform)"
+    s = Settings(var_dir=var)
+    assert "%20" in (s.store.uri or "") and s.store.local_root == var
+    s.shared_store().put("a/b.json", b"1")
+    Lake.open(s).write("events.rating", rating_frame(2))
+    assert (var / "a" / "b.json").exists() and (var / "lake" / "events.rating").is_dir()
+    assert Lake.open(s).count("events.rating") == 2
+    assert not list(tmp_path.glob("*%*"))
