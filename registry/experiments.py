@@ -35,7 +35,8 @@ from pydantic import (
 )
 
 from backend.core.errors import RecoError
-from backend.core.store import RecordLog, Store
+from backend.core.layout import Keys
+from backend.core.store import Store
 
 Action = Literal["start", "set_weights", "add_arm", "stop", "promote", "rollback", "split",
                  "diversity", "release", "quarantine", "signin", "signin_failed",
@@ -164,8 +165,8 @@ class Experiment(_Frozen):
 class ExperimentStore:
     """The audit log and the experiments it records."""
 
-    def __init__(self, store: Store, prefix: str = "registry/experiments/audit") -> None:
-        self.log = RecordLog(store, prefix)
+    def __init__(self, store: Store, prefix: str = Keys.audit) -> None:
+        self.log = store.log(prefix)  # the process's one reader of it: read once, then new
 
     # -- reading -------------------------------------------------------------------------
 

@@ -129,8 +129,8 @@ class Aliases(_Frozen):
 
 
 class Decision(_Frozen):
-    """The gate's verdict on one registered candidate: appended to `decisions.jsonl` and
-    returned per variant by the retrain pipeline."""
+    """The gate's verdict on one registered candidate: appended to the variant's `decisions/`
+    log and returned per variant by the retrain pipeline."""
 
     version: str
     promoted: bool

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, JsonValue, computed_field, model_validator
 
 from backend.core.errors import RecoError
+from backend.core.layout import Keys
 from backend.core.store import Document, Store
 
 Status = Literal["quarantined", "released"]
@@ -90,10 +91,10 @@ T = TypeVar("T")
 
 
 class QuarantineStore:
-    """The quarantine file. Releases and manual flags are operator actions: their callers
+    """The quarantine document. Releases and manual flags are operator actions: their callers
     (the admin API, the CLI) audit them once they have taken effect."""
 
-    def __init__(self, store: Store, prefix: str = "analytics/quarantine") -> None:
+    def __init__(self, store: Store, prefix: str = Keys.quarantine) -> None:
         self.doc = Document(store, prefix)
 
     def read(self) -> Quarantine:

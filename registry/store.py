@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.core.errors import RecoError
+from backend.core.layout import Keys
 from backend.core.store import RecordLog, Store
 from backend.ml.recommenders import Recommender
 from backend.ml.results import OfflineMetrics
@@ -49,7 +50,7 @@ class RegistryError(RecoError):
 
 class Registry:
     def __init__(self, store: Store, public_key: Path, private_key: Path | None = None,
-                 prefix: str = "registry") -> None:
+                 prefix: str = Keys.registry) -> None:
         self.store, self.prefix = store, prefix
         self.public_key = Path(public_key)
         self.private_key = private_key
@@ -129,7 +130,7 @@ class Registry:
         return aliases
 
     def decisions(self, variant: str) -> RecordLog:
-        return RecordLog(self.store, self.key(variant, DECISIONS))
+        return self.store.log(self.key(variant, DECISIONS))
 
     def record_decision(self, variant: str, decision: Decision) -> None:
         self.decisions(variant).append(

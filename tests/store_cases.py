@@ -40,6 +40,8 @@ def check_record_log(store: Store) -> None:
         other.append({"n": "late"}, after=1)
     assert other.append({"n": 3}, after=2) == 3
     assert log.read() == [{"n": 1}, {"n": 2}, {"n": 3}]
+    with pytest.raises(ValueError):
+        log.prune(keep=0)  # numbering goes on from the last record: it stays
     assert log.prune(keep=1) == 2
     assert RecordLog(store, "log/x").read() == [{"n": 3}]
     assert log.append({"n": 4}) == 4

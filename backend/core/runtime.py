@@ -22,7 +22,7 @@ def ray_env(settings: Settings) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
-SECRET_MARKERS = ("API_KEY", "PASSWORD", "SECRET", "TOKEN")
+SECRET_MARKERS = ("API_KEY", "ACCESS_KEY", "PASSWORD", "SECRET", "TOKEN")
 
 
 def job_env(settings: Settings) -> dict[str, str]:

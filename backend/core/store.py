@@ -37,13 +37,13 @@ KEY = re.compile(r"^[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*$")
 
 
 class StoreSettings(BaseModel):
-    """Where shared state lives (docs/architecture.md, "Storage"): `var/` by default, or an S3
+    """Where shared state lives (docs/storage.md): `var/` by default, or an S3
     bucket. With an `s3://` URI and no `endpoint`, the embedded SeaweedFS (`reco store start`,
     started by `reco up`) on `embedded_host:embedded_port`, with the credentials it generated
     in `var/keys/store.json` (0600)."""
 
     uri: str | None = Field(None, pattern=r"^(file:///|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])"
-                            r"[A-Za-z0-9._=/-]*$", description=(
+                            r"[A-Za-z0-9._=/%()~+-]*$", description=(
         "file:///path (default: the var folder) or s3://bucket/prefix"))
     endpoint: str | None = Field(None, pattern=r"^https?://[A-Za-z0-9.:\[\]-]+/?$", description=(
         "the S3 endpoint (http://host:port); unset: the embedded SeaweedFS"))
@@ -267,6 +267,11 @@ class Store:
 _OPEN: dict[tuple[object, ...], Store] = {}
 
 
+def _seq(key: str) -> int:
+    """The sequence number of a record's key (`<prefix>/000000000042.json`)."""
+    return int(key.rsplit("/", 1)[-1].split(".")[0])
+
+
 def _backoff(attempt: int) -> None:
     """A short random wait after losing a race, so that racing writers spread out."""
     time.sleep(random.uniform(0, 0.005 * (attempt + 1)))
@@ -306,10 +311,9 @@ class RecordLog:
             keys = [k for k in self.store.keys(self.prefix, after=after) if k.endswith(".json")]
             if keys:
                 for key, data in zip(keys, self.store.get_many(keys), strict=True):
-                    if data is None:
-                        continue  # pruned between list and get
-                    seq = int(key.rsplit("/", 1)[-1].split(".")[0])
-                    self._held.append((seq, json.loads(data)))
+                    if data is None:  # listed, then gone (pruned meanwhile): read again
+                        break  # next time, from here on; never skip past a record
+                    self._held.append((_seq(key), json.loads(data)))
             return list(self._held)
 
     @property
@@ -348,13 +352,16 @@ class RecordLog:
         raise StoreError(f"{self.prefix}: still racing other writers after {attempts} tries")
 
     def prune(self, keep: int) -> int:
-        """Delete all but the last `keep` records (for logs whose readers need only recent
-        ones); returns how many went."""
+        """Delete all but the last `keep` (at least one, so numbering goes on) records, for
+        logs whose readers need only recent ones; returns how many went."""
+        if keep < 1:
+            raise ValueError("keep at least the last record: numbering continues from it")
         entries = self.entries()
-        gone = entries[:-keep] if keep else entries
+        gone = entries[:-keep]
         for seq, _ in gone:
             self.store.delete(self._name(seq))
-        self._held = self._held[len(gone):]
+        with self._lock:
+            self._held = [e for e in self._held if e[0] > (gone[-1][0] if gone else 0)]
         return len(gone)
 
 
@@ -378,7 +385,7 @@ class Document:
         None, nothing is committed."""
         for attempt in range(attempts):
             keys = [k for k in self.log.store.keys(self.log.prefix) if k.endswith(".json")]
-            last = int(keys[-1].rsplit("/", 1)[-1].split(".")[0]) if keys else 0
+            last = _seq(keys[-1]) if keys else 0
             data = self.log.store.get(keys[-1]) if keys else None
             if keys and data is None:
                 continue  # pruned under us: look again

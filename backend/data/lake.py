@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -34,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from backend.data.events import EVENT_MODELS, arrow_schema
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 PARTITION = "date"
 COMMIT_RETRIES = 100  # racing ingest actors rebase and retry; more than delta-rs's 15
 WRITE_ATTEMPTS = 5
+# checkpoints as usual, but the log is never cut back: a version a model's provenance names
+# must still open (delta-rs drops log entries older than 30 days at each checkpoint)
+HOOKS = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
 
 
 class Lake:
@@ -116,7 +120,8 @@ class Lake:
                                 storage_options=self.options,
                                 commit_properties=CommitProperties(
                                     custom_metadata={"writer": tag or "reco"},
-                                    max_commit_retries=COMMIT_RETRIES))
+                                    max_commit_retries=COMMIT_RETRIES),
+                                post_commithook_properties=HOOKS)
                 return
             except CommitFailedError as exc:  # not committed: safe to write again
                 # two writers creating the table, or changing its schema, at once: the
@@ -231,7 +236,7 @@ class Lake:
         if dt is None:
             return {"numFilesAdded": 0, "numFilesRemoved": 0}
         return dict(dt.optimize.compact(commit_properties=CommitProperties(
-            max_commit_retries=COMMIT_RETRIES)))
+            max_commit_retries=COMMIT_RETRIES), post_commithook_properties=HOOKS))
 
     def vacuum(self, topic: str, older_than: timedelta, keep_versions: list[int] | None = None,
                dry_run: bool = False) -> list[str]:
@@ -240,9 +245,9 @@ class Lake:
         dt = self.table(topic)
         if dt is None:
             return []
-        return dt.vacuum(retention_hours=int(older_than.total_seconds() // 3600),
+        return dt.vacuum(retention_hours=math.ceil(older_than.total_seconds() / 3600),
                          dry_run=dry_run, enforce_retention_duration=False,
-                         keep_versions=keep_versions or None)
+                         keep_versions=keep_versions or None, post_commithook_properties=HOOKS)
 
 
 def _path(uri: str) -> str:

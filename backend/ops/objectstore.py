@@ -55,11 +55,13 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _write_secret(path: Path, data: bytes) -> None:
+    """A new 0600 file renamed over `path`: the secret is never in a file others may read."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-    os.chmod(path, 0o600)
+    os.replace(tmp, path)
 
 
 class EmbeddedObjectStore:

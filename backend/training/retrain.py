@@ -158,7 +158,7 @@ def retrain(settings: Settings) -> RetrainResult:
 
 def audit_promotion(settings: Settings, variant: str, version: str) -> None:
     """The gate's promotion in the operators' audit trail, as `job:retrain` (the decision
-    itself is in the registry's decisions.jsonl); a failed write is logged, not raised: the
+    itself is in the registry's decisions log); a failed write is logged, not raised: the
     version is production already."""
     try:
         open_experiments(settings).record("promote", "job:retrain",

@@ -154,6 +154,8 @@ def test_reco_lake_compact_and_vacuum_keep_what_served_models_were_trained_on(se
     runner = CliRunner()
     out = runner.invoke(cli, ["lake", "compact", "events.rating"])
     assert out.exit_code == 0 and "files removed=5 added=1" in out.output, out.output
+    out = runner.invoke(cli, ["lake", "vacuum", "--older-than", "30m"])  # rounds up to 1 h
+    assert "events.rating: deleted 0 files" in out.output, out.output
     out = runner.invoke(cli, ["lake", "vacuum", "--older-than", "0", "--dry-run"])
     assert "events.rating: would delete 1 files; kept versions [3]" in out.output, out.output
     out = runner.invoke(cli, ["lake", "vacuum", "--older-than", "0"])

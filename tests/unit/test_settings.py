@@ -69,9 +69,13 @@ def test_job_env_forwards_settings_but_never_secrets(settings, monkeypatch):
     monkeypatch.setenv("RECO_KAFKA__PARTITIONS", "6")
     monkeypatch.setenv("RECO_SIM__API_KEY", "sim-secret")
     monkeypatch.setenv("RECO_KAFKA__SASL_PLAIN_PASSWORD", "kafka-secret")
+    monkeypatch.setenv("RECO_STORE__ACCESS_KEY", "store-access")
+    monkeypatch.setenv("RECO_STORE__SECRET_KEY", "store-secret")
+    monkeypatch.setenv("RECO_STORE__URI", "s3://reco/p")
     env = job_env(settings)
     assert env["RECO_KAFKA__PARTITIONS"] == "6" and env["RECO_VAR_DIR"] == str(settings.var_dir)
-    assert "sim-secret" not in env.values() and "kafka-secret" not in env.values()
+    assert env["RECO_STORE__URI"] == "s3://reco/p"  # where the store is, not how to get in
+    assert not {"sim-secret", "kafka-secret", "store-access", "store-secret"} & set(env.values())
 
 
 HAPROXY_CFG = """global
