@@ -22,7 +22,6 @@ from backend.core.logs import setup_logging
 from backend.core.runtime import init_ray, job_env
 from backend.core.settings import Settings
 from backend.data.ingest import IngestStats, PartitionWorker
-from backend.data.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ def start(settings: Settings, actors: int | None = None, drain: bool = False
         runtime_env={"env_vars": job_env(settings)})
     workers: list[Any] = [actor.remote(settings, i, n if drain else None)  # Ray actor handles
                           for i in range(n)]
-    log.info("ingest started actors=%d lake=%s", n, Lake.open(settings).root)
+    log.info("ingest started actors=%d store=%s", n, settings.store.uri)
     return workers, [w.run.remote() for w in workers]
 
 

@@ -215,17 +215,13 @@ class Lake:
             newest = None
             if actions.num_rows and "max.ts" in actions.column_names:
                 newest = pc.max(actions.column("max.ts")).as_py()
-            out[topic] = {"rows": int(pc.sum(actions.column("num_records")).as_py() or 0),
-                          "files": actions.num_rows, "version": dt.version(),
-                          "newest_ts": newest}
+            out[topic] = {"rows": _rows(actions), "files": actions.num_rows,
+                          "version": dt.version(), "newest_ts": newest}
         return out
 
     def count(self, topic: str) -> int:
         dt = self.table(topic)
-        if dt is None:
-            return 0
-        return int(pc.sum(pa.table(dt.get_add_actions(flatten=True)).column(
-            "num_records")).as_py() or 0)
+        return 0 if dt is None else _rows(pa.table(dt.get_add_actions(flatten=True)))
 
     # -- upkeep ----------------------------------------------------------------------------
 
@@ -248,6 +244,11 @@ class Lake:
         return dt.vacuum(retention_hours=math.ceil(older_than.total_seconds() / 3600),
                          dry_run=dry_run, enforce_retention_duration=False,
                          keep_versions=keep_versions or None, post_commithook_properties=HOOKS)
+
+
+def _rows(actions: pa.Table) -> int:
+    """Rows of the data files a table's add actions list (from the log's statistics)."""
+    return int(pc.sum(actions.column("num_records")).as_py() or 0)
 
 
 def _path(uri: str) -> str:

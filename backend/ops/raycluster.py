@@ -112,6 +112,16 @@ def _kill_matching(fragment: str) -> int:
     return killed
 
 
+def _node_env(settings: Settings) -> dict[str, str]:
+    """The environment `ray start` gets on a node: token auth, the RECO_* settings, this
+    interpreter's folder first on PATH (so `ray job submit -- python -m jobs.x` finds this
+    environment's python), and workers at niceness 0 (Ray's default 15 puts them, Serve
+    replicas included, below every ordinary process; batch jobs start at 19 themselves)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return (dict(os.environ) | ray_env(settings) | job_env(settings)
+            | {"PATH": path, "RAY_worker_niceness": "0"})
+
+
 class _ProcessGroup:
     """Processes `ray start` left behind, found by the process group recorded at start."""
 
@@ -185,12 +195,7 @@ class RayHead(_ProcessGroup):
         with open(self.settings.run_dir / "ray-start.log", "ab") as out:
             # jobs submitted as `ray job submit -- python -m jobs.x` find this environment's
             # python first on PATH
-            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-            # Ray starts its workers (Serve replicas included) at niceness 15 by default,
-            # below every ordinary process; at 0 the API keeps the CPU against batch jobs,
-            # which the scheduler starts at niceness 19
-            env = (os.environ | ray_env(self.settings) | job_env(self.settings)
-                   | serve_env(self.settings) | {"PATH": path, "RAY_worker_niceness": "0"})
+            env = _node_env(self.settings) | serve_env(self.settings)
             proc = subprocess.Popen(cmd, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             self.pgid_file.write_text(str(proc.pid))
@@ -253,9 +258,7 @@ class RayWorker(_ProcessGroup):
                "--disable-usage-stats"]
         if self.resources:
             cmd.append(f"--resources={json.dumps(self.resources)}")
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        env = (os.environ | ray_env(self.settings) | job_env(self.settings)
-               | {"PATH": path, "RAY_worker_niceness": "0"})
+        env = _node_env(self.settings)
         with open(self.settings.run_dir / f"ray-{self.name}.log", "ab") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
