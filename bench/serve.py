@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ INGRESS_REPLICAS = 1  # --ingress-replicas
 LUA = """
 math.randomseed(7)
 request = function()
-  return wrk.format("GET", "/recommend/" .. math.random(1, 943) .. "?k=10",
+  return wrk.format("GET", "/recommend/" .. math.random(1, %USERS%) .. "?k=10",
                     {["X-API-Key"] = "%KEY%"})
 end
 done = function(summary, latency, requests)
@@ -90,9 +91,9 @@ def prepare(var: Path) -> Settings:
     return settings
 
 
-def wrk(port: int, key: str, conns: int, seconds: float) -> dict:
+def wrk(port: int, key: str, conns: int, seconds: float, users: int = 943) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(LUA.replace("%KEY%", key))
+        fh.write(LUA.replace("%KEY%", key).replace("%USERS%", str(users)))
     try:
         out = subprocess.run(["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d",
                               f"{int(seconds)}s", "-s", fh.name, f"http://127.0.0.1:{port}"],
@@ -107,11 +108,12 @@ def wrk(port: int, key: str, conns: int, seconds: float) -> dict:
     return r
 
 
-def measure(name: str, port: int, key: str, seconds: float) -> list[dict]:
-    wrk(port, key, 8, 3)  # warm-up: connections, replica caches, JIT of numpy paths
+def measure(name: str, port: int, key: str, seconds: float,
+            connections: tuple[int, ...] = CONNECTIONS, users: int = 943) -> list[dict]:
+    wrk(port, key, 8, 3, users)  # warm-up: connections, replica caches, JIT of numpy paths
     rows = []
-    for c in CONNECTIONS:
-        r = wrk(port, key, c, seconds) | {"leg": name, "connections": c}
+    for c in connections:
+        r = wrk(port, key, c, seconds, users) | {"leg": name, "connections": c}
         rows.append(r)
         print(f"{name:<9} c={c:<3} {r['req_per_s']:>8} req/s  p50 {r['p50_ms']:>7.2f} ms  "
               f"p95 {r['p95_ms']:>7.2f}  p99 {r['p99_ms']:>7.2f}  errors {r['errors']} "
@@ -119,7 +121,11 @@ def measure(name: str, port: int, key: str, seconds: float) -> list[dict]:
     return rows
 
 
-def serve_leg(name: str, workdir: Path, seconds: float, fast: bool) -> list[dict]:
+def serve_leg(name: str, workdir: Path, seconds: float, fast: bool,
+              connections: tuple[int, ...] = CONNECTIONS,
+              prepare: Callable[[Path], Settings] = prepare, users: int = 943) -> list[dict]:
+    """One deployment measured; `prepare` makes its var dir (registry and keys), `users`
+    bounds the user ids asked for."""
     settings = prepare(workdir / name)
     ports = {"head_port": free_port(), "dashboard_port": free_port(),
              "client_port": free_port(), "dashboard_agent_port": free_port(),
@@ -146,7 +152,7 @@ def serve_leg(name: str, workdir: Path, seconds: float, fast: bool) -> list[dict
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-3000:])
         key = (settings.registry.keys_dir / "sim.key").read_text().strip()
-        rows = measure(name, settings.serve.port, key, seconds)
+        rows = measure(name, settings.serve.port, key, seconds, connections, users)
         metrics = httpx.get(f"http://127.0.0.1:{settings.serve.port}/metrics", timeout=10).text
         by_status: dict[str, float] = {}  # /recommend/{user_id} responses, every variant
         for x in metrics.splitlines():

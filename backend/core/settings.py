@@ -140,6 +140,11 @@ class TrainSettings(BaseModel):
     forecast_steps: int = Field(5, ge=0, le=50, description=(
         "retrain cycles of the offline feedback-loop forecast before promotion (0: off, else 3+)"))
     forecast_visits: int = Field(300, ge=10, description="simulated visits per forecast step")
+    forecast_rows: int | None = Field(2_000_000, ge=10_000, description=(
+        "interactions the forecast refits on: the simulated users' and a seeded sample of "
+        "other users' up to this many (None: all)"))
+    eval_users: int | None = Field(20_000, ge=100, description=(
+        "test users evaluated: a seeded uniform sample of at most this many (None: all)"))
 
     @model_validator(mode="after")
     def _forecast_has_an_interval(self) -> TrainSettings:

@@ -29,22 +29,54 @@ from backend.ml.results import OfflineMetrics
 COLUMNS = ["user_id", "item_id", "ts", "rating", "watched"]
 
 
+PARTIAL = ["user_id", "item_id", "ts", "rating", "rating_ts", "watched"]
+
+
+def partial_interactions(events: pd.DataFrame) -> pd.DataFrame:
+    """Rating or watch events (a `rating` column marks ratings) -> one row per (user, item)
+    in the PARTIAL form: first time seen, the last rating and when it was given, watched.
+    Partials of any split of the events merge with `merge_partials` into the same result as
+    all events at once, so blocks can be reduced where they are read."""
+    rated = "rating" in events
+    frame = pd.DataFrame({
+        "user_id": events["user_id"].to_numpy(dtype=np.int64),
+        "item_id": events["item_id"].to_numpy(dtype=np.int64),
+        "ts": pd.to_datetime(events["ts"], utc=True),
+        "rating": events["rating"].to_numpy(dtype=np.float64) if rated
+        else np.full(len(events), np.nan),
+        "watched": np.full(len(events), not rated)})
+    frame["rating_ts"] = frame["ts"] if rated else pd.NaT
+    return merge_partials(frame[PARTIAL])
+
+
+def merge_partials(frame: pd.DataFrame) -> pd.DataFrame:
+    """Partials -> one row per (user, item): earliest `ts`, the rating with the latest
+    `rating_ts` (ties: the higher rating), watched if any part was."""
+    order = frame.sort_values(["rating_ts", "rating"], na_position="first", kind="stable")
+    out = order.groupby(["user_id", "item_id"], sort=False).agg(
+        ts=("ts", "min"), rating=("rating", "last"), rating_ts=("rating_ts", "last"),
+        watched=("watched", "any"))
+    return out.reset_index()[PARTIAL]
+
+
+def finish_interactions(partials: pd.DataFrame,
+                        quarantine: set[int] | frozenset[int] = frozenset()) -> pd.DataFrame:
+    """Merged partials -> the interactions frame (COLUMNS), without the quarantined users."""
+    out = partials
+    if quarantine:
+        out = out[~out["user_id"].isin(list(quarantine))]
+    out = out.astype({"user_id": "int64", "item_id": "int64", "rating": "float64",
+                      "watched": bool})
+    return out.sort_values(["user_id", "ts", "item_id"]).reset_index(drop=True)[COLUMNS]
+
+
 def build_interactions(ratings: pd.DataFrame, watches: pd.DataFrame,
                        quarantine: set[int] | frozenset[int] = frozenset()) -> pd.DataFrame:
     """One row per (user, item): first time seen, last rating (NaN if none), watched or not.
     Users in `quarantine` (flagged as spam) are left out."""
-    r = ratings.sort_values("ts").groupby(["user_id", "item_id"], sort=False).agg(
-        ts=("ts", "min"), rating=("rating", "last"))
-    w = watches.groupby(["user_id", "item_id"], sort=False).agg(ts_w=("ts", "min"))
-    both = r.join(w, how="outer")
-    both["ts"] = both[["ts", "ts_w"]].min(axis=1)
-    both["watched"] = both["ts_w"].notna()
-    out = both.drop(columns="ts_w").reset_index()
-    out = out.astype({"user_id": "int64", "item_id": "int64", "rating": "float64",
-                      "watched": bool})
-    if quarantine:
-        out = out[~out["user_id"].isin(list(quarantine))]
-    return out.sort_values(["user_id", "ts", "item_id"]).reset_index(drop=True)[COLUMNS]
+    parts = pd.concat([partial_interactions(ratings), partial_interactions(watches)],
+                      ignore_index=True)
+    return finish_interactions(merge_partials(parts), quarantine)
 
 
 def temporal_split(frame: pd.DataFrame, test_fraction: float = 0.2,
@@ -59,12 +91,18 @@ def temporal_split(frame: pd.DataFrame, test_fraction: float = 0.2,
 
 
 def evaluate(model: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int = 10,
-             tail_share: float = 0.8) -> OfflineMetrics:
-    """Accuracy and beyond-accuracy metrics of `model` (fitted on `train`) on `test`."""
+             tail_share: float = 0.8, max_users: int | None = None, seed: int = 0
+             ) -> OfflineMetrics:
+    """Accuracy and beyond-accuracy metrics of `model` (fitted on `train`) on `test`, over
+    every test user or a seeded uniform sample of `max_users` of them (the same sample for
+    every model evaluated on the same split, so a gate compares like with like)."""
     relevant: dict[int, set[int]] = {}
     for u, i in zip(test["user_id"].tolist(), test["item_id"].tolist(), strict=True):
         relevant.setdefault(int(u), set()).add(int(i))
     users = sorted(relevant)
+    if max_users is not None and len(users) > max_users:
+        pick = np.random.default_rng(seed).choice(len(users), max_users, replace=False)
+        users = [users[i] for i in np.sort(pick)]
     lists = model.recommend_many(users, k)
     recs = [lists[u] for u in users]
     catalog = model.item_ids

@@ -35,14 +35,16 @@ log = logging.getLogger(__name__)
 def forecast_gini_slope(make_model: Callable[[], Recommender], interactions: pd.DataFrame,
                         items: pd.DataFrame, users: pd.DataFrame, ml_ratings: pd.DataFrame,
                         sim: SimSettings, steps: int, visits: int, k: int,
-                        limit: float) -> FeedbackForecast:
+                        limit: float, max_rows: int | None = None) -> FeedbackForecast:
     """Forecast of the candidate's exposure-Gini slope over `steps` (at least 3) retrain
     cycles of `visits` simulated visits each; `exceeds` when the slope's 95% interval lies
-    above `limit`."""
+    above `limit`. Above `max_rows` interactions, the loop runs on the simulated users' and
+    a seeded sample of the other users' (`user_sample`): each step refits the candidate, and
+    a few hundred visits' feedback is what is measured, not the bulk of the history."""
     logic = SimulatorLogic(ml_ratings, items, users, sim.model_copy(update={"bot_share": 0.0}))
     catalog = np.asarray(logic.catalog)
     position = {int(i): n for n, i in enumerate(catalog)}
-    frame = interactions[COLUMNS]
+    frame = user_sample(interactions[COLUMNS], set(logic.population.tolist()), max_rows)
     now = pd.Timestamp(frame["ts"].max()) if len(frame) else pd.Timestamp.now(tz="UTC")
     model = make_model().fit(frame, items, users)
     ginis: list[float] = []
@@ -75,3 +77,18 @@ def forecast_gini_slope(make_model: Callable[[], Recommender], interactions: pd.
     log.info("forecast slope=%.5f ci_low=%.5f limit=%s exceeds=%s gini=%s", t.slope, t.ci_low,
              limit, out.exceeds, out.gini)
     return out
+
+
+def user_sample(frame: pd.DataFrame, keep: set[int], max_rows: int | None,
+                seed: int = 0) -> pd.DataFrame:
+    """Whole users' interactions, at most `max_rows` (when given): every user in `keep`,
+    then other users in a seeded random order while they fit."""
+    if max_rows is None or len(frame) <= max_rows:
+        return frame
+    counts = frame.groupby("user_id").size()
+    kept = counts.index.isin(list(keep))
+    others = counts[~kept].sample(frac=1.0, random_state=seed)
+    budget = max_rows - int(counts[kept].sum())
+    chosen = others.index[others.cumsum().to_numpy() <= budget]
+    users = np.concatenate([counts.index[kept].to_numpy(), chosen.to_numpy()])
+    return frame[frame["user_id"].isin(users)].reset_index(drop=True)

@@ -14,7 +14,13 @@ from backend.core.settings import Settings, TrainSettings
 from backend.data.catalog import load_catalog
 from backend.data.lake import Lake
 from backend.data.movielens import load as load_movielens
-from backend.ml.evaluation import build_interactions, evaluate, temporal_split
+from backend.ml.evaluation import (
+    evaluate,
+    finish_interactions,
+    merge_partials,
+    partial_interactions,
+    temporal_split,
+)
 from backend.ml.recommenders import MODELS, Popularity, Recommender
 from backend.ml.results import OfflineMetrics
 from backend.training.result import Scored
@@ -40,23 +46,32 @@ class TrainingSet:
 
 
 TRAINING_TOPICS = ("events.rating", "events.watch")
+BLOCK_ROWS = 1_000_000  # events a Ray Data task reduces at once
 
 
-def read_events(lake: Lake, topic: str, columns: list[str], version: int | None
-                ) -> pd.DataFrame:
-    """A topic's columns at a table version, through Ray Data when this process runs on
-    Ray."""
+def read_partials(lake: Lake, topic: str, columns: list[str], version: int | None
+                  ) -> pd.DataFrame:
+    """A topic's events at a table version reduced to per-(user, item) partials
+    (`partial_interactions`). On Ray, each block of the table's files is reduced by a Ray
+    Data task where it is read (`map_batches`), so the driver receives partials, not raw
+    events; otherwise the table is read here."""
     import ray
 
     files = lake.files(topic, version=version)
     if ray.is_initialized() and files:
-        frame: pd.DataFrame = ray.data.read_parquet(
-            files, columns=columns, filesystem=lake.fs).to_pandas()
+        ds = ray.data.read_parquet(files, columns=columns, filesystem=lake.fs)
+        blocks = ds.map_batches(partial_interactions,  # type: ignore[arg-type]
+                                batch_format="pandas",
+                                batch_size=BLOCK_ROWS)
+        parts = list(blocks.iter_batches(batch_format="pandas", batch_size=None))
+        frame = pd.concat(parts, ignore_index=True) if parts else \
+            partial_interactions(pd.DataFrame(columns=columns))
         via = "ray_data"
     else:
-        frame = lake.read_table(topic, columns=columns, version=version).to_pandas()
+        frame = partial_interactions(
+            lake.read_table(topic, columns=columns, version=version).to_pandas())
         via = "pyarrow"
-    log.info("lake read topic=%s version=%s files=%d rows=%d via=%s", topic, version,
+    log.info("lake read topic=%s version=%s files=%d partials=%d via=%s", topic, version,
              len(files), len(frame), via)
     return frame
 
@@ -72,11 +87,12 @@ def load_training_set(settings: Settings) -> TrainingSet:
     lake = Lake.open(settings)
     versions = {t: lake.version(t) for t in TRAINING_TOPICS}  # pinned: what provenance names
     quarantine = quarantined(settings)
-    inter = build_interactions(
-        read_events(lake, "events.rating", ["user_id", "item_id", "rating", "ts"],
-                    versions["events.rating"]),
-        read_events(lake, "events.watch", ["user_id", "item_id", "ts"],
-                    versions["events.watch"]), quarantine)
+    parts = [read_partials(lake, "events.rating", ["user_id", "item_id", "rating", "ts"],
+                           versions["events.rating"]),
+             read_partials(lake, "events.watch", ["user_id", "item_id", "ts"],
+                           versions["events.watch"])]
+    inter = finish_interactions(merge_partials(pd.concat(parts, ignore_index=True)),
+                                quarantine)
     if inter.empty:
         raise RuntimeError("the lake holds no ratings or watches yet: nothing to train on")
     ml = load_movielens(settings.data_cache)
@@ -93,7 +109,7 @@ def load_training_set(settings: Settings) -> TrainingSet:
 def evaluate_model(model: Recommender, data: TrainingSet, cfg: TrainSettings) -> OfflineMetrics:
     """Fit `model` on the split's train part, evaluate it on the test part at `cfg.k`."""
     fitted = model.fit(data.train, data.items, data.users)
-    return evaluate(fitted, data.train, data.test, cfg.k, cfg.tail_share)
+    return evaluate(fitted, data.train, data.test, cfg.k, cfg.tail_share, cfg.eval_users)
 
 
 def evaluate_production(settings: Settings) -> list[Scored]:

@@ -132,7 +132,7 @@ def retrain(settings: Settings) -> RetrainResult:
             forecast = forecast_gini_slope(
                 partial(cls, **params), data.interactions, data.items, data.users,
                 data.history, settings.sim, cfg.forecast_steps, cfg.forecast_visits, cfg.k,
-                settings.analytics.echo_slope_max)
+                settings.analytics.echo_slope_max, cfg.forecast_rows)
         version = registry.register(variant, final, prov.model_copy(update={
             "train_seconds": round(fit_s, 3), "feedback_forecast": forecast}), metrics)
         try:

@@ -134,7 +134,7 @@ def test_three_nodes_on_seaweedfs_train_serve_and_lose_a_worker_without_losing_a
         registry = open_registry(settings)
         assert {v: registry.aliases(v).production for v in "AB"} == {"A": "v0001",
                                                                       "B": "v0001"}
-        read = "topic=events.rating version=0 files=1 rows=100000 via=ray_data"
+        read = "topic=events.rating version=0 files=1 partials=100000 via=ray_data"
         assert read in logs, logs[-3000:]  # the retrain read the table's files with Ray Data
 
         # serving: two replicas per variant, on the worker nodes only

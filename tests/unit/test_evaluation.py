@@ -4,7 +4,14 @@ import numpy as np
 import pandas as pd
 
 from backend.core.settings import TrainSettings
-from backend.ml.evaluation import build_interactions, evaluate, temporal_split
+from backend.ml.evaluation import (
+    build_interactions,
+    evaluate,
+    finish_interactions,
+    merge_partials,
+    partial_interactions,
+    temporal_split,
+)
 from backend.ml.recommenders import ItemKNN
 from backend.ml.results import OfflineMetrics
 from backend.training.retrain import gate
@@ -24,6 +31,37 @@ def test_build_interactions_merges_and_quarantines():
     assert set(rows) == {(1, 10), (1, 11), (2, 10), (3, 10)}  # user 9 quarantined
     assert rows[(1, 10)].rating == 5 and not rows[(1, 10)].watched  # last rating wins
     assert np.isnan(rows[(1, 11)].rating) and rows[(1, 11)].watched
+
+
+def test_partials_of_any_split_merge_into_the_interactions_of_all_events():
+    """What the retrain's Ray Data tasks rely on: reducing each block where it is read and
+    merging the partials gives what all events at once give (the pandas reference below is
+    written independently of the partials)."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    ratings = pd.DataFrame({"user_id": rng.integers(1, 40, n), "item_id": rng.integers(1, 60, n),
+                            "rating": rng.integers(1, 6, n),
+                            "ts": T0 + pd.to_timedelta(rng.integers(0, 10**6, n), "s")})
+    watches = pd.DataFrame({"user_id": rng.integers(1, 40, n), "item_id": rng.integers(1, 60, n),
+                            "ts": T0 + pd.to_timedelta(rng.integers(0, 10**6, n), "s")})
+    whole = build_interactions(ratings, watches, quarantine={7})
+    for pieces in (2, 7, 50):
+        cut = [[f.iloc[idx] for idx in np.array_split(rng.permutation(len(f)), pieces)]
+               for f in (ratings, watches)]
+        parts = [merge_partials(pd.concat([partial_interactions(b) for b in blocks]))
+                 for blocks in cut]
+        merged = finish_interactions(merge_partials(pd.concat(parts)), {7})
+        pd.testing.assert_frame_equal(merged, whole)
+    # the reference: first time over both topics, the rating given last, watched at all
+    last = ratings.sort_values(["ts", "rating"]).groupby(["user_id", "item_id"]).last()
+    first = pd.concat([ratings, watches]).groupby(["user_id", "item_id"])["ts"].min()
+    watched = set(zip(watches["user_id"], watches["item_id"], strict=True))
+    for row in whole.itertuples():
+        key = (row.user_id, row.item_id)
+        assert row.ts == first[key] and row.watched == (key in watched)
+        assert (np.isnan(row.rating) if key not in last.index
+                else row.rating == last.loc[key, "rating"])
+    assert 7 not in set(whole["user_id"]) and len(whole) == len(first.drop(7, level=0))
 
 
 def test_temporal_split_holds_out_each_users_latest_fifth():
@@ -61,3 +99,13 @@ def test_gates():
     worse = gate(good, metrics(0.22), cfg)
     assert len(worse) == 1 and "NDCG" in worse[0]
     assert len(gate(metrics(0.2, coverage=0.05, gini=0.95), None, cfg)) == 2
+
+
+def test_evaluation_over_a_sample_of_test_users_takes_the_same_users_for_every_model():
+    inter = dataset()[0]
+    train, test = temporal_split(inter, 0.3)
+    n_test = test["user_id"].nunique()
+    a = evaluate(ItemKNN().fit(train), train, test, 5, max_users=20)
+    assert a.users == 20 and evaluate(ItemKNN().fit(train), train, test, 5).users == n_test
+    assert evaluate(ItemKNN().fit(train), train, test, 5, max_users=20) == a  # same sample
+    assert evaluate(ItemKNN().fit(train), train, test, 5, max_users=n_test + 5).users == n_test

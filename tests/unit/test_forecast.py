@@ -53,3 +53,19 @@ def test_steady_model_passes():
     out = _run(_Fake)
     assert not out.exceeds and out.slope <= 0.01 and len(out.gini) == 4
     assert gate(metrics(0.2, coverage=0.5, gini=0.5), None, TrainSettings(), out) == []
+
+
+def test_the_forecast_sample_keeps_whole_users_the_simulated_ones_first():
+    from backend.ml.forecast import user_sample
+
+    frame = pd.DataFrame({"user_id": [u for u in range(1, 201) for _ in range(u % 5 + 1)]})
+    frame["item_id"] = range(len(frame))
+    keep = {3, 50, 199}
+    out = user_sample(frame, keep, max_rows=150)
+    assert len(out) <= 150 and keep <= set(out["user_id"])
+    sizes = frame.groupby("user_id").size()
+    assert (out.groupby("user_id").size() == sizes[out["user_id"].unique()]).all()  # whole
+    assert len(out) > 140  # filled up to the budget, less at most one user's rows
+    pd.testing.assert_frame_equal(out, user_sample(frame, keep, max_rows=150))  # seeded
+    assert user_sample(frame, keep, None) is frame
+    assert user_sample(frame, keep, 10**6) is frame

@@ -125,3 +125,27 @@ def test_take_rows_is_scipys_row_indexing():
         got, want = take_rows(m, np.array(rows, dtype=np.int64)), m[np.array(rows, dtype=int)]
         assert got.shape == want.shape and got.dtype == want.dtype
         assert np.array_equal(got.toarray(), want.toarray())
+
+
+def test_top_k_gives_the_k_highest_finite_scores_best_first_ties_by_index():
+    from backend.ml.recommenders.base import top_k
+
+    rng = np.random.default_rng(4)
+    for trial in range(300):
+        n = int(rng.integers(1, 60))
+        scores = rng.integers(0, 8, n).astype(float)  # many ties
+        scores[rng.random(n) < rng.random()] = -np.inf  # seen items, sometimes most of them
+        if trial % 7 == 0:
+            scores[rng.integers(0, n)] = np.nan
+        k = int(rng.integers(1, 15))
+        got = top_k(scores, k)
+        finite = np.flatnonzero(np.isfinite(scores))
+        assert len(got) == min(k, len(finite))
+        assert np.isfinite(scores[got]).all() and len(set(got.tolist())) == len(got)
+        # nothing left out scores higher than the lowest picked
+        rest = np.setdiff1d(finite, got)
+        if len(got) and len(rest):
+            assert scores[rest].max() <= scores[got].min()
+        # best first, and equal scores in index order
+        pairs = list(zip(-scores[got], got, strict=True))
+        assert pairs == sorted(pairs)

@@ -45,6 +45,12 @@ def item_features(items: pd.DataFrame, item_ids: np.ndarray) -> np.ndarray:
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k highest finite scores, best first; ties broken by index (stable)."""
+    if 0 < k < len(scores):
+        # one partition over all scores (negated: -inf and NaN go last); only when one of
+        # the k picked is not finite (fewer than k finite) take the careful path
+        part = np.argpartition(-scores, k - 1)[:k]
+        if np.isfinite(scores[part]).all():
+            return part[np.lexsort((part, -scores[part]))]
     finite = np.flatnonzero(np.isfinite(scores))
     if len(finite) == 0:
         return finite
@@ -172,9 +178,9 @@ class Recommender(ABC):
             rows = np.array([self._uidx[u] for u in chunk])
             scores = self._new_item_boost(rows, self._score_known(rows).astype(np.float64))
             if exclude_seen:
-                seen = self.seen
-                for i, r in enumerate(rows):
-                    scores[i, seen.indices[seen.indptr[r]:seen.indptr[r + 1]]] = -np.inf
+                hist = take_rows(self.seen, rows)
+                scores[np.repeat(np.arange(len(rows)), np.diff(hist.indptr)),
+                       hist.indices] = -np.inf
             for u, row_scores in zip(chunk, scores, strict=True):
                 out[u] = self._finalise(row_scores, k)
         for u in users:
