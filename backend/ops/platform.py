@@ -183,7 +183,7 @@ def _print_urls(settings: Settings, echo: Callable[[str], object]) -> None:
          + f" keys={settings.registry.keys_dir}/{{sim,operator}}.key")
 
 
-def health(settings: Settings, sim: bool = True) -> dict[str, bool]:
+def health(settings: Settings, sim: bool = True, dashboard: bool = True) -> dict[str, bool]:
     """Each part's health as `up` waits for it."""
     import httpx
 
@@ -199,6 +199,8 @@ def health(settings: Settings, sim: bool = True) -> dict[str, bool]:
     out["api"] = _api_health(settings) == "ok"
     if (prom := embedded_prometheus(settings)) is not None:
         out["alerting"] = prom.pid() is not None
+    if not dashboard:
+        return out
     try:
         out["dashboard"] = httpx.get(urls(settings)["dashboard"] + "/_stcore/health",
                                      timeout=5).text == "ok"
@@ -208,9 +210,11 @@ def health(settings: Settings, sim: bool = True) -> dict[str, bool]:
 
 
 def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool = True,
-       wait: float = 180.0) -> None:
+       wait: float = 180.0, dashboard: bool = True) -> None:
+    """`dashboard=False` leaves the dashboard to another machine or container (compose.yaml's
+    `dashboard` service)."""
     t0 = time.monotonic()
-    if all(health(settings, sim).values()):
+    if all(health(settings, sim, dashboard).values()):
         echo("platform: already running")
         _print_urls(settings, echo)
         return
@@ -267,9 +271,10 @@ def up(settings: Settings, echo: Callable[[str], object] = log.info, sim: bool =
 
     if (secret := ensure_first_account(settings)) is not None:
         echo(f"console: operator account {FIRST_ACCOUNT} created; its password is in {secret}")
-    start_dashboard(settings, echo)
+    if dashboard:
+        start_dashboard(settings, echo)
     deadline = t0 + wait
-    while not all((state := health(settings, sim)).values()):
+    while not all((state := health(settings, sim, dashboard)).values()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"not healthy after {wait:.0f} s: "
                                f"{[k for k, ok in state.items() if not ok]}")

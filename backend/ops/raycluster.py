@@ -172,10 +172,9 @@ class RayHead(_ProcessGroup):
         return port_open("127.0.0.1", self.cfg.head_port) and port_open(
             "127.0.0.1", self.cfg.dashboard_port)
 
-    def start(self, timeout: float = 90.0) -> bool:
-        """Start unless running; returns True if it started one."""
-        if self.running():
-            return False
+    def command(self) -> list[str]:
+        """`ray start --head` as `start` runs it (compose.yaml's head runs the same flags,
+        its test compares them)."""
         c = self.cfg
         cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head",
                f"--port={c.head_port}", f"--dashboard-port={c.dashboard_port}",
@@ -191,6 +190,13 @@ class RayHead(_ProcessGroup):
         cmd.append(f"--num-cpus={c.num_cpus or max(4, 2 * (os.cpu_count() or 1))}")
         if c.resources:
             cmd.append(f"--resources={json.dumps(c.resources)}")
+        return cmd
+
+    def start(self, timeout: float = 90.0) -> bool:
+        """Start unless running; returns True if it started one."""
+        if self.running():
+            return False
+        cmd = self.command()
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.settings.run_dir / "ray-start.log", "ab") as out:
             # jobs submitted as `ray job submit -- python -m jobs.x` find this environment's
@@ -244,7 +250,9 @@ class RayWorker(_ProcessGroup):
         self.resources = resources or {}
         self.pgid_file = settings.run_dir / f"ray-{name}.pgid"
 
-    def start(self, timeout: float = 90.0) -> None:
+    def command(self) -> list[str]:
+        """`ray start` as `start` runs it (compose.yaml's worker runs the same CPUs, object
+        store and resources, its test compares them)."""
         manager, objects, agent, agent_grpc, metrics, env_agent = self.ports
         head = RayHead(self.settings)
         cmd = [str(Path(sys.executable).with_name("ray")), "start",
@@ -258,6 +266,10 @@ class RayWorker(_ProcessGroup):
                "--disable-usage-stats"]
         if self.resources:
             cmd.append(f"--resources={json.dumps(self.resources)}")
+        return cmd
+
+    def start(self, timeout: float = 90.0) -> None:
+        cmd, head = self.command(), RayHead(self.settings)
         env = _node_env(self.settings)
         with open(self.settings.run_dir / f"ray-{self.name}.log", "ab") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
