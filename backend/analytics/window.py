@@ -178,9 +178,9 @@ class LogWindow:
         """Per row of `frame` (user_id, item_id): the item had not been recommended to the
         user by the window's end."""
         shown = reco.ts[self.row] < self.end
-        keys = np.unique(_pair(reco.user[self.row][shown], reco.items[shown]))
-        return ~np.isin(_pair(frame["user_id"].to_numpy(np.int64),
-                              frame["item_id"].to_numpy(np.int64)), keys)
+        keys = _pair(reco.user[self.row][shown], reco.items[shown])
+        pairs = _pair(frame["user_id"].to_numpy(np.int64), frame["item_id"].to_numpy(np.int64))
+        return ~pd.Index(pairs).isin(keys)  # a hash table: no sort of every pair shown
 
     @cached_property
     def watch_upto(self) -> pd.DataFrame:

@@ -64,3 +64,33 @@ def test_a_push_needs_unprompted_ratings_beyond_the_items_past_rate():
         assert out.flagged.target == pushed and out.flagged.combined == pushed
     assert window(shown, rating=frame).unprompted(shown, ratings(now)).tolist() == [
         False] * 4 + [True]
+
+
+def test_degsim_in_sparse_chunks_is_the_dense_definition():
+    """DegSim (Chirita et al. 2005, Jaccard): each user's mean similarity to the k most
+    similar other users, computed here densely over all pairs as the reference."""
+    import numpy as np
+    import pandas as pd
+
+    from backend.ml.metrics import spam
+
+    rng = np.random.default_rng(8)
+    n = 4000
+    ratings = pd.DataFrame({"user_id": rng.integers(1, 700, n),
+                            "item_id": rng.zipf(1.5, n) % 90, "rating": 5})
+    users = np.sort(ratings["user_id"].unique())
+    sets = {u: set(g) for u, g in ratings.groupby("user_id")["item_id"]}
+    ref = []
+    for u in users:
+        sims = sorted((len(sets[u] & sets[v]) / len(sets[u] | sets[v]) for v in users
+                       if v != u), reverse=True)
+        ref.append(np.mean(sims[:5]))
+    old = spam.CHUNK_ROWS
+    try:
+        spam.CHUNK_ROWS = 37  # several chunks, the last one short
+        got = spam.degsim(ratings, k=5)
+        some = spam.degsim(ratings, k=5, only=users[::3])
+    finally:
+        spam.CHUNK_ROWS = old
+    np.testing.assert_allclose(got.to_numpy(), ref, rtol=1e-12)
+    np.testing.assert_allclose(some.to_numpy(), np.asarray(ref)[::3], rtol=1e-12)

@@ -56,22 +56,38 @@ def rdma(ratings: pd.DataFrame) -> pd.Series:
     return dev.groupby(r["user_id"]).mean()
 
 
+CHUNK_ROWS = 256  # users whose similarities degsim holds at once
+
+
 def degsim(ratings: pd.DataFrame, k: int = 5, only: np.ndarray | None = None) -> pd.Series:
     """Degree of Similarity with top Neighbours (Chirita, Nejdl & Zamfir 2005): the mean
     similarity of a user's rated-item set to its `k` most similar users' (Jaccard here).
     Attack profiles are made from one template, so bots are each other's near-copies.
-    Computed for the users in `only` (default all): memory is |only| x users."""
+    Computed for the users in `only` (default all), a chunk of them at a time, over their
+    co-raters only (sparse): memory grows with co-raters, not |only| x users."""
     users, w = incidence(ratings["user_id"].to_numpy(), ratings["item_id"].to_numpy())
     if len(users) < 2:
         return pd.Series(0.0, index=users)
     pick = np.arange(len(users)) if only is None else np.searchsorted(users, only)
-    inter = (w[pick] @ w.T).toarray()
     size = np.diff(w.indptr).astype(float)
-    jac = inter / (size[pick][:, None] + size[None, :] - inter)
-    jac[np.arange(len(pick)), pick] = -1.0  # not one's own neighbour
     k = max(1, min(k, len(users) - 1))
-    top = -np.partition(-jac, k - 1, axis=1)[:, :k]
-    return pd.Series(top.mean(axis=1), index=users[pick])
+    wt = w.T.tocsc()
+    out = np.empty(len(pick))
+    for lo in range(0, len(pick), CHUNK_ROWS):
+        rows = pick[lo:lo + CHUNK_ROWS]
+        # only co-raters have a similarity above 0: keep the product sparse; each row's
+        # top k is its k largest entries, padded with the zeros of everyone else (its own
+        # entry counts as one of those zeros: there are always k others)
+        inter = (w[rows] @ wt).tocsr()
+        row = np.repeat(np.arange(len(rows)), np.diff(inter.indptr))
+        jac = inter.data / (size[rows][row] + size[inter.indices] - inter.data)
+        jac[inter.indices == rows[row]] = 0.0
+        order = np.argsort(row + 0.5 * (1.0 - jac))  # by row, then by similarity, falling
+        rank = np.arange(len(order)) - inter.indptr[row[order]]
+        top = rank < k
+        out[lo:lo + len(rows)] = np.bincount(row[order][top], weights=jac[order][top],
+                                             minlength=len(rows)) / k
+    return pd.Series(out, index=users[pick])
 
 
 def burst_rate(ratings: pd.DataFrame, bucket: str = "1min") -> pd.Series:
