@@ -7,12 +7,12 @@ is popularity (the most-rated movie has about 81k ratings, 0.33% of all; most mo
 handful). Its data may not be redistributed, and the 250 MB download is not available here,
 so the benchmarks generate the same shape instead: user activity lognormal (median 70,
 mean 154) with a floor of 20, item popularity a shifted power law fitted to the top share
-and the unrated share above, ratings 0.5-5 stars rounded to whole stars in the proportions
-MovieLens-100K shows, one rating per (user, item), and timestamps spread over each user's
+and the unrated share above, ratings in whole stars in the proportions MovieLens-100K
+shows, one rating per (user, item), and timestamps spread over each user's
 own span of activity. Users have no tastes: an item is drawn by its popularity alone, so the
 data measures what the platform costs at this size, not how well a model ranks (on it, item
-kNN recommends little beyond the head). Generated in chunks of users so 25M ratings never sit in Python
-objects.
+kNN recommends little beyond the head). Generated in chunks of users so 25M ratings never
+sit in Python objects.
 """
 
 from __future__ import annotations
