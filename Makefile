@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down status test test-slow lint bench bench-loop demo clean-venv
+.PHONY: install up down status test test-slow lint bench bench-loop bench-scale demo clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,6 +67,11 @@ bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/extraction.py
+
+# the platform at MovieLens-25M size (docs/scale.md; over an hour on 2 cores)
+bench-scale: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/python bench/scale.py
 
 # the recorded dashboard walkthrough (the platform must be up: `make up`)
 demo: $(STAMP) /usr/bin/chromium
