@@ -60,10 +60,10 @@ def events(n: int, seed: int = 0) -> list[tuple[str, bytes, int]]:
     return out
 
 
-def produce(settings: Settings, n: int, seed: int, spool: str, done) -> None:
+def produce(settings: Settings, n: int, seed: int, wal: str, done) -> None:
     """Producer process: the platform's EventProducer, values pre-encoded like an API would."""
     evs = events(n, seed)
-    producer = EventProducer(settings.kafka, Path(spool), start_flusher=False)
+    producer = EventProducer(settings.kafka, Path(wal), start_flusher=False)
     t0 = time.perf_counter()
     for topic, value, user in evs:
         producer.send_raw(topic, value, str(user).encode())
@@ -90,7 +90,7 @@ def leg(name: str, n: int, per_message: bool, workdir: Path) -> dict:
         done = ctx.Queue()
         t0 = time.perf_counter()
         proc = ctx.Process(
-            target=produce, args=(settings, n, 1, str(settings.spool_dir), done))
+            target=produce, args=(settings, n, 1, str(settings.wal_dir / "bench"), done))
         proc.start()
         while sum(lake.count(t) for t in TOPICS) < n:
             time.sleep(0.05)

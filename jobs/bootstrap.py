@@ -46,14 +46,14 @@ def publish(settings: Settings) -> dict[str, set[str]]:
     data = load(settings.data_cache)
     rates, watches = history_events(data.ratings)
     ensure_topics(settings.kafka)
-    producer = EventProducer(settings.kafka, settings.spool_dir / "bootstrap")
+    producer = EventProducer(settings.kafka, settings.wal_dir / "bootstrap")
     try:
         for topic, records in (("events.rating", rates), ("events.watch", watches)):
             for rec in records:
                 producer.send(topic, rec)
             log.info("bootstrap published topic=%s events=%d", topic, len(records))
         producer.flush(timeout=120)
-        while producer.spool.depth:  # broker hiccup mid-publish: let the spool drain
+        while producer.depth:  # broker hiccup mid-publish: let the log drain
             producer.replay()
             time.sleep(1)
     finally:

@@ -1,7 +1,7 @@
 """Every local path under `var/` and every key of the shared store, spelled once.
-`Settings.layout` builds the local layout (this node's pid files, spool, caches, keys); the
-shared store's keys (`Keys`) are the same on every node and every backend, and on the default
-local store they are paths under `var/` too."""
+`Settings.layout` builds the local layout (this node's pid files, write-ahead logs, caches,
+keys); the shared store's keys (`Keys`) are the same on every node and every backend, and
+on the default local store they are paths under `var/` too."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ class StoreLayout(BaseModel):
         return self.root / "run"
 
     @property
-    def spool(self) -> Path:
-        return self.root / "spool"
+    def wal(self) -> Path:
+        """Producers' write-ahead logs (node-local durability: accepted writes until the
+        lake holds them, events while the broker is away), a folder per owner."""
+        return self.root / "wal"
 
     @property
     def cache(self) -> Path:

@@ -88,6 +88,35 @@ class LakeSettings(BaseModel):
     dedupe_days: int = Field(7, ge=1, description="days of landed event_ids kept for dedupe")
 
 
+class WalSettings(BaseModel):
+    """Every producer's node-local write-ahead log under `var/wal/` (one per ingress replica,
+    RecoLog replica and CLI run): an accepted write (202) is fsynced there first and leaves
+    only once the lake holds its event_id; it is also where events wait while the broker is
+    away."""
+
+    max_mb: float = Field(64.0, gt=0, le=65536, description=(
+        "the log's bound per replica: a write past it is refused with 503 and Retry-After "
+        "(the lake is behind), never accepted and lost"))
+    segment_mb: float = Field(4.0, gt=0, le=1024, description=(
+        "segment file size; a segment is deleted once all its events are in the lake"))
+    landed_seconds: float = Field(2.0, gt=0, le=600, description=(
+        "how often a replica reads which of its logged events the lake holds"))
+    resend_seconds: float = Field(300.0, gt=0, description=(
+        "an event the broker acknowledged and the lake still lacks this long after is sent "
+        "again (then after twice as long, up to an hour); a broker replaced (new cluster "
+        "id) or a gone replica's log adopted resends at once"))
+    adopt_seconds: float = Field(10.0, gt=0, le=3600, description=(
+        "how often a replica looks for logs of gone replicas on its node to adopt"))
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * (1 << 20))
+
+    @property
+    def segment_bytes(self) -> int:
+        return int(self.segment_mb * (1 << 20))
+
+
 class IngestSettings(BaseModel):
     max_batch: int = Field(5000, ge=1)
     poll_timeout_ms: int = Field(500, ge=10)
@@ -354,6 +383,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     store: StoreSettings = StoreSettings()
     lake: LakeSettings = LakeSettings()
+    wal: WalSettings = WalSettings()
     ingest: IngestSettings = IngestSettings()
     registry: RegistrySettings = RegistrySettings()
     train: TrainSettings = TrainSettings()
@@ -401,8 +431,8 @@ class Settings(BaseSettings):
         return self.layout.lake_cache
 
     @property
-    def spool_dir(self) -> Path:
-        return self.layout.spool
+    def wal_dir(self) -> Path:
+        return self.layout.wal
 
     @property
     def data_cache(self) -> Path:

@@ -28,6 +28,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
@@ -202,6 +203,40 @@ class Lake:
             columns=["event_id"])
         return set(table.column("event_id").to_pylist()), set(files)
 
+    def files_written_since(self, topic: str, since: datetime) -> tuple[list[str], int]:
+        """The table's data files written from `since` on (by their add actions'
+        modification time, the writer's clock), paths as `files` gives them, and the
+        table version they are of (-1: no table yet)."""
+        dt = self.table(topic)
+        if dt is None:
+            return [], -1
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        cutoff = int(since.timestamp() * 1000)
+        recent = {p.rsplit("/", 1)[-1] for p, t in zip(
+            actions.column("path").to_pylist(), actions.column("modification_time").to_pylist(),
+            strict=True) if t >= cutoff}
+        return sorted(f for f in (_path(u) for u in dt.file_uris())
+                      if f.rsplit("/", 1)[-1] in recent), dt.version()
+
+    def added_since(self, topic: str, version: int) -> tuple[list[str], int]:
+        """The data files the table's commits after `version` added, and its version now:
+        read from those commits' log entries alone (Delta's `_delta_log/<version>.json`),
+        whatever the table's size."""
+        dt = self.table(topic)
+        if dt is None:
+            return [], -1
+        now = dt.version()
+        base = _path(self.table_uri(topic))
+        files: list[str] = []
+        for v in range(version + 1, now + 1):
+            with self.fs.open_input_stream(f"{base}/_delta_log/{v:020d}.json") as fh:
+                lines = fh.read().decode().splitlines()
+            for line in lines:
+                add = json.loads(line).get("add") if line.strip() else None
+                if add is not None:
+                    files.append(f"{base}/{unquote(add['path'])}")
+        return files, now
+
     def stats(self) -> dict[str, dict[str, object]]:
         """Rows, files, table version and newest event time per topic (from the table's
         log: its per-file row counts and column statistics, no data file read)."""
@@ -254,3 +289,73 @@ def _rows(actions: pa.Table) -> int:
 def _path(uri: str) -> str:
     """A file URI as the lake's pyarrow filesystem names it (no scheme)."""
     return uri.removeprefix("s3://").removeprefix("file://")
+
+
+class LandedIds:
+    """Which of a producer's logged events the lake holds: the (topic, event_id) asked for
+    that rows in table files written since a time carry (matched in Arrow: only the matches
+    become Python objects, whatever the files hold), or dead letters among them (a
+    write the ingest refused is accounted for too: its record names the source topic and
+    keeps the raw event). Once a topic was scanned by write time, later calls read only the
+    files its new commits added (an event appended after a call cannot have landed before
+    it); `rescan` (events adopted from another log, which may have landed long ago), an
+    earlier time than scanned, or a long gap, scan by write time again. `slack` covers the
+    clocks of writers on other nodes."""
+
+    RESCAN_COMMITS = 500  # more new commits than this: one scan of the table's file list
+
+    def __init__(self, lake: Lake, slack: float = 600.0) -> None:
+        self.lake, self.slack = lake, slack
+        self._version: dict[str, int] = {}  # table version read up to, per topic
+        self._from: dict[str, float] = {}  # write time the reads cover from, per topic
+
+    def __call__(self, wanted: dict[str, set[str]], since: float, rescan: bool = False
+                 ) -> set[tuple[str, str]]:
+        start = since - self.slack
+        if rescan:
+            self._version.clear()
+        out: set[tuple[str, str]] = set()
+        for topic in sorted(wanted):
+            ids = pa.array(sorted(wanted[topic]), pa.string())
+            for table in self._new(topic, start, ["event_id"]):
+                hits = table.filter(pc.is_in(table.column("event_id"), value_set=ids))
+                out.update((topic, i) for i in hits.column("event_id").to_pylist())
+        for table in self._new("events.dlq", start, ["source_topic", "raw"]):
+            mine = table.filter(pc.is_in(table.column("source_topic"),
+                                         value_set=pa.array(sorted(wanted), pa.string())))
+            for source, raw in zip(mine.column("source_topic").to_pylist(),
+                                   mine.column("raw").to_pylist(), strict=True):
+                event_id = _raw_event_id(raw)
+                if event_id is not None and event_id in wanted[source]:
+                    out.add((source, event_id))
+        return out
+
+    def _new(self, topic: str, start: float, columns: list[str]) -> list[pa.Table]:
+        """The given columns of the topic's files not read yet (as one table, or none)."""
+        seen = self._version.get(topic)
+        latest = self.lake.version(topic)
+        if seen is None or start < self._from[topic] or (
+                latest is not None and latest - seen > self.RESCAN_COMMITS):
+            files, version = self.lake.files_written_since(topic, datetime.fromtimestamp(
+                start, UTC))
+            self._from[topic] = start
+        else:
+            files, version = self.lake.added_since(topic, seen)
+        try:
+            tables = [ds.dataset(files, format="parquet", filesystem=self.lake.fs).to_table(
+                columns=columns)] if files else []
+        except OSError:  # a file gone meanwhile (compacted and vacuumed): scan again next time
+            self._version.pop(topic, None)
+            raise
+        self._version[topic] = version  # only once read
+        return tables
+
+
+def _raw_event_id(raw: str | None) -> str | None:
+    """The `event_id` of a dead letter's raw JSON event, if it has one."""
+    try:
+        value = json.loads(raw or "")
+    except ValueError:
+        return None
+    event_id = value.get("event_id") if isinstance(value, dict) else None
+    return event_id if isinstance(event_id, str) else None

@@ -237,7 +237,7 @@ def dlq_replay(topic: str | None, contains: str | None, yes: bool) -> None:
                    "add --yes")
         return
     s = _settings()
-    producer = EventProducer(s.kafka, s.spool_dir)
+    producer = EventProducer(s.kafka, s.wal_dir / "cli")
     try:
         n = letters.replay(producer.send_raw, topic, contains)
     finally:
@@ -295,7 +295,7 @@ def produce(source) -> None:
 
     s = _settings()
     index = SlugIndex(load_catalog(s))
-    producer = EventProducer(s.kafka, s.spool_dir / "cli")
+    producer = EventProducer(s.kafka, s.wal_dir / "cli")
     sent = bad = 0
     try:
         for lineno, line in enumerate(source, 1):

@@ -92,6 +92,11 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
     409: _error("refused: it conflicts with the current state (what is deployed, promoted "
                 "or running)"),
     503: _error("recorded, but not yet shared with every replica")}
+# a write refused rather than lost: the replica's write-ahead log is at its bound
+_WAL_FULL = _error("not accepted: the write-ahead log is full (the lake is behind); retry "
+                   "after the seconds in Retry-After", headers={
+                       "Retry-After": {"description": "seconds to wait before retrying",
+                                       "schema": {"type": "integer", "minimum": 1}}})
 ExperimentId = Path(pattern=NAME)
 HOT_ROUTE = SimpleNamespace(path="/recommend/{user_id}")  # what the metrics read of a route
 
@@ -288,15 +293,19 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
         r = await logic.recommend(request.scope["state"], user_id, k)
         return ",".join(str(i) for i in r["items"])
 
-    @api.post("/rate", status_code=202, dependencies=[Depends(client)])
+    @api.post("/rate", status_code=202, dependencies=[Depends(client)],
+              responses={503: _WAL_FULL})
     async def rate(event: RatingEvent) -> Accepted:
+        """Accepted (202) once on disk in the replica's write-ahead log; in the lake once."""
         logic = current()
-        return logic.accept("events.rating", event)
+        return await logic.accept("events.rating", event)
 
-    @api.post("/watch", status_code=202, dependencies=[Depends(client)])
+    @api.post("/watch", status_code=202, dependencies=[Depends(client)],
+              responses={503: _WAL_FULL})
     async def watch(event: WatchEvent) -> Accepted:
+        """Accepted (202) once on disk in the replica's write-ahead log; in the lake once."""
         logic = current()
-        return logic.accept("events.watch", event)
+        return await logic.accept("events.watch", event)
 
     @api.post("/auth/signin", responses={
         401: {"model": ErrorBody, "description": "wrong account name or password",
@@ -315,8 +324,8 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
 
     @api.get("/health")
     async def health() -> HealthResponse:
-        """Model versions per variant; writes degraded when any live replica spools (the
-        replicas' spool figures arrive through the shared state, this one's directly)."""
+        """Model versions per variant; writes degraded when events wait for the broker in any
+        live replica's write-ahead log; accepted writes the lake does not hold yet."""
         return await current().health()
 
     @api.get("/metrics", response_class=PlainTextResponse)

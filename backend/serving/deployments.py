@@ -29,8 +29,9 @@ from ray.serve.handle import DeploymentHandle
 
 from backend.core.settings import Settings
 from backend.data.deadletters import DeadLetters
-from backend.data.kafka import EventProducer, claim_spool
-from backend.data.lake import Lake
+from backend.data.kafka import EventProducer
+from backend.data.lake import Lake, LandedIds
+from backend.data.wal import WriteAheadLog
 from backend.serving import api as http
 from backend.serving.ingress import IngressLogic, SharedState, VariantCalls, load_titles
 from backend.serving.metrics import Gauge, MetricsPayload
@@ -78,7 +79,7 @@ def _allocating(call: Callable[[dict[str, Any] | None, int], Awaitable[Any]]
 
 
 def _replica_id() -> str:
-    """This replica's id (its spool's name); Serve's local testing mode, which runs every
+    """This replica's id (its write-ahead log's name); Serve's local testing mode, which runs every
     deployment in the calling process, has no replica context: a unique one then."""
     try:
         return str(serve.get_replica_context().replica_id.unique_id)
@@ -186,15 +187,18 @@ class ServingState:
                   ray_actor_options={"num_cpus": 0.1})
 class RecoLogDeployment:
     """Produces the ingress replicas' reco log to events.reco, batches at a time (see
-    recolog.py), with its own spool for when the broker is away."""
+    recolog.py), with its own write-ahead log for when the broker is away (records wait
+    there until the broker takes them; the reco log is not an accepted write)."""
 
     def __init__(self, settings: Settings, state: DeploymentHandle[Any]) -> None:
         replica = _replica_id()
-        spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", replica)
+        wal = WriteAheadLog.claim(settings.wal_dir / "recolog", replica,
+                                  settings.wal.max_bytes, settings.wal.segment_bytes)
         # a produce request per batch, not per record
         kafka = settings.kafka.model_copy(update={"linger_ms": settings.serve.log_linger_ms})
-        self.logic = RecoLogLogic(EventProducer(kafka, spool), replica,
-                                  _pushing(state.record.remote))
+        self.logic = RecoLogLogic(
+            EventProducer(kafka, wal, adopt_interval=settings.wal.adopt_seconds), replica,
+            _pushing(state.record.remote))
 
     async def write(self, records: list[dict[str, Any]]) -> int:
         return self.logic.write(records)
@@ -215,7 +219,14 @@ class Ingress:
                  state: DeploymentHandle[Any], reco_log: DeploymentHandle[Any]) -> None:
         """`variants`: a handle per variant, in the settings' order."""
         replica = _replica_id()
-        spool, self._spool_lock = claim_spool(settings.spool_dir / "serve", replica)
+        cfg = settings.wal
+        # accepted writes: fsynced here before the 202, until the lake holds them; the logs
+        # of gone replicas on this node (killed ones) are adopted and replayed
+        wal = WriteAheadLog.claim(settings.wal_dir / "ingress", replica, cfg.max_bytes,
+                                  cfg.segment_bytes, cfg.resend_seconds)
+        writes = EventProducer(settings.kafka, wal, landed=LandedIds(Lake.open(settings)),
+                               landed_interval=cfg.landed_seconds,
+                               adopt_interval=cfg.adopt_seconds)
         calls = {v: VariantCalls(h.recommend_batch.remote, _typed(VariantStatus, h.status.remote))
                  for v, h in variants.items()}
         shared = SharedState(
@@ -228,7 +239,7 @@ class Ingress:
             render=state.render.remote)
         self.logic = IngressLogic(
             settings.serve, calls, shared, reco_log.write.remote,
-            EventProducer(settings.kafka, spool),  # writes; the reco log's fallback
+            writes,  # accepted writes; the reco log's fallback
             replica, functools.partial(open_registry, settings), open_experiments(settings),
             quarantine=open_quarantine(settings), sessions=open_sessions(settings),
             dead_letters=DeadLetters(Lake.open(settings)),

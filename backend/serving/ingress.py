@@ -294,27 +294,32 @@ class IngressLogic:
 
     # -- writes --------------------------------------------------------------------------
 
-    def accept(self, topic: str, event: RatingEvent | WatchEvent) -> Accepted:
-        """A rating or watch event into `topic` (or the spool, with the broker away)."""
-        self.producer.send(topic, event)
+    async def accept(self, topic: str, event: RatingEvent | WatchEvent) -> Accepted:
+        """A rating or watch event for `topic`: on disk in this replica's write-ahead log
+        before the answer (fsyncs shared with concurrent writes), sent to Kafka, and kept
+        until the lake holds it. A full log refuses it (503 with Retry-After)."""
+        entry = self.producer.write(topic, event)
+        await self.producer.durable(entry)
         return Accepted(event_id=event.event_id)
 
     # -- operations ----------------------------------------------------------------------
 
     async def health(self) -> HealthResponse:
-        """Model versions per variant; writes degraded when any live replica spools (the
-        replicas' spool figures arrive through the shared state, this one's directly)."""
+        """Model versions per variant; writes degraded when events wait for the broker in any
+        live replica's log (the replicas' figures arrive through the shared state, this
+        one's directly); accepted writes not yet in the lake."""
         variants = {v: await c.status() for v, c in self.variants.items()}
         serving = all(s.version for s in variants.values())
         try:
             shared = await self.state.writes_health()
         except Exception:  # the state replica restarting: answer from this replica alone
             shared = WritesHealth()
-        depth = max(shared.spool_depth, self.producer.spool.depth)
+        depth = max(shared.spool_depth, self.producer.depth)
         degraded = self.producer.degraded or shared.degraded_replicas > 0 or depth > 0
         alloc = self.router.allocation
         return HealthResponse(status="ok" if serving and not degraded else "degraded",
                               variants=variants, broker_degraded=degraded, spool_depth=depth,
+                              wal_pending=max(shared.wal_pending, self.producer.pending),
                               split=alloc.split, salt=alloc.salt, weights=alloc.weights,
                               experiment=alloc.experiment, epoch=alloc.epoch)
 
@@ -400,7 +405,7 @@ class IngressLogic:
 
     def replay_dead_letters(self, which: DeadLetterFilter, actor: str) -> Replayed:
         """Produce the matching dead letters back to their source topics (through this
-        replica's producer: spooled if the broker is away, never dropped)."""
+        replica's producer: into its log if the broker is away)."""
         n = self._dead_letters().replay(self.producer.send_raw, which.topic, which.contains)
         self._audit("dlq_replay", actor, {"topic": which.topic, "contains": which.contains,
                                           "replayed": n})

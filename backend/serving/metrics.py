@@ -36,20 +36,26 @@ COUNTERS = {  # name -> (help, label names)
     "reco_auth_failures_total": ("requests refused with 401 or 403", ("status",)),
     "reco_signin_failures_total": ("console sign-ins refused: 401 wrong name or password, "
                                    "429 account locked", ("status",)),
-    "reco_kafka_produce_errors_total": ("events that went to the spool instead of Kafka", ()),
+    "reco_kafka_produce_errors_total": ("events that waited in a write-ahead log for the broker "
+                                        "instead of going to Kafka", ()),
     "reco_audit_failures_total": ("operator actions that took effect but whose audit record "
                                   "could not be written", ()),
 }
 GAUGES = {
     "reco_model_info": ("model version each variant served last (value 1)",
                         ("variant", "version")),
-    "reco_spool_depth": ("events waiting in the ingress spool, per replica", ("replica",)),
-    "reco_broker_degraded": ("1 while a replica sends to its spool instead of Kafka",
-                             ("replica",)),
+    "reco_spool_depth": ("events waiting in a replica's write-ahead log for the broker",
+                         ("replica",)),
+    "reco_broker_degraded": ("1 while a replica's events wait in its log instead of going to "
+                             "Kafka", ("replica",)),
+    "reco_wal_pending": ("accepted writes in a replica's write-ahead log that the lake does "
+                         "not hold yet", ("replica",)),
+    "reco_wal_bytes": ("bytes of a replica's write-ahead log on disk", ("replica",)),
     "reco_model_refused": ("versions a variant refused to load (failed verification)",
                            ("variant",)),
 }
-REPLICA_GAUGES = ("reco_spool_depth", "reco_broker_degraded")  # forgotten when not refreshed
+# forgotten when not refreshed
+REPLICA_GAUGES = ("reco_spool_depth", "reco_broker_degraded", "reco_wal_pending", "reco_wal_bytes")
 
 
 Pairs = list[tuple[str, str]]
@@ -127,7 +133,7 @@ class MetricsLogic:
     """Sums the replicas' deltas; renders them through prometheus_client.
 
     Per-replica gauges expire `ttl` seconds after their last push, so a replica that is gone
-    (its spool adopted by another) stops counting."""
+    (its log adopted by another) stops counting."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, ttl: float = 10.0) -> None:
         self.counters: dict[SeriesKey, float] = defaultdict(float)

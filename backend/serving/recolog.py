@@ -7,7 +7,7 @@ of a recommendation in the ingress: over every process, 2.26-2.49 ms of CPU per 
 cluster, the two modes alternated). So the ingress only appends each decision to a list,
 and `LogShipper` hands the list to the RecoLog deployment, which produces it, once per
 `interval` (one call in flight). A batch that cannot be shipped within `timeout` goes to
-`fallback` record by record (the ingress's own producer, and its spool; a batch that times
+`fallback` record by record (the ingress's own producer, and its log; a batch that times
 out and still arrives is a duplicate, which the ingest's event_id dedupe drops), and so does
 a record that finds `max_buffer` queued (RecoLog stuck): nothing is dropped, and memory
 stays bounded.
@@ -31,16 +31,17 @@ Record = dict[str, Any]
 PUSH_SECONDS = 1.0  # how often a replica pushes metrics and reads the shared experiment
 
 
-class _Spool(Protocol):
-    @property
-    def depth(self) -> int: ...
-
-
 class Producer(Protocol):
     """What serving uses of `backend.data.kafka.EventProducer` (a fake in unit tests)."""
 
     @property
-    def spool(self) -> _Spool: ...
+    def depth(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def log_bytes(self) -> int: ...
 
     @property
     def degraded(self) -> bool: ...
@@ -52,12 +53,17 @@ class Producer(Protocol):
 
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None: ...
 
+    def write(self, topic: str, event: Any) -> Any: ...
+
+    async def durable(self, entry: Any) -> None: ...
+
     def close(self, timeout: float) -> None: ...
 
 
 class ProducerGauges:
-    """One replica's producer health into its metric delta: spool depth, degraded, and the
-    events spooled since the last push as produce errors."""
+    """One replica's producer health into its metric delta: events waiting for the broker,
+    degraded, accepted writes not yet in the lake, the log's size, and the events that
+    waited for the broker since the last push as produce errors."""
 
     def __init__(self, producer: Producer, replica: str) -> None:
         self.producer = producer
@@ -66,9 +72,11 @@ class ProducerGauges:
 
     def push(self) -> None:
         delta, spooled = replica_delta(), self.producer.spooled
-        delta.set("reco_spool_depth", {"replica": self.replica}, float(self.producer.spool.depth))
-        delta.set("reco_broker_degraded", {"replica": self.replica},
-                  float(self.producer.degraded))
+        labels = {"replica": self.replica}
+        delta.set("reco_spool_depth", labels, float(self.producer.depth))
+        delta.set("reco_broker_degraded", labels, float(self.producer.degraded))
+        delta.set("reco_wal_pending", labels, float(self.producer.pending))
+        delta.set("reco_wal_bytes", labels, float(self.producer.log_bytes))
         if spooled > self.pushed:
             delta.inc("reco_kafka_produce_errors_total", {}, spooled - self.pushed)
         self.pushed = spooled
@@ -161,7 +169,7 @@ class RecoLogLogic:
             self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
 
     async def push(self) -> None:
-        """This replica's spool depth and broker state, for /health and /metrics."""
+        """This replica's log figures and broker state, for /health and /metrics."""
         self.gauges.push()
         await self.record(take_replica_delta().as_payload())
 

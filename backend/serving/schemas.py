@@ -166,7 +166,8 @@ class RecommendResponse(BaseModel):
 
 
 class Accepted(BaseModel):
-    """`POST /rate`, `POST /watch`: the event is on its way to Kafka (or the spool)."""
+    """`POST /rate`, `POST /watch`: the event is on disk in the replica's write-ahead log,
+    on its way to Kafka, and stays in the log until the lake holds its `event_id`."""
 
     event_id: str
     status: Literal["accepted"] = "accepted"
@@ -188,7 +189,8 @@ class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     variants: dict[str, VariantStatus]
     broker_degraded: bool
-    spool_depth: int
+    spool_depth: int  # events waiting for the broker in the replicas' write-ahead logs
+    wal_pending: int = 0  # accepted writes the lake does not hold yet (normal: seconds' worth)
     split: float | None
     salt: str
     weights: dict[str, float] = {}
@@ -283,10 +285,12 @@ class SharedExperiment(BaseModel):
 
 
 class WritesHealth(BaseModel):
-    """Spool depth and degraded replicas, summed over the live ingress replicas."""
+    """Events waiting for the broker, degraded replicas and accepted writes not yet in the
+    lake, summed over the live replicas."""
 
     spool_depth: int = 0
     degraded_replicas: int = 0
+    wal_pending: int = 0
 
 
 class VariantAnswer(TypedDict):

@@ -67,7 +67,8 @@ class ServingStateLogic:
     def writes_health(self) -> WritesHealth:
         return WritesHealth(
             spool_depth=int(sum(self.metrics.fresh_gauges("reco_spool_depth"))),
-            degraded_replicas=int(sum(self.metrics.fresh_gauges("reco_broker_degraded"))))
+            degraded_replicas=int(sum(self.metrics.fresh_gauges("reco_broker_degraded"))),
+            wal_pending=int(sum(self.metrics.fresh_gauges("reco_wal_pending"))))
 
     def lease_size(self, client: str) -> int:
         """Tokens handed out per lease: small against the limit, so that leases parked in

@@ -29,13 +29,15 @@ def body() -> None:
                  "`make up`.")
     else:
         cols = st.columns(4)
-        cols[0].metric("API", health.status, help="ok, or degraded while events spool")
+        cols[0].metric("API", health.status,
+                       help="ok, or degraded while events wait for the broker")
         for col, v in zip(cols[1:3], ("A", "B"), strict=True):
             st_v = health.variants.get(v)
             col.metric(f"variant {v} serves", (st_v and st_v.version) or "nothing",
                        help="verified production version; refused versions listed below")
         cols[3].metric("spool depth", health.spool_depth,
-                       help="events waiting on disk for the broker")
+                       help="events waiting in the replicas' write-ahead logs for the "
+                            "broker")
         rate, st.session_state["req_scrape"] = data.request_rate(
             data.prometheus(), st.session_state.get("req_scrape"), time.time())
         st.metric("requests/s now", "measuring..." if rate is None else f"{rate:.1f}",

@@ -43,7 +43,7 @@ def body() -> None:
     if not prom.empty and "name" in prom:
         spooled = prom[prom["name"] == "reco_kafka_produce_errors_total"]["value"].sum()
         st.metric("events spooled (broker away)", int(spooled),
-                  help="events the API wrote to its disk spool instead of Kafka")
+                  help="events that waited in the API's write-ahead log for the broker")
 
 
 body()

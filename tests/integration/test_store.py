@@ -37,6 +37,29 @@ def test_writers_racing_on_s3_lose_nothing(seaweed):
     check_concurrent_appends(_fresh(seaweed)[0])
 
 
+def test_what_landed_reads_from_a_lake_in_the_bucket(seaweed, tmp_path):
+    """The ingress replicas' view of what the lake holds (`LandedIds`) on S3: files by write
+    time first, then only the files of new commits (their `_delta_log` entries, read through
+    the bucket's filesystem)."""
+    import time
+
+    from backend.core.settings import Settings
+    from backend.data.lake import Lake, LandedIds
+    from tests.unit.test_lake import rating_frame
+
+    cfg, _ = _fresh(seaweed)
+    lake = Lake.open(Settings(var_dir=tmp_path / "var", store=cfg))
+    assert lake.root.startswith("s3://")
+    landed, t0 = LandedIds(lake, slack=0), time.time() - 1
+    first, second = rating_frame(3), rating_frame(2)
+    asked = {"events.rating": {*first["event_id"], *second["event_id"]}}
+    lake.write("events.rating", first)
+    assert landed(asked, t0) == {("events.rating", i) for i in first["event_id"]}
+    lake.write("events.rating", second)
+    assert landed(asked, t0) == {("events.rating", i) for i in second["event_id"]}
+    assert len(landed(asked, t0, rescan=True)) == 5
+
+
 def test_reco_store_start_status_stop_and_the_data_survives_a_restart(tmp_path):
     env = _clean_env() | {"RECO_VAR_DIR": str(tmp_path / "var"), "PYTHONPATH": str(ROOT),
                           "RECO_STORE__URI": "s3://reco/p",

@@ -50,14 +50,14 @@ def test_traffic_flows_over_tls_and_plaintext_is_refused(tls_broker):
 
     # the platform's producer and consumer over SSL, end to end through the broker
     assert "events.rating" in ensure_topics(k)
-    producer = EventProducer(k, settings.spool_dir)
+    producer = EventProducer(k, settings.wal_dir)
     ids = [str(uuid.uuid4()) for _ in range(20)]
     for i, event_id in enumerate(ids):
         producer.send("events.rating", {"event_id": event_id, "user_id": i + 1,
                                         "item_id": 7, "rating": 4,
                                         "ts": "2024-03-01T12:00:00Z"}, key=i + 1)
     producer.flush(timeout=20)
-    assert not producer.degraded and producer.spool.depth == 0
+    assert not producer.degraded and producer.depth == 0
     producer.close()
     c = consumer(k, group_id=None, enable_auto_commit=False)
     parts = [TopicPartition("events.rating", p) for p in range(k.partitions)]

@@ -29,22 +29,34 @@ from registry.quarantine import QuarantineStore
 CLIENT, ADMIN = "client-secret", "admin-secret"
 
 
-class Spool:
-    depth = 0
-
-
 class FakeProducer:
-    """Records what it is sent; `degraded`, `spool.depth` and `spooled` are set by a test."""
+    """Records what it is sent; `degraded`, `depth`, `pending` and `spooled` are set by a
+    test; `full`: writes are refused as by a full write-ahead log."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
-        self.spool = Spool()
+        self.depth = 0
+        self.pending = 0
+        self.log_bytes = 0
         self.degraded = False
         self.spooled = 0
         self.closed = False
+        self.full = False
+        self.durable_waits: list[Any] = []
 
     def send(self, topic: str, event: Any) -> None:
         self.sent.append((topic, event))
+
+    def write(self, topic: str, event: Any) -> Any:
+        if self.full:
+            from backend.data.wal import WalFull
+
+            raise WalFull("write-ahead log full")
+        self.sent.append((topic, event))
+        return len(self.sent)
+
+    async def durable(self, entry: Any) -> None:
+        self.durable_waits.append(entry)
 
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         self.sent.append((topic, value))
@@ -401,7 +413,7 @@ def test_push_sends_the_delta_with_producer_gauges_and_survives_a_missing_state(
     with Rig() as rig:
         async def scenario() -> str:
             await rig.logic.recommend({}, 3, 1)
-            rig.producer.spool.depth, rig.producer.spooled = 4, 2
+            rig.producer.depth, rig.producer.spooled, rig.producer.pending = 4, 2, 3
             await rig.logic.push()
             rig.down[0] = True
             with pytest.raises(ConnectionError):  # the loop logs it and tries next period
@@ -412,6 +424,7 @@ def test_push_sends_the_delta_with_producer_gauges_and_survives_a_missing_state(
 
         text = run(scenario())
         assert 'reco_spool_depth{replica="replica-1"} 4.0' in text
+        assert 'reco_wal_pending{replica="replica-1"} 3.0' in text
         assert "reco_kafka_produce_errors_total 2.0" in text
         assert "reco_model_info{" in text
 
@@ -426,7 +439,7 @@ def test_health_says_degraded_when_any_replica_spools_and_answers_without_the_st
             rig.state.record(delta.as_payload())
             out.append((await rig.logic.health()).model_dump())
             rig.down[0] = True
-            rig.producer.spool.depth = 2
+            rig.producer.depth = 2
             out.append((await rig.logic.health()).model_dump())
             rig.down[0] = False
             await rig.logic.close()
@@ -435,7 +448,8 @@ def test_health_says_degraded_when_any_replica_spools_and_answers_without_the_st
         ok, others, alone = run(scenario())
         assert ok == {"status": "ok", "variants": {
             v: {"variant": v, "version": "v0001", "refused": {}, "runtime": {}}
-            for v in ("A", "B")}, "broker_degraded": False, "spool_depth": 0, "split": 0.5,
+            for v in ("A", "B")}, "broker_degraded": False, "spool_depth": 0, "wal_pending": 0,
+            "split": 0.5,
             "salt": "exp-1", "weights": {"A": 0.5, "B": 0.5}, "experiment": None, "epoch": None}
         assert (others["status"], others["broker_degraded"], others["spool_depth"]) == (
             "degraded", True, 7)
@@ -478,12 +492,17 @@ def test_diversity_needs_a_knob_and_keeps_each_knobs_json_type():
                                {"knobs": {"tail_slots": 5, "mmr_lambda": 0.5}})]
 
 
-def test_writes_go_to_the_producer_and_are_acknowledged():
+def test_writes_are_acknowledged_once_durable_and_refused_when_the_log_is_full():
     with Rig() as rig:
         event = RatingEvent(user_id=1, item_id=2, rating=4)
-        accepted = rig.logic.accept("events.rating", event)
+        accepted = run(rig.logic.accept("events.rating", event))
         assert accepted.model_dump() == {"event_id": event.event_id, "status": "accepted"}
         assert rig.producer.sent == [("events.rating", event)]
+        assert rig.producer.durable_waits == [1]  # awaited its fsync before answering
+        rig.producer.full = True
+        with pytest.raises(RecoError) as refused:
+            run(rig.logic.accept("events.rating", RatingEvent(user_id=1, item_id=2, rating=4)))
+        assert refused.value.status_code == 503 and "Retry-After" in refused.value.headers
 
 
 def test_registry_operations_answer_with_the_variants_aliases(tmp_path):

@@ -108,7 +108,9 @@ def test_a_ship_that_hangs_times_out_into_the_fallback():
 class Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict]] = []
-        self.spool = type("Spool", (), {"depth": 0})()
+        self.depth = 0
+        self.pending = 0
+        self.log_bytes = 0
         self.degraded = False
         self.spooled = 0
         self.closed = False
@@ -138,7 +140,7 @@ def test_reco_log_produces_batches_and_pushes_its_producers_health():
 
         logic = RecoLogLogic(producer, "recolog-1", record, period=0.01)
         assert logic.write([{"n": 1}, {"n": 2}]) == 2  # also starts the pusher
-        producer.spool.depth, producer.degraded, producer.spooled = 3, True, 5
+        producer.depth, producer.degraded, producer.spooled = 3, True, 5
         await asyncio.sleep(0.05)
         producer.spooled = 7
         await asyncio.sleep(0.05)

@@ -153,14 +153,16 @@ def test_writes_health_sums_live_replicas_and_forgets_gone_ones():
         d.set("reco_spool_depth", {"replica": replica}, depth)
         d.set("reco_broker_degraded", {"replica": replica}, degraded)
         state.metrics.merge(d.as_payload())
-    assert state.writes_health().model_dump() == {"spool_depth": 5, "degraded_replicas": 1}
+    assert state.writes_health().model_dump() == {"spool_depth": 5, "degraded_replicas": 1,
+                                                  "wal_pending": 0}
     now[0] = 5.0
     d = MetricsDelta()
     d.set("reco_spool_depth", {"replica": "r2"}, 0)
     d.set("reco_broker_degraded", {"replica": "r2"}, 0)
     state.metrics.merge(d.as_payload())
     now[0] = 12.0  # r1 stopped pushing 12 s ago: gone
-    assert state.writes_health().model_dump() == {"spool_depth": 0, "degraded_replicas": 0}
+    assert state.writes_health().model_dump() == {"spool_depth": 0, "degraded_replicas": 0,
+                                                  "wal_pending": 0}
     assert 'replica="r1"' not in state.metrics.render()
 
 
