@@ -12,10 +12,12 @@ side in one run for:
 Each leg gets a fresh Ray head (the Serve settings are process environment of the head), a
 fresh embedded broker and a registry holding Model A and B fitted on MovieLens. Load comes
 from `wrk` (Debian) at 1, 8 and 32 connections, for `--seconds` each after a warm-up; users
-are drawn at random from MovieLens's 943. Targets for (a): >= 800 req/s at 32 connections with
-p99 < 75 ms and no errors; p50 < 3 ms at 1 connection; (a)/(b) >= 4x; (a)/(c) >= 0.25x.
+are drawn at random from MovieLens's 943. The deployed leg then posts ratings (`POST /rate`,
+answered once in the ingress replica's write-ahead log) at `--writes` connections. Targets
+for (a): >= 800 req/s at 32 connections with p99 < 75 ms and no errors; p50 < 3 ms at 1
+connection; (a)/(b) >= 4x; (a)/(c) >= 0.25x.
 
-    python bench/serve.py [--seconds 10] [--legs deployed,defaults,uvicorn]
+    python bench/serve.py [--seconds 10] [--legs deployed,defaults,uvicorn] [--writes 1,32]
 Writes var/bench/serve.json.
 """
 
@@ -51,12 +53,24 @@ from registry import open_registry  # noqa: E402
 
 CONNECTIONS = (1, 8, 32)
 INGRESS_REPLICAS = 1  # --ingress-replicas
-LUA = """
-math.randomseed(7)
+REQUESTS = {  # wrk's request function per route
+    "read": """
 request = function()
   return wrk.format("GET", "/recommend/" .. math.random(1, %USERS%) .. "?k=10",
                     {["X-API-Key"] = "%KEY%"})
 end
+""",
+    "write": """
+request = function()
+  local body = string.format('{"user_id": %d, "item_id": %d, "rating": %d}',
+    math.random(1, %USERS%), math.random(1, 1682), math.random(1, 5))
+  return wrk.format("POST", "/rate", {["X-API-Key"] = "%KEY%",
+                    ["Content-Type"] = "application/json"}, body)
+end
+"""}
+LUA = """
+math.randomseed(7)
+%REQUEST%
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('JSON {"requests": %d, "seconds": %.3f, "errors": %d, ' ..
@@ -91,9 +105,12 @@ def prepare(var: Path) -> Settings:
     return settings
 
 
-def wrk(port: int, key: str, conns: int, seconds: float, users: int = 943) -> dict:
+def wrk(port: int, key: str, conns: int, seconds: float, users: int = 943,
+        route: str = "read") -> dict:
+    """`route`: read (`GET /recommend/{user_id}`) or write (`POST /rate`, accepted: 202)."""
+    script = LUA.replace("%REQUEST%", REQUESTS[route])
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(LUA.replace("%KEY%", key).replace("%USERS%", str(users)))
+        fh.write(script.replace("%KEY%", key).replace("%USERS%", str(users)))
     try:
         out = subprocess.run(["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d",
                               f"{int(seconds)}s", "-s", fh.name, f"http://127.0.0.1:{port}"],
@@ -109,13 +126,16 @@ def wrk(port: int, key: str, conns: int, seconds: float, users: int = 943) -> di
 
 
 def measure(name: str, port: int, key: str, seconds: float,
-            connections: tuple[int, ...] = CONNECTIONS, users: int = 943) -> list[dict]:
-    wrk(port, key, 8, 3, users)  # warm-up: connections, replica caches, JIT of numpy paths
+            connections: tuple[int, ...] = CONNECTIONS, users: int = 943,
+            route: str = "read") -> list[dict]:
+    wrk(port, key, 8, 3, users, route)  # warm-up: connections, replica caches, numpy paths
     rows = []
     for c in connections:
-        r = wrk(port, key, c, seconds, users) | {"leg": name, "connections": c}
+        r = wrk(port, key, c, seconds, users, route) | {"leg": name, "connections": c,
+                                                         "route": route}
         rows.append(r)
-        print(f"{name:<9} c={c:<3} {r['req_per_s']:>8} req/s  p50 {r['p50_ms']:>7.2f} ms  "
+        print(f"{name:<9} {route:<5} c={c:<3} {r['req_per_s']:>8} req/s  "
+              f"p50 {r['p50_ms']:>7.2f} ms  "
               f"p95 {r['p95_ms']:>7.2f}  p99 {r['p99_ms']:>7.2f}  errors {r['errors']} "
               f"non-2xx {r['non_2xx']}", flush=True)
     return rows
@@ -123,9 +143,11 @@ def measure(name: str, port: int, key: str, seconds: float,
 
 def serve_leg(name: str, workdir: Path, seconds: float, fast: bool,
               connections: tuple[int, ...] = CONNECTIONS,
-              prepare: Callable[[Path], Settings] = prepare, users: int = 943) -> list[dict]:
+              prepare: Callable[[Path], Settings] = prepare, users: int = 943,
+              writes: tuple[int, ...] = ()) -> list[dict]:
     """One deployment measured; `prepare` makes its var dir (registry and keys), `users`
-    bounds the user ids asked for."""
+    bounds the user ids asked for; `writes`: connection counts of a `POST /rate` pass after
+    the reads (no ingest job runs: each accepted write stays in the replica's log)."""
     settings = prepare(workdir / name)
     ports = {"head_port": free_port(), "dashboard_port": free_port(),
              "client_port": free_port(), "dashboard_agent_port": free_port(),
@@ -153,6 +175,8 @@ def serve_leg(name: str, workdir: Path, seconds: float, fast: bool,
             raise RuntimeError(out.stderr[-3000:])
         key = (settings.registry.keys_dir / "sim.key").read_text().strip()
         rows = measure(name, settings.serve.port, key, seconds, connections, users)
+        if writes:
+            rows += measure(name, settings.serve.port, key, seconds, writes, users, "write")
         metrics = httpx.get(f"http://127.0.0.1:{settings.serve.port}/metrics", timeout=10).text
         by_status: dict[str, float] = {}  # /recommend/{user_id} responses, every variant
         for x in metrics.splitlines():
@@ -222,6 +246,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--legs", default="deployed,defaults,uvicorn")
     parser.add_argument("--ingress-replicas", type=int, default=1)
+    parser.add_argument("--writes", default="1,32", help=(
+        "connection counts of the deployed leg's POST /rate pass (empty: none)"))
     args = parser.parse_args()
     global INGRESS_REPLICAS
     INGRESS_REPLICAS = args.ingress_replicas
@@ -233,13 +259,16 @@ def main() -> None:
         if leg == "uvicorn":
             rows += uvicorn_leg(workdir, args.seconds)
         else:
-            rows += serve_leg(leg, workdir, args.seconds, fast=leg != "defaults")
-    by = {(r["leg"], r["connections"]): r for r in rows}
-    print(f"\n{'leg':<10}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-          f"{'errors':>8}")
+            writes = tuple(int(c) for c in args.writes.split(",") if c)
+            rows += serve_leg(leg, workdir, args.seconds, fast=leg != "defaults",
+                              writes=writes if leg == "deployed" else ())
+    by = {(r["leg"], r["connections"]): r for r in rows if r.get("route", "read") == "read"}
+    print(f"\n{'leg':<10}{'route':<7}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p95 ms':>9}"
+          f"{'p99 ms':>9}{'errors':>8}")
     for r in rows:
-        print(f"{r['leg']:<10}{r['connections']:>6}{r['req_per_s']:>10}{r['p50_ms']:>9.2f}"
-              f"{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors'] + r['non_2xx']:>8}")
+        print(f"{r['leg']:<10}{r.get('route', 'read'):<7}{r['connections']:>6}"
+              f"{r['req_per_s']:>10}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+              f"{r['errors'] + r['non_2xx']:>8}")
     checks = targets("deployed", by, rows)
     print("\n" + "\n".join(f"{'met   ' if ok else 'MISSED'} {k}" for k, ok in checks.items()))
     out = ROOT / "var" / "bench" / "serve.json"
@@ -256,7 +285,7 @@ def targets(name: str, by: dict, rows: list[dict]) -> dict[str, bool]:
         checks[f"{name}: >= 800 req/s at 32"] = a32["req_per_s"] >= 800
         checks[f"{name}: p99 < 75 ms at 32"] = a32["p99_ms"] < 75
         checks[f"{name}: no errors"] = all(r["errors"] + r["non_2xx"] == 0 for r in rows
-                                           if r["leg"] == name)
+                                           if r["leg"] == name)  # writes too
         checks[f"{name}: p50 < 3 ms at 1"] = a1["p50_ms"] < 3
         if ("defaults", 32) in by:
             ratio = a32["req_per_s"] / by[("defaults", 32)]["req_per_s"]

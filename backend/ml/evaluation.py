@@ -51,23 +51,53 @@ def partial_interactions(events: pd.DataFrame) -> pd.DataFrame:
 
 def merge_partials(frame: pd.DataFrame) -> pd.DataFrame:
     """Partials -> one row per (user, item): earliest `ts`, the rating with the latest
-    `rating_ts` (ties: the higher rating), watched if any part was."""
-    order = frame.sort_values(["rating_ts", "rating"], na_position="first", kind="stable")
-    out = order.groupby(["user_id", "item_id"], sort=False).agg(
+    `rating_ts` (ties: the higher rating), watched if any part was. Only the rows of pairs
+    that occur more than once are grouped (found by one sort of a pair key): at scale
+    nearly every pair occurs once, and grouping all of them dominated the retrain's memory."""
+    users = frame["user_id"].to_numpy(dtype=np.int64)
+    items = frame["item_id"].to_numpy(dtype=np.int64)
+    if len(users) < 2:
+        return frame[PARTIAL].reset_index(drop=True)
+    key = users * (int(items.max()) + 1) + items  # ids are at most MAX_ID: no overflow
+    order = np.argsort(key, kind="stable")
+    same = np.flatnonzero(key[order[1:]] == key[order[:-1]])
+    if not len(same):
+        return frame[PARTIAL].reset_index(drop=True)
+    repeated = np.zeros(len(key), dtype=bool)
+    repeated[order[same]] = repeated[order[same + 1]] = True
+    del key, order, same
+    ranked = frame[repeated].sort_values(["rating_ts", "rating"], na_position="first",
+                                         kind="stable")
+    merged = ranked.groupby(["user_id", "item_id"], sort=False).agg(
         ts=("ts", "min"), rating=("rating", "last"), rating_ts=("rating_ts", "last"),
-        watched=("watched", "any"))
-    return out.reset_index()[PARTIAL]
+        watched=("watched", "any")).reset_index()
+    return pd.concat([frame[~repeated][PARTIAL], merged[PARTIAL]], ignore_index=True)
+
+
+def _order(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (user, time, item) keys of the interactions' order, as numpy arrays."""
+    return (frame["user_id"].to_numpy(dtype=np.int64), frame["ts"].array.asi8,
+            frame["item_id"].to_numpy(dtype=np.int64))
+
+
+def _in_order(users: np.ndarray, ts: np.ndarray, items: np.ndarray) -> bool:
+    """True if rows are sorted by (user, time, item): a sort can then be skipped."""
+    u0, u1, t0, t1 = users[:-1], users[1:], ts[:-1], ts[1:]
+    return bool(np.all((u1 > u0) | ((u1 == u0) & ((t1 > t0) | ((t1 == t0)
+                                                               & (items[1:] >= items[:-1]))))))
 
 
 def finish_interactions(partials: pd.DataFrame,
                         quarantine: set[int] | frozenset[int] = frozenset()) -> pd.DataFrame:
-    """Merged partials -> the interactions frame (COLUMNS), without the quarantined users."""
+    """Merged partials -> the interactions frame (COLUMNS) sorted by user, time and item,
+    without the quarantined users."""
     out = partials
     if quarantine:
         out = out[~out["user_id"].isin(list(quarantine))]
-    out = out.astype({"user_id": "int64", "item_id": "int64", "rating": "float64",
-                      "watched": bool})
-    return out.sort_values(["user_id", "ts", "item_id"]).reset_index(drop=True)[COLUMNS]
+    out = out[COLUMNS].astype({"user_id": "int64", "item_id": "int64", "rating": "float64",
+                               "watched": bool})
+    users, ts, items = _order(out)
+    return out.take(np.lexsort((items, ts, users))).reset_index(drop=True)
 
 
 def build_interactions(ratings: pd.DataFrame, watches: pd.DataFrame,
@@ -82,12 +112,15 @@ def build_interactions(ratings: pd.DataFrame, watches: pd.DataFrame,
 def temporal_split(frame: pd.DataFrame, test_fraction: float = 0.2,
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per user, the last floor(n * test_fraction) interactions by time are the test set."""
-    ordered = frame.sort_values(["user_id", "ts", "item_id"], kind="stable")
-    pos = ordered.groupby("user_id").cumcount()
-    size = ordered.groupby("user_id")["item_id"].transform("size")
-    n_test = np.floor(size * test_fraction).astype(int)
-    is_test = pos >= size - n_test
-    return ordered[~is_test].reset_index(drop=True), ordered[is_test].reset_index(drop=True)
+    users, ts, items = _order(frame)
+    if not _in_order(users, ts, items):  # interactions come sorted: no copy then
+        frame = frame.take(np.lexsort((items, ts, users)))
+        users = frame["user_id"].to_numpy(dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else users
+    sizes = np.diff(np.r_[starts, len(users)])
+    pos = np.arange(len(users)) - np.repeat(starts, sizes)
+    is_test = pos >= np.repeat(sizes - np.floor(sizes * test_fraction).astype(np.int64), sizes)
+    return frame[~is_test].reset_index(drop=True), frame[is_test].reset_index(drop=True)
 
 
 def evaluate(model: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int = 10,
@@ -96,13 +129,15 @@ def evaluate(model: Recommender, train: pd.DataFrame, test: pd.DataFrame, k: int
     """Accuracy and beyond-accuracy metrics of `model` (fitted on `train`) on `test`, over
     every test user or a seeded uniform sample of `max_users` of them (the same sample for
     every model evaluated on the same split, so a gate compares like with like)."""
+    test_users = np.unique(test["user_id"].to_numpy(dtype=np.int64))
+    if max_users is not None and len(test_users) > max_users:
+        pick = np.random.default_rng(seed).choice(len(test_users), max_users, replace=False)
+        test_users = test_users[np.sort(pick)]
+        test = test[test["user_id"].isin(test_users)]  # sets for the sample only
     relevant: dict[int, set[int]] = {}
     for u, i in zip(test["user_id"].tolist(), test["item_id"].tolist(), strict=True):
-        relevant.setdefault(int(u), set()).add(int(i))
-    users = sorted(relevant)
-    if max_users is not None and len(users) > max_users:
-        pick = np.random.default_rng(seed).choice(len(users), max_users, replace=False)
-        users = [users[i] for i in np.sort(pick)]
+        relevant.setdefault(u, set()).add(i)
+    users = test_users.tolist()
     lists = model.recommend_many(users, k)
     recs = [lists[u] for u in users]
     catalog = model.item_ids

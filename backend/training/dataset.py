@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 
 import pandas as pd
+import pyarrow as pa
 
 from backend.core.settings import Settings, TrainSettings
 from backend.data.catalog import load_catalog
@@ -63,9 +64,12 @@ def read_partials(lake: Lake, topic: str, columns: list[str], version: int | Non
         blocks = ds.map_batches(partial_interactions,  # type: ignore[arg-type]
                                 batch_format="pandas",
                                 batch_size=BLOCK_ROWS)
-        parts = list(blocks.iter_batches(batch_format="pandas", batch_size=None))
-        frame = pd.concat(parts, ignore_index=True) if parts else \
+        # collected as Arrow and converted once: a pandas frame per block held several
+        # copies of the partials on the driver
+        parts = list(blocks.iter_batches(batch_format="pyarrow", batch_size=None))
+        frame = pa.concat_tables(parts).to_pandas() if parts else \
             partial_interactions(pd.DataFrame(columns=columns))
+        del parts
         via = "ray_data"
     else:
         frame = partial_interactions(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from backend.core.settings import TrainSettings
 from backend.ml.evaluation import (
@@ -77,6 +78,30 @@ def test_temporal_split_holds_out_each_users_latest_fifth():
             <= test["ts"].to_numpy()).all()
 
 
+@pytest.mark.parametrize("presorted", [True, False])
+def test_temporal_split_is_the_per_user_definition_on_random_interactions(presorted):
+    """Ties in time, users of 1 to 40 rows, shuffled or already in order: each user's last
+    floor(n * fraction) rows by (time, item) are the test set, the rest train, in order."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    frame = pd.DataFrame({"user_id": rng.integers(1, 200, n),
+                          "item_id": rng.permutation(n) + 1,  # unique: no full ties
+                          "ts": T0 + pd.to_timedelta(rng.integers(0, 50, n), "h"),
+                          "rating": rng.integers(1, 6, n).astype(float),
+                          "watched": rng.random(n) < 0.5})
+    if presorted:
+        frame = frame.sort_values(["user_id", "ts", "item_id"]).reset_index(drop=True)
+    train, test = temporal_split(frame, 0.3)
+    want_train, want_test = [], []
+    for _, rows in sorted(frame.groupby("user_id"), key=lambda g: g[0]):
+        rows = rows.sort_values(["ts", "item_id"])
+        cut = len(rows) - int(np.floor(len(rows) * 0.3))
+        want_train.append(rows.iloc[:cut])
+        want_test.append(rows.iloc[cut:])
+    pd.testing.assert_frame_equal(train, pd.concat(want_train, ignore_index=True))
+    pd.testing.assert_frame_equal(test, pd.concat(want_test, ignore_index=True))
+
+
 def test_evaluate_reports_every_metric_in_range():
     inter, items, users = dataset()
     train, test = temporal_split(inter, 0.25)
@@ -109,3 +134,7 @@ def test_evaluation_over_a_sample_of_test_users_takes_the_same_users_for_every_m
     assert a.users == 20 and evaluate(ItemKNN().fit(train), train, test, 5).users == n_test
     assert evaluate(ItemKNN().fit(train), train, test, 5, max_users=20) == a  # same sample
     assert evaluate(ItemKNN().fit(train), train, test, 5, max_users=n_test + 5).users == n_test
+    # the sample: a seeded uniform draw of the sorted test users, each evaluated on all its rows
+    users = np.sort(test["user_id"].unique())
+    drawn = users[np.sort(np.random.default_rng(0).choice(len(users), 20, replace=False))]
+    assert evaluate(ItemKNN().fit(train), train, test[test["user_id"].isin(drawn)], 5) == a
