@@ -67,7 +67,7 @@ def settings_for(var: Path, **over: object) -> Settings:
     (var / "cache").mkdir(parents=True, exist_ok=True)
     if not (var / "cache" / WHEEL_NAME).exists():
         shutil.copy(fetch(ROOT / "var" / "cache"), var / "cache" / WHEEL_NAME)
-    return Settings(var_dir=var, **over)  # type: ignore[arg-type]
+    return Settings.model_validate({"var_dir": var, **over})
 
 
 class MemoryPeak:
@@ -104,7 +104,7 @@ def produce(settings: Settings, shape: Shape, part: int, parts: int, done: mp.Qu
     encoded as the API encodes them, keyed by user."""
     from backend.data.kafka import EventProducer, encode
 
-    producer = EventProducer(settings.kafka, settings.spool_dir / f"p{part}",
+    producer = EventProducer(settings.kafka, settings.wal_dir / f"p{part}",
                              start_flusher=False)
     sent = 0
     t0 = time.perf_counter()
@@ -315,25 +315,32 @@ def main() -> None:
     legs = args.legs.split(",")
     args.workdir.mkdir(parents=True, exist_ok=True)
     result = json.loads(OUT.read_text()) if OUT.exists() else {}
-    result |= {"shape": shape.__dict__, "machine": {"cpus": os.cpu_count()},
-               "targets": TARGETS}
+    result |= {"machine": {"cpus": os.cpu_count()}, "targets": TARGETS}
+    result.pop("shape", None)  # per leg now: legs are run apart and merged here
     if "ingest" in legs:
-        result["ingest"] = ingest_leg(args.workdir, shape)
+        result["ingest"] = stamp(shape) | ingest_leg(args.workdir, shape)
     elif "retrain" in legs and not (args.workdir / "lake-var" / "lake").exists():
         seed_lake(args.workdir, shape)
     if "retrain" in legs:
-        result["retrain"] = retrain_leg(args.workdir)
+        result["retrain"] = stamp(shape) | retrain_leg(args.workdir)
     if "snapshot" in legs:
-        result["snapshot"] = snapshot_leg(shape, [int(s) for s in
-                                                  args.snapshot_sizes.split(",")])
+        result["snapshot"] = stamp(shape) | {"rows": snapshot_leg(
+            shape, [int(s) for s in args.snapshot_sizes.split(",")])}
     if "serve" in legs:
-        result["serve"] = serve_leg(args.workdir, args.seconds)
+        result["serve"] = stamp(shape) | serve_leg(args.workdir, args.seconds)
     result["met"] = met(result)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2, default=str))
     print("\n" + "\n".join(f"{'met   ' if ok else 'MISSED'} {k}" for k, ok in
                            result["met"].items()))
     print(f"wrote {OUT}")
+
+
+def stamp(shape: Shape) -> dict:
+    """When a leg ran, on what shape, and how busy the machine was as it started (legs run
+    apart are merged into one file: each says its own)."""
+    return {"shape": shape.__dict__, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 def met(r: dict) -> dict[str, bool]:
@@ -346,7 +353,7 @@ def met(r: dict) -> dict[str, bool]:
         out["retrain < 8 GB"] = r["retrain"]["machine_peak_above_start_gb"] < TARGETS[
             "retrain_peak_gb"]
     if "snapshot" in r:
-        big = [s for s in r["snapshot"] if s["reco_events"] >= 10_000_000]
+        big = [s for s in r["snapshot"]["rows"] if s["reco_events"] >= 10_000_000]
         if big:
             out["snapshot 10M < 20 s"] = big[0]["median_s"] < TARGETS["snapshot_10m_s"]
     if "serve" in r:
