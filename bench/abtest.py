@@ -94,7 +94,8 @@ def run(pop: Population, rng: np.random.Generator, per_arm: int, looks: int, lif
     final = fixed
     if cuped:  # the variance of the estimate with and without the adjustment, same users
         plain = lift.fixed_horizon(*read(c, t, per_arm, False)[:2], relative=False)
-        var_plain, var_adj = plain.se ** 2, final.se ** 2
+        if plain.se is not None and final.se is not None:  # None: no estimate (skipped below)
+            var_plain, var_adj = plain.se ** 2, final.se ** 2
     slot = abtest.two_proportion_z(int(t["watches"].sum()), int(t["shown"].sum()),
                                    int(c["watches"].sum()), int(c["shown"].sum()))
     return {"fixed": final.p_value is not None and final.p_value < ALPHA,

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -201,7 +202,7 @@ def attack(temperature: float, points: list[int], workdir: Path) -> dict:
     try:
         ml = load(settings.data_cache)
         users = sorted(ml.users["user_id"].tolist())
-        history = {int(u): g["item_id"].to_numpy(dtype=int)
+        history = {int(cast(int, u)): g["item_id"].to_numpy(dtype=int)  # u: an int64 user id
                    for u, g in ml.ratings.groupby("user_id")}
         n_items = int(ml.items["item_id"].max())
         port = settings.serve.port

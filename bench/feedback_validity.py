@@ -44,6 +44,7 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import Any, TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,7 +81,8 @@ def reco_log(per_window: list[np.ndarray]) -> RecoLog:
     ts, items = [], []
     for w, block in enumerate(per_window):
         start = END - pd.Timedelta(hours=WINDOWS - w)
-        offsets = np.linspace(0, 3600 - 1, len(block)) if len(block) else []
+        offsets: np.ndarray | list[float] = (np.linspace(0, 3600 - 1, len(block)) if len(block)
+                                             else [])
         ts += [start + pd.Timedelta(seconds=float(s)) for s in offsets]
         items += block.tolist()
     return RecoLog.from_table(pa.table({
@@ -185,8 +187,18 @@ POLICIES = {"popularity": lambda seed: Popularity(),
             "boosted": lambda seed: BoostedKNN(boost=0.3),
             "model_a": lambda seed: ItemKNN(),
             "model_b": lambda seed: DiversityKNN(), "random": lambda seed: RandomPolicy(seed=seed)}
-WORLDS = {"static": {"drift": 0.0, "outside": 0}, "drifting": {"drift": 0.1, "outside": 0},
-          "outside": {"drift": 0.0, "outside": 2}}
+
+
+class World(TypedDict):
+    """GenreWorld's knobs."""
+
+    drift: float
+    outside: int
+
+
+WORLDS: dict[str, World] = {"static": {"drift": 0.0, "outside": 0},
+                            "drifting": {"drift": 0.1, "outside": 0},
+                            "outside": {"drift": 0.0, "outside": 2}}
 
 
 class GenreWorld:
@@ -293,7 +305,7 @@ def spearman_ci(f: np.ndarray, r: np.ndarray, seed: int = 0) -> tuple[float, lis
 
 def forecast_section(args) -> dict:
     ml = load(ROOT / "var" / "cache")
-    points = []
+    points: list[dict[str, Any]] = []
     for seed in range(args.forecast_seeds):
         # a young platform: a seeded share of MovieLens as the history both loops start from,
         # so a few cycles of the policy's own traffic can move it
@@ -304,6 +316,8 @@ def forecast_section(args) -> dict:
                 world = GenreWorld(ml, np.random.default_rng([seed, len(points)]), **knobs)
                 ginis = closed_loop(policy, world, ml, base, args.long_cycles, 300, seed)
                 realised = trend(ginis, CFG.echo_slope_max)
+                if realised.slope is None:  # under 3 cycles: no slope to compare
+                    sys.exit(f"--long-cycles {args.long_cycles}: {realised.reason}")
                 fc = forecast_gini_slope(functools.partial(POLICIES[policy], seed), base, ml.items,
                                          ml.users, ml.ratings, SimSettings(seed=100 + seed),
                                          steps=5, visits=300, k=10, limit=CFG.echo_slope_max)

@@ -108,7 +108,7 @@ def leg(name: str, n: int, per_message: bool, workdir: Path) -> dict:
 
 
 def validation_only(n: int, per_message: bool) -> float:
-    values = [v for _, v, _ in events(n) if b'"rating"' in v]
+    values: list[bytes | None] = [v for _, v, _ in events(n) if b'"rating"' in v]
     t0 = time.perf_counter()
     if per_message:
         for v in values:

@@ -173,6 +173,7 @@ def serve_leg(name: str, workdir: Path, seconds: float, fast: bool,
                              text=True, timeout=420)
         if out.returncode != 0:
             raise RuntimeError(out.stderr[-3000:])
+        assert settings.registry.keys_dir is not None  # Settings fills it in
         key = (settings.registry.keys_dir / "sim.key").read_text().strip()
         rows = measure(name, settings.serve.port, key, seconds, connections, users)
         if writes:

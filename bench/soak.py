@@ -107,6 +107,11 @@ class Load:
             slots = asyncio.Semaphore(concurrency)
             tasks: set[asyncio.Task] = set()
             loop = asyncio.get_running_loop()
+
+            def done(t: asyncio.Task) -> None:
+                tasks.discard(t)
+                slots.release()
+
             start, n = loop.time(), 0
             while loop.time() - start < duration:
                 due = start + n / rps
@@ -115,7 +120,7 @@ class Load:
                 await slots.acquire()
                 task = asyncio.create_task(self.one(client))
                 tasks.add(task)
-                task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+                task.add_done_callback(done)
                 n += 1
             await asyncio.gather(*tasks)
             return loop.time() - start
@@ -135,6 +140,7 @@ def main() -> None:
         assert httpx.get(url + "/health", timeout=5).json()["status"] == "ok"
     except Exception:  # noqa: BLE001 - any failure means the same thing here
         sys.exit(f"the platform does not answer at {url}: run `make up` first")
+    assert settings.registry.keys_dir is not None  # Settings fills it in
     key = (settings.registry.keys_dir / "sim.key").read_text().strip()
     from backend.data.movielens import load
 

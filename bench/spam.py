@@ -46,6 +46,7 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -221,12 +222,23 @@ class Attacks:
         return pd.concat([honest, attack], ignore_index=True), set(ids)
 
 
+class Cell(TypedDict):
+    """One window of the families grid: per detector (true positives, flagged, attackers)."""
+
+    family: str
+    size: float
+    filler: float
+    seed: int
+    z: float
+    counts: dict[str, tuple[int, int, int]]
+
+
 def families_section(ml, args) -> dict:
     """Precision, recall and F1 of every detector per family x attack size x filler size."""
     attacks = Attacks(ml)
     ml_sessions = sessions(ml.ratings[["user_id", "item_id", "rating", "ts"]])
     past = ml.ratings[["item_id", "rating"]]
-    cells = []  # (family, size, filler, seed, z) -> per detector tp/flagged/truth
+    cells: list[Cell] = []  # (family, size, filler, seed, z) -> per detector tp/flagged/truth
     for family in FAMILIES:
         for size in SIZES:
             for filler in FILLERS:
@@ -237,14 +249,14 @@ def families_section(ml, args) -> dict:
                     window, truth = attacks.window(family, honest, size, filler, rng)
                     for z in Z_GRID:
                         flags = spam.detect(window, z=z, past=past)
-                        counts = {}
+                        counts: dict[str, tuple[int, int, int]] = {}
                         for d in DETECTORS:
                             flagged = set(flags.index[flags[d]].tolist())
                             counts[d] = (len(flagged & truth), len(flagged), len(truth))
                         cells.append({"family": family, "size": size, "filler": filler,
                                       "seed": seed, "z": z, "counts": counts})
 
-    def pooled(rows, detector: str) -> dict:
+    def pooled(rows: list[Cell], detector: str) -> dict[str, float]:
         tp = sum(r["counts"][detector][0] for r in rows)
         flagged = sum(r["counts"][detector][1] for r in rows)
         truth = sum(r["counts"][detector][2] for r in rows)
@@ -261,13 +273,12 @@ def families_section(ml, args) -> dict:
     for family in FAMILIES:
         if family == "none":
             rows = [c for c in at if c["family"] == "none"]
-            flagged = [c["counts"]["combined"][1] for c in rows]
+            fp = [c["counts"]["combined"][1] for c in rows]  # all flags are false here
             families[family] = {
                 "held_out": True, "windows": len(rows),
-                "false_flags_per_window": round(float(np.mean(flagged)), 3),
-                "windows_with_a_false_flag": round(float(np.mean([f > 0 for f in flagged])), 3),
-                "false_flag_rate_per_user": round(sum(flagged) / (len(rows)
-                                                                 * args.window_users), 5),
+                "false_flags_per_window": round(float(np.mean(fp)), 3),
+                "windows_with_a_false_flag": round(float(np.mean([f > 0 for f in fp])), 3),
+                "false_flag_rate_per_user": round(sum(fp) / (len(rows) * args.window_users), 5),
                 "by_detector_flags_per_window": {
                     d: round(float(np.mean([c["counts"][d][1] for c in rows])), 3)
                     for d in DETECTORS}}
@@ -344,11 +355,11 @@ def main() -> None:
         hour, sim = hour_of_traffic(ml, shown, share, args.visits, args.seed)
         truth = set(sim.bots.tolist()) & set(hour["user_id"].tolist())
         flags = spam.detect(hour, past=base)
-        row = {"attack_share": share, "bots": len(truth), "raters": len(flags),
-               "ratings": len(hour)}
+        row: dict[str, Any] = {"attack_share": share, "bots": len(truth),
+                               "raters": len(flags), "ratings": len(hour)}
         for d in DETECTORS:
-            p, r = spam.precision_recall(set(flags.index[flags[d]].tolist()), truth)
-            row[d] = {"precision": round(p, 3), "recall": round(r, 3)}
+            p, rec = spam.precision_recall(set(flags.index[flags[d]].tolist()), truth)
+            row[d] = {"precision": round(p, 3), "recall": round(rec, 3)}
         flagged = set(flags.index[flags["combined"]].tolist())
         targets = [int(t) for t in sim.targets]
         allr = pd.concat([base, hour], ignore_index=True)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TypedDict, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,10 +35,24 @@ from backend.ml.metrics.ranking import (  # noqa: E402
     ndcg_at_k,
     recall_at_k,
 )
-from backend.ml.recommenders import ALS, DiversityKNN, ItemKNN, Popularity  # noqa: E402
+from backend.ml.recommenders import (  # noqa: E402
+    ALS,
+    DiversityKNN,
+    ItemKNN,
+    Popularity,
+    Recommender,
+)
 
 NEIGHBOURS = 50
-ALS_PARAMS = {"factors": 64, "iterations": 15, "regularization": 0.05}  # both ALS rows
+
+
+class ALSParams(TypedDict):
+    factors: int
+    iterations: int
+    regularization: float
+
+
+ALS_PARAMS: ALSParams = {"factors": 64, "iterations": 15, "regularization": 0.05}  # both ALS rows
 
 
 class ImplicitAdapter:
@@ -69,10 +84,11 @@ def movielens_table() -> list[dict]:
     ml = load(ROOT / "var" / "cache")
     inter = build_interactions(ml.ratings, ml.ratings[["user_id", "item_id", "ts"]])
     train, test = temporal_split(inter, 0.2)
-    relevant = {int(u): set(g.tolist()) for u, g in test.groupby("user_id")["item_id"]}
+    relevant = {int(cast(int, u)): set(g.tolist())  # u: a user id, from an int64 column
+                for u, g in test.groupby("user_id")["item_id"]}
     users = sorted(relevant)
     catalog = np.array(sorted(set(inter["item_id"]) | set(ml.items["item_id"])))
-    models = {
+    models: dict[str, tuple[Recommender | ImplicitAdapter, tuple[pd.DataFrame, ...]]] = {
         "popularity": (Popularity(), (ml.items, ml.users)),
         "Model A (item kNN)": (ItemKNN(neighbours=NEIGHBOURS), (ml.items, ml.users)),
         "Model B (kNN + diversity)": (DiversityKNN(neighbours=NEIGHBOURS), (ml.items, ml.users)),
@@ -106,7 +122,7 @@ def movielens_table() -> list[dict]:
             "recall@10": round(float(np.mean([recall_at_k(lists[u], relevant[u])
                                               for u in users])), 4),
             "coverage": round(catalog_coverage(recs, len(catalog)), 4),
-            "gini": round(gini(exposure_counts(recs, catalog)), 4),
+            "gini": round(gini(exposure_counts(recs, catalog.tolist())), 4),
         })
     return rows
 

@@ -19,8 +19,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,11 +38,11 @@ def leg(folder: Path, writers: int, seconds: float) -> dict:
     fsyncs = [0]
     real = os.fdatasync
 
-    def counted(fd: int) -> None:
+    def counted(fd: FileDescriptorLike) -> None:
         fsyncs[0] += 1
         real(fd)
 
-    walmod.os.fdatasync = counted  # type: ignore[attr-defined]
+    walmod.os.fdatasync = counted
     latencies: list[float] = []
 
     async def writer(deadline: float) -> None:
@@ -59,7 +63,7 @@ def leg(folder: Path, writers: int, seconds: float) -> dict:
     try:
         took = asyncio.run(run())
     finally:
-        walmod.os.fdatasync = real  # type: ignore[attr-defined]
+        walmod.os.fdatasync = real
         log.close()
     a = np.asarray(latencies)
     return {"writers": writers, "writes_per_s": round(len(a) / took, 1),

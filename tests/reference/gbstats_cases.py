@@ -48,6 +48,7 @@ def cases(c: Arm, t: Arm, alpha: float = 0.05) -> Iterator[tuple[dict[str, Any],
              lift.RatioStat.of(t["watches"], t["shown"]))
     mean = lift.MeanStat.of(c["watches"]), lift.MeanStat.of(t["watches"])
     adjusted = lift.cuped((c["watches"], c["pre_watches"]), (t["watches"], t["pre_watches"]))
+    arms: dict[str, tuple[dict[str, Any], tuple[lift.Stat, lift.Stat]]]
     arms = {"ratio": ({"control": _ratio(c["watches"], c["shown"]),
                        "treatment": _ratio(t["watches"], t["shown"])}, ratio),
             "mean": ({"control": _base(c["watches"]), "treatment": _base(t["watches"])}, mean),
