@@ -256,6 +256,7 @@ class EventProducer:
         direct = not self._degraded and not self.log.unsent
         entry = self.log.append(topic, kb, value, event_id=str(record["event_id"]),
                                 state=State.INFLIGHT if direct else State.UNSENT)
+        self.log.flush_soon()  # the fsync runs while the record is handed to Kafka
         if not direct:
             self.spooled += 1
             return entry

@@ -118,8 +118,10 @@ def temporal_split(frame: pd.DataFrame, test_fraction: float = 0.2,
         users = frame["user_id"].to_numpy(dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else users
     sizes = np.diff(np.r_[starts, len(users)])
-    pos = np.arange(len(users)) - np.repeat(starts, sizes)
+    pos = np.arange(len(users))
+    pos -= np.repeat(starts, sizes)  # in place: these run over every interaction
     is_test = pos >= np.repeat(sizes - np.floor(sizes * test_fraction).astype(np.int64), sizes)
+    del pos
     return frame[~is_test].reset_index(drop=True), frame[is_test].reset_index(drop=True)
 
 

@@ -95,8 +95,11 @@ def load_training_set(settings: Settings) -> TrainingSet:
                            versions["events.rating"]),
              read_partials(lake, "events.watch", ["user_id", "item_id", "ts"],
                            versions["events.watch"])]
-    inter = finish_interactions(merge_partials(pd.concat(parts, ignore_index=True)),
-                                quarantine)
+    # one topic's partials alone are not copied, and none outlive the merge
+    partials = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+    del parts
+    inter = finish_interactions(merge_partials(partials), quarantine)
+    del partials
     if inter.empty:
         raise RuntimeError("the lake holds no ratings or watches yet: nothing to train on")
     ml = load_movielens(settings.data_cache)
