@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy import stats
 
 from backend.ml.indexing import incidence
@@ -56,38 +57,122 @@ def rdma(ratings: pd.DataFrame) -> pd.Series:
     return dev.groupby(r["user_id"]).mean()
 
 
-CHUNK_ROWS = 256  # users whose similarities degsim holds at once
+CHUNK_ROWS = 256  # users whose similarities the sparse layout holds at once
+DENSE_CELLS = 1 << 23  # similarities the dense layout holds at once (users x all users)
+DENSE_AT = 1 / 8  # the dense layout once a user's co-raters are this share of all users
+HEAVY_SHARE = 1 / 16  # in it, items rated by this share of users overlap by one BLAS product
+SEGMENT = 64  # entries per segment whose maximum bounds a row's k-th largest similarity
 
 
 def degsim(ratings: pd.DataFrame, k: int = 5, only: np.ndarray | None = None) -> pd.Series:
     """Degree of Similarity with top Neighbours (Chirita, Nejdl & Zamfir 2005): the mean
     similarity of a user's rated-item set to its `k` most similar users' (Jaccard here).
     Attack profiles are made from one template, so bots are each other's near-copies.
-    Computed for the users in `only` (default all), a chunk of them at a time, over their
-    co-raters only (sparse): memory grows with co-raters, not |only| x users."""
+    Computed for the users in `only` (default all), a chunk of them at a time, in one of two
+    layouts with the same figures: sparse over co-raters while they are few (memory grows
+    with co-raters, not |only| x users); dense once most users are co-raters (many ratings
+    per user), where a sparse product would be as large and far slower."""
     users, w = incidence(ratings["user_id"].to_numpy(), ratings["item_id"].to_numpy())
     if len(users) < 2:
         return pd.Series(0.0, index=users)
     pick = np.arange(len(users)) if only is None else np.searchsorted(users, only)
-    size = np.diff(w.indptr).astype(float)
     k = max(1, min(k, len(users) - 1))
-    wt = w.T.tocsc()
+    degree = np.bincount(w.indices, minlength=w.shape[1]).astype(float)
+    products = w[pick] @ degree  # per user: entries of its sparse product, >= its co-raters
+    if len(pick) and products.mean() >= DENSE_AT * len(users):
+        out = _degsim_dense(w, pick, degree, k)
+    else:
+        out = _degsim_sparse(w, pick, k)
+    return pd.Series(out, index=users[pick])
+
+
+def _degsim_sparse(w: sp.csr_matrix, pick: np.ndarray, k: int) -> np.ndarray:
+    """DegSim of the users `pick` over their co-raters only: a row's top k are its k
+    largest entries, padded with the zeros of everyone else (its own entry counts as one
+    of those zeros: there are always k others)."""
+    size = np.diff(w.indptr).astype(float)
+    wt = w.T.tocsr()
     out = np.empty(len(pick))
     for lo in range(0, len(pick), CHUNK_ROWS):
         rows = pick[lo:lo + CHUNK_ROWS]
-        # only co-raters have a similarity above 0: keep the product sparse; each row's
-        # top k is its k largest entries, padded with the zeros of everyone else (its own
-        # entry counts as one of those zeros: there are always k others)
         inter = (w[rows] @ wt).tocsr()
         row = np.repeat(np.arange(len(rows)), np.diff(inter.indptr))
         jac = inter.data / (size[rows][row] + size[inter.indices] - inter.data)
         jac[inter.indices == rows[row]] = 0.0
-        order = np.argsort(row + 0.5 * (1.0 - jac))  # by row, then by similarity, falling
-        rank = np.arange(len(order)) - inter.indptr[row[order]]
-        top = rank < k
-        out[lo:lo + len(rows)] = np.bincount(row[order][top], weights=jac[order][top],
-                                             minlength=len(rows)) / k
-    return pd.Series(out, index=users[pick])
+        keep = np.flatnonzero((jac >= _kth_floor(jac, inter.indptr, k)[row]) & (jac > 0))
+        out[lo:lo + len(rows)] = top_k_sums(row[keep], jac[keep], len(rows), k) / k
+    return out
+
+
+def _degsim_dense(w: sp.csr_matrix, pick: np.ndarray, degree: np.ndarray, k: int,
+                  ) -> np.ndarray:
+    """DegSim of the users `pick` against every user at once: the overlaps on the items
+    rated by at least `HEAVY_SHARE` of the users are one float32 matrix product (counts
+    below 2^24 are exact in float32), the rest a sparse product added in.
+
+    The similarities are screened in float32: a correctly rounded division is monotone, so
+    every entry at least as large as a row's k-th largest is at least the rounded k-th
+    largest and passes the screen; the few that pass are recomputed in float64."""
+    n = w.shape[0]
+    size = np.diff(w.indptr).astype(float)
+    size32 = size.astype(np.float32)
+    heavy = degree >= HEAVY_SHARE * n
+    wc = w.tocsc()
+    dense = wc[:, np.flatnonzero(heavy)].toarray().astype(np.float32)  # users x heavy
+    light = wc[:, np.flatnonzero(~heavy)].tocsr()
+    light_t = light.T.tocsr()
+    width = -(-n // SEGMENT) * SEGMENT
+    chunk = max(1, DENSE_CELLS // width)
+    inter_buf = np.empty((chunk, n), np.float32)
+    jac_buf = np.zeros((chunk, width), np.float32)  # the padding stays 0
+    out = np.empty(len(pick))
+    for lo in range(0, len(pick), chunk):
+        rows = pick[lo:lo + chunk]
+        c = len(rows)
+        inter = inter_buf[:c]
+        np.matmul(dense[rows], dense.T, out=inter)
+        extra = (light[rows] @ light_t).tocoo()  # one entry per (user, co-rater)
+        inter.reshape(-1)[extra.row.astype(np.int64) * n + extra.col] += extra.data
+        padded = jac_buf[:c]
+        jac = padded[:, :n]
+        np.add(size32[rows][:, None], size32[None, :], out=jac)
+        jac -= inter
+        np.divide(inter, jac, out=jac)
+        jac[np.arange(c), rows] = 0.0
+        # k segments whose maxima reach a value hold k entries at least that large
+        maxima = np.sort(padded.reshape(c, -1, SEGMENT).max(axis=2), axis=1)
+        floor = maxima[:, -k] if maxima.shape[1] >= k else np.zeros(c, np.float32)
+        row, col = np.nonzero((jac >= floor[:, None]) & (jac > 0))
+        both = inter[row, col].astype(float)
+        exact = both / (size[rows][row] + size[col] - both)
+        out[lo:lo + c] = top_k_sums(row, exact, c, k) / k
+    return out
+
+
+def _kth_floor(values: np.ndarray, indptr: np.ndarray, k: int) -> np.ndarray:
+    """Per row of a CSR layout: a value no larger than its k-th largest entry, the k-th
+    largest maximum of its segments of at most `SEGMENT` entries (0 under k segments)."""
+    rows = len(indptr) - 1
+    floor = np.zeros(rows, values.dtype)
+    if not len(values):
+        return floor
+    starts = np.union1d(indptr[:-1], np.arange(0, len(values), SEGMENT))
+    starts = starts[starts < len(values)]
+    maxima = np.maximum.reduceat(values, starts)
+    owner = np.searchsorted(indptr, starts, side="right") - 1  # empty rows own none
+    order = np.lexsort((-maxima, owner))
+    owner, maxima = owner[order], maxima[order]
+    kth = np.arange(len(owner)) - np.searchsorted(owner, owner) == k - 1
+    floor[owner[kth]] = maxima[kth]
+    return floor
+
+
+def top_k_sums(row: np.ndarray, values: np.ndarray, rows: int, k: int) -> np.ndarray:
+    """Per row 0..rows-1, the sum of its `k` largest `values` (a row may have fewer)."""
+    order = np.lexsort((-values, row))
+    row, values = row[order], values[order]
+    top = np.arange(len(row)) - np.searchsorted(row, row) < k
+    return np.bincount(row[top], weights=values[top], minlength=rows)
 
 
 def burst_rate(ratings: pd.DataFrame, bucket: str = "1min") -> pd.Series:
