@@ -12,6 +12,7 @@ Attribution choices (documented in docs/architecture.md):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -177,10 +178,14 @@ class LogWindow:
     def unprompted(self, reco: RecoLog, frame: pd.DataFrame) -> np.ndarray:
         """Per row of `frame` (user_id, item_id): the item had not been recommended to the
         user by the window's end."""
-        shown = reco.ts[self.row] < self.end
-        keys = _pair(reco.user[self.row][shown], reco.items[shown])
-        pairs = _pair(frame["user_id"].to_numpy(np.int64), frame["item_id"].to_numpy(np.int64))
-        return ~pd.Index(pairs).isin(keys)  # a hash table: no sort of every pair shown
+        users = frame["user_id"].to_numpy(np.int64)
+        raters, pair_user = dense_index(users)
+        position, known = positions(raters, reco.user)
+        position[~known | (reco.ts >= self.end)] = -1  # per response: its rater, if any
+        chunks = ((position[self.row[lo:lo + PROBE_CHUNK]], reco.items[lo:lo + PROBE_CHUNK])
+                  for lo in range(0, len(reco.items), PROBE_CHUNK))
+        return ~pairs_seen(pair_user, frame["item_id"].to_numpy(np.int64), len(raters),
+                           chunks)
 
     @cached_property
     def watch_upto(self) -> pd.DataFrame:
@@ -205,8 +210,58 @@ class LogWindow:
                                  minlength=len(self.catalog)))
 
 
+PROBE_CHUNK = 1 << 20  # flattened items probed at once (their temporaries stay in cache)
+
+
+def pairs_seen(user: np.ndarray, item: np.ndarray, users: int,
+               probes: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per pair (`user`: a position in 0..users-1, `item`: an id), whether it occurs among
+    the `probes` (chunks of (user position, item id); position -1: no such user).
+
+    What `isin` of int64 pair keys answers, without a hash table of every probe (a hundred
+    million at 10M responses, each lookup a cache miss). Each user gets a bit signature of
+    its items, small enough to stay in cache, which lets through the few probes that may
+    be a pair; those are looked up in a table of cells (about 4 per pair, the item picks
+    its user's cell). A cell two distinct items picked holds one of them; the other pairs
+    and the probes that land on such a cell without a match are settled by `isin`."""
+    out = np.zeros(len(user), bool)
+    if not len(user):
+        return out
+    per_user = len(user) / max(users, 1)
+    slots = 1 << max(3, int(np.ceil(np.log2(4 * per_user))))
+    sig_bytes = 1 << max(1, int(np.ceil(np.log2(2 * per_user))))  # about 16 bits a pair
+    sig_mask = 8 * sig_bytes - 1
+    signature = np.zeros(users * sig_bytes, np.uint8)
+    h = item & sig_mask
+    np.bitwise_or.at(signature, user * sig_bytes + (h >> 3), (1 << (h & 7)).astype(np.uint8))
+    cell = user * slots + (item & (slots - 1))
+    table = np.full(users * slots, -1, np.int64)
+    table[cell] = item
+    stored = table[cell] == item
+    clash = np.zeros(len(table), bool)
+    clash[cell[~stored]] = True
+    hit = np.zeros(len(table), bool)
+    rest: list[tuple[np.ndarray, np.ndarray]] = []
+    for probe_user, probe_item in probes:
+        h = probe_item & sig_mask
+        byte = signature[np.maximum(probe_user, 0) * sig_bytes + (h >> 3)]
+        maybe = np.flatnonzero((byte >> (h & 7)) & (probe_user >= 0))
+        maybe_user, maybe_item = probe_user[maybe], probe_item[maybe]
+        probe = maybe_user * slots + (maybe_item & (slots - 1))
+        match = table[probe] == maybe_item
+        hit[probe[match]] = True
+        left = np.flatnonzero(~match & clash[probe])
+        rest.append((maybe_user[left], maybe_item[left]))
+    out[stored] = hit[cell[stored]]
+    if (~stored).any():
+        others = _pair(np.concatenate([u for u, _ in rest]),
+                       np.concatenate([i for _, i in rest]))
+        out[~stored] = pd.Index(_pair(user[~stored], item[~stored])).isin(others)
+    return out
+
+
 def _pair(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """One int64 key per (user, item): both ids are below 2^31."""
+    """One int64 key per (user, item): both below 2^31."""
     return (users.astype(np.int64) << 31) | items.astype(np.int64)
 
 
@@ -249,7 +304,15 @@ def release_times(catalog: np.ndarray, items: pd.DataFrame) -> np.ndarray:
 
 
 def positions(catalog: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position in the sorted `catalog`, whether the catalog holds the id) per item."""
+    """(position in the sorted `catalog`, whether the catalog holds the id) per item; the
+    position of an id it does not hold is meaningless. Small non-negative ids (MovieLens,
+    the simulator) are looked up in a table, not searched."""
+    if len(catalog) and catalog[0] >= 0 and catalog[-1] < 4 * (len(catalog) + len(items)):
+        table = np.full(int(catalog[-1]) + 2, -1, np.int64)  # the last cell: out of range
+        table[catalog] = np.arange(len(catalog))
+        idx = table[np.clip(items, -1, len(table) - 1)]
+        known = idx >= 0
+        return idx, known
     idx = np.searchsorted(catalog, items)
     known = idx < len(catalog)
     known[known] = catalog[idx[known]] == items[known]

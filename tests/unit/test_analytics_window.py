@@ -51,3 +51,45 @@ def test_traffic_minutes_count_the_minutes_with_a_response():
     assert window(reco).traffic_minutes(reco) == 3
     quiet = reco_log([(90, 1, "A", [1])])
     assert window(quiet).traffic_minutes(quiet) == 0
+
+
+def test_unprompted_is_the_set_definition_on_random_logs(monkeypatch):
+    """`unprompted` against the plain set of (user, item) pairs recommended before the
+    window's end: random logs with repeated pairs, raters never served, responses after the
+    end, ids beyond the catalog and one heavy rater (many clashing cells), the probes in
+    several chunks."""
+    from backend.analytics import window as window_module
+    from tests.unit.analytics_cases import ratings
+
+    monkeypatch.setattr(window_module, "PROBE_CHUNK", 97)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        rows = [(float(rng.uniform(-30, 120)), int(rng.integers(1, 40)), "A",
+                 [int(i) for i in rng.integers(1, 60, rng.integers(0, 6))])
+                for _ in range(300)]
+        rows.append((5.0, 7, "A", list(range(1, 200))))  # the heavy rater's exposure
+        reco = reco_log(rows)
+        frame = ratings([(5.0, int(rng.integers(1, 45)), int(rng.integers(1, 70)), 5)
+                         for _ in range(400)]
+                        + [(5.0, 7, int(i), 5) for i in rng.integers(1, 400, 150)])
+        win = window(reco)
+        before = reco.ts < win.end
+        shown = {(int(reco.user[r]), int(i)) for r in range(len(reco)) if before[r]
+                 for i in reco.items[reco.offsets[r]:reco.offsets[r + 1]]}
+        want = [(int(u), int(i)) not in shown
+                for u, i in zip(frame["user_id"], frame["item_id"], strict=True)]
+        assert win.unprompted(reco, frame).tolist() == want
+        assert win.unprompted(reco, frame.iloc[:0]).tolist() == []
+
+
+def test_positions_by_table_and_by_search_agree():
+    from backend.analytics.window import positions
+
+    rng = np.random.default_rng(1)
+    catalog = np.unique(rng.integers(0, 500, 200))
+    items = rng.integers(-5, 600, 1000)
+    for cat in (catalog, catalog + 10**12):  # a table; ids too large for one: a search
+        idx, known = positions(cat, items + (cat[0] - catalog[0]))
+        want = np.isin(items, catalog)
+        assert known.tolist() == want.tolist()
+        assert (cat[idx[known]] == (items + (cat[0] - catalog[0]))[known]).all()
