@@ -23,48 +23,71 @@ from backend.ml.metrics.ranking import gini
 
 
 def compute(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow) -> Echo:
-    """Concentration and homogenisation per window and their trends, per arm and "all"."""
+    """Concentration and homogenisation per window and their trends, per arm and "all".
+
+    Each arm's responses are grouped by window once (a stable sort keeps a window's
+    flattened items in log order, which the seeded samples draw from), and the watches
+    once, so no pass over every flattened item is made per window."""
     n_win = cfg.echo_windows
     first = win.end - n_win * win.length
     ends = [first + (w + 1) * win.length for w in range(n_win)]
     valid = (reco.ts >= first) & (reco.ts < win.end)
     widx = np.full(len(reco), -1, dtype=np.int64)
     widx[valid] = (reco.ts[valid] - first) // win.length
-    slot_win = widx[win.row]  # per flattened item: its response's window
-    dcg = 1.0 / np.log2(win.positions + 2.0)
     watch = win.watch
     wvalid = (win.watch_ts >= first) & (win.watch_ts < win.end)
     watch_win = np.full(len(watch), -1, dtype=np.int64)
     watch_win[wvalid] = (win.watch_ts[wvalid] - first) // win.length
     watch_user = watch["user_id"].to_numpy(np.int64)
     watch_item = watch["item_id"].to_numpy(np.int64)
+    watches = _by_window(np.flatnonzero(wvalid), watch_win, n_win)
     existing = [win.existing(e) for e in ends]
 
     series = {}
     for code, v in [*((reco.names.index(v), v) for v in win.variants), (-1, "all")]:
-        resp = valid if code < 0 else valid & (reco.code == code)
-        slot = resp[win.row]
-        per_window = [np.flatnonzero(slot & (slot_win == w)) for w in range(n_win)]
-        served = [np.unique(reco.user[resp & (widx == w)]) for w in range(n_win)]
-        homog = [_homogenization(cfg, watch_user, watch_item, watch_win == w, served[w], w)
+        resp = np.flatnonzero(valid if code < 0 else valid & (reco.code == code))
+        per_window = _by_window(resp, widx, n_win)
+        slots = [flat_items(reco.offsets, win.lengths, r) for r in per_window]
+        homog = [_homogenization(cfg, watch_user[watches[w]], watch_item[watches[w]],
+                                 np.unique(reco.user[per_window[w]]), w)
                  for w in range(n_win)]
-        series[v] = _series(cfg, win, per_window, existing, dcg, homog, seed=code + 1)
+        series[v] = _series(cfg, win, slots, existing, homog, seed=code + 1)
     last = {v: s.homogenization[-1] for v, s in series.items()}
     return Echo(windows=n_win, variants=series, homogenization=last["all"],
                 homogenization_by_variant={v: last[v] for v in win.variants})
 
 
+def _by_window(rows: np.ndarray, window: np.ndarray, n_win: int) -> list[np.ndarray]:
+    """`rows` (ascending) split by their `window` (0..n_win-1), each part ascending."""
+    key = window[rows]
+    order = rows[np.argsort(key.astype(np.int16), kind="stable")]  # a radix sort
+    bounds = np.searchsorted(window[order], np.arange(n_win + 1))
+    return [order[bounds[w]:bounds[w + 1]] for w in range(n_win)]
+
+
+def flat_items(offsets: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The flattened-item indices of the responses `rows`, in their order."""
+    lens = lengths[rows]
+    ends = np.cumsum(lens)
+    return np.repeat(offsets[rows] - (ends - lens), lens) + np.arange(int(ends[-1]) if
+                                                                      len(ends) else 0)
+
+
 def _series(cfg: AnalyticsSettings, win: LogWindow, slots: list[np.ndarray],
-            existing: list[np.ndarray], dcg: np.ndarray, homog: list[float | None],
-            seed: int) -> EchoSeries:
+            existing: list[np.ndarray], homog: list[float | None], seed: int) -> EchoSeries:
     """One arm's series: `slots[w]` are its flattened-item indices in window w."""
     catalogs, items = [], []
     for w, idx in enumerate(slots):
         # the catalog as of the window, plus anything it recommended (a clock-skewed release)
+        shown = win.item_idx[idx]
+        if existing[w].all():  # every item there: positions are catalog positions
+            catalogs.append(len(existing[w]))
+            items.append(shown)
+            continue
         alive = existing[w].copy()
-        alive[win.item_idx[idx]] = True
+        alive[shown] = True
         catalogs.append(int(alive.sum()))
-        items.append((np.cumsum(alive) - 1)[win.item_idx[idx]])
+        items.append((np.cumsum(alive) - 1)[shown])
     sizes = sample_sizes(cfg, [len(s) for s in slots], catalogs)
     conc: list[loop_metrics.Concentration | None] = []
     exposure: list[loop_metrics.Concentration | None] = []
@@ -75,8 +98,9 @@ def _series(cfg: AnalyticsSettings, win: LogWindow, slots: list[np.ndarray],
             continue
         args = (items[w], catalogs[w], size, cfg.echo_repeats)
         conc.append(loop_metrics.rarefied_concentration(*args, seed=seed * 1000 + w))
+        dcg = 1.0 / np.log2(win.positions[slots[w]] + 2.0)  # the rank's position weight
         exposure.append(loop_metrics.rarefied_concentration(
-            *args, weights=dcg[slots[w]], seed=seed * 1000 + w))
+            *args, weights=dcg, seed=seed * 1000 + w))
     ginis = [c.gini if c else None for c in conc]
     tops = [c.top10_share if c else None for c in conc]
     exposure_ginis = [c.gini if c else None for c in exposure]
@@ -113,10 +137,11 @@ def sample_sizes(cfg: AnalyticsSettings, recommended: list[int], catalogs: list[
 
 
 def _homogenization(cfg: AnalyticsSettings, user: np.ndarray, item: np.ndarray,
-                    in_window: np.ndarray, served: np.ndarray, w: int) -> float | None:
+                    served: np.ndarray, w: int) -> float | None:
     """Mean Jaccard of sampled pairs of the users served in the window, over their watches
-    in the window (None under two such users with a watch)."""
-    mask = in_window & np.isin(user, served)
+    in the window (`user`, `item`: the window's watches; None under two such users with a
+    watch)."""
+    mask = np.isin(user, served)
     return loop_metrics.homogenization(user[mask], item[mask], cfg.homogenization_pairs,
                                        seed=w)
 
