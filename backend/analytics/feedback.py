@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from backend.analytics.snapshot import Echo, EchoSeries, Trend
-from backend.analytics.window import LogWindow, RecoLog
+from backend.analytics.window import LogWindow, RecoLog, rank_weights
 from backend.core.settings import AnalyticsSettings
 from backend.ml.metrics import feedback as loop_metrics
 from backend.ml.metrics.ranking import gini
@@ -98,9 +98,8 @@ def _series(cfg: AnalyticsSettings, win: LogWindow, slots: list[np.ndarray],
             continue
         args = (items[w], catalogs[w], size, cfg.echo_repeats)
         conc.append(loop_metrics.rarefied_concentration(*args, seed=seed * 1000 + w))
-        dcg = 1.0 / np.log2(win.positions[slots[w]] + 2.0)  # the rank's position weight
         exposure.append(loop_metrics.rarefied_concentration(
-            *args, weights=dcg, seed=seed * 1000 + w))
+            *args, weights=rank_weights(win.positions[slots[w]]), seed=seed * 1000 + w))
     ginis = [c.gini if c else None for c in conc]
     tops = [c.top10_share if c else None for c in conc]
     exposure_ginis = [c.gini if c else None for c in exposure]

@@ -54,12 +54,12 @@ class RecoLog:
                  if "epoch" in table.column_names else None)
         return cls(
             ts=utc_naive(table.column("ts")),
-            user=table.column("user_id").to_numpy().astype(np.int64),
+            user=table.column("user_id").to_numpy().astype(np.int64, copy=False),
             code=code, names=names,
-            latency=table.column("latency_ms").to_numpy().astype(np.float64),
-            offsets=(items.offsets.to_numpy().astype(np.int64) if len(items)
+            latency=table.column("latency_ms").to_numpy().astype(np.float64, copy=False),
+            offsets=(items.offsets.to_numpy().astype(np.int64, copy=False) if len(items)
                      else np.zeros(1, np.int64)),
-            items=items.values.to_numpy().astype(np.int64) if len(items) else
+            items=items.values.to_numpy().astype(np.int64, copy=False) if len(items) else
             np.zeros(0, np.int64),
             experiment=exp_code, experiments=tuple(exp_names), epoch=epoch,
         )
@@ -206,8 +206,17 @@ class LogWindow:
         idx = self.item_idx[sel]
         return ArmExposure(
             counts=np.bincount(idx, minlength=len(self.catalog)).astype(float),
-            weighted=np.bincount(idx, weights=1.0 / np.log2(self.positions[sel] + 2.0),
+            weighted=np.bincount(idx, weights=rank_weights(self.positions[sel]),
                                  minlength=len(self.catalog)))
+
+
+def rank_weights(positions: np.ndarray) -> np.ndarray:
+    """1 / log2(rank + 1) per 0-based list position (the DCG discount), from a table of the
+    positions there are rather than a logarithm per slot."""
+    if not len(positions):
+        return np.zeros(0)
+    table = 1.0 / np.log2(np.arange(int(positions.max()) + 1) + 2.0)
+    return table[positions]
 
 
 PROBE_CHUNK = 1 << 20  # flattened items probed at once (their temporaries stay in cache)
@@ -320,11 +329,18 @@ def positions(catalog: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def arm_of_users(reco: RecoLog, mask: np.ndarray) -> pd.Series:
-    """Each user's variant (index user_id) = that of their latest recommendation in `mask`."""
+    """Each user's variant (index user_id) = that of their latest recommendation in `mask`
+    (of two at the same time, the later in the log). Per-user maxima, not a sort of the
+    window by time."""
     idx = np.flatnonzero(mask)
     if len(idx) == 0:
         return pd.Series(dtype=object)
-    order = idx[np.argsort(reco.ts[idx], kind="stable")][::-1]  # newest first
-    users, first = np.unique(reco.user[order], return_index=True)
+    users, pos = dense_index(reco.user[idx])
+    ts = reco.ts[idx].astype(np.int64)
+    newest = np.full(len(users), np.iinfo(np.int64).min)
+    np.maximum.at(newest, pos, ts)
+    last = ts == newest[pos]
+    pick = np.full(len(users), -1, np.int64)
+    np.maximum.at(pick, pos[last], idx[last])
     names = np.asarray(reco.names, dtype=object)
-    return pd.Series(names[reco.code[order[first]]], index=users)
+    return pd.Series(names[reco.code[pick]], index=users)

@@ -93,3 +93,23 @@ def test_positions_by_table_and_by_search_agree():
         want = np.isin(items, catalog)
         assert known.tolist() == want.tolist()
         assert (cat[idx[known]] == (items + (cat[0] - catalog[0]))[known]).all()
+
+
+def test_arm_of_users_is_the_latest_response_by_a_sort():
+    """Per user the variant of their latest response in the mask, the later in the log of
+    two at one time: the reference sorts the window by time."""
+    from backend.analytics.window import arm_of_users, rank_weights
+
+    rng = np.random.default_rng(4)
+    rows = [(float(rng.integers(0, 20)), int(rng.integers(1, 30)), str(rng.choice(["A", "B"])),
+             [1]) for _ in range(500)]  # minutes on a grid: many ties
+    reco = reco_log(rows)
+    mask = rng.random(len(reco)) < 0.7
+    idx = np.flatnonzero(mask)
+    order = idx[np.argsort(reco.ts[idx], kind="stable")][::-1]
+    users, first = np.unique(reco.user[order], return_index=True)
+    want = {int(u): reco.names[reco.code[order[f]]] for u, f in zip(users, first, strict=True)}
+    assert arm_of_users(reco, mask).to_dict() == want
+    assert arm_of_users(reco, np.zeros(len(reco), bool)).empty
+    ranks = rng.integers(0, 50, 1000)
+    np.testing.assert_allclose(rank_weights(ranks), 1.0 / np.log2(ranks + 2.0), rtol=1e-15)
