@@ -96,8 +96,10 @@ def test_degsim_in_either_layout_is_the_definition(monkeypatch, layout, seed):
         monkeypatch.setattr(spam, "DENSE_AT", 0.0)
         monkeypatch.setattr(spam, "DENSE_CELLS", 37 * 720)
         monkeypatch.setattr(spam, "HEAVY_SHARE", 0.02)
+        monkeypatch.setattr(spam, "FLOOR_SAMPLE", 100)  # a floor from 112 users
+        monkeypatch.setattr(spam, "SCREEN_BLOCK", 50)  # the others in blocks
     else:
-        monkeypatch.setattr(spam, "DENSE_AT", 2.0)
+        monkeypatch.setattr(spam, "DENSE_AT", 1e9)
     got = spam.degsim(ratings, k=5)
     some = spam.degsim(ratings, k=5, only=users[::3])
     np.testing.assert_allclose(got.to_numpy(), ref, rtol=1e-12)

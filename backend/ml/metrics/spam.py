@@ -62,6 +62,8 @@ DENSE_CELLS = 1 << 23  # similarities the dense layout holds at once (users x al
 DENSE_AT = 1 / 8  # the dense layout once a user's co-raters are this share of all users
 HEAVY_SHARE = 1 / 16  # in it, items rated by this share of users overlap by one BLAS product
 SEGMENT = 64  # entries per segment whose maximum bounds a row's k-th largest similarity
+FLOOR_SAMPLE = 8192  # users whose similarities give the dense layout its floors
+SCREEN_BLOCK = 8192  # users the dense layout screens against one count threshold
 
 
 def degsim(ratings: pd.DataFrame, k: int = 5, only: np.ndarray | None = None) -> pd.Series:
@@ -106,45 +108,60 @@ def _degsim_sparse(w: sp.csr_matrix, pick: np.ndarray, k: int) -> np.ndarray:
 
 def _degsim_dense(w: sp.csr_matrix, pick: np.ndarray, degree: np.ndarray, k: int,
                   ) -> np.ndarray:
-    """DegSim of the users `pick` against every user at once: the overlaps on the items
-    rated by at least `HEAVY_SHARE` of the users are one float32 matrix product (counts
-    below 2^24 are exact in float32), the rest a sparse product added in.
+    """DegSim of the users `pick` against every user at once: the overlaps (counts) on the
+    items rated by at least `HEAVY_SHARE` of the users are one float32 matrix product
+    (counts below 2^24 are exact in float32), the rest a sparse product added in.
 
-    The similarities are screened in float32: a correctly rounded division is monotone, so
-    every entry at least as large as a row's k-th largest is at least the rounded k-th
-    largest and passes the screen; the few that pass are recomputed in float64."""
+    No similarity is computed for every pair: a row's k-th largest is at least a floor f
+    read off a sample of the users (k of them reach it), and J = c / (a + b - c) >= f is
+    c >= f (a + b) / (1 + f), a count threshold growing with the other user's size b.
+    The users after the sample are in order of size, so a block of them is screened
+    against the threshold of its smallest size (a superset); the few counts that pass are
+    turned into similarities in float64 and the top k summed."""
     n = w.shape[0]
     size = np.diff(w.indptr).astype(float)
-    size32 = size.astype(np.float32)
+    sample = np.zeros(n, bool)
+    sample[::max(1, n // FLOOR_SAMPLE)] = True
+    order = np.lexsort((size, ~sample))  # the sample first, then everyone by size
+    n_sample = min(n, -(-int(sample.sum()) // SEGMENT) * SEGMENT)  # whole segments
+    whole = n_sample // SEGMENT * SEGMENT
+    column = np.empty(n, np.int64)
+    column[order] = np.arange(n)
+    b = size[order]  # per column: its user's size
+    blocks = np.arange(n_sample, n, SCREEN_BLOCK)
     heavy = degree >= HEAVY_SHARE * n
     wc = w.tocsc()
-    dense = wc[:, np.flatnonzero(heavy)].toarray().astype(np.float32)  # users x heavy
+    dense = wc[:, np.flatnonzero(heavy)].toarray().astype(np.float32)[order]
     light = wc[:, np.flatnonzero(~heavy)].tocsr()
-    light_t = light.T.tocsr()
-    width = -(-n // SEGMENT) * SEGMENT
-    chunk = max(1, DENSE_CELLS // width)
-    inter_buf = np.empty((chunk, n), np.float32)
-    jac_buf = np.zeros((chunk, width), np.float32)  # the padding stays 0
+    light_t = light[order].T.tocsr()  # items x columns
+    chunk = max(1, DENSE_CELLS // n)
     out = np.empty(len(pick))
     for lo in range(0, len(pick), chunk):
         rows = pick[lo:lo + chunk]
-        c = len(rows)
-        inter = inter_buf[:c]
-        np.matmul(dense[rows], dense.T, out=inter)
+        c, own = len(rows), column[rows]
+        inter = dense[own] @ dense.T
         extra = (light[rows] @ light_t).tocoo()  # one entry per (user, co-rater)
         inter.reshape(-1)[extra.row.astype(np.int64) * n + extra.col] += extra.data
-        padded = jac_buf[:c]
-        jac = padded[:, :n]
-        np.add(size32[rows][:, None], size32[None, :], out=jac)
-        jac -= inter
-        np.divide(inter, jac, out=jac)
-        jac[np.arange(c), rows] = 0.0
-        # k segments whose maxima reach a value hold k entries at least that large
-        maxima = np.sort(padded.reshape(c, -1, SEGMENT).max(axis=2), axis=1)
-        floor = maxima[:, -k] if maxima.shape[1] >= k else np.zeros(c, np.float32)
-        row, col = np.nonzero((jac >= floor[:, None]) & (jac > 0))
+        inter[np.arange(c), own] = 0.0  # oneself: no similarity
+        a = size[rows][:, None]
+        head = inter[:, :n_sample].astype(float)
+        jac = head / (a + b[None, :n_sample] - head)
+        floor = np.zeros(c)
+        if whole >= k * SEGMENT:
+            maxima = jac[:, :whole].reshape(c, -1, SEGMENT).max(axis=2)
+            floor = np.sort(maxima, axis=1)[:, -k]
+        found = [np.nonzero((jac >= floor[:, None]) & (head > 0))]
+        # the least count that reaches the floor, per row and block (lowered a hair, so
+        # rounding never drops an entry at the floor)
+        need = np.maximum(np.ceil(floor[:, None] * (a + b[None, blocks]) / (1 + floor[:, None])
+                                  * (1 - 1e-9)), 1.0).astype(np.float32)
+        for j, start in enumerate(blocks):
+            r, col = np.nonzero(inter[:, start:start + SCREEN_BLOCK] >= need[:, j:j + 1])
+            found.append((r, col + start))
+        row = np.concatenate([r for r, _ in found])
+        col = np.concatenate([x for _, x in found])
         both = inter[row, col].astype(float)
-        exact = both / (size[rows][row] + size[col] - both)
+        exact = both / (size[rows][row] + b[col] - both)
         out[lo:lo + c] = top_k_sums(row, exact, c, k) / k
     return out
 
