@@ -25,9 +25,10 @@ from backend.ml.metrics.ranking import gini
 def compute(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow) -> Echo:
     """Concentration and homogenisation per window and their trends, per arm and "all".
 
-    Each arm's responses are grouped by window once (a stable sort keeps a window's
-    flattened items in log order, which the seeded samples draw from), and the watches
-    once, so no pass over every flattened item is made per window."""
+    Nothing is laid out per window: the counts of every (arm, window, item) come from one
+    count over the flattened items, each arm's responses are grouped by window once (a
+    stable sort keeps a window's slots in log order, which the seeded samples index), and
+    a sample reads only the slots it draws."""
     n_win = cfg.echo_windows
     first = win.end - n_win * win.length
     ends = [first + (w + 1) * win.length for w in range(n_win)]
@@ -42,19 +43,40 @@ def compute(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow) -> Echo:
     watch_item = watch["item_id"].to_numpy(np.int64)
     watches = _by_window(np.flatnonzero(wvalid), watch_win, n_win)
     existing = [win.existing(e) for e in ends]
+    arms = [(reco.names.index(v), v) for v in win.variants]
+    counts = window_counts(reco, win, widx, [c for c, _ in arms], n_win)
+    weight = rank_weights(np.arange(int(win.lengths.max()) if len(reco) else 0))
 
     series = {}
-    for code, v in [*((reco.names.index(v), v) for v in win.variants), (-1, "all")]:
+    for slot, (code, v) in enumerate([*arms, (-1, "all")]):
         resp = np.flatnonzero(valid if code < 0 else valid & (reco.code == code))
         per_window = _by_window(resp, widx, n_win)
-        slots = [flat_items(reco.offsets, win.lengths, r) for r in per_window]
         homog = [_homogenization(cfg, watch_user[watches[w]], watch_item[watches[w]],
-                                 np.unique(reco.user[per_window[w]]), w)
+                                 reco.user[per_window[w]], w)
                  for w in range(n_win)]
-        series[v] = _series(cfg, win, slots, existing, homog, seed=code + 1)
+        series[v] = _series(cfg, win, reco.offsets, per_window, counts[:, slot], existing,
+                            weight, homog, seed=code + 1)
     last = {v: s.homogenization[-1] for v, s in series.items()}
     return Echo(windows=n_win, variants=series, homogenization=last["all"],
                 homogenization_by_variant={v: last[v] for v in win.variants})
+
+
+def window_counts(reco: RecoLog, win: LogWindow, widx: np.ndarray, codes: list[int],
+                  n_win: int) -> np.ndarray:
+    """(windows, arms + 1, catalog) times each item was recommended in each window by each
+    arm of `codes`, and by all responses (the last arm), in one count."""
+    n_cat, n_arms = len(win.catalog), len(codes)
+    slot = np.full(len(reco.names) + 1, n_arms, np.int64)  # other variants (and none)
+    slot[codes] = np.arange(n_arms)
+    cell = np.where(widx >= 0, widx * (n_arms + 1) + slot[reco.code], n_win * (n_arms + 1))
+    key = (cell * n_cat).astype(win.item_idx.dtype)[win.row]  # per flattened item
+    key += win.item_idx
+    flat = np.bincount(key, minlength=(n_win * (n_arms + 1) + 1) * n_cat)
+    counts = flat[:n_win * (n_arms + 1) * n_cat].reshape(n_win, n_arms + 1, n_cat)
+    out = np.empty((n_win, n_arms + 1, n_cat), np.int64)
+    out[:, :n_arms] = counts[:, :n_arms]
+    out[:, n_arms] = counts.sum(axis=1)
+    return out
 
 
 def _by_window(rows: np.ndarray, window: np.ndarray, n_win: int) -> list[np.ndarray]:
@@ -65,30 +87,19 @@ def _by_window(rows: np.ndarray, window: np.ndarray, n_win: int) -> list[np.ndar
     return [order[bounds[w]:bounds[w + 1]] for w in range(n_win)]
 
 
-def flat_items(offsets: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The flattened-item indices of the responses `rows`, in their order."""
-    lens = lengths[rows]
-    ends = np.cumsum(lens)
-    return np.repeat(offsets[rows] - (ends - lens), lens) + np.arange(int(ends[-1]) if
-                                                                      len(ends) else 0)
-
-
-def _series(cfg: AnalyticsSettings, win: LogWindow, slots: list[np.ndarray],
-            existing: list[np.ndarray], homog: list[float | None], seed: int) -> EchoSeries:
-    """One arm's series: `slots[w]` are its flattened-item indices in window w."""
-    catalogs, items = [], []
-    for w, idx in enumerate(slots):
+def _series(cfg: AnalyticsSettings, win: LogWindow, offsets: np.ndarray,
+            responses: list[np.ndarray], counts: np.ndarray, existing: list[np.ndarray],
+            weight: np.ndarray, homog: list[float | None], seed: int) -> EchoSeries:
+    """One arm's series: `responses[w]` are its responses in window w (in log order, their
+    items its slots there), `counts[w]` how often it recommended each catalog item."""
+    catalogs, remaps, recommended = [], [], []
+    for w in range(len(responses)):
         # the catalog as of the window, plus anything it recommended (a clock-skewed release)
-        shown = win.item_idx[idx]
-        if existing[w].all():  # every item there: positions are catalog positions
-            catalogs.append(len(existing[w]))
-            items.append(shown)
-            continue
-        alive = existing[w].copy()
-        alive[shown] = True
+        alive = existing[w] | (counts[w] > 0)
         catalogs.append(int(alive.sum()))
-        items.append((np.cumsum(alive) - 1)[shown])
-    sizes = sample_sizes(cfg, [len(s) for s in slots], catalogs)
+        remaps.append(np.cumsum(alive) - 1)
+        recommended.append(int(counts[w].sum()))
+    sizes = sample_sizes(cfg, recommended, catalogs)
     conc: list[loop_metrics.Concentration | None] = []
     exposure: list[loop_metrics.Concentration | None] = []
     for w, size in enumerate(sizes):
@@ -96,24 +107,51 @@ def _series(cfg: AnalyticsSettings, win: LogWindow, slots: list[np.ndarray],
             conc.append(None)
             exposure.append(None)
             continue
-        args = (items[w], catalogs[w], size, cfg.echo_repeats)
-        conc.append(loop_metrics.rarefied_concentration(*args, seed=seed * 1000 + w))
-        exposure.append(loop_metrics.rarefied_concentration(
-            *args, weights=rank_weights(win.positions[slots[w]]), seed=seed * 1000 + w))
+        slots = _Slots(win, offsets, responses[w], remaps[w], weight)
+        conc.append(loop_metrics.rarefied_draws(recommended[w], slots.plain, catalogs[w],
+                                                size, cfg.echo_repeats, seed * 1000 + w))
+        exposure.append(loop_metrics.rarefied_draws(
+            recommended[w], slots.weighted, catalogs[w], size, cfg.echo_repeats,
+            seed * 1000 + w))
+    raw = [gini(counts[w][existing[w] | (counts[w] > 0)].astype(float)) if recommended[w]
+           else None for w in range(len(responses))]
     ginis = [c.gini if c else None for c in conc]
     tops = [c.top10_share if c else None for c in conc]
     exposure_ginis = [c.gini if c else None for c in exposure]
     return EchoSeries(
-        gini=ginis, top10_share=tops, sample_size=sizes, recommended=[len(s) for s in slots],
+        gini=ginis, top10_share=tops, sample_size=sizes, recommended=recommended,
         catalog=catalogs, gini_sd=[c.gini_sd if c else None for c in conc],
         top10_sd=[c.top10_sd if c else None for c in conc], exposure_gini=exposure_ginis,
-        raw_gini=[gini(np.bincount(i, minlength=n)) if len(i) else None
-                  for i, n in zip(items, catalogs, strict=True)],
+        raw_gini=raw,
         homogenization=homog,
         gini_trend=trend(cfg, ginis, cfg.echo_slope_max),
         top10_trend=trend(cfg, tops, cfg.echo_slope_max),
         exposure_gini_trend=trend(cfg, exposure_ginis, cfg.echo_slope_max),
         homogenization_trend=trend(cfg, homog, cfg.homogenization_slope_max))
+
+
+class _Slots:
+    """The slots of one arm's window, `responses`' items in log order, read by index."""
+
+    def __init__(self, win: LogWindow, offsets: np.ndarray, responses: np.ndarray,
+                 remap: np.ndarray, weight: np.ndarray) -> None:
+        self.win, self.offsets, self.responses = win, offsets, responses
+        self.remap, self.weight = remap, weight
+        self.ends = np.cumsum(win.lengths[responses])
+
+    def _locate(self, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(flattened index, position in its list) of the window's slots `pick`."""
+        j = np.searchsorted(self.ends, pick, side="right")
+        rank = pick - (self.ends[j] - self.win.lengths[self.responses[j]])
+        return self.offsets[self.responses[j]] + rank, rank
+
+    def plain(self, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat, _ = self._locate(pick)
+        return self.remap[self.win.item_idx[flat]], np.ones(len(pick))
+
+    def weighted(self, pick: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat, rank = self._locate(pick)
+        return self.remap[self.win.item_idx[flat]], self.weight[rank]
 
 
 def sample_sizes(cfg: AnalyticsSettings, recommended: list[int], catalogs: list[int],

@@ -126,13 +126,14 @@ class LogWindow:
         t_end = naive(end)
         t_start = t_end - length
         lengths = np.diff(reco.offsets)
-        row = np.repeat(np.arange(len(reco)), lengths)  # response of each flattened item
-        catalog, item_idx = dense_index(reco.items, items["item_id"].to_numpy(dtype=np.int64))
+        row, ranks = flattened(reco.offsets)
+        catalog, item_idx = dense_index(reco.items, items["item_id"].to_numpy(dtype=np.int64),
+                                        dtype=np.int32 if len(reco.items) < 2**31 else np.int64)
         in_win = (reco.ts >= t_start) & (reco.ts < t_end)
         codes = np.unique(reco.code[in_win])
         return cls(
             start=t_start, end=t_end, length=length, in_win=in_win, lengths=lengths, row=row,
-            positions=np.arange(len(reco.items)) - reco.offsets[:-1][row],
+            positions=ranks,
             catalog=catalog, released=release_times(catalog, items), item_idx=item_idx,
             variants=sorted(reco.names[c] for c in codes),
             arm=arm_of_users(reco, in_win), watch=watch, rating=rating,
@@ -217,6 +218,24 @@ def rank_weights(positions: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     table = 1.0 / np.log2(np.arange(int(positions.max()) + 1) + 2.0)
     return table[positions]
+
+
+def flattened(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per flattened item of lists laid out by `offsets`: its list and its 0-based position
+    in it. Each is one running sum of steps written at the lists' starts (one array of the
+    log's length, not three)."""
+    total = int(offsets[-1])
+    dtype = np.int32 if max(total, len(offsets)) < 2**31 else np.int64
+    row, pos = np.zeros(total, dtype), np.ones(total, dtype)
+    lengths = np.diff(offsets)
+    full = np.flatnonzero(lengths)
+    if not len(full):
+        return row, pos[:0]
+    starts = offsets[full]
+    row[0], pos[0] = full[0], 0
+    row[starts[1:]] = np.diff(full)
+    pos[starts[1:]] = 1 - lengths[full[:-1]]
+    return np.cumsum(row, dtype=dtype, out=row), np.cumsum(pos, dtype=dtype, out=pos)
 
 
 PROBE_CHUNK = 1 << 20  # flattened items probed at once (their temporaries stay in cache)

@@ -113,3 +113,16 @@ def test_arm_of_users_is_the_latest_response_by_a_sort():
     assert arm_of_users(reco, np.zeros(len(reco), bool)).empty
     ranks = rng.integers(0, 50, 1000)
     np.testing.assert_allclose(rank_weights(ranks), 1.0 / np.log2(ranks + 2.0), rtol=1e-15)
+
+
+def test_flattened_is_repeat_and_arange():
+    from backend.analytics.window import flattened
+
+    rng = np.random.default_rng(2)
+    for lengths in (rng.integers(0, 4, 200), np.zeros(5, int), np.array([3]), np.array([0, 2]),
+                    np.zeros(0, int)):
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        row, pos = flattened(offsets)
+        want_row = np.repeat(np.arange(len(lengths)), lengths)
+        assert row.tolist() == want_row.tolist()
+        assert pos.tolist() == (np.arange(int(offsets[-1])) - offsets[:-1][want_row]).tolist()

@@ -4,7 +4,7 @@ homogenisation, and long-tail starvation."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -77,16 +77,27 @@ def rarefied_concentration(items: np.ndarray, n_items: int, size: int, repeats: 
     sampling effort (`backend.analytics.feedback.sample_sizes` picks `size`). None when the
     window has fewer than `size` slots."""
     items = np.asarray(items, dtype=np.int64)
-    if size < 1 or len(items) < size or n_items < 1:
-        return None
     w = np.ones(len(items)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return rarefied_draws(len(items), lambda pick: (items[pick], w[pick]), n_items, size,
+                          repeats, seed)
+
+
+Take = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def rarefied_draws(slots: int, take: Take, n_items: int, size: int, repeats: int = 20,
+                   seed: int = 0) -> Concentration | None:
+    """`rarefied_concentration` over `slots` slots whose (item, weight) `take` reads by
+    index: the same draws, without laying out every slot of a window to sample a few."""
+    if size < 1 or slots < size or n_items < 1:
+        return None
     rng = np.random.default_rng(seed)
     g, t = np.empty(repeats), np.empty(repeats)
     rank = np.arange(1, n_items + 1)
     for r in range(repeats):
-        pick = rng.choice(len(items), size, replace=False) if size < len(items) else \
-            np.arange(len(items))
-        counts = np.bincount(items[pick], weights=w[pick], minlength=n_items)
+        pick = rng.choice(slots, size, replace=False) if size < slots else np.arange(slots)
+        items, weights = take(pick)
+        counts = np.bincount(items, weights=weights, minlength=n_items)
         x = np.sort(counts[counts > 0])  # the zeros come first in the sorted catalog
         total = x.sum()
         g[r] = ((2 * rank[n_items - len(x):] - n_items - 1) * x).sum() / (n_items * total)
