@@ -16,19 +16,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from backend.analytics.snapshot import Echo, EchoSeries, Trend
-from backend.analytics.window import LogWindow, RecoLog, rank_weights
+from backend.analytics.window import LogWindow, RecoLog, Served, rank_weights, served
 from backend.core.settings import AnalyticsSettings
 from backend.ml.metrics import feedback as loop_metrics
 from backend.ml.metrics.ranking import gini
 
 
-def compute(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow) -> Echo:
+def compute(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow,
+            counted: Served | None = None) -> Echo:
     """Concentration and homogenisation per window and their trends, per arm and "all".
 
     Nothing is laid out per window: the counts of every (arm, window, item) come from one
     count over the flattened items, each arm's responses are grouped by window once (a
     stable sort keeps a window's slots in log order, which the seeded samples index), and
-    a sample reads only the slots it draws."""
+    a sample reads only the slots it draws. `counted`: `window.served` over the echo's
+    windows, when the caller has it."""
     n_win = cfg.echo_windows
     first = win.end - n_win * win.length
     ends = [first + (w + 1) * win.length for w in range(n_win)]
@@ -44,7 +46,7 @@ def compute(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow) -> Echo:
     watches = _by_window(np.flatnonzero(wvalid), watch_win, n_win)
     existing = [win.existing(e) for e in ends]
     arms = [(reco.names.index(v), v) for v in win.variants]
-    counts = window_counts(reco, win, widx, [c for c, _ in arms], n_win)
+    counts = (counted if counted is not None else served(reco, win, n_win)).counts
     weight = rank_weights(np.arange(int(win.lengths.max()) if len(reco) else 0))
 
     series = {}
@@ -59,24 +61,6 @@ def compute(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow) -> Echo:
     last = {v: s.homogenization[-1] for v, s in series.items()}
     return Echo(windows=n_win, variants=series, homogenization=last["all"],
                 homogenization_by_variant={v: last[v] for v in win.variants})
-
-
-def window_counts(reco: RecoLog, win: LogWindow, widx: np.ndarray, codes: list[int],
-                  n_win: int) -> np.ndarray:
-    """(windows, arms + 1, catalog) times each item was recommended in each window by each
-    arm of `codes`, and by all responses (the last arm), in one count."""
-    n_cat, n_arms = len(win.catalog), len(codes)
-    slot = np.full(len(reco.names) + 1, n_arms, np.int64)  # other variants (and none)
-    slot[codes] = np.arange(n_arms)
-    cell = np.where(widx >= 0, widx * (n_arms + 1) + slot[reco.code], n_win * (n_arms + 1))
-    key = (cell * n_cat).astype(win.item_idx.dtype)[win.row]  # per flattened item
-    key += win.item_idx
-    flat = np.bincount(key, minlength=(n_win * (n_arms + 1) + 1) * n_cat)
-    counts = flat[:n_win * (n_arms + 1) * n_cat].reshape(n_win, n_arms + 1, n_cat)
-    out = np.empty((n_win, n_arms + 1, n_cat), np.int64)
-    out[:, :n_arms] = counts[:, :n_arms]
-    out[:, n_arms] = counts.sum(axis=1)
-    return out
 
 
 def _by_window(rows: np.ndarray, window: np.ndarray, n_win: int) -> list[np.ndarray]:
@@ -174,11 +158,11 @@ def sample_sizes(cfg: AnalyticsSettings, recommended: list[int], catalogs: list[
 
 
 def _homogenization(cfg: AnalyticsSettings, user: np.ndarray, item: np.ndarray,
-                    served: np.ndarray, w: int) -> float | None:
+                    users: np.ndarray, w: int) -> float | None:
     """Mean Jaccard of sampled pairs of the users served in the window, over their watches
-    in the window (`user`, `item`: the window's watches; None under two such users with a
-    watch)."""
-    mask = np.isin(user, served)
+    in the window (`user`, `item`: the window's watches; `users`: the window's responses'
+    users, repeats and all; None under two such users with a watch)."""
+    mask = np.isin(user, users)
     return loop_metrics.homogenization(user[mask], item[mask], cfg.homogenization_pairs,
                                        seed=w)
 

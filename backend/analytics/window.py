@@ -211,6 +211,73 @@ class LogWindow:
                                  minlength=len(self.catalog)))
 
 
+@dataclass(frozen=True)
+class Served:
+    """What each arm recommended in each of the last `windows` windows of the snapshot's
+    length (the last one is the snapshot's window): `counts[w, a, i]` times catalog item i
+    in window w by arm a (`arms`, then every response), `weighted[a, i]` its
+    position-weighted exposure in the last window. All of it from one count over the
+    flattened items."""
+
+    arms: list[str]
+    counts: np.ndarray  # (windows, arms + 1, catalog), int64
+    weighted: np.ndarray  # (arms + 1, catalog)
+
+    def exposure(self, arm: str) -> ArmExposure:
+        """The last window's `ArmExposure` of `arm` ("all": every response)."""
+        a = len(self.arms) if arm == "all" else self.arms.index(arm)
+        return ArmExposure(counts=self.counts[-1, a].astype(float), weighted=self.weighted[a])
+
+
+RANK_BINS = 1 << 26  # (window, arm, rank, item) cells counted at once; beyond, weights
+
+
+def served(reco: RecoLog, win: LogWindow, windows: int) -> Served:
+    """Counts per (window, arm, item) and the last window's position-weighted exposure:
+    counted per rank too when that fits (the exposure is then each rank's count times its
+    weight), else with the weights as bincount weights."""
+    arms = list(win.variants)
+    n_cat, n_arms = len(win.catalog), len(arms)
+    first = win.end - windows * win.length
+    valid = (reco.ts >= first) & (reco.ts < win.end)
+    slot = np.full(len(reco.names) + 1, n_arms, np.int64)  # another variant (or none)
+    slot[[reco.names.index(v) for v in arms]] = np.arange(n_arms)
+    cells = windows * (n_arms + 1)
+    cell = np.full(len(reco), cells, np.int64)  # outside every window: one more cell
+    cell[valid] = (reco.ts[valid] - first) // win.length * (n_arms + 1) + slot[reco.code[valid]]
+    ranks = int(win.lengths.max()) if len(reco) else 0
+    weight = rank_weights(np.arange(ranks))
+    by_rank = (cells + 1) * ranks * n_cat <= RANK_BINS
+    width = ranks * n_cat if by_rank else n_cat
+    size = (cells + 1) * width
+    key = (cell * (ranks if by_rank else 1)).astype(np.int32 if size < 2**31 else np.int64)[
+        win.row]  # per flattened item, in place from here
+    if by_rank:
+        key += win.positions
+    key *= n_cat
+    key += win.item_idx
+    if by_rank:
+        flat = np.bincount(key, minlength=size)[:cells * width].reshape(
+            windows, n_arms + 1, ranks, n_cat)
+        per_arm = flat.sum(axis=2)
+        weighted = np.einsum("p,api->ai", weight, flat[-1].astype(float))
+    else:
+        per_arm = np.bincount(key, minlength=size)[:cells * width].reshape(
+            windows, n_arms + 1, n_cat)
+        last = cell[win.row] >= cells - (n_arms + 1)
+        last &= cell[win.row] < cells
+        weighted = np.bincount(key[last] - (cells - n_arms - 1) * n_cat,
+                               weights=weight[win.positions[last]],
+                               minlength=(n_arms + 1) * n_cat).reshape(n_arms + 1, n_cat)
+    counts = np.empty((windows, n_arms + 1, n_cat), np.int64)
+    counts[:, :n_arms] = per_arm[:, :n_arms]
+    counts[:, n_arms] = per_arm.sum(axis=1)  # every response: the arms and the others
+    weighted_all = np.empty((n_arms + 1, n_cat))
+    weighted_all[:n_arms] = weighted[:n_arms]
+    weighted_all[n_arms] = weighted.sum(axis=0)
+    return Served(arms=arms, counts=counts, weighted=weighted_all)
+
+
 def rank_weights(positions: np.ndarray) -> np.ndarray:
     """1 / log2(rank + 1) per 0-based list position (the DCG discount), from a table of the
     positions there are rather than a logarithm per slot."""

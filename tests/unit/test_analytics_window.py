@@ -126,3 +126,34 @@ def test_flattened_is_repeat_and_arange():
         want_row = np.repeat(np.arange(len(lengths)), lengths)
         assert row.tolist() == want_row.tolist()
         assert pos.tolist() == (np.arange(int(offsets[-1])) - offsets[:-1][want_row]).tolist()
+
+
+def test_served_counts_and_exposure_are_the_masked_ones(monkeypatch):
+    """`served`: per (window, arm) counts as masking the log would give, and the last
+    window's exposure as `LogWindow.exposure` of the arm's mask; both ways of counting
+    (per rank, and with weights when the cells would not fit)."""
+    from backend.analytics import window as window_module
+
+    rng = np.random.default_rng(6)
+    rows = [(float(rng.uniform(-10, 200)), int(rng.integers(1, 20)),
+             str(rng.choice(["A", "B", "C"])) if r < 250 else "C",
+             [int(i) for i in rng.integers(1, 9, rng.integers(0, 7))]) for r in range(300)]
+    reco = reco_log(rows)
+    win = window(reco, minutes=30)
+    first = win.end - 6 * win.length
+    for limit in (1 << 26, 1):
+        monkeypatch.setattr(window_module, "RANK_BINS", limit)
+        out = window_module.served(reco, win, 6)
+        assert out.arms == win.variants
+        for w in range(6):
+            lo, hi = first + w * win.length, first + (w + 1) * win.length
+            when = (reco.ts >= lo) & (reco.ts < hi)
+            for a, v in enumerate([*win.variants, "all"]):
+                mask = when if v == "all" else when & reco.arm(v)
+                want = np.bincount(win.item_idx[mask[win.row]], minlength=len(win.catalog))
+                assert out.counts[w, a].tolist() == want.tolist()
+        for v in [*win.variants, "all"]:
+            ref = win.exposure(win.mask(reco, v))
+            got = out.exposure(v)
+            assert got.counts.tolist() == ref.counts.tolist()
+            np.testing.assert_allclose(got.weighted, ref.weighted, rtol=1e-12)
