@@ -107,8 +107,7 @@ class LogWindow:
     length: np.timedelta64
     in_win: np.ndarray  # per response: inside the window
     lengths: np.ndarray  # per response: its number of items
-    row: np.ndarray  # per flattened item: its response
-    positions: np.ndarray  # per flattened item: 0-based rank in its list
+    offsets: np.ndarray  # the log's list offsets (flattened items of response r: [o_r, o_r+1))
     catalog: np.ndarray  # sorted item ids: the catalog plus any recommended id
     released: np.ndarray  # per catalog position: its release time (NaT: there from the start)
     item_idx: np.ndarray  # per flattened item: position in `catalog`
@@ -126,14 +125,13 @@ class LogWindow:
         t_end = naive(end)
         t_start = t_end - length
         lengths = np.diff(reco.offsets)
-        row, ranks = flattened(reco.offsets)
         catalog, item_idx = dense_index(reco.items, items["item_id"].to_numpy(dtype=np.int64),
                                         dtype=np.int32 if len(reco.items) < 2**31 else np.int64)
         in_win = (reco.ts >= t_start) & (reco.ts < t_end)
         codes = np.unique(reco.code[in_win])
         return cls(
-            start=t_start, end=t_end, length=length, in_win=in_win, lengths=lengths, row=row,
-            positions=ranks,
+            start=t_start, end=t_end, length=length, in_win=in_win, lengths=lengths,
+            offsets=reco.offsets,
             catalog=catalog, released=release_times(catalog, items), item_idx=item_idx,
             variants=sorted(reco.names[c] for c in codes),
             arm=arm_of_users(reco, in_win), watch=watch, rating=rating,
@@ -148,6 +146,20 @@ class LogWindow:
         return replace(self, start=start, end=end, length=end - start, in_win=in_win,
                        variants=sorted(reco.names[c] for c in np.unique(reco.code[in_win])),
                        arm=arm_of_users(reco, in_win))
+
+    @cached_property
+    def _flattened(self) -> tuple[np.ndarray, np.ndarray]:
+        return flattened(self.offsets)
+
+    @property
+    def row(self) -> np.ndarray:
+        """Per flattened item: its response (laid out on first use: a log's length)."""
+        return self._flattened[0]
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Per flattened item: its 0-based rank in its list."""
+        return self._flattened[1]
 
     def existing(self, end: np.datetime64) -> np.ndarray:
         """Mask of the catalog positions released before `end` (the catalog as it was)."""
@@ -183,8 +195,10 @@ class LogWindow:
         raters, pair_user = dense_index(users)
         position, known = positions(raters, reco.user)
         position[~known | (reco.ts >= self.end)] = -1  # per response: its rater, if any
-        chunks = ((position[self.row[lo:lo + PROBE_CHUNK]], reco.items[lo:lo + PROBE_CHUNK])
-                  for lo in range(0, len(reco.items), PROBE_CHUNK))
+        step = max(1, PROBE_CHUNK // max(int(self.lengths.max(initial=1)), 1))
+        chunks = ((np.repeat(position[lo:lo + step], self.lengths[lo:lo + step]),
+                   reco.items[self.offsets[lo]:self.offsets[min(lo + step, len(reco))]])
+                  for lo in range(0, len(reco), step))
         return ~pairs_seen(pair_user, frame["item_id"].to_numpy(np.int64), len(raters),
                            chunks)
 
@@ -250,10 +264,15 @@ def served(reco: RecoLog, win: LogWindow, windows: int) -> Served:
     by_rank = (cells + 1) * ranks * n_cat <= RANK_BINS
     width = ranks * n_cat if by_rank else n_cat
     size = (cells + 1) * width
-    key = (cell * (ranks if by_rank else 1)).astype(np.int32 if size < 2**31 else np.int64)[
-        win.row]  # per flattened item, in place from here
-    if by_rank:
-        key += win.positions
+    base = (cell * (ranks if by_rank else 1)).astype(np.int32 if size < 2**31 else np.int64)
+    if len(reco) and (win.lengths == ranks).all():  # lists of one length: no row index
+        key = np.repeat(base, ranks)  # per flattened item, in place from here
+        if by_rank:
+            key.reshape(len(reco), ranks)[:] += np.arange(ranks, dtype=base.dtype)
+    else:
+        key = base[win.row]
+        if by_rank:
+            key += win.positions
     key *= n_cat
     key += win.item_idx
     if by_rank:
@@ -305,7 +324,7 @@ def flattened(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.cumsum(row, dtype=dtype, out=row), np.cumsum(pos, dtype=dtype, out=pos)
 
 
-PROBE_CHUNK = 1 << 20  # flattened items probed at once (their temporaries stay in cache)
+PROBE_CHUNK = 1 << 20  # flattened items probed at most at once (temporaries stay in cache)
 
 
 def pairs_seen(user: np.ndarray, item: np.ndarray, users: int,
@@ -349,8 +368,9 @@ def pairs_seen(user: np.ndarray, item: np.ndarray, users: int,
         rest.append((maybe_user[left], maybe_item[left]))
     out[stored] = hit[cell[stored]]
     if (~stored).any():
-        others = _pair(np.concatenate([u for u, _ in rest]),
-                       np.concatenate([i for _, i in rest]))
+        empty = np.zeros(0, np.int64)
+        others = _pair(np.concatenate([empty, *(u for u, _ in rest)]),
+                       np.concatenate([empty, *(i for _, i in rest)]))
         out[~stored] = pd.Index(_pair(user[~stored], item[~stored])).isin(others)
     return out
 

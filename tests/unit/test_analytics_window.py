@@ -38,9 +38,16 @@ def test_exposure_counts_slots_and_discounts_by_rank():
 
 
 def test_an_empty_log_gives_an_empty_window():
-    win = window(reco_log([]))
+    from backend.analytics.window import served
+    from tests.unit.analytics_cases import ratings
+
+    reco = reco_log([])
+    win = window(reco)
     assert len(win.in_win) == 0 and win.variants == [] and win.arm.empty
     assert win.exposure(win.in_win).counts.tolist() == [0.0] * 6
+    assert served(reco, win, 3).exposure("all").counts.tolist() == [0.0] * 6
+    frame = ratings([(5.0, 1, 2, 5), (5.0, 1, 3, 5), (5.0, 2, 2, 5)])
+    assert win.unprompted(reco, frame).tolist() == [True] * 3
 
 
 def test_traffic_minutes_count_the_minutes_with_a_response():
@@ -135,13 +142,14 @@ def test_served_counts_and_exposure_are_the_masked_ones(monkeypatch):
     from backend.analytics import window as window_module
 
     rng = np.random.default_rng(6)
-    rows = [(float(rng.uniform(-10, 200)), int(rng.integers(1, 20)),
-             str(rng.choice(["A", "B", "C"])) if r < 250 else "C",
-             [int(i) for i in rng.integers(1, 9, rng.integers(0, 7))]) for r in range(300)]
-    reco = reco_log(rows)
-    win = window(reco, minutes=30)
-    first = win.end - 6 * win.length
-    for limit in (1 << 26, 1):
+    for regular, limit in ((False, 1 << 26), (False, 1), (True, 1 << 26), (True, 1)):
+        rows = [(float(rng.uniform(-10, 200)), int(rng.integers(1, 20)),
+                 str(rng.choice(["A", "B", "C"])) if r < 250 else "C",
+                 [int(i) for i in rng.integers(1, 9, 4 if regular else rng.integers(0, 7))])
+                for r in range(300)]
+        reco = reco_log(rows)
+        win = window(reco, minutes=30)
+        first = win.end - 6 * win.length
         monkeypatch.setattr(window_module, "RANK_BINS", limit)
         out = window_module.served(reco, win, 6)
         assert out.arms == win.variants
