@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 
 def dense_index(values: np.ndarray, extra: np.ndarray | None = None,
-                dtype: type = np.int64) -> tuple[np.ndarray, np.ndarray]:
+                dtype: type[np.integer] = np.int64) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct ids of `values` and `extra`, position of each value among them).
 
     What `np.unique(..., return_inverse=True)` gives, by a presence table when the ids are
@@ -24,7 +24,7 @@ def dense_index(values: np.ndarray, extra: np.ndarray | None = None,
             for p in nonempty:
                 present[p] = True
             ids = np.flatnonzero(present)
-            position = (np.cumsum(present) - 1).astype(dtype)
+            position: np.ndarray = (np.cumsum(present) - 1).astype(dtype)
             return ids, position[values]
     ids = np.unique(np.concatenate(parts)) if n else np.zeros(0, dtype=np.int64)
     return ids, np.searchsorted(ids, values).astype(dtype, copy=False)
