@@ -97,7 +97,6 @@ def test_degsim_in_either_layout_is_the_definition(monkeypatch, layout, seed):
         monkeypatch.setattr(spam, "DENSE_CELLS", 37 * 720)
         monkeypatch.setattr(spam, "HEAVY_SHARE", 0.02)
         monkeypatch.setattr(spam, "FLOOR_SAMPLE", 100)  # a floor from 112 users
-        monkeypatch.setattr(spam, "SCREEN_BLOCK", 50)  # the others in blocks
     else:
         monkeypatch.setattr(spam, "DENSE_AT", 1e9)
     got = spam.degsim(ratings, k=5)

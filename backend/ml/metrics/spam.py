@@ -63,7 +63,6 @@ DENSE_AT = 1 / 8  # the dense layout once a user's co-raters are this share of a
 HEAVY_SHARE = 1 / 16  # in it, items rated by this share of users overlap by one BLAS product
 SEGMENT = 64  # entries per segment whose maximum bounds a row's k-th largest similarity
 FLOOR_SAMPLE = 8192  # users whose similarities give the dense layout its floors
-SCREEN_BLOCK = 8192  # users the dense layout screens against one count threshold
 
 
 def degsim(ratings: pd.DataFrame, k: int = 5, only: np.ndarray | None = None) -> pd.Series:
@@ -115,9 +114,10 @@ def _degsim_dense(w: sp.csr_matrix, pick: np.ndarray, degree: np.ndarray, k: int
     No similarity is computed for every pair: a row's k-th largest is at least a floor f
     read off a sample of the users (k of them reach it), and J = c / (a + b - c) >= f is
     c >= f (a + b) / (1 + f), a count threshold growing with the other user's size b.
-    The users after the sample are in order of size, so a block of them is screened
-    against the threshold of its smallest size (a superset); the few counts that pass are
-    turned into similarities in float64 and the top k summed."""
+    The users after the sample are in order of size, so a segment of them is screened
+    against the threshold of its smallest size (a superset), by its largest count first;
+    the few counts that pass are turned into similarities in float64 and the top k
+    summed."""
     n = w.shape[0]
     size = np.diff(w.indptr).astype(float)
     sample = np.zeros(n, bool)
@@ -128,20 +128,23 @@ def _degsim_dense(w: sp.csr_matrix, pick: np.ndarray, degree: np.ndarray, k: int
     column = np.empty(n, np.int64)
     column[order] = np.arange(n)
     b = size[order]  # per column: its user's size
-    blocks = np.arange(n_sample, n, SCREEN_BLOCK)
+    segments = -(-(n - n_sample) // SEGMENT)  # after the sample (the last one padded)
+    width = n_sample + segments * SEGMENT
     heavy = degree >= HEAVY_SHARE * n
     wc = w.tocsc()
-    dense = wc[:, np.flatnonzero(heavy)].toarray().astype(np.float32)[order]
+    dense = np.zeros((width, int(heavy.sum())), np.float32)  # the padding: no items
+    dense[:n] = wc[:, np.flatnonzero(heavy)].toarray()[order]
     light = wc[:, np.flatnonzero(~heavy)].tocsr()
     light_t = light[order].T.tocsr()  # items x columns
-    chunk = max(1, DENSE_CELLS // n)
+    smallest = b[n_sample + SEGMENT * np.arange(segments)]  # per segment (sizes ascend)
+    chunk = max(1, DENSE_CELLS // width)
     out = np.empty(len(pick))
     for lo in range(0, len(pick), chunk):
         rows = pick[lo:lo + chunk]
         c, own = len(rows), column[rows]
         inter = dense[own] @ dense.T
         extra = (light[rows] @ light_t).tocoo()  # one entry per (user, co-rater)
-        inter.reshape(-1)[extra.row.astype(np.int64) * n + extra.col] += extra.data
+        inter.reshape(-1)[extra.row.astype(np.int64) * width + extra.col] += extra.data
         inter[np.arange(c), own] = 0.0  # oneself: no similarity
         a = size[rows][:, None]
         head = inter[:, :n_sample].astype(float)
@@ -151,13 +154,15 @@ def _degsim_dense(w: sp.csr_matrix, pick: np.ndarray, degree: np.ndarray, k: int
             maxima = jac[:, :whole].reshape(c, -1, SEGMENT).max(axis=2)
             floor = np.sort(maxima, axis=1)[:, -k]
         found = [np.nonzero((jac >= floor[:, None]) & (head > 0))]
-        # the least count that reaches the floor, per row and block (lowered a hair, so
-        # rounding never drops an entry at the floor)
-        need = np.maximum(np.ceil(floor[:, None] * (a + b[None, blocks]) / (1 + floor[:, None])
+        # the least count that reaches the floor, per row and segment (lowered a hair, so
+        # rounding never drops an entry at the floor); only segments whose largest count
+        # reaches it are looked into
+        need = np.maximum(np.ceil(floor[:, None] * (a + smallest[None, :]) / (1 + floor[:, None])
                                   * (1 - 1e-9)), 1.0).astype(np.float32)
-        for j, start in enumerate(blocks):
-            r, col = np.nonzero(inter[:, start:start + SCREEN_BLOCK] >= need[:, j:j + 1])
-            found.append((r, col + start))
+        tail = inter[:, n_sample:].reshape(c, segments, SEGMENT)
+        r, s = np.nonzero(tail.max(axis=2) >= need)
+        r2, j = np.nonzero(tail[r, s] >= need[r, s][:, None])
+        found.append((r[r2], n_sample + s[r2] * SEGMENT + j))
         row = np.concatenate([r for r, _ in found])
         col = np.concatenate([x for _, x in found])
         both = inter[row, col].astype(float)
