@@ -66,7 +66,8 @@ def compute(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow,
 def _by_window(rows: np.ndarray, window: np.ndarray, n_win: int) -> list[np.ndarray]:
     """`rows` (ascending) split by their `window` (0..n_win-1), each part ascending."""
     key = window[rows]
-    order = rows[np.argsort(key.astype(np.int16), kind="stable")]  # a radix sort
+    small = np.int8 if n_win < 127 else np.int16
+    order = rows[np.argsort(key.astype(small), kind="stable")]  # a radix sort
     bounds = np.searchsorted(window[order], np.arange(n_win + 1))
     return [order[bounds[w]:bounds[w + 1]] for w in range(n_win)]
 

@@ -309,3 +309,24 @@ def test_burst_rate_is_the_groupby_of_floored_times(monkeypatch, cells):
         got = spam.burst_rate(frame, bucket)
         assert got.to_dict() == want.to_dict()
         assert got.index.tolist() == want.index.tolist()
+
+
+def test_homogenization_is_the_mean_jaccard_of_the_same_pairs():
+    """Against Python sets over the same seeded pairs (every pair under `pairs`)."""
+    rng = np.random.default_rng(12)
+    for n_users, pairs in ((6, 2000), (300, 50)):
+        users = rng.integers(10, 10 + n_users, 2000) * 3
+        items = rng.integers(0, 40, 2000)
+        uids = np.unique(users)
+        sets = {u: set(items[users == u].tolist()) for u in uids}
+        n = len(uids)
+        if n * (n - 1) // 2 <= pairs:
+            a, b = np.triu_indices(n, 1)
+        else:
+            r = np.random.default_rng(4)
+            a = r.integers(0, n, pairs)
+            b = (a + r.integers(1, n, pairs)) % n
+        want = np.mean([len(sets[uids[i]] & sets[uids[j]]) / len(sets[uids[i]] | sets[uids[j]])
+                        for i, j in zip(a, b, strict=True)])
+        assert feedback.homogenization(users, items, pairs, seed=4) == pytest.approx(
+            want, rel=1e-12)

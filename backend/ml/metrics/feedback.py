@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from backend.ml.indexing import incidence
+from backend.ml.indexing import dense_index, incidence
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def homogenization(users: np.ndarray, items: np.ndarray, pairs: int = 2000,
     there are at most `pairs` of them. None under two users: no pair to compare."""
     if len(users) == 0:
         return None
-    uids, w = incidence(users, items)
+    uids, user = dense_index(np.asarray(users, dtype=np.int64))
     n = len(uids)
     if n < 2:
         return None
@@ -125,6 +125,11 @@ def homogenization(users: np.ndarray, items: np.ndarray, pairs: int = 2000,
         rng = np.random.default_rng(seed)
         a = rng.integers(0, n, pairs)
         b = (a + rng.integers(1, n, pairs)) % n  # never the same user
+    paired = np.zeros(n, bool)  # only the paired users' sets are built
+    paired[a] = paired[b] = True
+    keep = paired[user]
+    rows, w = incidence(user[keep], np.asarray(items, dtype=np.int64)[keep])
+    a, b = np.searchsorted(rows, a), np.searchsorted(rows, b)
     inter = np.asarray(w[a].multiply(w[b]).sum(axis=1)).ravel()
     size = np.diff(w.indptr)
     return float(np.mean(inter / (size[a] + size[b] - inter)))
