@@ -194,10 +194,15 @@ class LogWindow:
         users = frame["user_id"].to_numpy(np.int64)
         raters, pair_user = dense_index(users)
         position, known = positions(raters, reco.user)
-        position[~known | (reco.ts >= self.end)] = -1  # per response: its rater, if any
+        position[~known | (reco.ts >= self.end)] = len(raters)  # per response: its rater
+        narrow = len(self.catalog) and 0 <= self.catalog[0] and self.catalog[-1] < 2**31 \
+            and 8 * len(frame) + 2 * (len(raters) + 1) < 2**31  # int32 probes: half the bytes
+        kind = np.int32 if narrow else np.int64
+        position = position.astype(kind)
         step = max(1, PROBE_CHUNK // max(int(self.lengths.max(initial=1)), 1))
         chunks = ((np.repeat(position[lo:lo + step], self.lengths[lo:lo + step]),
-                   reco.items[self.offsets[lo]:self.offsets[min(lo + step, len(reco))]])
+                   reco.items[self.offsets[lo]:self.offsets[min(lo + step, len(reco))]]
+                   .astype(kind))
                   for lo in range(0, len(reco), step))
         return ~pairs_seen(pair_user, frame["item_id"].to_numpy(np.int64), len(raters),
                            chunks)
@@ -330,7 +335,8 @@ PROBE_CHUNK = 1 << 20  # flattened items probed at most at once (temporaries sta
 def pairs_seen(user: np.ndarray, item: np.ndarray, users: int,
                probes: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Per pair (`user`: a position in 0..users-1, `item`: an id), whether it occurs among
-    the `probes` (chunks of (user position, item id); position -1: no such user).
+    the `probes` (chunks of (user position, item id), any integer type; position `users`:
+    no such user).
 
     What `isin` of int64 pair keys answers, without a hash table of every probe (a hundred
     million at 10M responses, each lookup a cache miss). Each user gets a bit signature of
@@ -345,7 +351,7 @@ def pairs_seen(user: np.ndarray, item: np.ndarray, users: int,
     slots = 1 << max(3, int(np.ceil(np.log2(4 * per_user))))
     sig_bytes = 1 << max(1, int(np.ceil(np.log2(2 * per_user))))  # about 16 bits a pair
     sig_mask = 8 * sig_bytes - 1
-    signature = np.zeros(users * sig_bytes, np.uint8)
+    signature = np.zeros((users + 1) * sig_bytes, np.uint8)  # the last user: no one
     h = item & sig_mask
     np.bitwise_or.at(signature, user * sig_bytes + (h >> 3), (1 << (h & 7)).astype(np.uint8))
     cell = user * slots + (item & (slots - 1))
@@ -357,10 +363,13 @@ def pairs_seen(user: np.ndarray, item: np.ndarray, users: int,
     hit = np.zeros(len(table), bool)
     rest: list[tuple[np.ndarray, np.ndarray]] = []
     for probe_user, probe_item in probes:
-        h = probe_item & sig_mask
-        byte = signature[np.maximum(probe_user, 0) * sig_bytes + (h >> 3)]
-        maybe = np.flatnonzero((byte >> (h & 7)) & (probe_user >= 0))
-        maybe_user, maybe_item = probe_user[maybe], probe_item[maybe]
+        h = probe_item & sig_mask  # in the probes' own (narrow) integer type
+        at = probe_user * sig_bytes
+        at += h >> 3
+        bit = signature[at] >> (h & 7)
+        maybe = np.flatnonzero(bit & 1)
+        maybe_user = probe_user[maybe].astype(np.int64)
+        maybe_item = probe_item[maybe].astype(np.int64)
         probe = maybe_user * slots + (maybe_item & (slots - 1))
         match = table[probe] == maybe_item
         hit[probe[match]] = True
@@ -369,15 +378,10 @@ def pairs_seen(user: np.ndarray, item: np.ndarray, users: int,
     out[stored] = hit[cell[stored]]
     if (~stored).any():
         empty = np.zeros(0, np.int64)
-        others = _pair(np.concatenate([empty, *(u for u, _ in rest)]),
-                       np.concatenate([empty, *(i for _, i in rest)]))
-        out[~stored] = pd.Index(_pair(user[~stored], item[~stored])).isin(others)
+        others = pd.MultiIndex.from_arrays([np.concatenate([empty, *(u for u, _ in rest)]),
+                                            np.concatenate([empty, *(i for _, i in rest)])])
+        out[~stored] = pd.MultiIndex.from_arrays([user[~stored], item[~stored]]).isin(others)
     return out
-
-
-def _pair(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """One int64 key per (user, item): both below 2^31."""
-    return (users.astype(np.int64) << 31) | items.astype(np.int64)
 
 
 def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:

@@ -69,16 +69,17 @@ def test_unprompted_is_the_set_definition_on_random_logs(monkeypatch):
     from tests.unit.analytics_cases import ratings
 
     monkeypatch.setattr(window_module, "PROBE_CHUNK", 97)
-    for seed in range(4):
+    for seed in range(5):
         rng = np.random.default_rng(seed)
-        rows = [(float(rng.uniform(-30, 120)), int(rng.integers(1, 40)), "A",
-                 [int(i) for i in rng.integers(1, 60, rng.integers(0, 6))])
+        big = 10**12 if seed == 4 else 0  # ids beyond int32: the wide probes
+        rows = [(float(rng.uniform(-30, 120)), int(rng.integers(1, 40)) + big, "A",
+                 [int(i) + big for i in rng.integers(1, 60, rng.integers(0, 6))])
                 for _ in range(300)]
-        rows.append((5.0, 7, "A", list(range(1, 200))))  # the heavy rater's exposure
+        rows.append((5.0, 7 + big, "A", [i + big for i in range(1, 200)]))  # a heavy rater
         reco = reco_log(rows)
-        frame = ratings([(5.0, int(rng.integers(1, 45)), int(rng.integers(1, 70)), 5)
-                         for _ in range(400)]
-                        + [(5.0, 7, int(i), 5) for i in rng.integers(1, 400, 150)])
+        frame = ratings([(5.0, int(rng.integers(1, 45)) + big, int(rng.integers(1, 70)) + big,
+                          5) for _ in range(400)]
+                        + [(5.0, 7 + big, int(i) + big, 5) for i in rng.integers(1, 400, 150)])
         win = window(reco)
         before = reco.ts < win.end
         shown = {(int(reco.user[r]), int(i)) for r in range(len(reco)) if before[r]
