@@ -42,6 +42,7 @@ from backend.analytics.snapshot import (
 )
 from backend.analytics.window import LogWindow, RecoLog, naive, naive_series, positions
 from backend.core.settings import AnalyticsSettings
+from backend.ml.indexing import dense_index
 from backend.ml.metrics import abtest, lift, ops
 from registry.experiments import Experiment as ExperimentRecord
 from registry.experiments import Guardrail
@@ -76,9 +77,11 @@ def arm_users(reco: RecoLog, win: LogWindow, variant: str, looks: int = LOOKS,
     their behaviour mixes both. Watches and ratings count from the user's first
     recommendation by the arm in the window on (earlier ones answer something else);
     `pre_end` (default: the window's start) ends the period of the covariate."""
-    m = win.in_win & reco.arm(variant)
-    others = np.unique(reco.user[win.in_win & ~reco.arm(variant)])
-    ids = np.setdiff1d(np.unique(reco.user[m]), others)  # sorted
+    mine = reco.arm(variant)
+    m = win.in_win & mine
+    served, pos = dense_index(reco.user[win.in_win])  # the window's users, sorted
+    by = np.bincount(pos, weights=mine[win.in_win], minlength=len(served))
+    ids = served[by == np.bincount(pos, minlength=len(served))]  # served by this arm only
     if not len(ids):  # every user it served was served by another arm too
         empty = np.zeros((looks, 0))
         return ArmUsers(ids, empty, empty, np.zeros(0), 0, np.zeros(0))
