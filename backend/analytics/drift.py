@@ -21,6 +21,18 @@ def _psi(train: np.ndarray, now: np.ndarray, bins: int) -> float | None:
     return ops.psi(train.tolist(), now.tolist())
 
 
+def arm_codes(win: LogWindow, users: np.ndarray) -> np.ndarray:
+    """Per user id: the index in `win.variants` of their arm (-1: served by none), by a
+    lookup in the arms' sorted users rather than an `isin` per variant."""
+    arm = win.arm if win.arm.index.is_monotonic_increasing else win.arm.sort_index()
+    ids = arm.index.to_numpy(dtype=np.int64)
+    if not len(ids):
+        return np.full(len(users), -1, np.int64)
+    code = np.searchsorted(np.asarray(win.variants, dtype=object), arm.to_numpy())
+    pos, known = positions(ids, users)
+    return np.where(known, code[np.where(known, pos, 0)], -1)
+
+
 def compute(win: LogWindow) -> Drift:
     """Rating and item-popularity PSI, all traffic and per variant."""
     rating, r_ts, catalog = win.rating, win.rating_ts, win.catalog
@@ -47,9 +59,9 @@ def compute(win: LogWindow) -> Drift:
 
     hist_now, rating_psi, popularity_psi = against_train(now, in_now)
     by_variant = {}
-    for variant in win.variants:
-        theirs = win.arm.index[win.arm.to_numpy() == variant].to_numpy(dtype=np.int64)
-        r_mask, i_mask = now & np.isin(r_users, theirs), in_now & np.isin(users, theirs)
+    arm_of_rater, arm_of_user = arm_codes(win, r_users), arm_codes(win, users)
+    for j, variant in enumerate(win.variants):
+        r_mask, i_mask = now & (arm_of_rater == j), in_now & (arm_of_user == j)
         _, r_psi, p_psi = against_train(r_mask, i_mask)
         by_variant[variant] = VariantDrift(rating_psi=r_psi, popularity_psi=p_psi,
                                            ratings_now=int(r_mask.sum()),

@@ -15,7 +15,7 @@ import pandas as pd
 
 from backend.analytics import drift, experiment, fairness, feedback, sla, spam, tail
 from backend.analytics.snapshot import Counts, Snapshot, Window
-from backend.analytics.window import LogWindow, RecoLog
+from backend.analytics.window import LogWindow, RecoLog, served
 from backend.core.settings import AnalyticsSettings
 from registry.experiments import Experiment as ExperimentRecord
 
@@ -44,7 +44,8 @@ class AnalyticsLogic:
         """Every figure for the window [end - window, end)."""
         cfg = self.cfg
         win = LogWindow.of(reco, watch, rating, items, cfg.window_minutes, end)
-        exposure = {v: win.exposure(win.mask(reco, v)) for v in [*win.variants, "all"]}
+        counted = served(reco, win, cfg.echo_windows)  # the echo's windows, the last this one
+        exposure = {v: counted.exposure(v) for v in [*win.variants, "all"]}
         fair = fairness.compute(cfg, reco, win, exposure, items, users)
         return Snapshot(
             window=Window(start=str(pd.Timestamp(win.start, tz="UTC")),
@@ -57,7 +58,7 @@ class AnalyticsLogic:
                           traffic_minutes=win.traffic_minutes(reco)),
             fairness=fair,
             tail=tail.compute(cfg, win, exposure),
-            echo=feedback.compute(cfg, reco, win),
+            echo=feedback.compute(cfg, reco, win, counted),
             spam=spam.compute(cfg, win.rating_in, win.rating_before[["item_id", "rating"]],
                               win.unprompted(reco, win.rating_in)),
             ab=experiment.compute(cfg, self.split, reco, win, fair, self.split_changes,

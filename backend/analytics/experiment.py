@@ -40,8 +40,9 @@ from backend.analytics.snapshot import (
     VariantName,
     Winner,
 )
-from backend.analytics.window import LogWindow, RecoLog, naive, naive_series
+from backend.analytics.window import LogWindow, RecoLog, naive, naive_series, positions
 from backend.core.settings import AnalyticsSettings
+from backend.ml.indexing import dense_index
 from backend.ml.metrics import abtest, lift, ops
 from registry.experiments import Experiment as ExperimentRecord
 from registry.experiments import Guardrail
@@ -76,9 +77,11 @@ def arm_users(reco: RecoLog, win: LogWindow, variant: str, looks: int = LOOKS,
     their behaviour mixes both. Watches and ratings count from the user's first
     recommendation by the arm in the window on (earlier ones answer something else);
     `pre_end` (default: the window's start) ends the period of the covariate."""
-    m = win.in_win & reco.arm(variant)
-    others = np.unique(reco.user[win.in_win & ~reco.arm(variant)])
-    ids = np.setdiff1d(np.unique(reco.user[m]), others)  # sorted
+    mine = reco.arm(variant)
+    m = win.in_win & mine
+    served, pos = dense_index(reco.user[win.in_win])  # the window's users, sorted
+    by = np.bincount(pos, weights=mine[win.in_win], minlength=len(served))
+    ids = served[by == np.bincount(pos, minlength=len(served))]  # served by this arm only
     if not len(ids):  # every user it served was served by another arm too
         empty = np.zeros((looks, 0))
         return ArmUsers(ids, empty, empty, np.zeros(0), 0, np.zeros(0))
@@ -101,16 +104,16 @@ def arm_users(reco: RecoLog, win: LogWindow, variant: str, looks: int = LOOKS,
     means, count = pd.Series(dtype=float), 0
     if len(rated):
         rpos, rok = _positions(ids, rated["user_id"].to_numpy(dtype=np.int64))
-        r_ts = naive_series(rated["ts"]).astype(np.int64)
+        r_ts = win.rating_ts[win.during(win.rating_ts)].astype(np.int64)  # rated's times
         rok &= r_ts >= first[np.minimum(rpos, len(ids) - 1)]
         means, count = rated[rok].groupby("user_id")["rating"].mean(), int(rok.sum())
     return ArmUsers(ids, shown, watches, means.to_numpy(dtype=float), count, pre)
 
 
 def _positions(ids: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's index in the sorted, non-empty `ids`, and whether it is there at all."""
-    pos = np.searchsorted(ids, users)
-    return pos, (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == users)
+    """Each user's index in the sorted, non-empty `ids` (meaningless where absent), and
+    whether it is there at all."""
+    return positions(ids, users)
 
 
 def _look(win: LogWindow, ts: np.ndarray, looks: int) -> np.ndarray:

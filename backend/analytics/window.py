@@ -12,6 +12,7 @@ Attribution choices (documented in docs/architecture.md):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -53,12 +54,12 @@ class RecoLog:
                  if "epoch" in table.column_names else None)
         return cls(
             ts=utc_naive(table.column("ts")),
-            user=table.column("user_id").to_numpy().astype(np.int64),
+            user=table.column("user_id").to_numpy().astype(np.int64, copy=False),
             code=code, names=names,
-            latency=table.column("latency_ms").to_numpy().astype(np.float64),
-            offsets=(items.offsets.to_numpy().astype(np.int64) if len(items)
+            latency=table.column("latency_ms").to_numpy().astype(np.float64, copy=False),
+            offsets=(items.offsets.to_numpy().astype(np.int64, copy=False) if len(items)
                      else np.zeros(1, np.int64)),
-            items=items.values.to_numpy().astype(np.int64) if len(items) else
+            items=items.values.to_numpy().astype(np.int64, copy=False) if len(items) else
             np.zeros(0, np.int64),
             experiment=exp_code, experiments=tuple(exp_names), epoch=epoch,
         )
@@ -106,8 +107,7 @@ class LogWindow:
     length: np.timedelta64
     in_win: np.ndarray  # per response: inside the window
     lengths: np.ndarray  # per response: its number of items
-    row: np.ndarray  # per flattened item: its response
-    positions: np.ndarray  # per flattened item: 0-based rank in its list
+    offsets: np.ndarray  # the log's list offsets (flattened items of response r: [o_r, o_r+1))
     catalog: np.ndarray  # sorted item ids: the catalog plus any recommended id
     released: np.ndarray  # per catalog position: its release time (NaT: there from the start)
     item_idx: np.ndarray  # per flattened item: position in `catalog`
@@ -125,13 +125,13 @@ class LogWindow:
         t_end = naive(end)
         t_start = t_end - length
         lengths = np.diff(reco.offsets)
-        row = np.repeat(np.arange(len(reco)), lengths)  # response of each flattened item
-        catalog, item_idx = dense_index(reco.items, items["item_id"].to_numpy(dtype=np.int64))
+        catalog, item_idx = dense_index(reco.items, items["item_id"].to_numpy(dtype=np.int64),
+                                        dtype=np.int32 if len(reco.items) < 2**31 else np.int64)
         in_win = (reco.ts >= t_start) & (reco.ts < t_end)
         codes = np.unique(reco.code[in_win])
         return cls(
-            start=t_start, end=t_end, length=length, in_win=in_win, lengths=lengths, row=row,
-            positions=np.arange(len(reco.items)) - reco.offsets[:-1][row],
+            start=t_start, end=t_end, length=length, in_win=in_win, lengths=lengths,
+            offsets=reco.offsets,
             catalog=catalog, released=release_times(catalog, items), item_idx=item_idx,
             variants=sorted(reco.names[c] for c in codes),
             arm=arm_of_users(reco, in_win), watch=watch, rating=rating,
@@ -146,6 +146,20 @@ class LogWindow:
         return replace(self, start=start, end=end, length=end - start, in_win=in_win,
                        variants=sorted(reco.names[c] for c in np.unique(reco.code[in_win])),
                        arm=arm_of_users(reco, in_win))
+
+    @cached_property
+    def _flattened(self) -> tuple[np.ndarray, np.ndarray]:
+        return flattened(self.offsets)
+
+    @property
+    def row(self) -> np.ndarray:
+        """Per flattened item: its response (laid out on first use: a log's length)."""
+        return self._flattened[0]
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Per flattened item: its 0-based rank in its list."""
+        return self._flattened[1]
 
     def existing(self, end: np.datetime64) -> np.ndarray:
         """Mask of the catalog positions released before `end` (the catalog as it was)."""
@@ -177,10 +191,21 @@ class LogWindow:
     def unprompted(self, reco: RecoLog, frame: pd.DataFrame) -> np.ndarray:
         """Per row of `frame` (user_id, item_id): the item had not been recommended to the
         user by the window's end."""
-        shown = reco.ts[self.row] < self.end
-        keys = _pair(reco.user[self.row][shown], reco.items[shown])
-        pairs = _pair(frame["user_id"].to_numpy(np.int64), frame["item_id"].to_numpy(np.int64))
-        return ~pd.Index(pairs).isin(keys)  # a hash table: no sort of every pair shown
+        users = frame["user_id"].to_numpy(np.int64)
+        raters, pair_user = dense_index(users)
+        position, known = positions(raters, reco.user)
+        position[~known | (reco.ts >= self.end)] = len(raters)  # per response: its rater
+        narrow = len(self.catalog) and 0 <= self.catalog[0] and self.catalog[-1] < 2**31 \
+            and 8 * len(frame) + 2 * (len(raters) + 1) < 2**31  # int32 probes: half the bytes
+        kind = np.int32 if narrow else np.int64
+        position = position.astype(kind)
+        step = max(1, PROBE_CHUNK // max(int(self.lengths.max(initial=1)), 1))
+        chunks = ((np.repeat(position[lo:lo + step], self.lengths[lo:lo + step]),
+                   reco.items[self.offsets[lo]:self.offsets[min(lo + step, len(reco))]]
+                   .astype(kind))
+                  for lo in range(0, len(reco), step))
+        return ~pairs_seen(pair_user, frame["item_id"].to_numpy(np.int64), len(raters),
+                           chunks)
 
     @cached_property
     def watch_upto(self) -> pd.DataFrame:
@@ -201,13 +226,162 @@ class LogWindow:
         idx = self.item_idx[sel]
         return ArmExposure(
             counts=np.bincount(idx, minlength=len(self.catalog)).astype(float),
-            weighted=np.bincount(idx, weights=1.0 / np.log2(self.positions[sel] + 2.0),
+            weighted=np.bincount(idx, weights=rank_weights(self.positions[sel]),
                                  minlength=len(self.catalog)))
 
 
-def _pair(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """One int64 key per (user, item): both ids are below 2^31."""
-    return (users.astype(np.int64) << 31) | items.astype(np.int64)
+@dataclass(frozen=True)
+class Served:
+    """What each arm recommended in each of the last `windows` windows of the snapshot's
+    length (the last one is the snapshot's window): `counts[w, a, i]` times catalog item i
+    in window w by arm a (`arms`, then every response), `weighted[a, i]` its
+    position-weighted exposure in the last window. All of it from one count over the
+    flattened items."""
+
+    arms: list[str]
+    counts: np.ndarray  # (windows, arms + 1, catalog), int64
+    weighted: np.ndarray  # (arms + 1, catalog)
+
+    def exposure(self, arm: str) -> ArmExposure:
+        """The last window's `ArmExposure` of `arm` ("all": every response)."""
+        a = len(self.arms) if arm == "all" else self.arms.index(arm)
+        return ArmExposure(counts=self.counts[-1, a].astype(float), weighted=self.weighted[a])
+
+
+RANK_BINS = 1 << 26  # (window, arm, rank, item) cells counted at once; beyond, weights
+
+
+def served(reco: RecoLog, win: LogWindow, windows: int) -> Served:
+    """Counts per (window, arm, item) and the last window's position-weighted exposure:
+    counted per rank too when that fits (the exposure is then each rank's count times its
+    weight), else with the weights as bincount weights."""
+    arms = list(win.variants)
+    n_cat, n_arms = len(win.catalog), len(arms)
+    first = win.end - windows * win.length
+    valid = (reco.ts >= first) & (reco.ts < win.end)
+    slot = np.full(len(reco.names) + 1, n_arms, np.int64)  # another variant (or none)
+    slot[[reco.names.index(v) for v in arms]] = np.arange(n_arms)
+    cells = windows * (n_arms + 1)
+    cell = np.full(len(reco), cells, np.int64)  # outside every window: one more cell
+    cell[valid] = (reco.ts[valid] - first) // win.length * (n_arms + 1) + slot[reco.code[valid]]
+    ranks = int(win.lengths.max()) if len(reco) else 0
+    weight = rank_weights(np.arange(ranks))
+    by_rank = (cells + 1) * ranks * n_cat <= RANK_BINS
+    width = ranks * n_cat if by_rank else n_cat
+    size = (cells + 1) * width
+    base = (cell * (ranks if by_rank else 1)).astype(np.int32 if size < 2**31 else np.int64)
+    if len(reco) and (win.lengths == ranks).all():  # lists of one length: no row index
+        key = np.repeat(base, ranks)  # per flattened item, in place from here
+        if by_rank:
+            key.reshape(len(reco), ranks)[:] += np.arange(ranks, dtype=base.dtype)
+    else:
+        key = base[win.row]
+        if by_rank:
+            key += win.positions
+    key *= n_cat
+    key += win.item_idx
+    if by_rank:
+        flat = np.bincount(key, minlength=size)[:cells * width].reshape(
+            windows, n_arms + 1, ranks, n_cat)
+        per_arm = flat.sum(axis=2)
+        weighted = np.einsum("p,api->ai", weight, flat[-1].astype(float))
+    else:
+        per_arm = np.bincount(key, minlength=size)[:cells * width].reshape(
+            windows, n_arms + 1, n_cat)
+        last = cell[win.row] >= cells - (n_arms + 1)
+        last &= cell[win.row] < cells
+        weighted = np.bincount(key[last] - (cells - n_arms - 1) * n_cat,
+                               weights=weight[win.positions[last]],
+                               minlength=(n_arms + 1) * n_cat).reshape(n_arms + 1, n_cat)
+    counts = np.empty((windows, n_arms + 1, n_cat), np.int64)
+    counts[:, :n_arms] = per_arm[:, :n_arms]
+    counts[:, n_arms] = per_arm.sum(axis=1)  # every response: the arms and the others
+    weighted_all = np.empty((n_arms + 1, n_cat))
+    weighted_all[:n_arms] = weighted[:n_arms]
+    weighted_all[n_arms] = weighted.sum(axis=0)
+    return Served(arms=arms, counts=counts, weighted=weighted_all)
+
+
+def rank_weights(positions: np.ndarray) -> np.ndarray:
+    """1 / log2(rank + 1) per 0-based list position (the DCG discount), from a table of the
+    positions there are rather than a logarithm per slot."""
+    if not len(positions):
+        return np.zeros(0)
+    table = 1.0 / np.log2(np.arange(int(positions.max()) + 1) + 2.0)
+    return table[positions]
+
+
+def flattened(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per flattened item of lists laid out by `offsets`: its list and its 0-based position
+    in it. Each is one running sum of steps written at the lists' starts (one array of the
+    log's length, not three)."""
+    total = int(offsets[-1])
+    dtype = np.int32 if max(total, len(offsets)) < 2**31 else np.int64
+    row, pos = np.zeros(total, dtype), np.ones(total, dtype)
+    lengths = np.diff(offsets)
+    full = np.flatnonzero(lengths)
+    if not len(full):
+        return row, pos[:0]
+    starts = offsets[full]
+    row[0], pos[0] = full[0], 0
+    row[starts[1:]] = np.diff(full)
+    pos[starts[1:]] = 1 - lengths[full[:-1]]
+    return np.cumsum(row, dtype=dtype, out=row), np.cumsum(pos, dtype=dtype, out=pos)
+
+
+PROBE_CHUNK = 1 << 20  # flattened items probed at most at once (temporaries stay in cache)
+
+
+def pairs_seen(user: np.ndarray, item: np.ndarray, users: int,
+               probes: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per pair (`user`: a position in 0..users-1, `item`: an id), whether it occurs among
+    the `probes` (chunks of (user position, item id), any integer type; position `users`:
+    no such user).
+
+    What `isin` of int64 pair keys answers, without a hash table of every probe (a hundred
+    million at 10M responses, each lookup a cache miss). Each user gets a bit signature of
+    its items, small enough to stay in cache, which lets through the few probes that may
+    be a pair; those are looked up in a table of cells (about 4 per pair, the item picks
+    its user's cell). A cell two distinct items picked holds one of them; the other pairs
+    and the probes that land on such a cell without a match are settled by `isin`."""
+    out = np.zeros(len(user), bool)
+    if not len(user):
+        return out
+    per_user = len(user) / max(users, 1)
+    slots = 1 << max(3, int(np.ceil(np.log2(4 * per_user))))
+    sig_bytes = 1 << max(1, int(np.ceil(np.log2(2 * per_user))))  # about 16 bits a pair
+    sig_mask = 8 * sig_bytes - 1
+    signature = np.zeros((users + 1) * sig_bytes, np.uint8)  # the last user: no one
+    h = item & sig_mask
+    np.bitwise_or.at(signature, user * sig_bytes + (h >> 3), (1 << (h & 7)).astype(np.uint8))
+    cell = user * slots + (item & (slots - 1))
+    table = np.full(users * slots, -1, np.int64)
+    table[cell] = item
+    stored = table[cell] == item
+    clash = np.zeros(len(table), bool)
+    clash[cell[~stored]] = True
+    hit = np.zeros(len(table), bool)
+    rest: list[tuple[np.ndarray, np.ndarray]] = []
+    for probe_user, probe_item in probes:
+        h = probe_item & sig_mask  # in the probes' own (narrow) integer type
+        at = probe_user * sig_bytes
+        at += h >> 3
+        bit = signature[at] >> (h & 7)
+        maybe = np.flatnonzero(bit & 1)
+        maybe_user = probe_user[maybe].astype(np.int64)
+        maybe_item = probe_item[maybe].astype(np.int64)
+        probe = maybe_user * slots + (maybe_item & (slots - 1))
+        match = table[probe] == maybe_item
+        hit[probe[match]] = True
+        left = np.flatnonzero(~match & clash[probe])
+        rest.append((maybe_user[left], maybe_item[left]))
+    out[stored] = hit[cell[stored]]
+    if (~stored).any():
+        empty = np.zeros(0, np.int64)
+        others = pd.MultiIndex.from_arrays([np.concatenate([empty, *(u for u, _ in rest)]),
+                                            np.concatenate([empty, *(i for _, i in rest)])])
+        out[~stored] = pd.MultiIndex.from_arrays([user[~stored], item[~stored]]).isin(others)
+    return out
 
 
 def _encode(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
@@ -249,7 +423,15 @@ def release_times(catalog: np.ndarray, items: pd.DataFrame) -> np.ndarray:
 
 
 def positions(catalog: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position in the sorted `catalog`, whether the catalog holds the id) per item."""
+    """(position in the sorted `catalog`, whether the catalog holds the id) per item; the
+    position of an id it does not hold is meaningless. Small non-negative ids (MovieLens,
+    the simulator) are looked up in a table, not searched."""
+    if len(catalog) and catalog[0] >= 0 and catalog[-1] < 4 * (len(catalog) + len(items)):
+        table = np.full(int(catalog[-1]) + 2, -1, np.int64)  # the last cell: out of range
+        table[catalog] = np.arange(len(catalog))
+        idx = table[np.clip(items, -1, len(table) - 1)]
+        known = idx >= 0
+        return idx, known
     idx = np.searchsorted(catalog, items)
     known = idx < len(catalog)
     known[known] = catalog[idx[known]] == items[known]
@@ -257,11 +439,18 @@ def positions(catalog: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def arm_of_users(reco: RecoLog, mask: np.ndarray) -> pd.Series:
-    """Each user's variant (index user_id) = that of their latest recommendation in `mask`."""
+    """Each user's variant (index user_id) = that of their latest recommendation in `mask`
+    (of two at the same time, the later in the log). Per-user maxima, not a sort of the
+    window by time."""
     idx = np.flatnonzero(mask)
     if len(idx) == 0:
         return pd.Series(dtype=object)
-    order = idx[np.argsort(reco.ts[idx], kind="stable")][::-1]  # newest first
-    users, first = np.unique(reco.user[order], return_index=True)
+    users, pos = dense_index(reco.user[idx])
+    ts = reco.ts[idx].astype(np.int64)
+    newest = np.full(len(users), np.iinfo(np.int64).min)
+    np.maximum.at(newest, pos, ts)
+    last = ts == newest[pos]
+    pick = np.full(len(users), -1, np.int64)
+    np.maximum.at(pick, pos[last], idx[last])
     names = np.asarray(reco.names, dtype=object)
-    return pd.Series(names[reco.code[order[first]]], index=users)
+    return pd.Series(names[reco.code[pick]], index=users)

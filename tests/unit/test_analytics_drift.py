@@ -74,3 +74,21 @@ def test_the_support_rule_matches_the_psi_of_samples_with_no_shift(bins, n, m):
     assert simulated == pytest.approx(stats.chi2.ppf(0.95, bins - 1) * (1 / n + 1 / m),
                                       rel=0.15)
     assert ops.psi_supported(bins, n, m) == (simulated < 0.1)
+
+
+def test_arm_codes_are_isin_per_variant():
+    import numpy as np
+
+    from backend.analytics.drift import arm_codes
+    from tests.unit.analytics_cases import reco_log, window
+
+    rng = np.random.default_rng(3)
+    reco = reco_log([(float(rng.uniform(0, 120)), int(rng.integers(1, 30)),
+                      str(rng.choice(["A", "B", "C"])), [1]) for _ in range(200)])
+    win = window(reco)
+    users = rng.integers(-3, 40, 500)
+    got = arm_codes(win, users)
+    for j, v in enumerate(win.variants):
+        theirs = win.arm.index[win.arm.to_numpy() == v].to_numpy(dtype=np.int64)
+        assert ((got == j) == np.isin(users, theirs)).all()
+    assert ((got == -1) == ~np.isin(users, win.arm.index.to_numpy())).all()

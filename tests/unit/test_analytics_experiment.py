@@ -343,3 +343,22 @@ def test_without_an_experiment_only_the_default_splits_responses_are_read():
     assert (out.arms["A"].users, out.arms["B"].users) == (20, 20)
     assert out.srm is not None and out.srm.p_value == pytest.approx(1.0)
     assert out.comparisons["B"].cuped.reason is not None  # no pre-period to adjust by
+
+
+def test_arm_users_are_those_no_other_arm_served():
+    """An arm's users: served by it in the window and by no other response there (the
+    reference: unique and setdiff)."""
+    import numpy as np
+
+    from backend.analytics.experiment import arm_users
+    from tests.unit.analytics_cases import reco_log, window
+
+    rng = np.random.default_rng(9)
+    reco = reco_log([(float(rng.uniform(0, 120)), int(rng.integers(1, 40)),
+                      str(rng.choice(["A", "B", "C"])), [1, 2]) for _ in range(300)])
+    win = window(reco)
+    for v in ("A", "B", "C"):
+        m = win.in_win & reco.arm(v)
+        want = np.setdiff1d(np.unique(reco.user[m]),
+                            np.unique(reco.user[win.in_win & ~reco.arm(v)]))
+        assert arm_users(reco, win, v).ids.tolist() == want.tolist()

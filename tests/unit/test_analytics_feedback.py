@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from backend.analytics import feedback
-from backend.analytics.window import RecoLog
+from backend.analytics.snapshot import Echo, EchoSeries
+from backend.analytics.window import LogWindow, RecoLog
 from backend.core.settings import AnalyticsSettings
 from backend.ml.metrics import feedback as loop_metrics
 from backend.ml.metrics.ranking import gini
@@ -171,3 +172,113 @@ def test_window_knows_the_catalog_of_each_moment():
     assert win.existing(np.datetime64(ago(100).tz_localize(None))).tolist() == [
         True] * 4 + [False, False]
     assert win.existing(win.end).all()
+
+
+# -- the pre-grouping implementation, kept as the reference of `compute` -----------------
+
+def _reference(cfg: AnalyticsSettings, reco: RecoLog, win: LogWindow) -> Echo:
+    """Concentration and homogenisation per window and their trends, per arm and "all"."""
+    n_win = cfg.echo_windows
+    first = win.end - n_win * win.length
+    ends = [first + (w + 1) * win.length for w in range(n_win)]
+    valid = (reco.ts >= first) & (reco.ts < win.end)
+    widx = np.full(len(reco), -1, dtype=np.int64)
+    widx[valid] = (reco.ts[valid] - first) // win.length
+    slot_win = widx[win.row]  # per flattened item: its response's window
+    dcg = 1.0 / np.log2(win.positions + 2.0)
+    watch = win.watch
+    wvalid = (win.watch_ts >= first) & (win.watch_ts < win.end)
+    watch_win = np.full(len(watch), -1, dtype=np.int64)
+    watch_win[wvalid] = (win.watch_ts[wvalid] - first) // win.length
+    watch_user = watch["user_id"].to_numpy(np.int64)
+    watch_item = watch["item_id"].to_numpy(np.int64)
+    existing = [win.existing(e) for e in ends]
+
+    series = {}
+    for code, v in [*((reco.names.index(v), v) for v in win.variants), (-1, "all")]:
+        resp = valid if code < 0 else valid & (reco.code == code)
+        slot = resp[win.row]
+        per_window = [np.flatnonzero(slot & (slot_win == w)) for w in range(n_win)]
+        served = [np.unique(reco.user[resp & (widx == w)]) for w in range(n_win)]
+        homog = [_reference_homogenization(cfg, watch_user, watch_item, watch_win == w,
+                                           served[w], w)
+                 for w in range(n_win)]
+        series[v] = _reference_series(cfg, win, per_window, existing, dcg, homog,
+                                      seed=code + 1)
+    last = {v: s.homogenization[-1] for v, s in series.items()}
+    return Echo(windows=n_win, variants=series, homogenization=last["all"],
+                homogenization_by_variant={v: last[v] for v in win.variants})
+
+
+def _reference_series(cfg: AnalyticsSettings, win: LogWindow, slots: list[np.ndarray],
+            existing: list[np.ndarray], dcg: np.ndarray, homog: list[float | None],
+            seed: int) -> EchoSeries:
+    """One arm's series: `slots[w]` are its flattened-item indices in window w."""
+    catalogs, items = [], []
+    for w, idx in enumerate(slots):
+        # the catalog as of the window, plus anything it recommended (a clock-skewed release)
+        alive = existing[w].copy()
+        alive[win.item_idx[idx]] = True
+        catalogs.append(int(alive.sum()))
+        items.append((np.cumsum(alive) - 1)[win.item_idx[idx]])
+    sizes = feedback.sample_sizes(cfg, [len(s) for s in slots], catalogs)
+    conc: list[loop_metrics.Concentration | None] = []
+    exposure: list[loop_metrics.Concentration | None] = []
+    for w, size in enumerate(sizes):
+        if size is None:
+            conc.append(None)
+            exposure.append(None)
+            continue
+        args = (items[w], catalogs[w], size, cfg.echo_repeats)
+        conc.append(loop_metrics.rarefied_concentration(*args, seed=seed * 1000 + w))
+        exposure.append(loop_metrics.rarefied_concentration(
+            *args, weights=dcg[slots[w]], seed=seed * 1000 + w))
+    ginis = [c.gini if c else None for c in conc]
+    tops = [c.top10_share if c else None for c in conc]
+    exposure_ginis = [c.gini if c else None for c in exposure]
+    return EchoSeries(
+        gini=ginis, top10_share=tops, sample_size=sizes, recommended=[len(s) for s in slots],
+        catalog=catalogs, gini_sd=[c.gini_sd if c else None for c in conc],
+        top10_sd=[c.top10_sd if c else None for c in conc], exposure_gini=exposure_ginis,
+        raw_gini=[gini(np.bincount(i, minlength=n)) if len(i) else None
+                  for i, n in zip(items, catalogs, strict=True)],
+        homogenization=homog,
+        gini_trend=feedback.trend(cfg, ginis, cfg.echo_slope_max),
+        top10_trend=feedback.trend(cfg, tops, cfg.echo_slope_max),
+        exposure_gini_trend=feedback.trend(cfg, exposure_ginis, cfg.echo_slope_max),
+        homogenization_trend=feedback.trend(cfg, homog, cfg.homogenization_slope_max))
+
+
+def _reference_homogenization(cfg: AnalyticsSettings, user: np.ndarray, item: np.ndarray,
+                    in_window: np.ndarray, served: np.ndarray, w: int) -> float | None:
+    """Mean Jaccard of sampled pairs of the users served in the window, over their watches
+    in the window (None under two such users with a watch)."""
+    mask = in_window & np.isin(user, served)
+    return loop_metrics.homogenization(user[mask], item[mask], cfg.homogenization_pairs,
+                                       seed=w)
+
+
+
+
+def test_compute_matches_the_reference_on_random_logs():
+    """`compute` groups responses and watches by window once; the reference masks the whole
+    log per window and arm. Same figures, seeded samples included, on random logs with
+    three arms, responses outside the windows, releases during them and watches."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        n_items = 40
+        released = [None] * 30 + [ago(float(m)).isoformat() for m in rng.uniform(0, 300, 10)]
+        items = pd.DataFrame({"item_id": np.arange(1, n_items + 1), "released_at": released})
+        rows = [(float(rng.uniform(-20, 400)), int(rng.integers(1, 30)),
+                 str(rng.choice(["A", "B", "C"])),
+                 [int(i) for i in rng.integers(1, n_items + 5, rng.integers(0, 8))])
+                for _ in range(600)]
+        reco = reco_log(rows)
+        watch = watches([(float(rng.uniform(-20, 400)), int(rng.integers(1, 35)),
+                          int(rng.integers(1, n_items))) for _ in range(500)])
+        cfg = AnalyticsSettings(window_minutes=60, echo_windows=6, echo_sample_min=5,
+                                echo_repeats=7, homogenization_pairs=30)
+        win = window(reco, watch, items=items)
+        assert feedback.compute(cfg, reco, win) == _reference(cfg, reco, win)
+        plain = window(reco, watch, items=items.drop(columns="released_at"))
+        assert feedback.compute(cfg, reco, plain) == _reference(cfg, reco, plain)

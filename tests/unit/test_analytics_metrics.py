@@ -290,3 +290,43 @@ def test_combined_flags_a_quiet_push_and_a_flood_by_one_user():
     assert set(flags.index[flags["flood"]]) == {5000}
     assert set(flags.index[flags["combined"]]) == {1000, 1001, 1002, 1003, 5000}
     assert flags.loc[1000, "pushed"] == 1 and not flags.loc[1000, "robust_count"]
+
+
+@pytest.mark.parametrize("cells", [1 << 26, 1])
+def test_burst_rate_is_the_groupby_of_floored_times(monkeypatch, cells):
+    """Peak ratings per user within one bucket: the count table against pandas' floor and
+    groupby (and the groupby itself, when the table is too large)."""
+    monkeypatch.setattr(spam, "BURST_CELLS", cells)
+    rng = np.random.default_rng(7)
+    t0 = pd.Timestamp("2024-01-01T10:00:00", tz="UTC")
+    frame = pd.DataFrame({"user_id": rng.integers(1, 40, 3000) * 1000,
+                          "ts": t0 + pd.to_timedelta(rng.uniform(-3600, 3600, 3000), unit="s"),
+                          "item_id": 1, "rating": 5})
+    frame["ts"] = frame["ts"].astype("datetime64[us, UTC]")
+    for bucket in ("1min", "7s", "1h"):
+        floored = frame["ts"].dt.floor(bucket)
+        want = frame.groupby([frame["user_id"], floored]).size().groupby(level=0).max()
+        got = spam.burst_rate(frame, bucket)
+        assert got.to_dict() == want.to_dict()
+        assert got.index.tolist() == want.index.tolist()
+
+
+def test_homogenization_is_the_mean_jaccard_of_the_same_pairs():
+    """Against Python sets over the same seeded pairs (every pair under `pairs`)."""
+    rng = np.random.default_rng(12)
+    for n_users, pairs in ((6, 2000), (300, 50)):
+        users = rng.integers(10, 10 + n_users, 2000) * 3
+        items = rng.integers(0, 40, 2000)
+        uids = np.unique(users)
+        sets = {u: set(items[users == u].tolist()) for u in uids}
+        n = len(uids)
+        if n * (n - 1) // 2 <= pairs:
+            a, b = np.triu_indices(n, 1)
+        else:
+            r = np.random.default_rng(4)
+            a = r.integers(0, n, pairs)
+            b = (a + r.integers(1, n, pairs)) % n
+        want = np.mean([len(sets[uids[i]] & sets[uids[j]]) / len(sets[uids[i]] | sets[uids[j]])
+                        for i, j in zip(a, b, strict=True)])
+        assert feedback.homogenization(users, items, pairs, seed=4) == pytest.approx(
+            want, rel=1e-12)

@@ -66,18 +66,23 @@ def test_a_push_needs_unprompted_ratings_beyond_the_items_past_rate():
         False] * 4 + [True]
 
 
-def test_degsim_in_sparse_chunks_is_the_dense_definition():
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+@pytest.mark.parametrize("seed", [8, 9])
+def test_degsim_in_either_layout_is_the_definition(monkeypatch, layout, seed):
     """DegSim (Chirita et al. 2005, Jaccard): each user's mean similarity to the k most
-    similar other users, computed here densely over all pairs as the reference."""
+    similar other users, computed here over all pairs with Python sets as the reference;
+    both layouts, several chunks (the last one short), the dense one with items on both
+    sides of its BLAS/sparse split, and seed 9 with many tied similarities."""
     import numpy as np
     import pandas as pd
 
     from backend.ml.metrics import spam
 
-    rng = np.random.default_rng(8)
+    rng = np.random.default_rng(seed)
     n = 4000
-    ratings = pd.DataFrame({"user_id": rng.integers(1, 700, n),
-                            "item_id": rng.zipf(1.5, n) % 90, "rating": 5})
+    items = rng.zipf(1.5, n) % 90 if seed == 8 else rng.integers(0, 6, n)
+    ratings = pd.DataFrame({"user_id": rng.integers(1, 700, n), "item_id": items,
+                            "rating": 5})
     users = np.sort(ratings["user_id"].unique())
     sets = {u: set(g) for u, g in ratings.groupby("user_id")["item_id"]}
     ref = []
@@ -85,12 +90,29 @@ def test_degsim_in_sparse_chunks_is_the_dense_definition():
         sims = sorted((len(sets[u] & sets[v]) / len(sets[u] | sets[v]) for v in users
                        if v != u), reverse=True)
         ref.append(np.mean(sims[:5]))
-    old = spam.CHUNK_ROWS
-    try:
-        spam.CHUNK_ROWS = 37  # several chunks, the last one short
-        got = spam.degsim(ratings, k=5)
-        some = spam.degsim(ratings, k=5, only=users[::3])
-    finally:
-        spam.CHUNK_ROWS = old
+    monkeypatch.setattr(spam, "CHUNK_ROWS", 37)
+    monkeypatch.setattr(spam, "SEGMENT", 16)
+    if layout == "dense":
+        monkeypatch.setattr(spam, "DENSE_AT", 0.0)
+        monkeypatch.setattr(spam, "DENSE_CELLS", 37 * 720)
+        monkeypatch.setattr(spam, "HEAVY_SHARE", 0.02)
+        monkeypatch.setattr(spam, "FLOOR_SAMPLE", 100)  # a floor from 112 users
+    else:
+        monkeypatch.setattr(spam, "DENSE_AT", 1e9)
+    got = spam.degsim(ratings, k=5)
+    some = spam.degsim(ratings, k=5, only=users[::3])
     np.testing.assert_allclose(got.to_numpy(), ref, rtol=1e-12)
     np.testing.assert_allclose(some.to_numpy(), np.asarray(ref)[::3], rtol=1e-12)
+
+
+def test_top_k_sums_is_the_sorted_definition():
+    import numpy as np
+
+    from backend.ml.metrics import spam
+
+    rng = np.random.default_rng(3)
+    row = rng.integers(0, 50, 3000)
+    values = rng.integers(0, 8, 3000) / 7.0  # many ties
+    for k in (1, 3, 200):
+        want = [sum(sorted(values[row == r], reverse=True)[:k]) for r in range(52)]
+        np.testing.assert_allclose(spam.top_k_sums(row, values, 52, k), want, rtol=1e-12)

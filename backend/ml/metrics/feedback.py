@@ -4,13 +4,13 @@ homogenisation, and long-tail starvation."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import stats
 
-from backend.ml.indexing import incidence
+from backend.ml.indexing import dense_index, incidence
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,27 @@ def rarefied_concentration(items: np.ndarray, n_items: int, size: int, repeats: 
     sampling effort (`backend.analytics.feedback.sample_sizes` picks `size`). None when the
     window has fewer than `size` slots."""
     items = np.asarray(items, dtype=np.int64)
-    if size < 1 or len(items) < size or n_items < 1:
-        return None
     w = np.ones(len(items)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return rarefied_draws(len(items), lambda pick: (items[pick], w[pick]), n_items, size,
+                          repeats, seed)
+
+
+Take = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def rarefied_draws(slots: int, take: Take, n_items: int, size: int, repeats: int = 20,
+                   seed: int = 0) -> Concentration | None:
+    """`rarefied_concentration` over `slots` slots whose (item, weight) `take` reads by
+    index: the same draws, without laying out every slot of a window to sample a few."""
+    if size < 1 or slots < size or n_items < 1:
+        return None
     rng = np.random.default_rng(seed)
     g, t = np.empty(repeats), np.empty(repeats)
     rank = np.arange(1, n_items + 1)
     for r in range(repeats):
-        pick = rng.choice(len(items), size, replace=False) if size < len(items) else \
-            np.arange(len(items))
-        counts = np.bincount(items[pick], weights=w[pick], minlength=n_items)
+        pick = rng.choice(slots, size, replace=False) if size < slots else np.arange(slots)
+        items, weights = take(pick)
+        counts = np.bincount(items, weights=weights, minlength=n_items)
         x = np.sort(counts[counts > 0])  # the zeros come first in the sorted catalog
         total = x.sum()
         g[r] = ((2 * rank[n_items - len(x):] - n_items - 1) * x).sum() / (n_items * total)
@@ -104,7 +115,7 @@ def homogenization(users: np.ndarray, items: np.ndarray, pairs: int = 2000,
     there are at most `pairs` of them. None under two users: no pair to compare."""
     if len(users) == 0:
         return None
-    uids, w = incidence(users, items)
+    uids, user = dense_index(np.asarray(users, dtype=np.int64))
     n = len(uids)
     if n < 2:
         return None
@@ -114,6 +125,11 @@ def homogenization(users: np.ndarray, items: np.ndarray, pairs: int = 2000,
         rng = np.random.default_rng(seed)
         a = rng.integers(0, n, pairs)
         b = (a + rng.integers(1, n, pairs)) % n  # never the same user
+    paired = np.zeros(n, bool)  # only the paired users' sets are built
+    paired[a] = paired[b] = True
+    keep = paired[user]
+    rows, w = incidence(user[keep], np.asarray(items, dtype=np.int64)[keep])
+    a, b = np.searchsorted(rows, a), np.searchsorted(rows, b)
     inter = np.asarray(w[a].multiply(w[b]).sum(axis=1)).ravel()
     size = np.diff(w.indptr)
     return float(np.mean(inter / (size[a] + size[b] - inter)))

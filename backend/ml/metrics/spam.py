@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy import stats
 
-from backend.ml.indexing import incidence
+from backend.ml.indexing import dense_index, incidence
 
 MAD_SCALE = 0.6745  # = Phi^-1(0.75): makes the MAD a consistent estimate of sigma
 
@@ -56,44 +57,166 @@ def rdma(ratings: pd.DataFrame) -> pd.Series:
     return dev.groupby(r["user_id"]).mean()
 
 
-CHUNK_ROWS = 256  # users whose similarities degsim holds at once
+CHUNK_ROWS = 256  # users whose similarities the sparse layout holds at once
+DENSE_CELLS = 1 << 23  # similarities the dense layout holds at once (users x all users)
+DENSE_AT = 1 / 8  # the dense layout once a user's co-raters are this share of all users
+HEAVY_SHARE = 1 / 16  # in it, items rated by this share of users overlap by one BLAS product
+SEGMENT = 64  # entries per segment whose maximum bounds a row's k-th largest similarity
+FLOOR_SAMPLE = 8192  # users whose similarities give the dense layout its floors
 
 
 def degsim(ratings: pd.DataFrame, k: int = 5, only: np.ndarray | None = None) -> pd.Series:
     """Degree of Similarity with top Neighbours (Chirita, Nejdl & Zamfir 2005): the mean
     similarity of a user's rated-item set to its `k` most similar users' (Jaccard here).
     Attack profiles are made from one template, so bots are each other's near-copies.
-    Computed for the users in `only` (default all), a chunk of them at a time, over their
-    co-raters only (sparse): memory grows with co-raters, not |only| x users."""
+    Computed for the users in `only` (default all), a chunk of them at a time, in one of two
+    layouts with the same figures: sparse over co-raters while they are few (memory grows
+    with co-raters, not |only| x users); dense once most users are co-raters (many ratings
+    per user), where a sparse product would be as large and far slower."""
     users, w = incidence(ratings["user_id"].to_numpy(), ratings["item_id"].to_numpy())
     if len(users) < 2:
         return pd.Series(0.0, index=users)
     pick = np.arange(len(users)) if only is None else np.searchsorted(users, only)
-    size = np.diff(w.indptr).astype(float)
     k = max(1, min(k, len(users) - 1))
-    wt = w.T.tocsc()
+    degree = np.bincount(w.indices, minlength=w.shape[1]).astype(float)
+    products = w[pick] @ degree  # per user: entries of its sparse product, >= its co-raters
+    if len(pick) and products.mean() >= DENSE_AT * len(users):
+        out = _degsim_dense(w, pick, degree, k)
+    else:
+        out = _degsim_sparse(w, pick, k)
+    return pd.Series(out, index=users[pick])
+
+
+def _degsim_sparse(w: sp.csr_matrix, pick: np.ndarray, k: int) -> np.ndarray:
+    """DegSim of the users `pick` over their co-raters only: a row's top k are its k
+    largest entries, padded with the zeros of everyone else (its own entry counts as one
+    of those zeros: there are always k others)."""
+    size = np.diff(w.indptr).astype(float)
+    wt = w.T.tocsr()
     out = np.empty(len(pick))
     for lo in range(0, len(pick), CHUNK_ROWS):
         rows = pick[lo:lo + CHUNK_ROWS]
-        # only co-raters have a similarity above 0: keep the product sparse; each row's
-        # top k is its k largest entries, padded with the zeros of everyone else (its own
-        # entry counts as one of those zeros: there are always k others)
         inter = (w[rows] @ wt).tocsr()
         row = np.repeat(np.arange(len(rows)), np.diff(inter.indptr))
         jac = inter.data / (size[rows][row] + size[inter.indices] - inter.data)
         jac[inter.indices == rows[row]] = 0.0
-        order = np.argsort(row + 0.5 * (1.0 - jac))  # by row, then by similarity, falling
-        rank = np.arange(len(order)) - inter.indptr[row[order]]
-        top = rank < k
-        out[lo:lo + len(rows)] = np.bincount(row[order][top], weights=jac[order][top],
-                                             minlength=len(rows)) / k
-    return pd.Series(out, index=users[pick])
+        keep = np.flatnonzero((jac >= _kth_floor(jac, inter.indptr, k)[row]) & (jac > 0))
+        out[lo:lo + len(rows)] = top_k_sums(row[keep], jac[keep], len(rows), k) / k
+    return out
+
+
+def _degsim_dense(w: sp.csr_matrix, pick: np.ndarray, degree: np.ndarray, k: int,
+                  ) -> np.ndarray:
+    """DegSim of the users `pick` against every user at once: the overlaps (counts) on the
+    items rated by at least `HEAVY_SHARE` of the users are one float32 matrix product
+    (counts below 2^24 are exact in float32), the rest a sparse product added in.
+
+    No similarity is computed for every pair: a row's k-th largest is at least a floor f
+    read off a sample of the users (k of them reach it), and J = c / (a + b - c) >= f is
+    c >= f (a + b) / (1 + f), a count threshold growing with the other user's size b.
+    The users after the sample are in order of size, so a segment of them is screened
+    against the threshold of its smallest size (a superset), by its largest count first;
+    the few counts that pass are turned into similarities in float64 and the top k
+    summed."""
+    n = w.shape[0]
+    size = np.diff(w.indptr).astype(float)
+    sample = np.zeros(n, bool)
+    sample[::max(1, n // FLOOR_SAMPLE)] = True
+    order = np.lexsort((size, ~sample))  # the sample first, then everyone by size
+    n_sample = min(n, -(-int(sample.sum()) // SEGMENT) * SEGMENT)  # whole segments
+    whole = n_sample // SEGMENT * SEGMENT
+    column = np.empty(n, np.int64)
+    column[order] = np.arange(n)
+    b = size[order]  # per column: its user's size
+    segments = -(-(n - n_sample) // SEGMENT)  # after the sample (the last one padded)
+    width = n_sample + segments * SEGMENT
+    heavy = degree >= HEAVY_SHARE * n
+    wc = w.tocsc()
+    dense = np.zeros((width, int(heavy.sum())), np.float32)  # the padding: no items
+    dense[:n] = wc[:, np.flatnonzero(heavy)].toarray()[order]
+    light = wc[:, np.flatnonzero(~heavy)].tocsr()
+    light_t = light[order].T.tocsr()  # items x columns
+    smallest = b[n_sample + SEGMENT * np.arange(segments)]  # per segment (sizes ascend)
+    chunk = max(1, DENSE_CELLS // width)
+    out = np.empty(len(pick))
+    for lo in range(0, len(pick), chunk):
+        rows = pick[lo:lo + chunk]
+        c, own = len(rows), column[rows]
+        inter = dense[own] @ dense.T
+        extra = (light[rows] @ light_t).tocoo()  # one entry per (user, co-rater)
+        inter.reshape(-1)[extra.row.astype(np.int64) * width + extra.col] += extra.data
+        inter[np.arange(c), own] = 0.0  # oneself: no similarity
+        a = size[rows][:, None]
+        head = inter[:, :n_sample].astype(float)
+        jac = head / (a + b[None, :n_sample] - head)
+        floor = np.zeros(c)
+        if whole >= k * SEGMENT:
+            maxima = jac[:, :whole].reshape(c, -1, SEGMENT).max(axis=2)
+            floor = np.sort(maxima, axis=1)[:, -k]
+        found = [np.nonzero((jac >= floor[:, None]) & (head > 0))]
+        # the least count that reaches the floor, per row and segment (lowered a hair, so
+        # rounding never drops an entry at the floor); only segments whose largest count
+        # reaches it are looked into
+        need = np.maximum(np.ceil(floor[:, None] * (a + smallest[None, :]) / (1 + floor[:, None])
+                                  * (1 - 1e-9)), 1.0).astype(np.float32)
+        tail = inter[:, n_sample:].reshape(c, segments, SEGMENT)
+        r, s = np.nonzero(tail.max(axis=2) >= need)
+        r2, j = np.nonzero(tail[r, s] >= need[r, s][:, None])
+        found.append((r[r2], n_sample + s[r2] * SEGMENT + j))
+        row = np.concatenate([r for r, _ in found])
+        col = np.concatenate([x for _, x in found])
+        both = inter[row, col].astype(float)
+        exact = both / (size[rows][row] + b[col] - both)
+        out[lo:lo + c] = top_k_sums(row, exact, c, k) / k
+    return out
+
+
+def _kth_floor(values: np.ndarray, indptr: np.ndarray, k: int) -> np.ndarray:
+    """Per row of a CSR layout: a value no larger than its k-th largest entry, the k-th
+    largest maximum of its segments of at most `SEGMENT` entries (0 under k segments)."""
+    rows = len(indptr) - 1
+    floor = np.zeros(rows, values.dtype)
+    if not len(values):
+        return floor
+    starts = np.union1d(indptr[:-1], np.arange(0, len(values), SEGMENT))
+    starts = starts[starts < len(values)]
+    maxima = np.maximum.reduceat(values, starts)
+    owner = np.searchsorted(indptr, starts, side="right") - 1  # empty rows own none
+    order = np.lexsort((-maxima, owner))
+    owner, maxima = owner[order], maxima[order]
+    kth = np.arange(len(owner)) - np.searchsorted(owner, owner) == k - 1
+    floor[owner[kth]] = maxima[kth]
+    return floor
+
+
+def top_k_sums(row: np.ndarray, values: np.ndarray, rows: int, k: int) -> np.ndarray:
+    """Per row 0..rows-1, the sum of its `k` largest `values` (a row may have fewer)."""
+    order = np.lexsort((-values, row))
+    row, values = row[order], values[order]
+    top = np.arange(len(row)) - np.searchsorted(row, row) < k
+    return np.bincount(row[top], weights=values[top], minlength=rows)
 
 
 def burst_rate(ratings: pd.DataFrame, bucket: str = "1min") -> pd.Series:
-    """Peak number of ratings a user posted within one `bucket` of time."""
-    ts = pd.to_datetime(ratings["ts"], utc=True).dt.floor(bucket)
-    return ratings.groupby([ratings["user_id"], ts]).size().groupby(level=0).max()
+    """Peak number of ratings a user posted within one `bucket` of time (buckets aligned to
+    the epoch, as `floor` cuts them): a count per (user, bucket) in one bincount when that
+    table is small, else a groupby."""
+    ts = pd.to_datetime(ratings["ts"], utc=True)
+    users, user = dense_index(ratings["user_id"].to_numpy(np.int64))
+    step = pd.Timedelta(bucket).value
+    slot = ts.dt.tz_localize(None).to_numpy("datetime64[ns]").view(np.int64) // step
+    if len(slot):
+        slot -= slot.min()
+    slots = int(slot.max()) + 1 if len(slot) else 0
+    if len(users) * slots > BURST_CELLS:
+        floored = ts.dt.floor(bucket)
+        return ratings.groupby([ratings["user_id"], floored]).size().groupby(level=0).max()
+    counts = np.bincount(user * slots + slot, minlength=len(users) * slots)
+    peak = counts.reshape(len(users), slots).max(axis=1) if slots else counts[:0]
+    return pd.Series(peak, index=pd.Index(users, name="user_id"))
+
+
+BURST_CELLS = 1 << 26  # (user, bucket) counts burst_rate holds at once
 
 
 def pushed_items(ratings: pd.DataFrame, past: pd.DataFrame | None, value: float,
