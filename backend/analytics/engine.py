@@ -10,11 +10,12 @@ and groups.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pandas as pd
 
 from backend.analytics import drift, experiment, fairness, feedback, sla, spam, tail
-from backend.analytics.snapshot import Counts, Snapshot, Window
+from backend.analytics.snapshot import Counts, Snapshot, Spam, Window
 from backend.analytics.window import LogWindow, RecoLog, served
 from backend.core.settings import AnalyticsSettings
 from registry.experiments import Experiment as ExperimentRecord
@@ -44,6 +45,18 @@ class AnalyticsLogic:
         """Every figure for the window [end - window, end)."""
         cfg = self.cfg
         win = LogWindow.of(reco, watch, rating, items, cfg.window_minutes, end)
+        with ThreadPoolExecutor(1, thread_name_prefix="spam") as pool:
+            # the spam section (its similarity products release the GIL) on the second core
+            # while the others run: every section only reads the window
+            spam_section = pool.submit(lambda: spam.compute(
+                cfg, win.rating_in, win.rating_before[["item_id", "rating"]],
+                win.unprompted(reco, win.rating_in)))
+            return self._sections(reco, win, items, users, probes, spam_section)
+
+    def _sections(self, reco: RecoLog, win: LogWindow, items: pd.DataFrame,
+                  users: pd.DataFrame, probes: pd.DataFrame | None,
+                  spam_section: Future[Spam]) -> Snapshot:
+        cfg = self.cfg
         counted = served(reco, win, cfg.echo_windows)  # the echo's windows, the last this one
         exposure = {v: counted.exposure(v) for v in [*win.variants, "all"]}
         fair = fairness.compute(cfg, reco, win, exposure, items, users)
@@ -59,8 +72,7 @@ class AnalyticsLogic:
             fairness=fair,
             tail=tail.compute(cfg, win, exposure),
             echo=feedback.compute(cfg, reco, win, counted),
-            spam=spam.compute(cfg, win.rating_in, win.rating_before[["item_id", "rating"]],
-                              win.unprompted(reco, win.rating_in)),
+            spam=spam_section.result(),
             ab=experiment.compute(cfg, self.split, reco, win, fair, self.split_changes,
                                   arms=self.variants, record=self.experiment, probes=probes),
             sla=sla.compute(reco, win, probes),

@@ -98,3 +98,28 @@ def test_empty_lake_gives_an_empty_but_valid_snapshot():
     assert snap.counts.recommendations == 0
     assert snap.fairness["all"].coverage == 0.0
     assert snap.ab.winner is None
+
+
+def test_the_spam_section_computed_beside_the_others_is_the_one_computed_alone():
+    from backend.analytics import spam
+    from backend.analytics.window import LogWindow
+
+    _, log, watch, rating = make_log(seed=4, n=600)
+    cfg = AnalyticsSettings(window_minutes=60, echo_windows=2)
+    snap = AnalyticsLogic(cfg).snapshot(log, watch, rating, ITEMS, USERS, END)
+    win = LogWindow.of(log, watch, rating, ITEMS, cfg.window_minutes, END)
+    alone = spam.compute(cfg, win.rating_in, win.rating_before[["item_id", "rating"]],
+                         win.unprompted(log, win.rating_in))
+    assert snap.spam == alone and snap.spam.raters == 2
+
+
+def test_a_failing_section_fails_the_snapshot(monkeypatch):
+    from backend.analytics import spam
+
+    def broken(*args, **kwargs):
+        raise ValueError("spam section failed")
+
+    monkeypatch.setattr(spam, "compute", broken)
+    _, log, watch, rating = make_log()
+    with pytest.raises(ValueError, match="spam section failed"):
+        AnalyticsLogic(AnalyticsSettings()).snapshot(log, watch, rating, ITEMS, USERS, END)
