@@ -233,8 +233,6 @@ class EventProducer:
         except WalFull as exc:  # a best-effort record (reco log, replayed dead letter)
             self.lost += 1
             log.error("event dropped topic=%s reason=%s", topic, exc.detail)
-            return
-        self.log.flush_soon()
 
     def _degrade(self, why: str) -> None:
         if not self._degraded:
@@ -256,7 +254,6 @@ class EventProducer:
         direct = not self._degraded and not self.log.unsent
         entry = self.log.append(topic, kb, value, event_id=str(record["event_id"]),
                                 state=State.INFLIGHT if direct else State.UNSENT)
-        self.log.flush_soon()  # the fsync runs while the record is handed to Kafka
         if not direct:
             self.spooled += 1
             return entry

@@ -240,7 +240,8 @@ class WriteAheadLog:
 
     def append(self, topic: str, key: bytes | None, value: bytes,
                event_id: str | None = None, state: State = State.UNSENT) -> Entry:
-        """Write a record (not yet durable: `sync`/`durable`). Raises WalFull at the bound."""
+        """Write a record and start its fsync (durable once `sync`/`durable` return). Raises
+        WalFull at the bound."""
         at = time.time()
         record = encode(topic, key, value, event_id, at)
         with self._cond:
@@ -263,6 +264,8 @@ class WriteAheadLog:
             entry = Entry(self._seq, seg, offset, len(record), topic, event_id, at, state)
             self._track(entry)
             self._sync.written = self._seq
+            self._sync.kicked = True  # the fsync starts now, while the caller goes on
+            self._cond.notify_all()
             return entry
 
     def _roll(self) -> None:
