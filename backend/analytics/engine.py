@@ -17,6 +17,7 @@ import pandas as pd
 from backend.analytics import drift, experiment, fairness, feedback, sla, spam, tail
 from backend.analytics.snapshot import Counts, Snapshot, Spam, Window
 from backend.analytics.window import LogWindow, RecoLog, served
+from backend.core.memory import reused_heap
 from backend.core.settings import AnalyticsSettings
 from registry.experiments import Experiment as ExperimentRecord
 
@@ -44,8 +45,8 @@ class AnalyticsLogic:
                  probes: pd.DataFrame | None = None) -> Snapshot:
         """Every figure for the window [end - window, end)."""
         cfg = self.cfg
-        win = LogWindow.of(reco, watch, rating, items, cfg.window_minutes, end)
-        with ThreadPoolExecutor(1, thread_name_prefix="spam") as pool:
+        with reused_heap(), ThreadPoolExecutor(1, thread_name_prefix="spam") as pool:
+            win = LogWindow.of(reco, watch, rating, items, cfg.window_minutes, end)
             # the spam section (its similarity products release the GIL) on the second core
             # while the others run: every section only reads the window
             spam_section = pool.submit(lambda: spam.compute(

@@ -235,8 +235,8 @@ class Served:
     """What each arm recommended in each of the last `windows` windows of the snapshot's
     length (the last one is the snapshot's window): `counts[w, a, i]` times catalog item i
     in window w by arm a (`arms`, then every response), `weighted[a, i]` its
-    position-weighted exposure in the last window. All of it from one count over the
-    flattened items."""
+    position-weighted exposure in the last window. All of it from counts of the flattened
+    items (`served`)."""
 
     arms: list[str]
     counts: np.ndarray  # (windows, arms + 1, catalog), int64
@@ -252,9 +252,8 @@ RANK_BINS = 1 << 26  # (window, arm, rank, item) cells counted at once; beyond, 
 
 
 def served(reco: RecoLog, win: LogWindow, windows: int) -> Served:
-    """Counts per (window, arm, item) and the last window's position-weighted exposure:
-    counted per rank too when that fits (the exposure is then each rank's count times its
-    weight), else with the weights as bincount weights."""
+    """Counts per (window, arm, item) and the last window's position-weighted exposure, the
+    latter as each rank's count times its weight where the counts are kept per rank."""
     arms = list(win.variants)
     n_cat, n_arms = len(win.catalog), len(arms)
     first = win.end - windows * win.length
@@ -266,18 +265,50 @@ def served(reco: RecoLog, win: LogWindow, windows: int) -> Served:
     cell[valid] = (reco.ts[valid] - first) // win.length * (n_arms + 1) + slot[reco.code[valid]]
     ranks = int(win.lengths.max()) if len(reco) else 0
     weight = rank_weights(np.arange(ranks))
+    if len(reco) and (win.lengths == ranks).all():  # lists of one length: a column per rank
+        per_arm, weighted = _served_by_column(cell, win.item_idx.reshape(len(reco), ranks),
+                                              weight, cells, n_arms + 1, n_cat)
+    else:
+        per_arm, weighted = _served_by_item(cell, win, ranks, weight, cells, n_arms + 1, n_cat)
+    counts = np.empty((windows, n_arms + 1, n_cat), np.int64)
+    counts[:, :n_arms] = per_arm[:, :n_arms]
+    counts[:, n_arms] = per_arm.sum(axis=1)  # every response: the arms and the others
+    weighted_all = np.empty((n_arms + 1, n_cat))
+    weighted_all[:n_arms] = weighted[:n_arms]
+    weighted_all[n_arms] = weighted.sum(axis=0)
+    return Served(arms=arms, counts=counts, weighted=weighted_all)
+
+
+def _served_by_column(cell: np.ndarray, grid: np.ndarray, weight: np.ndarray, cells: int,
+                      slots: int, n_cat: int) -> tuple[np.ndarray, np.ndarray]:
+    """`served`'s counts per (window, slot, item) and last-window weighted exposure when
+    every list has one length: `grid` (responses, ranks) holds the catalog positions, and
+    each rank's column is counted on its own (its table a rank's share of the bins)."""
+    bins = (cells + 1) * n_cat
+    at = (cell * n_cat).astype(np.int32 if bins < 2**31 else np.int64)
+    total = np.zeros(bins, np.int64)
+    weighted = np.zeros(slots * n_cat)
+    last = slice((cells - slots) * n_cat, cells * n_cat)
+    for r in range(grid.shape[1]):
+        count = np.bincount(at + grid[:, r], minlength=bins)
+        total += count
+        weighted += weight[r] * count[last]
+    return total[:cells * n_cat].reshape(-1, slots, n_cat), weighted.reshape(slots, n_cat)
+
+
+def _served_by_item(cell: np.ndarray, win: LogWindow, ranks: int, weight: np.ndarray,
+                    cells: int, slots: int, n_cat: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same from the flattened items of lists of any length: per (cell, rank, item)
+    when that fits, else with the weights as bincount weights."""
+    n_arms = slots - 1
+    windows = cells // slots
     by_rank = (cells + 1) * ranks * n_cat <= RANK_BINS
     width = ranks * n_cat if by_rank else n_cat
     size = (cells + 1) * width
     base = (cell * (ranks if by_rank else 1)).astype(np.int32 if size < 2**31 else np.int64)
-    if len(reco) and (win.lengths == ranks).all():  # lists of one length: no row index
-        key = np.repeat(base, ranks)  # per flattened item, in place from here
-        if by_rank:
-            key.reshape(len(reco), ranks)[:] += np.arange(ranks, dtype=base.dtype)
-    else:
-        key = base[win.row]
-        if by_rank:
-            key += win.positions
+    key = base[win.row]
+    if by_rank:
+        key += win.positions
     key *= n_cat
     key += win.item_idx
     if by_rank:
@@ -293,13 +324,7 @@ def served(reco: RecoLog, win: LogWindow, windows: int) -> Served:
         weighted = np.bincount(key[last] - (cells - n_arms - 1) * n_cat,
                                weights=weight[win.positions[last]],
                                minlength=(n_arms + 1) * n_cat).reshape(n_arms + 1, n_cat)
-    counts = np.empty((windows, n_arms + 1, n_cat), np.int64)
-    counts[:, :n_arms] = per_arm[:, :n_arms]
-    counts[:, n_arms] = per_arm.sum(axis=1)  # every response: the arms and the others
-    weighted_all = np.empty((n_arms + 1, n_cat))
-    weighted_all[:n_arms] = weighted[:n_arms]
-    weighted_all[n_arms] = weighted.sum(axis=0)
-    return Served(arms=arms, counts=counts, weighted=weighted_all)
+    return per_arm, weighted
 
 
 def rank_weights(positions: np.ndarray) -> np.ndarray:
