@@ -337,18 +337,18 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
     @api.get("/models", dependencies=[Depends(admin)])
     async def models() -> ModelsResponse:
         logic = current()
-        return logic.models()
+        return await asyncio.to_thread(logic.models)
 
     @api.post("/admin/promote", responses={409: _REFUSALS[409]})
     async def admin_promote(actor: Actor, body: PromoteRequest) -> AliasesResponse:
         """Verify, then make `version` production; variants pick it up on their next poll."""
         logic = current()
-        return logic.promote(body.variant, body.version, actor)
+        return await asyncio.to_thread(logic.promote, body.variant, body.version, actor)
 
     @api.post("/admin/rollback", responses={409: _REFUSALS[409]})
     async def admin_rollback(actor: Actor, body: RollbackRequest) -> AliasesResponse:
         logic = current()
-        return logic.rollback(body.variant, actor)
+        return await asyncio.to_thread(logic.rollback, body.variant, actor)
 
     @api.post("/admin/diversity")
     async def admin_diversity(actor: Actor, body: DiversityRequest) -> RuntimeKnobs:
@@ -365,14 +365,14 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
     @api.get("/admin/experiments", dependencies=[Depends(admin)])
     async def experiments_list() -> ExperimentsResponse:
         logic = current()
-        return logic.list_experiments()
+        return await asyncio.to_thread(logic.list_experiments)
 
     @api.get("/admin/experiments/{experiment_id}", responses={404: _REFUSALS[404]},
              dependencies=[Depends(admin)])
     async def experiment_show(experiment_id: str = ExperimentId) -> ExperimentView:
         """The experiment as its audit trail leaves it (arms, epochs, stop), and the trail."""
         logic = current()
-        return logic.show_experiment(experiment_id)
+        return await asyncio.to_thread(logic.show_experiment, experiment_id)
 
     @api.post("/admin/experiments", status_code=201, responses=_REFUSALS)
     async def experiment_start(actor: Actor, body: ExperimentSpec) -> ExperimentView:
@@ -425,7 +425,7 @@ def create_api(current: Callable[[], IngressLogic]) -> FastAPI:
     async def quarantine_list() -> Quarantine:
         """Every user the spam detectors or an operator quarantined, with the evidence."""
         logic = current()
-        return logic.quarantined()
+        return await asyncio.to_thread(logic.quarantined)
 
     @api.post("/admin/quarantine/{user_id}/release", responses={404: _REFUSALS[404]})
     async def quarantine_release(actor: Actor, body: ReleaseRequest,

@@ -442,9 +442,9 @@ class IngressLogic:
         """Change the default allocation (in force while no experiment runs) for every
         replica, through the shared state."""
         running = (await self.state.config()).allocation.experiment
-        if running is not None and self.experiments.running() is None:
+        if running is not None and await asyncio.to_thread(self.experiments.running) is None:
             # the store says it stopped; the serving state missed it: hand that over
-            await self._allocate(self.experiments.get(running))
+            await self._allocate(await asyncio.to_thread(self.experiments.get, running))
             running = (await self.state.config()).allocation.experiment
         if running is not None:
             raise RecoError(f"experiment {running!r} is running: set its weights (POST "
@@ -468,7 +468,7 @@ class IngressLogic:
                               events=self.experiments.events(experiment))
 
     async def start_experiment(self, spec: ExperimentSpec, actor: str) -> ExperimentView:
-        self._servable(spec.arms)
+        await asyncio.to_thread(self._servable, spec.arms)
         default = (await self.state.config()).default
         if spec.salt == default.salt:  # its users' past under the default split would carry
             raise RecoError(f"salt {spec.salt!r} is the default split's: choose another",
@@ -483,7 +483,7 @@ class IngressLogic:
 
     async def add_arm(self, experiment: str, arm: ArmSpec, weight: float, actor: str
                       ) -> ExperimentView:
-        self._servable([arm])
+        await asyncio.to_thread(self._servable, [arm])
         return await self._change(experiment, self.experiments.add_arm, experiment, arm,
                                   weight, actor)
 
@@ -500,7 +500,8 @@ class IngressLogic:
         except ExperimentError as exc:
             if exc.status_code == 409:
                 with contextlib.suppress(Exception):
-                    await self._allocate(self.experiments.get(experiment))
+                    await self._allocate(
+                        await asyncio.to_thread(self.experiments.get, experiment))
             raise
         return await self._allocate(exp)
 
@@ -528,4 +529,5 @@ class IngressLogic:
             raise RecoError(f"recorded, but the serving state did not take it ({exc}): it "
                             "applies when that replica restarts", status_code=503) from None
         self.apply(shared)
-        return ExperimentView(experiment=exp, events=self.experiments.events(exp.spec.id))
+        events = await asyncio.to_thread(self.experiments.events, exp.spec.id)
+        return ExperimentView(experiment=exp, events=events)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import httpx
+import pytest
 
 from backend.serving.api import create_api
 from backend.serving.metrics import take_replica_delta
@@ -135,6 +137,80 @@ def test_writes_and_admin_routes():
         assert health.json()["split"] == 1.0 and health.json()["status"] == "ok"
         assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
         assert "# TYPE reco_requests_total counter" in metrics.text
+
+
+class Gate:
+    """Holds every call through `Blocking` until opened (at most `wait` s, then noted)."""
+
+    def __init__(self, wait: float = 5.0) -> None:
+        self.entered, self.opened = threading.Event(), threading.Event()
+        self.wait, self.timed_out = wait, False
+
+
+class Blocking:
+    """`inner` with each method call held at the gate: a slow store (S3) stand-in."""
+
+    def __init__(self, inner: Any, gate: Gate) -> None:
+        self.inner, self.gate = inner, gate
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            self.gate.entered.set()
+            if not self.gate.opened.wait(self.gate.wait):
+                self.gate.timed_out = True
+            return attr(*args, **kwargs)
+        return held
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/models", None),
+    ("POST", "/admin/promote", {"variant": "C", "version": "v0001"}),
+    ("POST", "/admin/rollback", {"variant": "C"}),
+    ("GET", "/admin/experiments", None),
+    ("GET", "/admin/experiments/e1", None),
+    ("GET", "/admin/quarantine", None),
+])
+def test_an_admin_route_waiting_on_the_store_leaves_the_event_loop_to_others(
+        tmp_path, method, path, body):
+    """The admin routes' store work (registry, experiments, quarantine: S3 on a cluster)
+    runs off the event loop: while it waits, the replica's other requests are answered."""
+    from backend.core.settings import Settings
+    from backend.core.store import Store
+    from backend.ml.recommenders import Popularity
+    from registry import open_registry
+    from registry.experiments import ExperimentStore
+    from registry.quarantine import QuarantineStore
+    from tests.unit.test_recommenders import dataset
+
+    registry = open_registry(Settings(var_dir=tmp_path / "var"), signer=True)
+    registry.register("C", Popularity().fit(*dataset()), {}, {})
+    gate = Gate()
+    store = Store.local(tmp_path / "shared")
+    with Rig(registry=lambda: Blocking(registry, gate),
+             store=Blocking(ExperimentStore(store), gate),
+             quarantine=Blocking(QuarantineStore(store), gate)) as rig:
+        app = create_api(lambda: rig.logic)
+
+        async def scenario() -> tuple[httpx.Response, httpx.Response]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as c:
+                slow = asyncio.create_task(c.request(method, path, json=body, **key(ADMIN)))
+                while not gate.entered.is_set():  # the route is at the store
+                    await asyncio.sleep(0.01)
+                other = await c.get("/health")
+                gate.opened.set()
+                answer = await slow
+            await rig.logic.close()
+            return answer, other
+
+        answer, other = asyncio.run(scenario())
+    assert not gate.timed_out, "the route held the event loop while it waited on the store"
+    assert other.status_code == 200
+    assert answer.status_code < 500, answer.text
 
 
 def test_openapi_lists_every_operation_with_its_models():
