@@ -11,7 +11,9 @@ here), on this machine, leg by leg:
              signing, gating; wall time, the job's peak RSS, and the machine's peak memory
              in use above the start (Ray's workers included).
   snapshot - one analytics snapshot (`AnalyticsLogic`, the analytics as they stand) over 1M
-             and 10M recommendation events of the same users and catalog.
+             and 10M recommendation events of the same users and catalog, in a thread of
+             a process with one malloc arena, as the scheduler's actor runs it; three runs
+             each (median, each run, the process's peak RSS).
   serve    - `GET /recommend/{user_id}` deployed as `bench/serve.py` deploys it, at 1 and 32
              connections, with the large models and, in the same run, with MovieLens-100K's.
 
@@ -36,7 +38,9 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -248,11 +252,42 @@ def retrain_leg(workdir: Path) -> dict:
 
 # -- snapshot --------------------------------------------------------------------------------
 
-def snapshot_leg(shape: Shape, sizes: list[int]) -> list[dict]:
-    """`bench/analytics.py`'s synthetic reco log, over this shape's users and catalog."""
-    from backend.analytics.engine import AnalyticsLogic, RecoLog
+def snapshot_leg(shape: Shape, sizes: list[int], ratings: int) -> list[dict]:
+    """`bench/analytics.py`'s synthetic reco log, over this shape's users and catalog, in a
+    thread of a process started with one malloc arena: as the scheduler's actor runs the
+    analytics cycle."""
+    from backend.core.memory import ONE_ARENA
+
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--ratings",
+                          str(ratings), "--snapshot-child", ",".join(map(str, sizes))],
+                         env=os.environ | ONE_ARENA, capture_output=True, text=True,
+                         check=False)
+    if out.returncode:
+        raise RuntimeError(f"the snapshot leg failed: {out.stderr[-3000:]}")
+    rows: list[dict] = json.loads(out.stdout.strip().splitlines()[-1])
+    for row in rows:
+        print(f"snapshot {row['reco_events']:>12,} reco events  median "
+              f"{row['median_s']:6.2f} s  runs {row['runs_s']}  peak RSS "
+              f"{row['peak_rss_gb']} GB", flush=True)
+    return rows
+
+
+def timed_snapshot(logic: Any, table: Any, watch: pd.DataFrame, rating: pd.DataFrame,
+                   items: pd.DataFrame, users: pd.DataFrame) -> tuple[float, Any]:
+    from backend.analytics.engine import RecoLog
+    from bench.analytics import END
+
+    t0 = time.perf_counter()
+    snap = logic.snapshot(RecoLog.from_table(table), watch, rating, items, users, END)
+    return time.perf_counter() - t0, snap
+
+
+def snapshot_rows(shape: Shape, sizes: list[int]) -> list[dict]:
+    """Three snapshots per size (the first in the process also pays its memory's first
+    faults)."""
+    from backend.analytics.engine import AnalyticsLogic
     from backend.core.settings import AnalyticsSettings
-    from bench.analytics import END, synthetic
+    from bench.analytics import synthetic
 
     items = pd.DataFrame({"item_id": np.arange(1, shape.items + 1)})
     users = pd.DataFrame({"user_id": np.arange(1, shape.users + 1)})
@@ -260,15 +295,18 @@ def snapshot_leg(shape: Shape, sizes: list[int]) -> list[dict]:
     for n in sizes:
         table, watch, rating = synthetic(n, items, users)
         logic = AnalyticsLogic(AnalyticsSettings(window_minutes=60, echo_windows=6))
-        runs = []
-        for _ in range(3):  # the first run in a process also pays its memory's first faults
-            t0 = time.perf_counter()
-            snap = logic.snapshot(RecoLog.from_table(table), watch, rating, items, users, END)
-            runs.append(time.perf_counter() - t0)
+        runs, snaps = [], []
+        with ThreadPoolExecutor(1) as thread:  # off the main thread, as the scheduler runs it
+            for _ in range(3):
+                seconds, snap = thread.submit(timed_snapshot, logic, table, watch, rating,
+                                              items, users).result()
+                runs.append(seconds)
+                snaps.append(snap)
         rows.append({"reco_events": n, "median_s": round(float(np.median(runs)), 2),
                      "runs_s": [round(r, 2) for r in runs],
-                     "in_window": snap.counts.recommendations})
-        print(f"snapshot {n:>12,} reco events  median {np.median(runs):6.2f} s", flush=True)
+                     "peak_rss_gb": round(resource.getrusage(
+                         resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+                     "in_window": snaps[-1].counts.recommendations})
         del table, watch, rating
     return rows
 
@@ -310,8 +348,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "bench" / "scale")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--snapshot-sizes", default="1000000,10000000")
+    parser.add_argument("--snapshot-child", help=argparse.SUPPRESS)  # the leg's process
     args = parser.parse_args()
     shape = Shape() if args.ratings == Shape().ratings else Shape.scaled(args.ratings)
+    if args.snapshot_child:
+        print(json.dumps(snapshot_rows(shape, [int(s) for s in
+                                               args.snapshot_child.split(",")])))
+        return
     legs = args.legs.split(",")
     args.workdir.mkdir(parents=True, exist_ok=True)
     result = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -325,7 +368,7 @@ def main() -> None:
         result["retrain"] = stamp(shape) | retrain_leg(args.workdir)
     if "snapshot" in legs:
         result["snapshot"] = stamp(shape) | {"rows": snapshot_leg(
-            shape, [int(s) for s in args.snapshot_sizes.split(",")])}
+            shape, [int(s) for s in args.snapshot_sizes.split(",")], args.ratings)}
     if "serve" in legs:
         result["serve"] = stamp(shape) | serve_leg(args.workdir, args.seconds)
     result["met"] = met(result)

@@ -13,6 +13,7 @@ from typing import Any
 
 from backend.analytics.cycle import GAUGE_NAMES
 from backend.core.logs import setup_logging
+from backend.core.memory import ONE_ARENA
 from backend.core.runtime import init_ray, job_env
 from backend.core.settings import Settings
 from backend.scheduling.scheduler import Scheduler
@@ -57,8 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     dashboard_url = init_ray(settings).dashboard_url  # the Jobs API of the cluster we run on
-    actor = _actor_class().options(runtime_env={"env_vars": job_env(settings)}).remote(
-        settings, dashboard_url)
+    # its analytics cycle runs in a thread: one malloc arena lets it reuse the heap
+    env = job_env(settings) | ONE_ARENA
+    actor = _actor_class().options(runtime_env={"env_vars": env}).remote(settings,
+                                                                          dashboard_url)
     ray.get(actor.run.remote(args.tick))
 
 
