@@ -28,7 +28,14 @@ from backend.data.deadletters import reason as dead_letter_reason
 from backend.data.events import EVENT_MODELS
 from backend.data.lake import Lake
 from backend.serving.schemas import HealthResponse
-from registry import Manifest, open_experiments, open_quarantine, open_registry
+from registry import (
+    Manifest,
+    Registry,
+    RegistryError,
+    open_experiments,
+    open_quarantine,
+    open_registry,
+)
 
 REFRESH = "5s"
 log = logging.getLogger(__name__)
@@ -150,6 +157,25 @@ def audit_frame(var_dir: str, last: int | None = 50) -> pd.DataFrame:
                         columns=["ts", "actor", "action", "experiment", "detail"])
 
 
+# (variant, version, stamp) -> (manifest or None, why refused): a verdict holds while the
+# version's stored objects are unchanged, so a refresh does not download every model again
+_VERDICTS: dict[tuple[str, str, str], tuple[Manifest | None, str]] = {}
+
+
+def verified(reg: Registry, variant: str, version: str) -> tuple[Manifest | None, str]:
+    """The version's manifest if it verifies, else None and why; verified again only when
+    its stored objects changed (`Registry.stamp`)."""
+    key = (variant, version, reg.stamp(variant, version))
+    if key not in _VERDICTS:
+        try:
+            _VERDICTS[key] = reg.verify(variant, version), ""
+        except RegistryError as exc:  # a verdict: shown as a refused version, with why
+            _VERDICTS[key] = None, exc.detail
+        except Exception as exc:  # the store unreachable: no verdict, asked again next time
+            return None, str(exc)
+    return _VERDICTS[key]
+
+
 @st.cache_data(ttl=10)
 def registry_versions(var_dir: str) -> pd.DataFrame:
     reg = open_registry(settings())
@@ -157,11 +183,7 @@ def registry_versions(var_dir: str) -> pd.DataFrame:
     for variant in reg.variants():
         aliases = reg.aliases(variant)
         for version in reg.versions(variant):
-            manifest: Manifest | None = None
-            try:
-                manifest, why = reg.verify(variant, version), ""
-            except Exception as exc:  # shown as a refused version, with its reason
-                why = getattr(exc, "detail", str(exc))
+            manifest, why = verified(reg, variant, version)
             metrics = manifest.metrics if manifest else None
             prov = manifest.provenance if manifest else None
             rows.append({"variant": variant, "version": version,

@@ -181,6 +181,13 @@ class Registry:
             raise RegistryError(f"{where}: no such version")
         return _parse(where, data)
 
+    def stamp(self, variant: str, version: str) -> str:
+        """A digest of the version's stored objects and their stamps (`Store.stamps`): it
+        changes when a file is added, removed or rewritten, so a verdict of `verify` holds
+        while it stays the same (the dashboard re-reads a version's files only then)."""
+        stamps = sorted(self.store.stamps(self.key(variant, version)).items())
+        return hashlib.sha256(json.dumps(stamps).encode()).hexdigest()
+
     def verify(self, variant: str, ref: str) -> Manifest:
         """The manifest if signature and every file check out; RegistryError saying why not."""
         return self._verified(variant, ref)[0]

@@ -22,6 +22,12 @@ def check_objects(store: Store) -> None:
     assert store.keys("t", after="t/a.json") == ["t/b/c.json"]
     assert store.children("t") == ["a.json", "b"]
     assert store.keys("none") == [] and store.children("none") == []
+    stamps = store.stamps("t")
+    assert sorted(stamps) == ["t/a.json", "t/b/c.json"] and store.stamps("t") == stamps
+    store.put("t/a.json", b"3")  # rewritten, the same size
+    again = store.stamps("t")
+    assert again["t/a.json"] != stamps["t/a.json"]
+    assert again["t/b/c.json"] == stamps["t/b/c.json"] and store.stamps("none") == {}
     store.delete("t/a.json")
     store.delete("t/a.json")  # gone already: no error
     assert store.keys("t") == ["t/b/c.json"]

@@ -244,6 +244,18 @@ class Store:
         except (OSError, RuntimeError, obs.exceptions.BaseError) as exc:
             raise StoreError(f"store {self.uri}: cannot list {prefix}: {exc}") from None
 
+    def stamps(self, prefix: str) -> dict[str, str]:
+        """Every key under `prefix/` with a stamp that changes when its object is rewritten:
+        the object's entity tag (local files: inode, time and size), else size and time."""
+        try:
+            stream = obs.list(self._backend, _key(prefix) + "/")
+            return {m["path"]: m.get("e_tag") or f"{m['size']}@{m['last_modified']}"
+                    for batch in stream for m in batch}
+        except (NotFoundError, FileNotFoundError):
+            return {}
+        except (OSError, RuntimeError, obs.exceptions.BaseError) as exc:
+            raise StoreError(f"store {self.uri}: cannot list {prefix}: {exc}") from None
+
     def children(self, prefix: str) -> list[str]:
         """The names one level below `prefix/` (objects and folders), sorted."""
         try:

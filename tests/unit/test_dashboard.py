@@ -412,3 +412,27 @@ def test_group_history_holds_the_snapshots_exposure_shares():
         mine = long[long["variant"] == v].set_index("group")["share"]
         assert mine.to_dict() == {"head": t.exposure_share.head, "mid": t.exposure_share.mid,
                                   "tail": t.exposure_share.tail}
+
+
+def test_a_versions_verdict_is_kept_until_its_stored_files_change(tmp_path, monkeypatch):
+    """The Models page re-reads a version's files only when they changed: three refreshes
+    verify once; a flipped byte is verified again and refused."""
+    from backend.core.settings import Settings
+    from backend.ml.recommenders import Popularity
+    from registry import open_registry
+    from tests.unit.test_recommenders import dataset
+
+    registry = open_registry(Settings(var_dir=tmp_path / "var"), signer=True)
+    version = registry.register("A", Popularity().fit(*dataset()))
+    calls, verify = [], registry.verify
+    monkeypatch.setattr(registry, "verify", lambda *a: calls.append(a) or verify(*a))
+    for _ in range(3):
+        manifest, why = data.verified(registry, "A", version)
+        assert manifest is not None and manifest.version == version and why == ""
+    assert len(calls) == 1
+    model = registry.store.root / "registry" / "A" / version / "model.npz"
+    raw = bytearray(model.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    model.write_bytes(bytes(raw))
+    manifest, why = data.verified(registry, "A", version)
+    assert manifest is None and "does not match its digest" in why and len(calls) == 2

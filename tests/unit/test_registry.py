@@ -77,6 +77,8 @@ def test_tampering_is_refused(registry, models, attack):
     v_other = registry.register("A", models[1])
     v = registry.register("A", models[0])
     folder = registry.store.root / "registry" / "A" / v
+    stamps = registry.stamp("A", v), registry.stamp("A", v_other)
+    assert registry.stamp("A", v) == stamps[0] != stamps[1]
     if attack == "flip_byte":
         data = bytearray((folder / "model.npz").read_bytes())
         data[len(data) // 2] ^= 0x01
@@ -100,6 +102,8 @@ def test_tampering_is_refused(registry, models, attack):
     with pytest.raises(RegistryError):
         registry.promote("A", v)
     registry.verify("A", v_other)  # the untouched version still verifies
+    # a verdict kept by stamp (the dashboard's) is asked again: the stamp changed
+    assert registry.stamp("A", v) != stamps[0] and registry.stamp("A", v_other) == stamps[1]
 
 
 def test_signed_with_another_key_is_refused(registry, models, tmp_path):
