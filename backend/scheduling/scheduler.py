@@ -74,9 +74,14 @@ class SchedulerLogic:
         self.running[kind] = (job_id, now)
         self.last[kind] = now
 
-    def finished(self, kind: str, status: str, now: float) -> dict[str, Any]:
-        job_id, start = self.running.pop(kind)
+    def record(self, kind: str, status: str, now: float) -> dict[str, Any]:
+        """The running `kind`'s run record, ended `now` with `status` (still running until
+        `finished`: the record is kept first)."""
+        job_id, start = self.running[kind]
         return {"kind": kind, "id": job_id, "start": start, "end": now, "outcome": status}
+
+    def finished(self, kind: str) -> None:
+        self.running.pop(kind)
 
 
 class Scheduler:
@@ -141,8 +146,7 @@ class Scheduler:
             thread, outcome = self._local[job_id]
             if thread.is_alive():
                 return "RUNNING"
-            del self._local[job_id]
-            return outcome[0] if outcome else "FAILED"
+            return outcome[0] if outcome else "FAILED"  # forgotten once recorded (poll)
         return getattr(s := self.client.get_job_status(job_id), "value", str(s))
 
     def poll(self, now: float) -> list[dict]:
@@ -157,12 +161,14 @@ class Scheduler:
                 status = "TIMEOUT"
             elif status not in TERMINAL:
                 continue
-            record = self.logic.finished(kind, status, now)
+            record = self.logic.record(kind, status, now)
             if kind == "retrain":
                 record |= self._retrain_outcome(job_id)
             elif status == "SUCCEEDED":
                 self._export_gauges()
-            self.runs.append(record)
+            self.runs.append(record)  # a store failure raises: the run is recorded next poll
+            self.logic.finished(kind)
+            self._local.pop(job_id, None)
             log.info("finished kind=%s id=%s outcome=%s", kind, job_id, status)
             done.append(record)
         return done

@@ -20,8 +20,10 @@ def test_due_and_never_two_of_a_kind():
     assert logic.due(100) == ["retrain"]  # analyze still running: not again
     logic.submitted("retrain", "r1", 100)
     assert logic.due(500) == []  # both running, however late
-    rec = logic.finished("retrain", "FAILED", 520)
+    rec = logic.record("retrain", "FAILED", 520)
     assert rec == {"kind": "retrain", "id": "r1", "start": 100, "end": 520, "outcome": "FAILED"}
+    assert logic.due(520) == []  # recorded, not yet finished
+    logic.finished("retrain")
     assert logic.due(520) == ["retrain"]
 
 
@@ -118,6 +120,34 @@ def test_a_failing_analytics_run_is_recorded_and_the_schedule_goes_on(settings):
     assert [r["outcome"] for r in runs] == ["FAILED"] and "analyze" in sched.logic.running
 
 
+def test_a_run_whose_record_cannot_be_written_is_recorded_on_the_next_poll(settings):
+    """The store away when a run ends: the run stays running (no retrain or cycle starts
+    beside it) and is recorded, once, when the store is back."""
+    settings.schedule.analyze_interval = 10
+    sched = Scheduler(settings, FakeJobs(), analyze=lambda: None)
+    t0 = sched.logic.started
+    sched.step(t0 + 10)
+    analyze_id = sched.logic.running["analyze"][0]
+    join_run(analyze_id)
+    append, failures = sched.runs.append, []
+
+    def away(record):
+        failures.append(record)
+        raise OSError("store unreachable")
+
+    sched.runs.append = away
+    try:
+        sched.step(t0 + 11)
+    except OSError:
+        pass
+    assert failures and sched.logic.running["analyze"][0] == analyze_id
+    sched.runs.append = append
+    sched.step(t0 + 12)
+    runs = settings.shared_store().log(Keys.schedule_runs).read()
+    assert [(r["id"], r["outcome"]) for r in runs] == [(analyze_id, "SUCCEEDED")]
+    assert analyze_id not in sched._local and sched.logic.next_due("analyze") == t0 + 20
+
+
 def test_an_overrunning_retrain_is_stopped_and_recorded(settings):
     settings.schedule.retrain_interval, settings.schedule.retrain_timeout = 60, 100
     jobs = FakeJobs()
@@ -164,7 +194,7 @@ def test_a_retrain_request_is_submitted_on_the_next_tick_once(settings):
 def test_a_request_older_than_the_latest_retrain_is_answered_by_it():
     logic = SchedulerLogic({"retrain": 100, "analyze": 1000}, started=0.0)
     logic.submitted("retrain", "r1", 50)
-    logic.finished("retrain", "SUCCEEDED", 60)
+    logic.finished("retrain")
     assert logic.due(70, requested=40) == []  # r1 started after it
     assert logic.due(70, requested=65) == ["retrain"]
 
