@@ -7,8 +7,10 @@ next version by creating its manifest create-only, uploads the files, and writes
 signature last: a version is usable only once signed. `verify` checks the signature first,
 then that the version holds exactly the listed files with the listed digests; `load` verifies
 the bytes it fetched and deserialises those same bytes (from a private temporary folder),
-never an unverified file. Aliases (`production`, `candidate`, `previous`) live in
-`aliases.json`, replaced atomically. Gate decisions are a `RecordLog` beside them
+never an unverified file. Aliases (`production`, `candidate`, `previous`) are a `Document`
+(`aliases/`): each change is committed against the newest aliases, so a retrain's new
+candidate and an operator's promote never undo one another (a registry written before reads
+its `aliases.json` until the first change). Gate decisions are a `RecordLog` beside them
 (`decisions/`, outside the signed versions).
 """
 
@@ -18,12 +20,13 @@ import hashlib
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from backend.core.errors import RecoError
 from backend.core.layout import Keys
-from backend.core.store import RecordLog, Store
+from backend.core.store import Document, RecordLog, Store
 from backend.ml.recommenders import Recommender
 from backend.ml.results import OfflineMetrics
 from registry import signing
@@ -34,11 +37,11 @@ from registry.manifest import (
     FileDigest,
     Manifest,
     Provenance,
-    canonical_json,
 )
 
 MANIFEST, SIGNATURE, ALIASES, DECISIONS = (
-    "manifest.json", "manifest.sig", "aliases.json", "decisions")
+    "manifest.json", "manifest.sig", "aliases", "decisions")
+OLD_ALIASES = "aliases.json"  # one object, replaced whole, before aliases were a Document
 VERSION = re.compile(r"^v[0-9]{4,}$")
 
 
@@ -91,43 +94,53 @@ class Registry:
         return version
 
     def aliases(self, variant: str) -> Aliases:
-        data = self.store.get(self.key(variant, ALIASES))
+        current = Document(self.store, self.key(variant, ALIASES)).read()
+        return self._old_aliases(variant) if current is None else \
+            Aliases.model_validate(current)
+
+    def _old_aliases(self, variant: str) -> Aliases:
+        data = self.store.get(self.key(variant, OLD_ALIASES))
         return Aliases.model_validate_json(data) if data is not None else Aliases()
 
-    def _write_aliases(self, variant: str, aliases: Aliases) -> None:
-        self.store.put(self.key(variant, ALIASES), canonical_json(aliases.named()))
+    def _edit_aliases(self, variant: str, change: Callable[[Aliases], Aliases]) -> Aliases:
+        """Commit `change` of the newest aliases; after losing a race to another writer,
+        change the aliases it committed. `change` may raise to refuse."""
+        def edit(current: dict | None) -> dict[str, str]:
+            base = self._old_aliases(variant) if current is None else \
+                Aliases.model_validate(current)
+            return change(base).named()
+
+        return Aliases.model_validate(Document(self.store, self.key(variant, ALIASES))
+                                      .edit(edit))
 
     def set_alias(self, variant: str, alias: str, version: str | None) -> None:
         if alias not in ALIAS_NAMES:
             raise RegistryError(f"unknown alias {alias!r}")
-        self._write_aliases(variant, self.aliases(variant).model_copy(update={alias: version}))
+        self._edit_aliases(variant, lambda a: a.model_copy(update={alias: version}))
 
     def promote(self, variant: str, version: str) -> Aliases:
         """Make a verified version production; the old production becomes `previous`."""
         self.verify(variant, version)
-        aliases = self.aliases(variant)
-        production, previous, candidate = aliases.production, aliases.previous, aliases.candidate
-        if production != version:
-            if production:
-                previous = production
-            production = version
-        if candidate == version:
-            candidate = None
-        aliases = Aliases(candidate=candidate, previous=previous, production=production)
-        self._write_aliases(variant, aliases)
-        return aliases
+
+        def change(aliases: Aliases) -> Aliases:
+            production, previous = aliases.production, aliases.previous
+            if production != version:
+                previous, production = production or previous, version
+            candidate = None if aliases.candidate == version else aliases.candidate
+            return Aliases(candidate=candidate, previous=previous, production=production)
+
+        return self._edit_aliases(variant, change)
 
     def rollback(self, variant: str) -> Aliases:
         """Swap production and previous (after verifying previous)."""
-        aliases = self.aliases(variant)
-        previous = aliases.previous
-        if not previous:
-            raise RegistryError(f"{variant}: no previous version to roll back to")
-        self.verify(variant, previous)
-        aliases = aliases.model_copy(update={"previous": aliases.production,
-                                             "production": previous})
-        self._write_aliases(variant, aliases)
-        return aliases
+        def change(aliases: Aliases) -> Aliases:
+            if not aliases.previous:
+                raise RegistryError(f"{variant}: no previous version to roll back to")
+            self.verify(variant, aliases.previous)
+            return aliases.model_copy(update={"previous": aliases.production,
+                                              "production": aliases.previous})
+
+        return self._edit_aliases(variant, change)
 
     def decisions(self, variant: str) -> RecordLog:
         return self.store.log(self.key(variant, DECISIONS))
@@ -145,7 +158,7 @@ class Registry:
             if name.startswith(".") or name == "experiments":
                 continue
             inside = self.store.children(f"{self.prefix}/{name}")
-            if ALIASES in inside or any(VERSION.match(n) for n in inside):
+            if {ALIASES, OLD_ALIASES} & set(inside) or any(VERSION.match(n) for n in inside):
                 out.append(name)
         return out
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from backend.core.hashing import sha256_file
+from backend.core.store import Document
 from backend.ml.recommenders import ItemKNN, Popularity
 from backend.ml.results import FeedbackForecast, OfflineMetrics
 from registry import Aliases, Decision, Provenance, Registry, RegistryError, open_registry, signing
@@ -65,10 +66,30 @@ def test_promote_and_rollback(registry, models):
     registry.promote("A", v1)
     assert registry.promote("A", v2) == Aliases(production=v2, previous=v1)
     assert registry.rollback("A") == Aliases(production=v1, previous=v2)
-    stored = (registry.store.root / "registry" / "A" / "aliases.json").read_text()
-    assert json.loads(stored) == {"production": v1, "previous": v2}  # unset ones left out
+    stored = Document(registry.store, "registry/A/aliases").read()
+    assert stored == {"production": v1, "previous": v2}  # unset ones left out
     with pytest.raises(RegistryError):
         Registry(registry.store, registry.public_key, registry.private_key).rollback("B")
+
+
+def test_a_promote_racing_a_new_candidate_keeps_both(registry, models, monkeypatch):
+    """The retrain job registers a candidate between an operator's promote reading the
+    aliases and committing them: the promote commits on top of it, losing neither."""
+    v1 = registry.register("A", models[0])
+    registry.register("A", models[1])
+    retrain = Registry(registry.store, registry.public_key, registry.private_key)
+    get, raced = registry.store.get, []
+
+    def racing_get(key: str) -> bytes | None:
+        data = get(key)
+        if "/aliases" in key and not raced:
+            raced.append("")  # once: the register below reads the aliases too
+            raced[0] = retrain.register("A", models[0])  # committed after this read
+        return data
+
+    monkeypatch.setattr(registry.store, "get", racing_get)
+    assert registry.promote("A", v1) == Aliases(production=v1, candidate=raced[0])
+    assert registry.aliases("A") == Aliases(production=v1, candidate=raced[0])
 
 
 @pytest.mark.parametrize("attack", ["flip_byte", "edit_manifest", "missing_file",
