@@ -24,6 +24,7 @@ from backend.analytics.engine import AnalyticsLogic, RecoLog
 from backend.analytics.snapshot import Snapshot
 from backend.core.layout import Keys
 from backend.core.settings import Settings
+from backend.core.store import Store
 from backend.data import catalog
 from backend.data.lake import Lake
 from backend.data.movielens import load as load_movielens
@@ -116,8 +117,9 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     split = settings.serve.split if split is None else split
     experiments = open_experiments(settings)
     changes = [pd.Timestamp(e.ts) for e in experiments.events() if e.action == "split"]
+    running = experiments.running()
     snap = AnalyticsLogic(settings.analytics, split, changes, list(settings.variants),
-                          experiments.running()).snapshot(
+                          running).snapshot(
         reco, watch, rating, items, users, end, read_probes(settings))
     snap = snap.model_copy(update={"compute_seconds": round(time.perf_counter() - t0, 3)})
     store = settings.shared_store()
@@ -128,9 +130,38 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
     flagged = snap.spam.flagged.combined
     if flagged:
         log.info("quarantine flagged=%d added=%s", len(flagged), quarantine(settings, snap))
+    keep_from = history_start(end, settings.analytics.history_days,
+                              None if running is None else running.start)
+    snapshots, probes = prune_history(store, keep_from)
+    if snapshots or probes:
+        log.info("history pruned before=%s snapshots=%d probes=%d", keep_from, snapshots,
+                 probes)
     log.info("snapshot written end=%s recommendations=%d flagged=%d seconds=%s", stamp,
              snap.counts.recommendations, len(flagged), snap.compute_seconds)
     return snap
+
+
+def history_start(end: pd.Timestamp, days: float, running_since: datetime | None
+                  ) -> pd.Timestamp:
+    """The oldest time the history keeps: `days` before `end`, or earlier still to the
+    start of the running experiment, whose guardrails read its probes."""
+    end = end.tz_convert("UTC") if end.tzinfo else end.tz_localize("UTC")
+    start = end - pd.Timedelta(days=days)
+    return start if running_since is None else min(start, pd.Timestamp(running_since))
+
+
+def prune_history(store: Store, before: pd.Timestamp) -> tuple[int, int]:
+    """Delete the snapshots whose window ended before `before` and the health probes taken
+    before it (the newest probe stays: the log numbers on from it); returns how many of
+    each went."""
+    cutoff = before.strftime("%Y%m%dT%H%M%SZ")
+    old = [k for k in store.keys(Keys.snapshots)
+           if k.endswith(".json") and k.rsplit("/", 1)[-1].removesuffix(".json") < cutoff]
+    for key in old:
+        store.delete(key)
+    probes = store.log(Keys.probes)
+    kept = sum(pd.Timestamp(r["ts"]) >= before for r in probes.read())
+    return len(old), probes.prune(max(kept, 1))
 
 
 def quarantine(settings: Settings, snap: Snapshot) -> list[int]:

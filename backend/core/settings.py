@@ -311,6 +311,9 @@ class AnalyticsSettings(BaseModel):
     max_error_rate: float = Field(0.01, ge=0, le=1, description=(
         "an experiment's default guardrail: 5xx per recommendation request of an arm"))
     alpha: float = Field(0.05, gt=0, lt=1)
+    history_days: float = Field(30.0, gt=0, description=(
+        "snapshots and health probes kept (older ones go after each cycle; a running "
+        "experiment's probes stay)"))
 
 
 class ScheduleSettings(BaseModel):
