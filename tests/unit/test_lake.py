@@ -131,6 +131,30 @@ def test_a_version_reads_as_it_was_and_vacuum_keeps_the_versions_asked_for(tmp_p
     assert len(lake.read("events.rating")) == 25
 
 
+def test_vacuum_removes_files_no_commit_names_once_older_than_its_cut(tmp_path):
+    """A refused commit's or a crashed writer's file goes once it is older than the cut;
+    a younger one (a write in progress) and every committed file stay."""
+    import os
+    import shutil
+    import time
+    from datetime import timedelta
+    from pathlib import Path
+
+    lake = Lake(tmp_path)
+    for i in range(3):
+        lake.write("events.rating", rating_frame(5, offset=5 * i))
+    named = [Path(f.removeprefix("file://")) for f in lake.files("events.rating")]
+    old, young = (named[0].with_name(f"orphan-{w}.parquet") for w in ("old", "young"))
+    for orphan in (old, young):
+        shutil.copy(named[0], orphan)
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    removed = lake.vacuum("events.rating", timedelta(hours=1))
+    assert [Path(r).name for r in removed] == [old.name]
+    assert not old.exists() and young.exists() and all(p.exists() for p in named)
+    assert len(lake.read("events.rating")) == 15
+
+
 def test_reco_lake_compact_and_vacuum_keep_what_served_models_were_trained_on(settings,
                                                                              monkeypatch):
     from click.testing import CliRunner
