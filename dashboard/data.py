@@ -157,23 +157,27 @@ def audit_frame(var_dir: str, last: int | None = 50) -> pd.DataFrame:
                         columns=["ts", "actor", "action", "experiment", "detail"])
 
 
-# (variant, version, stamp) -> (manifest or None, why refused): a verdict holds while the
-# version's stored objects are unchanged, so a refresh does not download every model again
-_VERDICTS: dict[tuple[str, str, str], tuple[Manifest | None, str]] = {}
+# (variant, version) -> (what it was checked against, manifest or None, why refused): a
+# verdict holds while the version's stored objects and the public key are unchanged, so a
+# refresh does not download every model again
+_VERDICTS: dict[tuple[str, str], tuple[str, Manifest | None, str]] = {}
 
 
 def verified(reg: Registry, variant: str, version: str) -> tuple[Manifest | None, str]:
     """The version's manifest if it verifies, else None and why; verified again only when
-    its stored objects changed (`Registry.stamp`)."""
-    key = (variant, version, reg.stamp(variant, version))
-    if key not in _VERDICTS:
-        try:
-            _VERDICTS[key] = reg.verify(variant, version), ""
-        except RegistryError as exc:  # a verdict: shown as a refused version, with why
-            _VERDICTS[key] = None, exc.detail
-        except Exception as exc:  # the store unreachable: no verdict, asked again next time
-            return None, str(exc)
-    return _VERDICTS[key]
+    its stored objects (`Registry.stamp`) or the public key changed."""
+    try:
+        against = reg.stamp(variant, version) + reg.public_key.read_text()
+        kept = _VERDICTS.get((variant, version))
+        if kept is None or kept[0] != against:
+            try:
+                kept = against, reg.verify(variant, version), ""
+            except RegistryError as exc:  # a verdict: shown as a refused version, with why
+                kept = against, None, exc.detail
+            _VERDICTS[(variant, version)] = kept
+    except Exception as exc:  # the store or the key unreadable: no verdict, asked again
+        return None, str(exc)
+    return kept[1], kept[2]
 
 
 @st.cache_data(ttl=10)

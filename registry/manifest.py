@@ -106,7 +106,8 @@ class Manifest(_Frozen):
 
 
 class Aliases(_Frozen):
-    """A variant's named versions (`aliases.json`); unset aliases are left out on disk."""
+    """A variant's named versions (the registry's `aliases/` document); unset aliases are
+    left out on disk."""
 
     candidate: str | None = None
     previous: str | None = None

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from backend.analytics import spam
 from backend.analytics.engine import AnalyticsLogic, RecoLog
 from backend.analytics.snapshot import Snapshot
+from backend.core.errors import RecoError
 from backend.core.layout import Keys
 from backend.core.settings import Settings
 from backend.core.store import Store
@@ -132,10 +133,13 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
         log.info("quarantine flagged=%d added=%s", len(flagged), quarantine(settings, snap))
     keep_from = history_start(end, settings.analytics.history_days,
                               None if running is None else running.start)
-    snapshots, probes = prune_history(store, keep_from)
-    if snapshots or probes:
-        log.info("history pruned before=%s snapshots=%d probes=%d", keep_from, snapshots,
-                 probes)
+    try:  # upkeep: the snapshot stands whether or not it succeeds (the next cycle retries)
+        snapshots, probes = prune_history(store, keep_from)
+        if snapshots or probes:
+            log.info("history pruned before=%s snapshots=%d probes=%d", keep_from,
+                     snapshots, probes)
+    except RecoError as exc:
+        log.warning("history not pruned before=%s error=%s", keep_from, exc)
     log.info("snapshot written end=%s recommendations=%d flagged=%d seconds=%s", stamp,
              snap.counts.recommendations, len(flagged), snap.compute_seconds)
     return snap

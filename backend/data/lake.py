@@ -272,14 +272,15 @@ class Lake:
     def vacuum(self, topic: str, older_than: timedelta, keep_versions: list[int] | None = None,
                dry_run: bool = False) -> list[str]:
         """Delete files no version newer than `older_than` needs, except those of
-        `keep_versions` (the versions registered models were trained on), and files older
-        than that which no commit names (a refused commit's or a crashed writer's; a write in
-        progress is younger); returns them."""
+        `keep_versions` (the versions registered models were trained on); with a cut of an
+        hour or more, also files older than it that no commit names (a refused commit's, a
+        crashed writer's: a write in progress is younger); returns them."""
         dt = self.table(topic)
         if dt is None:
             return []
-        return dt.vacuum(retention_hours=math.ceil(older_than.total_seconds() / 3600),
-                         dry_run=dry_run, enforce_retention_duration=False, full=True,
+        hours = math.ceil(older_than.total_seconds() / 3600)
+        return dt.vacuum(retention_hours=hours, dry_run=dry_run,
+                         enforce_retention_duration=False, full=hours >= 1,
                          keep_versions=keep_versions or None, post_commithook_properties=HOOKS)
 
 

@@ -33,6 +33,7 @@ from backend.core.layout import Keys
 from backend.core.requests import answered_retrain, pending_retrain
 from backend.core.runtime import job_env
 from backend.core.settings import Settings
+from backend.core.store import StoreError
 from backend.training.result import RetrainResult
 from registry import open_registry
 
@@ -161,17 +162,34 @@ class Scheduler:
                 status = "TIMEOUT"
             elif status not in TERMINAL:
                 continue
-            record = self.logic.record(kind, status, now)
-            if kind == "retrain":
-                record |= self._retrain_outcome(job_id)
-            elif status == "SUCCEEDED":
-                self._export_gauges()
-            self.runs.append(record)  # a store failure raises: the run is recorded next poll
+            try:
+                record = self._record(kind, job_id, status, now)
+            except (StoreError, OSError):  # the store away: the run is recorded next poll
+                log.exception("run record not written kind=%s id=%s", kind, job_id)
+                continue
             self.logic.finished(kind)
             self._local.pop(job_id, None)
             log.info("finished kind=%s id=%s outcome=%s", kind, job_id, status)
             done.append(record)
         return done
+
+    def _record(self, kind: str, job_id: str, status: str, now: float) -> dict[str, Any]:
+        """Write the ended run's record. What it reads besides (the retrain's result, the
+        snapshot for the gauges) failing for good is written as the record's error; the
+        store failing raises, and the run stays running until it is back."""
+        record = self.logic.record(kind, status, now)
+        try:
+            if kind == "retrain":
+                record |= self._retrain_outcome(job_id)
+            elif status == "SUCCEEDED":
+                self._export_gauges()
+        except (StoreError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 (a record with the error, not a stuck run)
+            log.exception("run outcome unreadable kind=%s id=%s", kind, job_id)
+            record["error"] = f"the run's outcome could not be read: {exc}"
+        self.runs.append(record)
+        return record
 
     def _retrain_outcome(self, job_id: str) -> dict[str, Any]:
         data = self.store.get(Keys.retrain_result(job_id))

@@ -415,11 +415,12 @@ def test_group_history_holds_the_snapshots_exposure_shares():
 
 
 def test_a_versions_verdict_is_kept_until_its_stored_files_change(tmp_path, monkeypatch):
-    """The Models page re-reads a version's files only when they changed: three refreshes
-    verify once; a flipped byte is verified again and refused."""
+    """The Models page re-reads a version's files only when they or the key changed: three
+    refreshes verify once; a flipped byte, then another public key, are verified again."""
     from backend.core.settings import Settings
     from backend.ml.recommenders import Popularity
     from registry import open_registry
+    from registry.signing import ensure_keys
     from tests.unit.test_recommenders import dataset
 
     registry = open_registry(Settings(var_dir=tmp_path / "var"), signer=True)
@@ -436,3 +437,7 @@ def test_a_versions_verdict_is_kept_until_its_stored_files_change(tmp_path, monk
     model.write_bytes(bytes(raw))
     manifest, why = data.verified(registry, "A", version)
     assert manifest is None and "does not match its digest" in why and len(calls) == 2
+    _, foreign = ensure_keys(tmp_path / "other-keys")  # the key replaced: asked again
+    registry.public_key.write_bytes(foreign.read_bytes())
+    manifest, why = data.verified(registry, "A", version)
+    assert manifest is None and "signature" in why and len(calls) == 3

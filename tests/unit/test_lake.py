@@ -132,8 +132,9 @@ def test_a_version_reads_as_it_was_and_vacuum_keeps_the_versions_asked_for(tmp_p
 
 
 def test_vacuum_removes_files_no_commit_names_once_older_than_its_cut(tmp_path):
-    """A refused commit's or a crashed writer's file goes once it is older than the cut;
-    a younger one (a write in progress) and every committed file stay."""
+    """A refused commit's or a crashed writer's file goes once it is older than the cut
+    (of an hour at least); a younger one (a write in progress) and every committed file
+    stay."""
     import os
     import shutil
     import time
@@ -149,6 +150,7 @@ def test_vacuum_removes_files_no_commit_names_once_older_than_its_cut(tmp_path):
         shutil.copy(named[0], orphan)
     two_hours_ago = time.time() - 7200
     os.utime(old, (two_hours_ago, two_hours_ago))
+    assert lake.vacuum("events.rating", timedelta(0)) == []  # no cut: no file is orphaned
     removed = lake.vacuum("events.rating", timedelta(hours=1))
     assert [Path(r).name for r in removed] == [old.name]
     assert not old.exists() and young.exists() and all(p.exists() for p in named)

@@ -136,16 +136,33 @@ def test_a_run_whose_record_cannot_be_written_is_recorded_on_the_next_poll(setti
         raise OSError("store unreachable")
 
     sched.runs.append = away
-    try:
-        sched.step(t0 + 11)
-    except OSError:
-        pass
+    sched.step(t0 + 11)  # logged; the step goes on
     assert failures and sched.logic.running["analyze"][0] == analyze_id
     sched.runs.append = append
     sched.step(t0 + 12)
     runs = settings.shared_store().log(Keys.schedule_runs).read()
     assert [(r["id"], r["outcome"]) for r in runs] == [(analyze_id, "SUCCEEDED")]
     assert analyze_id not in sched._local and sched.logic.next_due("analyze") == t0 + 20
+
+
+def test_a_retrain_whose_result_cannot_be_read_is_recorded_with_the_error(settings):
+    """A result the scheduler cannot parse (a job of another version wrote it) is written
+    into the run's record as its error; the schedule goes on."""
+    settings.schedule.retrain_interval = 60
+    jobs = FakeJobs()
+    sched = Scheduler(settings, jobs)
+    t0 = sched.logic.started
+    sched.step(t0 + 60)
+    retrain_id = next(i for i, _ in jobs.submitted if "retrain" in i)
+    settings.shared_store().put_json(Keys.retrain_result(retrain_id), {"A": {"bogus": 1}})
+    jobs.jobs[retrain_id] = "SUCCEEDED"
+    sched.step(t0 + 61)
+    run, = [r for r in settings.shared_store().log(Keys.schedule_runs).read()
+            if r["kind"] == "retrain"]
+    assert run["outcome"] == "SUCCEEDED" and "could not be read" in run["error"]
+    assert "retrain" not in sched.logic.running
+    sched.step(t0 + 121)
+    assert sum("retrain" in i for i, _ in jobs.submitted) == 2  # the next one on time
 
 
 def test_an_overrunning_retrain_is_stopped_and_recorded(settings):
