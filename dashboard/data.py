@@ -63,13 +63,23 @@ def latest_snapshot() -> Snapshot | None:
 
 
 @st.cache_data(ttl=5)
-def snapshot_history(limit: int = 96) -> list[Snapshot]:
-    return snapshots(settings().shared_store(), limit)
+def snapshot_history(minutes: int | None = None, limit: int = 96) -> list[Snapshot]:
+    """The last `limit` snapshots, of the last `minutes` when given."""
+    since = None if minutes is None else \
+        pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=minutes)
+    return snapshots(settings().shared_store(), limit, since)
 
 
-def snapshots(store: Store, limit: int | None = None) -> list[Snapshot]:
-    """The stored snapshots (the last `limit`), oldest first, the unreadable ones skipped."""
-    keys = [k for k in store.keys(Keys.snapshots) if k.endswith(".json")]
+def snapshots(store: Store, limit: int | None = None, since: pd.Timestamp | None = None
+              ) -> list[Snapshot]:
+    """The stored snapshots (the last `limit`; with `since`, those whose window ended then
+    or later, listed from there on: a key names its window's end), oldest first, the
+    unreadable ones skipped."""
+    after = None
+    if since is not None:
+        utc = since.tz_convert("UTC") if since.tzinfo else since.tz_localize("UTC")
+        after = f"{Keys.snapshots}/{utc.strftime('%Y%m%dT%H%M%SZ')}"
+    keys = [k for k in store.keys(Keys.snapshots, after=after) if k.endswith(".json")]
     keys = keys[-limit:] if limit else keys
     return [snap for key, body in zip(keys, store.get_many(keys), strict=True)
             if (snap := parse_snapshot(body, key)) is not None]

@@ -51,7 +51,8 @@ def svg(chart: alt.TopLevelMixin) -> str:
 
 
 def snapshots_since(settings: Settings, since: datetime | None) -> list[Snapshot]:
-    snaps = data.snapshots(settings.shared_store())
+    snaps = data.snapshots(settings.shared_store(),
+                           since=None if since is None else pd.Timestamp(since))
     if since is not None:
         snaps = [s for s in snaps if pd.Timestamp(s.window.end) >= pd.Timestamp(since)]
     return snaps

@@ -14,7 +14,7 @@ def body() -> None:
         st.info("No analytics snapshot yet: drift compares the analytics window with the "
                 "events before it (`reco analyze --once`; `reco simulate` drives traffic).")
         return
-    history = data.in_range(data.history_frame(data.snapshot_history()),
+    history = data.in_range(data.history_frame(data.snapshot_history(data.range_minutes())),
                             data.range_minutes())
     cols = st.columns(2)
     for col, (label, column, value, what) in zip(cols, (

@@ -38,7 +38,7 @@ def body() -> None:
         st.caption("How unequal exposure is: the dashed line is equal exposure; the further "
                    "below it, the more the slots go to few items (each slot weighted by "
                    "1/log2(rank + 1); its Gini is the exposure Gini).")
-    history = data.in_range(data.history_frame(data.snapshot_history()),
+    history = data.in_range(data.history_frame(data.snapshot_history(data.range_minutes())),
                             data.range_minutes())
     if len(history) > 1:
         pair = st.columns(2)

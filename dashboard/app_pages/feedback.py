@@ -56,8 +56,9 @@ def body() -> None:
     left, right = st.columns(2)
     left.altair_chart(charts.group_rates(tails), use_container_width=True)
     right.altair_chart(charts.group_rates(tails, "exposure"), use_container_width=True)
+    minutes = data.range_minutes()
     groups = data.group_history(data.in_range(data.history_frame(
-        data.snapshot_history()), data.range_minutes()))
+        data.snapshot_history(minutes)), minutes))
     if groups["end"].nunique() < 2:
         st.info("Not enough data for head / mid / tail exposure over time: fewer than two "
                 "analytics snapshots with recommendations in the selected range.")

@@ -93,7 +93,7 @@ def trends(s) -> None:
     """The headline figures over the selected range, one sparkline per tile (a point per
     analytics snapshot)."""
     st.subheader("Over the selected range")
-    history = data.in_range(data.history_frame(data.snapshot_history()),
+    history = data.in_range(data.history_frame(data.snapshot_history(data.range_minutes())),
                             data.range_minutes())
     points = history["end"].nunique() if not history.empty else 0
     if points < 2:

@@ -34,7 +34,7 @@ def body() -> None:
         reasons = dlq.groupby(["source_topic", "reason"]).size().rename("count")
         st.dataframe(reasons.reset_index().sort_values("count", ascending=False),
                      hide_index=True)
-    history = data.in_range(data.history_frame(data.snapshot_history()),
+    history = data.in_range(data.history_frame(data.snapshot_history(data.range_minutes())),
                             minutes)
     if not history.empty:
         st.altair_chart(charts.history_lines(history, "recommendations"),

@@ -441,3 +441,25 @@ def test_a_versions_verdict_is_kept_until_its_stored_files_change(tmp_path, monk
     registry.public_key.write_bytes(foreign.read_bytes())
     manifest, why = data.verified(registry, "A", version)
     assert manifest is None and "signature" in why and len(calls) == 3
+
+
+def test_history_lists_only_the_snapshots_of_its_range(tmp_path, monkeypatch):
+    """A key names its window's end: the history of the last hour lists from an hour ago
+    on, not the whole retention's keys, and a window ending on the cut is in."""
+    from backend.core.store import Store
+
+    store = Store.local(tmp_path)
+    snap = snapshot()
+    ends = [NOW - pd.Timedelta(minutes=m) for m in (600, 61, 60, 30, 0)]
+    for end in ends:
+        store.put(Keys.snapshot(end.strftime("%Y%m%dT%H%M%SZ")), snap.model_dump_json().encode())
+    listed: list[str | None] = []
+    keys = store.keys
+    monkeypatch.setattr(store, "keys", lambda prefix, after=None: listed.append(after) or
+                        keys(prefix, after))
+    assert len(data.snapshots(store, since=NOW - pd.Timedelta(minutes=60))) == 3
+    assert len(data.snapshots(store, since=(NOW - pd.Timedelta(minutes=60)).tz_localize(None))) == 3
+    assert len(data.snapshots(store, limit=2, since=NOW - pd.Timedelta(days=1))) == 2
+    assert len(data.snapshots(store)) == 5
+    assert listed[0] == f"{Keys.snapshots}/{(NOW - pd.Timedelta(minutes=60)):%Y%m%dT%H%M%SZ}"
+    assert listed[-1] is None
