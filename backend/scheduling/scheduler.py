@@ -185,7 +185,7 @@ class Scheduler:
                 self._export_gauges()
         except (StoreError, OSError):
             raise
-        except Exception as exc:  # noqa: BLE001 (a record with the error, not a stuck run)
+        except Exception as exc:  # a record with the error, not a run stuck for good
             log.exception("run outcome unreadable kind=%s id=%s", kind, job_id)
             record["error"] = f"the run's outcome could not be read: {exc}"
         self.runs.append(record)
