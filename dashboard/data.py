@@ -75,10 +75,7 @@ def snapshots(store: Store, limit: int | None = None, since: pd.Timestamp | None
     """The stored snapshots (the last `limit`; with `since`, those whose window ended then
     or later, listed from there on: a key names its window's end), oldest first, the
     unreadable ones skipped."""
-    after = None
-    if since is not None:
-        utc = since.tz_convert("UTC") if since.tzinfo else since.tz_localize("UTC")
-        after = f"{Keys.snapshots}/{utc.strftime('%Y%m%dT%H%M%SZ')}"
+    after = None if since is None else f"{Keys.snapshots}/{Keys.snapshot_stamp(since)}"
     keys = [k for k in store.keys(Keys.snapshots, after=after) if k.endswith(".json")]
     keys = keys[-limit:] if limit else keys
     return [snap for key, body in zip(keys, store.get_many(keys), strict=True)

@@ -124,7 +124,7 @@ def analyze_once(settings: Settings, end: pd.Timestamp | None = None,
         reco, watch, rating, items, users, end, read_probes(settings))
     snap = snap.model_copy(update={"compute_seconds": round(time.perf_counter() - t0, 3)})
     store = settings.shared_store()
-    stamp = end.strftime("%Y%m%dT%H%M%SZ")
+    stamp = Keys.snapshot_stamp(end)
     body = snap.model_dump(mode="json")
     store.put_json(Keys.snapshot(stamp), body)
     store.put_json(Keys.latest_snapshot, body)
@@ -158,7 +158,7 @@ def prune_history(store: Store, before: pd.Timestamp) -> tuple[int, int]:
     """Delete the snapshots whose window ended before `before` and the health probes taken
     before it (the newest probe stays: the log numbers on from it); returns how many of
     each went."""
-    cutoff = before.strftime("%Y%m%dT%H%M%SZ")
+    cutoff = Keys.snapshot_stamp(before)
     old = [k for k in store.keys(Keys.snapshots)
            if k.endswith(".json") and k.rsplit("/", 1)[-1].removesuffix(".json") < cutoff]
     for key in old:

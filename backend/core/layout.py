@@ -5,6 +5,7 @@ on the default local store they are paths under `var/` too."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -66,6 +67,12 @@ class Keys:
     @staticmethod
     def snapshot(stamp: str) -> str:
         return f"{Keys.snapshots}/{stamp}.json"
+
+    @staticmethod
+    def snapshot_stamp(end: datetime) -> str:
+        """The stamp naming the snapshot of the window ending at `end` (naive: UTC): keys
+        sort as their windows' ends do, which retention and the dashboard's ranges use."""
+        return (end.astimezone(UTC) if end.tzinfo else end).strftime("%Y%m%dT%H%M%SZ")
 
     @staticmethod
     def retrain_result(job_id: str) -> str:
