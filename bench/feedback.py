@@ -38,7 +38,7 @@ from backend.core.runtime import ray_env  # noqa: E402
 from backend.core.settings import Settings  # noqa: E402
 from backend.data.kafka import ensure_topics  # noqa: E402
 from backend.data.lake import Lake  # noqa: E402
-from backend.data.movielens import WHEEL_NAME  # noqa: E402
+from backend.data.movielens import fetch  # noqa: E402
 from backend.ml.metrics.feedback import trend  # noqa: E402
 from backend.ops.broker import EmbeddedBroker  # noqa: E402
 from backend.ops.raycluster import RayHead  # noqa: E402
@@ -64,7 +64,8 @@ class Arm:
         var = workdir / name
         shutil.rmtree(var, ignore_errors=True)
         (var / "cache").mkdir(parents=True)
-        shutil.copy(ROOT / "var" / "cache" / WHEEL_NAME, var / "cache" / WHEEL_NAME)
+        wheel = fetch(ROOT / "var" / "cache")  # downloaded once (a fresh clone has none)
+        shutil.copy(wheel, var / "cache" / wheel.name)
         self.port = free_port()
         keys = {"sim": {"sha256": digest(SIM_KEY), "role": "client", "per_minute": 1e6}}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RECO_", "RAY_"))}

@@ -44,7 +44,7 @@ import httpx  # noqa: E402
 from backend.core.runtime import ray_env  # noqa: E402
 from backend.core.settings import Settings  # noqa: E402
 from backend.data.kafka import ensure_topics  # noqa: E402
-from backend.data.movielens import WHEEL_NAME, load  # noqa: E402
+from backend.data.movielens import fetch, load  # noqa: E402
 from backend.ml.evaluation import build_interactions  # noqa: E402
 from backend.ml.recommenders import DiversityKNN, ItemKNN  # noqa: E402
 from backend.ops.broker import EmbeddedBroker  # noqa: E402
@@ -92,7 +92,8 @@ def prepare(var: Path) -> Settings:
     """A var dir with the MovieLens cache and Model A and B in production."""
     shutil.rmtree(var, ignore_errors=True)
     (var / "cache").mkdir(parents=True)
-    shutil.copy(ROOT / "var" / "cache" / WHEEL_NAME, var / "cache" / WHEEL_NAME)
+    wheel = fetch(ROOT / "var" / "cache")  # downloaded once (a fresh clone has none)
+    shutil.copy(wheel, var / "cache" / wheel.name)
     settings = Settings(var_dir=var, kafka={"embedded_port": free_port()},
                         serve={"port": free_port()})
     ml = load(settings.data_cache)
